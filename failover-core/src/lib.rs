@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+
+pub mod audit;
+pub mod health;
+pub mod retry;
+pub mod staleness;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use audit::{Audit, AuditError, Safety};
+pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};
+pub use retry::{ErrorClass, RetryError, RetryPolicy};
+pub use staleness::Observed;
