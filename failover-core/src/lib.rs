@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod audit;
+pub mod errors;
 pub mod health;
 pub mod retry;
 pub mod staleness;
@@ -11,6 +12,7 @@ pub mod postgres;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use errors::{ConfigError, DbError, DbErrorKind};
 pub use audit::{Audit, AuditError, Safety};
 pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};
 pub use retry::{ErrorClass, RetryError, RetryPolicy};

@@ -1,0 +1,210 @@
+//! Audit context: who asked for a safety action, why, and under which ticket.
+//!
+//! Every state change of a safety control carries an [`Audit`]. The rules are the
+//! same for every store, so they live here:
+//!
+//! * `actor` and `reason` are required, non-blank, bounded and free of control
+//!   characters;
+//! * a `ticket` is **mandatory** for actions that relax safety ([`Safety::Relax`]:
+//!   disengage the kill switch, de-escalate a mode, lift a halt) and optional for
+//!   those that tighten it ([`Safety::Tighten`]): an emergency stop is never blocked
+//!   by paperwork;
+//! * each `Audit` carries a request id, generated once at construction. Stores use
+//!   it to make writes idempotent: submitting the same `Audit` again (for example a
+//!   retry after a lost COMMIT acknowledgement) is applied once.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Longest accepted `actor`, in characters.
+pub const MAX_ACTOR_CHARS: usize = 128;
+/// Longest accepted `reason`, in characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+/// Longest accepted `ticket`, in characters.
+pub const MAX_TICKET_CHARS: usize = 128;
+
+/// Whether an action tightens or relaxes safety; decides whether a ticket is required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Safety {
+    /// Stops or restricts trading (engage, escalate a mode). Ticket optional.
+    Tighten,
+    /// Lifts a restriction (disengage, de-escalate, lift a halt). Ticket required.
+    Relax,
+}
+
+/// Who, why and under which ticket a safety action was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    actor: String,
+    reason: String,
+    ticket: Option<String>,
+    request_id: Uuid,
+}
+
+/// Why an [`Audit`] was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// A required field is empty or only white space.
+    #[error("audit {field} is empty: say who/why (e.g. actor \"ops:alice\", reason \"runaway algo\")")]
+    Empty {
+        /// `actor`, `reason` or `ticket`.
+        field: &'static str,
+    },
+    /// A field is longer than its bound.
+    #[error("audit {field} is {len} characters long; at most {max} are accepted")]
+    TooLong {
+        /// `actor`, `reason` or `ticket`.
+        field: &'static str,
+        /// Its length in characters.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A field contains a control character (newline, NUL, escape …).
+    #[error("audit {field} contains a control character at position {position}; use printable text")]
+    ControlCharacter {
+        /// `actor`, `reason` or `ticket`.
+        field: &'static str,
+        /// Character index of the first offending character.
+        position: usize,
+    },
+    /// The action relaxes safety and no ticket was given.
+    #[error("a ticket id is required to {action}: relaxing a safety control must be audited with reason + ticket id")]
+    TicketRequired {
+        /// What was attempted, e.g. `disengage the kill switch`.
+        action: String,
+    },
+}
+
+impl Audit {
+    /// A new audit context with a fresh request id. Validation happens when a store
+    /// uses it ([`Audit::validate`]), so that every refusal is a typed error.
+    pub fn new(actor: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            reason: reason.into(),
+            ticket: None,
+            request_id: Uuid::new_v4(),
+        }
+    }
+
+    /// Sets the ticket (incident or change id).
+    #[must_use]
+    pub fn with_ticket(mut self, ticket: impl Into<String>) -> Self {
+        self.ticket = Some(ticket.into());
+        self
+    }
+
+    /// Replaces the request id, for callers that carry their own idempotency key
+    /// (for example one received from an admin API client).
+    #[must_use]
+    pub fn with_request_id(mut self, request_id: Uuid) -> Self {
+        self.request_id = request_id;
+        self
+    }
+
+    /// Who acted.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Why.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// Under which ticket, if any.
+    pub fn ticket(&self) -> Option<&str> {
+        self.ticket.as_deref()
+    }
+
+    /// The idempotency key of this request.
+    pub fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+
+    /// Checks the fields; `action` names the attempted action for the error message
+    /// when `safety` is [`Safety::Relax`] and the ticket is missing.
+    pub fn validate(&self, safety: Safety, action: &str) -> Result<(), AuditError> {
+        check_text("actor", &self.actor, MAX_ACTOR_CHARS)?;
+        check_text("reason", &self.reason, MAX_REASON_CHARS)?;
+        match (&self.ticket, safety) {
+            (Some(ticket), _) => check_text("ticket", ticket, MAX_TICKET_CHARS),
+            (None, Safety::Tighten) => Ok(()),
+            (None, Safety::Relax) => Err(AuditError::TicketRequired {
+                action: action.to_owned(),
+            }),
+        }
+    }
+}
+
+fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), AuditError> {
+    if value.trim().is_empty() {
+        return Err(AuditError::Empty { field });
+    }
+    if let Some(position) = value.chars().position(char::is_control) {
+        return Err(AuditError::ControlCharacter { field, position });
+    }
+    let len = value.chars().count();
+    if len > max {
+        return Err(AuditError::TooLong { field, len, max });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tighten_needs_no_ticket_but_relax_does() {
+        let audit = Audit::new("ops:alice", "runaway algo");
+        assert_eq!(audit.validate(Safety::Tighten, "engage"), Ok(()));
+        assert!(matches!(
+            audit.validate(Safety::Relax, "disengage the kill switch"),
+            Err(AuditError::TicketRequired { .. })
+        ));
+        let audit = audit.with_ticket("INC-7");
+        assert_eq!(audit.validate(Safety::Relax, "disengage"), Ok(()));
+    }
+
+    #[test]
+    fn blank_control_and_oversized_fields_are_refused() {
+        let cases = [
+            (Audit::new(" ", "r"), "actor"),
+            (Audit::new("a", ""), "reason"),
+            (Audit::new("a", "r").with_ticket("\t"), "ticket"),
+        ];
+        for (audit, field) in cases {
+            match audit.validate(Safety::Tighten, "engage") {
+                Err(AuditError::Empty { field: f }) => assert_eq!(f, field),
+                other => panic!("expected Empty({field}), got {other:?}"),
+            }
+        }
+        assert_eq!(
+            Audit::new("a", "line\nbreak").validate(Safety::Tighten, "engage"),
+            Err(AuditError::ControlCharacter {
+                field: "reason",
+                position: 4
+            })
+        );
+        let long = "x".repeat(MAX_REASON_CHARS + 1);
+        assert!(matches!(
+            Audit::new("a", long).validate(Safety::Tighten, "engage"),
+            Err(AuditError::TooLong { field: "reason", .. })
+        ));
+    }
+
+    #[test]
+    fn quotes_and_sql_keywords_are_ordinary_text() {
+        let audit = Audit::new("o'brien", "'; DROP TABLE kill_switch_state; --");
+        assert_eq!(audit.validate(Safety::Tighten, "engage"), Ok(()));
+    }
+
+    #[test]
+    fn each_audit_has_its_own_request_id() {
+        assert_ne!(Audit::new("a", "r").request_id(), Audit::new("a", "r").request_id());
+    }
+}

@@ -1,0 +1,112 @@
+//! Database errors, classified once for every store.
+
+use crate::errors::{DbError, DbErrorKind};
+use crate::retry::{AttemptError, Classify, ErrorClass, GiveUp, RetryError};
+use tokio_postgres::error::SqlState;
+
+/// One attempt's failure inside the pool.
+#[derive(Debug)]
+pub(crate) enum PgFailure {
+    Query(tokio_postgres::Error),
+    Pool(String, ErrorClass),
+}
+
+impl std::fmt::Display for PgFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Query(e) => f.write_str(&describe(e)),
+            Self::Pool(m, _) => f.write_str(m),
+        }
+    }
+}
+
+impl Classify for PgFailure {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Self::Query(e) => classify(e),
+            Self::Pool(_, c) => *c,
+        }
+    }
+}
+
+/// Full text of a tokio-postgres error, including the server's message and cause.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                let s_text = s.to_string();
+                if !text.contains(&s_text) {
+                    text.push_str(": ");
+                    text.push_str(&s_text);
+                }
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Retryable when the failure is about reaching a writable server; permanent otherwise.
+///
+/// Retryable: connection refused/reset/closed, I/O and timeouts, SQLSTATE class 08,
+/// 57P01–57P03 (admin/crash shutdown, cannot connect now), 25006 (read-only
+/// transaction: a standby or a demoted primary), 40001 (serialization), 40P01
+/// (deadlock), 53300 (too many connections), and a server refused by
+/// `target_session_attrs=read-write`.
+pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
+    if let Some(code) = e.code() {
+        return classify_sqlstate(code);
+    }
+    // No SQLSTATE: the connection itself failed (I/O, closed, TLS, session attrs).
+    if e.is_closed() {
+        return ErrorClass::Retryable;
+    }
+    let text = describe(e).to_ascii_lowercase();
+    let permanent = ["password authentication", "invalid configuration", "certificate", "unknown ca", "invalid peer", "unexpected message"];
+    if permanent.iter().any(|p| text.contains(p)) {
+        return ErrorClass::Permanent;
+    }
+    ErrorClass::Retryable
+}
+
+/// Classification by SQLSTATE alone.
+pub fn classify_sqlstate(code: &SqlState) -> ErrorClass {
+    let c = code.code();
+    let retryable = c.starts_with("08")
+        || matches!(
+            c,
+            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01" | "53300"
+        );
+    if retryable {
+        ErrorClass::Retryable
+    } else {
+        ErrorClass::Permanent
+    }
+}
+
+fn kind_of(failure: &AttemptError<PgFailure>, give_up: GiveUp) -> (DbErrorKind, Option<String>) {
+    let code = match failure {
+        AttemptError::Failed(PgFailure::Query(e)) => e.code().map(|c| c.code().to_owned()),
+        _ => None,
+    };
+    let kind = match (give_up, code.as_deref()) {
+        (GiveUp::BudgetExhausted, _) => DbErrorKind::Unavailable,
+        (_, Some("42P01" | "42883" | "3F000")) => DbErrorKind::SchemaMissing,
+        (_, Some(c)) if c.starts_with("23") || c == "P0001" => DbErrorKind::Rejected,
+        _ => DbErrorKind::Permanent,
+    };
+    (kind, code)
+}
+
+pub(crate) fn from_retry(op: &'static str, e: RetryError<PgFailure>, hint: Option<String>) -> DbError {
+    let (kind, sqlstate) = kind_of(&e.last, e.reason);
+    let mut message = e.last.to_string();
+    if let (AttemptError::TimedOut(_), Some(hint)) = (&e.last, hint) {
+        message.push_str(&format!(" (last connect: {hint})"));
+    }
+    let err = DbError::new(kind, op, sqlstate, message);
+    err.with_attempts(e.attempts, e.elapsed)
+}

@@ -1,0 +1,147 @@
+//! Embedded, versioned, idempotent migrations, safe when several nodes start at once.
+//!
+//! Each crate embeds its `migrations/postgres/*.sql` files as a `&[Migration]` and
+//! calls [`migrate`]. Applied versions are recorded per component in
+//! `failover_core_migrations` together with a checksum of the SQL, so an edited
+//! migration is detected instead of silently skipped. All of it runs in one
+//! transaction under a transaction-scoped advisory lock, so nodes starting together
+//! apply each migration exactly once and a failure leaves nothing half-applied.
+
+use crate::errors::DbError;
+use super::pool::PgPool;
+
+/// One migration: a version, a name and its SQL (usually `include_str!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// Strictly increasing per component.
+    pub version: i64,
+    /// Short name.
+    pub name: &'static str,
+    /// The SQL, may hold several statements.
+    pub sql: &'static str,
+}
+
+impl Migration {
+    /// A migration.
+    pub const fn new(version: i64, name: &'static str, sql: &'static str) -> Self {
+        Self { version, name, sql }
+    }
+
+    /// FNV-1a of the SQL text, to detect edits after application.
+    pub fn checksum(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.sql.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this call (empty when the schema was already current).
+    pub applied: Vec<i64>,
+    /// Versions found already applied.
+    pub already_applied: Vec<i64>,
+}
+
+/// Arbitrary constant key of the advisory lock that serialises migrations.
+const LOCK_KEY: i64 = 0x7472_6164_6570_756c; // "tradepul"
+
+const BOOTSTRAP: &str = "CREATE TABLE IF NOT EXISTS failover_core_migrations (
+    component  TEXT        NOT NULL,
+    version    BIGINT      NOT NULL,
+    name       TEXT        NOT NULL,
+    checksum   TEXT        NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (component, version)
+)";
+
+/// Applies every migration of `component` not yet applied, under the pool's retry
+/// policy (the whole transaction is retried, which is safe because it either
+/// committed or left nothing behind).
+pub async fn migrate(
+    pool: &PgPool,
+    component: &'static str,
+    migrations: &'static [Migration],
+) -> Result<MigrationReport, DbError> {
+    for pair in migrations.windows(2) {
+        assert!(
+            pair[0].version < pair[1].version,
+            "migrations of {component} must have strictly increasing versions"
+        );
+    }
+    pool.run("migrate", |client| {
+        Box::pin(async move {
+            let tx = begin(client).await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
+            tx.batch_execute(BOOTSTRAP).await?;
+            let rows = tx
+                .query(
+                    "SELECT version, checksum FROM failover_core_migrations WHERE component = $1",
+                    &[&component],
+                )
+                .await?;
+            let done: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let mut report = MigrationReport {
+                applied: Vec::new(),
+                already_applied: Vec::new(),
+            };
+            for m in migrations {
+                match done.iter().find(|(v, _)| *v == m.version) {
+                    Some((_, sum)) => {
+                        if *sum != m.checksum() {
+                            tracing::error!(component, version = m.version, "applied migration was edited afterwards");
+                        }
+                        report.already_applied.push(m.version);
+                    }
+                    None => {
+                        tx.batch_execute(m.sql).await?;
+                        tx.execute(
+                            "INSERT INTO failover_core_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                            &[&component, &m.version, &m.name, &m.checksum()],
+                        )
+                        .await?;
+                        report.applied.push(m.version);
+                    }
+                }
+            }
+            tx.commit().await?;
+            if !report.applied.is_empty() {
+                tracing::info!(component, applied = ?report.applied, "migrations applied");
+            }
+            Ok(report)
+        })
+    })
+    .await
+}
+
+/// Begins a transaction on a shared pooled client (`&Object`):
+/// `tokio_postgres::Transaction` wants `&mut Client`.
+pub(crate) async fn begin(
+    client: &tokio_postgres::Client,
+) -> Result<RawTx<'_>, tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    Ok(RawTx { client })
+}
+
+/// A transaction on a shared client; rolled back when the connection is discarded
+/// (the pool discards a connection whose operation failed or was cut).
+pub(crate) struct RawTx<'a> {
+    client: &'a tokio_postgres::Client,
+}
+
+impl std::ops::Deref for RawTx<'_> {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        self.client
+    }
+}
+
+impl RawTx<'_> {
+    pub(crate) async fn commit(self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("COMMIT").await
+    }
+}

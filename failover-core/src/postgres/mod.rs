@@ -1,0 +1,18 @@
+//! PostgreSQL machinery shared by every store (feature `postgres`): settings from
+//! env or a builder, TLS, a failover-aware pool, error classification, embedded
+//! migrations and a reconnecting LISTEN/NOTIFY listener.
+
+mod error;
+mod listen;
+mod migrate;
+mod pool;
+mod settings;
+mod tls;
+
+pub use crate::errors::{ConfigError, DbError, DbErrorKind};
+pub use error::{classify, classify_sqlstate};
+pub use listen::{ListenEvent, ListenOptions, Listener};
+pub use migrate::{migrate, Migration, MigrationReport};
+pub use pool::{DedicatedConnection, PgClient, PgPool};
+pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};
+pub use tokio_postgres;

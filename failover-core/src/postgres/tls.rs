@@ -1,0 +1,136 @@
+//! TLS connectors (rustls with the `ring` provider) built from [`TlsSettings`].
+
+use super::settings::{ConfigError, TlsMode, TlsSettings, VarNames};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// What the pool connects with.
+#[derive(Clone)]
+pub(crate) enum Connector {
+    Plain,
+    Tls(MakeRustlsConnect),
+}
+
+pub(crate) fn connector(names: &VarNames, tls: &TlsSettings) -> Result<Connector, ConfigError> {
+    if tls.mode == TlsMode::Disable {
+        return Ok(Connector::Plain);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::Invalid {
+            var: names.name("TLS__MODE"),
+            reason: format!("TLS setup failed: {e}"),
+        })?;
+    let builder = match tls.mode {
+        TlsMode::VerifyFull => {
+            let var = names.name("TLS__CA_FILE");
+            let path = tls.ca_file.as_ref().ok_or_else(|| ConfigError::Invalid {
+                var: var.clone(),
+                reason: "is required when TLS mode is verify-full".into(),
+            })?;
+            let file_err = |reason: String| ConfigError::TlsFile {
+                var: var.clone(),
+                path: path.clone(),
+                reason,
+            };
+            let mut roots = RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| file_err(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| file_err(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(file_err("contains no PEM certificate".into()));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| file_err(format!("not a usable CA certificate: {e}")))?;
+            }
+            builder.with_root_certificates(roots)
+        }
+        _ => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))),
+    };
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let cert_var = names.name("TLS__CERT_FILE");
+            let key_var = names.name("TLS__KEY_FILE");
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| ConfigError::TlsFile {
+                    var: cert_var.clone(),
+                    path: cert.clone(),
+                    reason: e.to_string(),
+                })?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| ConfigError::TlsFile {
+                var: key_var,
+                path: key.clone(),
+                reason: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| ConfigError::TlsFile {
+                    var: cert_var,
+                    path: cert.clone(),
+                    reason: e.to_string(),
+                })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Connector::Tls(MakeRustlsConnect::new(config)))
+}
+
+/// libpq's `sslmode=require`: encrypt, do not verify the server's identity.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
