@@ -21,7 +21,8 @@
 
 use super::error::{describe, from_retry, PgFailure};
 use crate::errors::{DbError, DbErrorKind};
-use super::settings::{ConfigError, PgSettings};
+use super::settings::PgSettings;
+use crate::errors::ConfigError;
 use super::tls::{connector, Connector};
 use crate::retry::{Classify, ErrorClass};
 use arc_swap::ArcSwap;

@@ -1,6 +1,7 @@
 //! TLS connectors (rustls with the `ring` provider) built from [`TlsSettings`].
 
-use super::settings::{ConfigError, TlsMode, TlsSettings, VarNames};
+use super::settings::{TlsMode, TlsSettings, VarNames};
+use crate::errors::ConfigError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
