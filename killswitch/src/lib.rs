@@ -1,1 +1,232 @@
-//! x
+#![doc = include_str!("../README.md")]
+
+pub mod conformance;
+mod handle;
+mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
+pub use handle::{Halt, KillSwitch, KillSwitchConfig, KillSwitchStatus, Trading};
+pub use memory::MemoryKillSwitchStore;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresKillSwitchStore;
+
+use failover_core::{ConfigError, DbError, DbErrorKind};
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The health component name reported by [`KillSwitch::health`].
+pub const HEALTH_COMPONENT: &str = "kill_switch";
+
+/// The persisted kill switch state (table `kill_switch_state`, row `id = 1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillSwitchState {
+    /// True when trading must stop.
+    pub engaged: bool,
+    /// Why it was last changed (empty before the first change).
+    pub reason: String,
+    /// When it was last changed (database clock for Postgres), microsecond precision.
+    #[serde(with = "humantime_serde_compat")]
+    pub updated_at: SystemTime,
+    /// Who last changed it (empty before the first change).
+    pub updated_by: String,
+    /// The ticket of the last change, if any.
+    pub ticket: Option<String>,
+    /// Strictly increasing with every change; 0 before the first.
+    pub version: u64,
+}
+
+/// What an audit event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Stop trading.
+    Engage,
+    /// Resume trading.
+    Disengage,
+}
+
+impl Action {
+    /// `engage` or `disengage`, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Engage => "engage",
+            Self::Disengage => "disengage",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "engage" => Some(Self::Engage),
+            "disengage" => Some(Self::Disengage),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One row of the append-only audit trail (`kill_switch_events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillSwitchEvent {
+    /// The state version this event produced.
+    pub version: u64,
+    /// The request's idempotency key.
+    pub request_id: Uuid,
+    /// Engage or disengage.
+    pub action: Action,
+    /// The resulting `engaged`.
+    pub engaged: bool,
+    /// Why.
+    pub reason: String,
+    /// Who.
+    pub actor: String,
+    /// Ticket, mandatory for disengage.
+    pub ticket: Option<String>,
+    /// When (database clock for Postgres), microsecond precision.
+    #[serde(with = "humantime_serde_compat")]
+    pub at: SystemTime,
+}
+
+/// Errors of every kill switch store. Each says what happened and what to do; a
+/// refused call changed nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The audit context is invalid (empty reason, control characters, too long) or
+    /// a ticket is missing for disengage.
+    #[error("refused, nothing changed: {0}")]
+    InvalidAudit(#[from] AuditError),
+    /// The request id of this `Audit` was already used for another action.
+    #[error("refused, nothing changed: request {request_id} was already used to {previous}; build a new Audit for a new action")]
+    RequestReused {
+        /// The reused id.
+        request_id: Uuid,
+        /// The action it was used for.
+        previous: Action,
+    },
+    /// The tables are missing.
+    #[error("kill_switch_state table missing: run killswitch migrations (PostgresKillSwitchStore::migrate) ({source})")]
+    SchemaMissing {
+        /// The database error.
+        source: DbError,
+    },
+    /// The database could not be reached within the retry budget. The outcome of a
+    /// write is unknown; retrying with the same `Audit` is safe (idempotent).
+    #[error("kill switch store unavailable; retry with the same Audit (idempotent): {source}")]
+    Unavailable {
+        /// The database error.
+        source: DbError,
+    },
+    /// Any other database error.
+    #[error("kill switch store error: {source}")]
+    Database {
+        /// The database error.
+        source: DbError,
+    },
+    /// Settings that cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store was shut down.
+    #[error("kill switch store closed")]
+    Closed,
+}
+
+impl From<DbError> for Error {
+    fn from(source: DbError) -> Self {
+        match source.kind() {
+            DbErrorKind::Unavailable => Self::Unavailable { source },
+            DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
+            _ => Self::Database { source },
+        }
+    }
+}
+
+/// A stream of state changes: every newer state, in order of version (a slow
+/// reader skips to the newest, which is what a safety control needs).
+#[derive(Debug)]
+pub struct Subscription {
+    rx: watch::Receiver<Option<KillSwitchState>>,
+    seen: Option<u64>,
+}
+
+impl Subscription {
+    pub(crate) fn new(rx: watch::Receiver<Option<KillSwitchState>>) -> Self {
+        Self { rx, seen: None }
+    }
+
+    /// Waits for a state newer than the last one returned (the first call returns
+    /// the current state). `None` when the store is gone.
+    pub async fn next(&mut self) -> Option<KillSwitchState> {
+        loop {
+            let current = self.rx.borrow_and_update().clone();
+            if let Some(state) = current {
+                if self.seen.is_none_or(|seen| state.version > seen) {
+                    self.seen = Some(state.version);
+                    return Some(state);
+                }
+            }
+            self.rx.changed().await.ok()?;
+        }
+    }
+}
+
+/// Where the kill switch state lives.
+///
+/// # Contract
+/// * `load` returns the current state; before any change: not engaged, version 0.
+/// * `engage` (ticket optional) and `disengage` (ticket **required**) validate the
+///   [`Audit`] first; a refused call changes nothing and writes no audit row.
+/// * Every successful call — including engaging an engaged switch — bumps `version`
+///   by one, updates reason/updated_by/ticket/updated_at and appends exactly one
+///   audit event, atomically.
+/// * Submitting the same `Audit` (same request id) again returns the state that
+///   request produced and changes nothing (safe retry after an unknown outcome);
+///   reusing it for the other action is [`Error::RequestReused`].
+/// * `history(limit)` returns at most `limit` events, newest first.
+/// * `subscribe` delivers every newer state (skipping to the newest when behind).
+/// * Text (reason, actor, ticket) is stored and returned verbatim.
+#[async_trait::async_trait]
+pub trait KillSwitchStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The current state.
+    async fn load(&self) -> Result<KillSwitchState, Error>;
+    /// Stops trading.
+    async fn engage(&self, audit: &Audit) -> Result<KillSwitchState, Error>;
+    /// Resumes trading; needs a ticket.
+    async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error>;
+    /// Audit events, newest first.
+    async fn history(&self, limit: usize) -> Result<Vec<KillSwitchEvent>, Error>;
+    /// A stream of changes, starting with the state at the time of the call.
+    async fn subscribe(&self) -> Result<Subscription, Error>;
+}
+
+/// Validates an audit for `action`, the one rule set every store applies.
+pub(crate) fn validate(audit: &Audit, action: Action) -> Result<(), Error> {
+    let (safety, what) = match action {
+        Action::Engage => (failover_core::Safety::Tighten, "engage the kill switch"),
+        Action::Disengage => (failover_core::Safety::Relax, "disengage the kill switch"),
+    };
+    audit.validate(safety, what).map_err(Error::from)
+}
+
+/// Serialises `SystemTime` as RFC 3339 text.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
+}

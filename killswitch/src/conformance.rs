@@ -1,0 +1,309 @@
+//! The contract of [`KillSwitchStore`], as one public async fn per behaviour.
+//!
+//! Every store runs the whole list through [`conformance_tests!`](crate::conformance_tests),
+//! which expands into individually named `#[tokio::test]`s so that a failure names
+//! the behaviour. The in-memory store is held to exactly what PostgreSQL does.
+//!
+//! Each function expects a fresh store (disengaged, version 0, no history).
+
+use crate::{Action, Audit, Error, KillSwitchStore};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn engage_audit(reason: &str) -> Audit {
+    Audit::new("ops:conformance", reason)
+}
+
+fn disengage_audit(reason: &str) -> Audit {
+    Audit::new("ops:conformance", reason).with_ticket("INC-1")
+}
+
+/// A fresh store is disengaged at version 0 with no history.
+pub async fn fresh_store_is_disengaged_at_version_zero(store: &dyn KillSwitchStore) {
+    let state = store.load().await.expect("load");
+    assert!(!state.engaged);
+    assert_eq!(state.version, 0);
+    assert!(store.history(10).await.expect("history").is_empty());
+}
+
+/// Engage then disengage round-trips every field through `load`.
+pub async fn engage_then_disengage_round_trips(store: &dyn KillSwitchStore) {
+    let engaged = store
+        .engage(&Audit::new("ops:alice", "runaway algo").with_ticket("INC-42"))
+        .await
+        .expect("engage");
+    assert!(engaged.engaged);
+    assert_eq!(engaged.reason, "runaway algo");
+    assert_eq!(engaged.updated_by, "ops:alice");
+    assert_eq!(engaged.ticket.as_deref(), Some("INC-42"));
+    assert_eq!(engaged.version, 1);
+    assert_eq!(store.load().await.expect("load"), engaged);
+
+    let released = store
+        .disengage(&Audit::new("ops:bob", "algo fixed").with_ticket("INC-43"))
+        .await
+        .expect("disengage");
+    assert!(!released.engaged);
+    assert_eq!(released.reason, "algo fixed");
+    assert_eq!(released.updated_by, "ops:bob");
+    assert_eq!(released.version, 2);
+    assert!(released.updated_at >= engaged.updated_at);
+    assert_eq!(store.load().await.expect("load"), released);
+}
+
+/// Engaging an engaged switch is accepted: it stays engaged, the version advances
+/// and the repeat is audited (an operator re-confirming with a new reason).
+pub async fn repeated_engage_stays_engaged_and_is_audited(store: &dyn KillSwitchStore) {
+    let first = store.engage(&engage_audit("first")).await.expect("engage");
+    let second = store.engage(&engage_audit("second")).await.expect("engage again");
+    assert!(second.engaged);
+    assert_eq!(second.reason, "second");
+    assert_eq!(second.version, first.version + 1);
+    assert_eq!(store.history(10).await.expect("history").len(), 2);
+}
+
+/// Submitting the same `Audit` again (a retry after an unknown outcome) is applied
+/// once and returns the state that request produced.
+pub async fn same_request_is_applied_once(store: &dyn KillSwitchStore) {
+    let audit = engage_audit("retry me");
+    let first = store.engage(&audit).await.expect("engage");
+    store.disengage(&disengage_audit("later change")).await.expect("disengage");
+    let replay = store.engage(&audit).await.expect("replayed engage");
+    assert_eq!(replay, first, "a replay returns what the request produced");
+    let now = store.load().await.expect("load");
+    assert!(!now.engaged, "the replay must not re-engage");
+    assert_eq!(now.version, 2);
+    assert_eq!(store.history(10).await.expect("history").len(), 2);
+}
+
+/// Reusing a request id for the other action is refused and changes nothing.
+pub async fn request_reused_for_another_action_is_refused(store: &dyn KillSwitchStore) {
+    let audit = engage_audit("once").with_ticket("INC-9");
+    store.engage(&audit).await.expect("engage");
+    let err = store.disengage(&audit).await.expect_err("reuse must be refused");
+    assert!(
+        matches!(err, Error::RequestReused { previous: Action::Engage, .. }),
+        "{err:?}"
+    );
+    assert!(store.load().await.expect("load").engaged);
+    assert_eq!(store.history(10).await.expect("history").len(), 1);
+}
+
+/// Every successful change bumps the version by exactly one.
+pub async fn versions_strictly_increase(store: &dyn KillSwitchStore) {
+    let mut last = store.load().await.expect("load").version;
+    for i in 0..6 {
+        let state = if i % 2 == 0 {
+            store.engage(&engage_audit("up")).await
+        } else {
+            store.disengage(&disengage_audit("down")).await
+        }
+        .expect("change");
+        assert_eq!(state.version, last + 1);
+        last = state.version;
+    }
+}
+
+/// History is newest first, bounded by `limit`, and mirrors each change.
+pub async fn history_is_newest_first_and_limited(store: &dyn KillSwitchStore) {
+    store.engage(&engage_audit("one")).await.expect("engage");
+    store.disengage(&disengage_audit("two")).await.expect("disengage");
+    store.engage(&engage_audit("three")).await.expect("engage");
+    let all = store.history(100).await.expect("history");
+    let reasons: Vec<&str> = all.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["three", "two", "one"]);
+    let versions: Vec<u64> = all.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [3, 2, 1]);
+    assert_eq!(all[1].action, Action::Disengage);
+    assert!(!all[1].engaged);
+    assert_eq!(all[1].ticket.as_deref(), Some("INC-1"));
+    assert_eq!(all[0].actor, "ops:conformance");
+    let two = store.history(2).await.expect("history");
+    assert_eq!(two, all[..2].to_vec());
+    assert!(store.history(0).await.expect("history").is_empty());
+}
+
+/// Exactly one audit row per successful call; refused calls write none.
+pub async fn one_audit_row_per_successful_call(store: &dyn KillSwitchStore) {
+    let mut ok = 0;
+    for i in 0..8 {
+        let result = match i % 4 {
+            0 => store.engage(&engage_audit("e")).await,
+            1 => store.disengage(&Audit::new("ops", "no ticket")).await,
+            2 => store.disengage(&disengage_audit("d")).await,
+            _ => store.engage(&Audit::new("", "no actor")).await,
+        };
+        if result.is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 4);
+    let history = store.history(100).await.expect("history");
+    assert_eq!(history.len(), ok);
+    assert_eq!(store.load().await.expect("load").version, ok as u64);
+}
+
+/// Disengage without a ticket is refused with `TicketRequired` and changes nothing.
+pub async fn disengage_without_ticket_is_refused(store: &dyn KillSwitchStore) {
+    let engaged = store.engage(&engage_audit("stop")).await.expect("engage");
+    let err = store
+        .disengage(&Audit::new("ops:alice", "resume"))
+        .await
+        .expect_err("ticket required");
+    assert!(
+        matches!(err, Error::InvalidAudit(failover_core::AuditError::TicketRequired { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ticket"), "{err}");
+    assert_eq!(store.load().await.expect("load"), engaged);
+    assert_eq!(store.history(10).await.expect("history").len(), 1);
+}
+
+/// Invalid audit input (blank, control characters, too long) is refused with a
+/// typed error and changes nothing.
+pub async fn invalid_audit_is_refused_and_changes_nothing(store: &dyn KillSwitchStore) {
+    let before = store.load().await.expect("load");
+    let bad = [
+        Audit::new("ops", ""),
+        Audit::new("ops", "   "),
+        Audit::new("", "reason"),
+        Audit::new("ops", "two\nlines"),
+        Audit::new("ops\u{0}", "nul"),
+        Audit::new("ops", "x".repeat(failover_core::audit::MAX_REASON_CHARS + 1)),
+        Audit::new("ops", "ok").with_ticket(""),
+    ];
+    for audit in &bad {
+        let err = store.engage(audit).await.expect_err("refused");
+        assert!(matches!(err, Error::InvalidAudit(_)), "{err:?}");
+        let err = store
+            .disengage(&audit.clone().with_ticket("\u{7}"))
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, Error::InvalidAudit(_)), "{err:?}");
+    }
+    assert_eq!(store.load().await.expect("load"), before);
+    assert!(store.history(10).await.expect("history").is_empty());
+}
+
+/// Reason, actor and ticket with quotes, semicolons, SQL keywords and non-ASCII text
+/// are stored and returned verbatim.
+pub async fn text_is_stored_verbatim(store: &dyn KillSwitchStore) {
+    let reason = "'; DROP TABLE kill_switch_state; -- \"quoted\" $$ 💥 Ünïcode";
+    let actor = "o'brien; SELECT 1";
+    let ticket = "INC-'1'; --";
+    let state = store
+        .engage(&Audit::new(actor, reason).with_ticket(ticket))
+        .await
+        .expect("engage");
+    assert_eq!(state.reason, reason);
+    let loaded = store.load().await.expect("load");
+    assert_eq!(loaded.reason, reason);
+    assert_eq!(loaded.updated_by, actor);
+    assert_eq!(loaded.ticket.as_deref(), Some(ticket));
+    let event = &store.history(1).await.expect("history")[0];
+    assert_eq!((event.reason.as_str(), event.actor.as_str()), (reason, actor));
+}
+
+/// 50 concurrent engage/disengage calls: all succeed, versions 1..=50 are each used
+/// once, and the final state equals the newest audit event.
+pub async fn concurrent_changes_leave_state_equal_to_newest_event(store: Arc<dyn KillSwitchStore>) {
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                store.engage(&engage_audit(&format!("engage {i}"))).await
+            } else {
+                store.disengage(&disengage_audit(&format!("disengage {i}"))).await
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task").expect("change");
+    }
+    let history = store.history(100).await.expect("history");
+    assert_eq!(history.len(), 50);
+    let mut versions: Vec<u64> = history.iter().map(|e| e.version).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=50).collect::<Vec<u64>>());
+    let newest = &history[0];
+    let state = store.load().await.expect("load");
+    assert_eq!(state.version, 50);
+    assert_eq!(state.version, newest.version);
+    assert_eq!(state.engaged, newest.engaged);
+    assert_eq!(state.reason, newest.reason);
+    assert_eq!(state.updated_by, newest.actor);
+    assert_eq!(state.ticket, newest.ticket);
+    assert_eq!(state.updated_at, newest.at);
+}
+
+/// A subscriber first gets the current state, then each change (engagement pushed).
+pub async fn subscribers_see_changes(store: &dyn KillSwitchStore) {
+    let mut sub = store.subscribe().await.expect("subscribe");
+    let first = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("initial state in time")
+        .expect("open");
+    assert!(!first.engaged);
+    store.engage(&engage_audit("push me")).await.expect("engage");
+    let pushed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sub.next().await {
+                Some(s) if s.engaged => return s,
+                Some(_) => continue,
+                None => panic!("subscription closed"),
+            }
+        }
+    })
+    .await
+    .expect("engagement pushed in time");
+    assert_eq!(pushed.reason, "push me");
+}
+
+/// Expands into one named `#[tokio::test]` per behaviour of the contract.
+///
+/// `$setup` is an async fn returning `(Arc<dyn KillSwitchStore>, guard)`, where the
+/// guard keeps whatever the store needs alive (a database, say) until the test ends.
+///
+/// ```
+/// use std::sync::Arc;
+/// use killswitch::{KillSwitchStore, MemoryKillSwitchStore};
+/// async fn setup() -> (Arc<dyn KillSwitchStore>, ()) {
+///     (Arc::new(MemoryKillSwitchStore::new()), ())
+/// }
+/// killswitch::conformance_tests!(setup);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@tests $setup;
+            fresh_store_is_disengaged_at_version_zero,
+            engage_then_disengage_round_trips,
+            repeated_engage_stays_engaged_and_is_audited,
+            same_request_is_applied_once,
+            request_reused_for_another_action_is_refused,
+            versions_strictly_increase,
+            history_is_newest_first_and_limited,
+            one_audit_row_per_successful_call,
+            disengage_without_ticket_is_refused,
+            invalid_audit_is_refused_and_changes_nothing,
+            text_is_stored_verbatim,
+            subscribers_see_changes,
+        );
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_changes_leave_state_equal_to_newest_event() {
+            let (store, _guard) = $setup().await;
+            $crate::conformance::concurrent_changes_leave_state_equal_to_newest_event(store).await;
+        }
+    };
+    (@tests $setup:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $setup().await;
+                $crate::conformance::$name(&*store).await;
+            }
+        )*
+    };
+}
