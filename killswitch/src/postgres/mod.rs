@@ -109,6 +109,12 @@ impl PostgresKillSwitchStore {
         Self::new(PgSettings::from_env(ENV_PREFIX)?)
     }
 
+    /// Like [`from_env`](Self::from_env) with a custom lookup of the same variable
+    /// names (a config map, a secret store, tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        Self::new(PgSettings::from_lookup(ENV_PREFIX, lookup)?)
+    }
+
     /// A store with these settings. Does not connect; the first call does.
     pub fn new(settings: PgSettings) -> Result<Self, Error> {
         Ok(Self::from_pool(PgPool::new(COMPONENT, settings)?))

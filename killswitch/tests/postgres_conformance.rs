@@ -1,0 +1,15 @@
+//! The Postgres store runs the whole conformance suite against a real server.
+
+mod support;
+
+use failover_core::testkit::Cluster;
+use killswitch::KillSwitchStore;
+use std::sync::Arc;
+
+async fn setup() -> (Arc<dyn KillSwitchStore>, Cluster) {
+    let (cluster, db) = support::primary().await;
+    let store = support::store(&cluster.primary().dsn(&db)).await;
+    (Arc::new(store), cluster)
+}
+
+killswitch::conformance_tests!(setup);
