@@ -138,8 +138,11 @@ pub(crate) fn run(mut cmd: Command, what: &str, timeout: Duration) -> Result<Str
     let err = out
         .try_clone()
         .map_err(|e| TestkitError::io("duplicating an output file", e))?;
-    cmd.stdout(out.try_clone().map_err(|e| TestkitError::io("duplicating", e))?)
-        .stderr(err);
+    cmd.stdout(
+        out.try_clone()
+            .map_err(|e| TestkitError::io("duplicating", e))?,
+    )
+    .stderr(err);
     let mut child = cmd
         .spawn()
         .map_err(|e| TestkitError::io(format!("spawning {what}"), e))?;
@@ -303,23 +306,46 @@ fn supervise(rx: &mpsc::Receiver<(Command, Reply)>, exited: &Mutex<HashMap<u32, 
 
 /// State of a process from `/proc/<pid>/stat`: `None` when it does not exist.
 pub(crate) fn proc_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&stat).map(|(state, _)| state)
+    read_stat(pid).map(|stat| stat.state)
 }
 
 /// Alive: exists and is not a zombie.
 pub(crate) fn is_alive(pid: u32) -> bool {
-    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+    read_stat(pid).is_some_and(|stat| stat.is_alive())
 }
 
-/// `(state, ppid)` from the text of `/proc/<pid>/stat` (the command name may hold spaces
-/// and parentheses, so parse after the last `)`).
-fn parse_stat(stat: &str) -> Option<(char, u32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
+/// Alive and running the `postgres` program: guards against signalling an unrelated
+/// process that reused the pid of a stale `postmaster.pid`.
+pub(crate) fn is_live_postgres(pid: u32) -> bool {
+    read_stat(pid).is_some_and(|stat| stat.is_alive() && stat.comm == "postgres")
+}
+
+struct Stat {
+    comm: String,
+    state: char,
+    ppid: u32,
+}
+
+impl Stat {
+    fn is_alive(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses the text of `/proc/<pid>/stat`: "pid (comm) state ppid ...". The command name may
+/// hold spaces and parentheses, so it ends at the last `)`.
+fn parse_stat(stat: &str) -> Option<Stat> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let mut fields = stat.get(close + 1..)?.split_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    Some(Stat { comm, state, ppid })
 }
 
 /// Every live descendant of `root` (not `root` itself), found through the ppid in
@@ -338,10 +364,8 @@ pub(crate) fn descendants(root: u32) -> Vec<u32> {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
             };
-            if let Some((state, ppid)) = parse_stat(&stat) {
-                if state != 'Z' && state != 'X' {
-                    by_parent.entry(ppid).or_default().push(pid);
-                }
+            if let Some(stat) = parse_stat(&stat).filter(Stat::is_alive) {
+                by_parent.entry(stat.ppid).or_default().push(pid);
             }
         }
     }
@@ -360,13 +384,34 @@ pub(crate) fn descendants(root: u32) -> Vec<u32> {
 
 /// Sends `signal` to `pid`; a process that is already gone is not an error.
 pub(crate) fn signal(pid: u32, signal: Signal) -> Result<(), TestkitError> {
-    let raw = i32::try_from(pid)
-        .map_err(|_| TestkitError::setup(format!("pid {pid} out of range")))?;
+    let raw =
+        i32::try_from(pid).map_err(|_| TestkitError::setup(format!("pid {pid} out of range")))?;
     match kill(Pid::from_raw(raw), signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(e) => Err(TestkitError::io(
             format!("sending {signal} to {pid}"),
             std::io::Error::from(e),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_with_odd_command_names() {
+        let stat = parse_stat("42 (postgres: a (b) c) S 7 42 42 0 -1").expect("parsed");
+        assert_eq!(stat.comm, "postgres: a (b) c");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 7);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn finds_our_own_process() {
+        let me = std::process::id();
+        assert!(is_alive(me));
+        assert!(descendants(me).iter().all(|&pid| pid != me));
     }
 }

@@ -40,9 +40,8 @@ fn ca(name: &str) -> Result<(rcgen::Certificate, KeyPair), TestkitError> {
 pub(crate) fn generate(ca_name: &str) -> Result<TlsMaterial, TestkitError> {
     let (ca_cert, ca_key) = ca(ca_name)?;
     let key = KeyPair::generate().map_err(cert_err)?;
-    let mut params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .map_err(cert_err)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .map_err(cert_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "localhost");
     params.distinguished_name = dn;
