@@ -110,3 +110,30 @@ fn debian_bindirs() -> Vec<PathBuf> {
     versions.sort_by(|a, b| b.0.cmp(&a.0));
     versions.into_iter().map(|(_, dir)| dir).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binaries_name_the_package_and_pg_bin() {
+        let empty = tempfile::tempdir().expect("tempdir");
+        let err = PgBinaries::from_dir(empty.path()).expect_err("no binaries there");
+        assert!(matches!(err, TestkitError::BinariesMissing { .. }));
+        let message = err.to_string();
+        assert!(
+            message.contains("apt-get install -y postgresql"),
+            "{message}"
+        );
+        assert!(message.contains("PG_BIN"), "{message}");
+    }
+
+    #[test]
+    fn a_found_directory_holds_every_program() {
+        // Only meaningful where PostgreSQL is installed; elsewhere discovery must say so.
+        match PgBinaries::discover() {
+            Ok(found) => assert!(REQUIRED.iter().all(|p| found.program(p).is_file())),
+            Err(e) => assert!(matches!(e, TestkitError::BinariesMissing { .. })),
+        }
+    }
+}
