@@ -1,1 +1,4 @@
-//! x
+//! Runnable programs that link the safety-controls crates as a trading service would.
+//! The logic lives here so tests can run it; `examples/*.rs` are thin `main`s.
+
+pub mod order_loop;

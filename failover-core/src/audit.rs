@@ -47,7 +47,9 @@ pub struct Audit {
 #[non_exhaustive]
 pub enum AuditError {
     /// A required field is empty or only white space.
-    #[error("audit {field} is empty: say who/why (e.g. actor \"ops:alice\", reason \"runaway algo\")")]
+    #[error(
+        "audit {field} is empty: say who/why (e.g. actor \"ops:alice\", reason \"runaway algo\")"
+    )]
     Empty {
         /// `actor`, `reason` or `ticket`.
         field: &'static str,
@@ -63,7 +65,9 @@ pub enum AuditError {
         max: usize,
     },
     /// A field contains a control character (newline, NUL, escape …).
-    #[error("audit {field} contains a control character at position {position}; use printable text")]
+    #[error(
+        "audit {field} contains a control character at position {position}; use printable text"
+    )]
     ControlCharacter {
         /// `actor`, `reason` or `ticket`.
         field: &'static str,
@@ -193,7 +197,10 @@ mod tests {
         let long = "x".repeat(MAX_REASON_CHARS + 1);
         assert!(matches!(
             Audit::new("a", long).validate(Safety::Tighten, "engage"),
-            Err(AuditError::TooLong { field: "reason", .. })
+            Err(AuditError::TooLong {
+                field: "reason",
+                ..
+            })
         ));
     }
 
@@ -205,6 +212,9 @@ mod tests {
 
     #[test]
     fn each_audit_has_its_own_request_id() {
-        assert_ne!(Audit::new("a", "r").request_id(), Audit::new("a", "r").request_id());
+        assert_ne!(
+            Audit::new("a", "r").request_id(),
+            Audit::new("a", "r").request_id()
+        );
     }
 }

@@ -135,4 +135,3 @@ pub enum ConfigError {
         reason: String,
     },
 }
-

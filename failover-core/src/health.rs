@@ -142,16 +142,21 @@ impl Readiness {
     }
 }
 
+/// A registered component: its name and source.
+type Named = (String, Arc<dyn HealthSource>);
+
 /// A set of components whose worst status is the readiness answer. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct HealthRegistry {
-    sources: Arc<Mutex<Vec<(String, Arc<dyn HealthSource>)>>>,
+    sources: Arc<Mutex<Vec<Named>>>,
 }
 
 impl std::fmt::Debug for HealthRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<String> = lock(&self.sources).iter().map(|(n, _)| n.clone()).collect();
-        f.debug_struct("HealthRegistry").field("components", &names).finish()
+        f.debug_struct("HealthRegistry")
+            .field("components", &names)
+            .finish()
     }
 }
 
@@ -204,7 +209,9 @@ mod tests {
     #[test]
     fn worst_component_decides_and_json_uses_lower_case_words() {
         let registry = HealthRegistry::new();
-        registry.register_fn("a", || ComponentHealth::new("a", ComponentStatus::Operational));
+        registry.register_fn("a", || {
+            ComponentHealth::new("a", ComponentStatus::Operational)
+        });
         registry.register_fn("kill_switch", || {
             ComponentHealth::new("kill_switch", ComponentStatus::Degraded)
                 .with_details("connection refused")

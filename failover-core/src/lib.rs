@@ -12,8 +12,8 @@ pub mod postgres;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use errors::{ConfigError, DbError, DbErrorKind};
 pub use audit::{Audit, AuditError, Safety};
+pub use errors::{ConfigError, DbError, DbErrorKind};
 pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};
 pub use retry::{ErrorClass, RetryError, RetryPolicy};
 pub use staleness::Observed;

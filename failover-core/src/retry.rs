@@ -254,6 +254,10 @@ mod tests {
         assert_eq!(err.reason, GiveUp::BudgetExhausted);
         assert!(matches!(err.last, AttemptError::TimedOut(_)));
         assert!(err.attempts >= 2, "attempts: {}", err.attempts);
-        assert!(start.elapsed() <= Duration::from_secs(3), "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() <= Duration::from_secs(3),
+            "took {:?}",
+            start.elapsed()
+        );
     }
 }

@@ -55,7 +55,10 @@ pub async fn engage_then_disengage_round_trips(store: &dyn KillSwitchStore) {
 /// and the repeat is audited (an operator re-confirming with a new reason).
 pub async fn repeated_engage_stays_engaged_and_is_audited(store: &dyn KillSwitchStore) {
     let first = store.engage(&engage_audit("first")).await.expect("engage");
-    let second = store.engage(&engage_audit("second")).await.expect("engage again");
+    let second = store
+        .engage(&engage_audit("second"))
+        .await
+        .expect("engage again");
     assert!(second.engaged);
     assert_eq!(second.reason, "second");
     assert_eq!(second.version, first.version + 1);
@@ -67,7 +70,10 @@ pub async fn repeated_engage_stays_engaged_and_is_audited(store: &dyn KillSwitch
 pub async fn same_request_is_applied_once(store: &dyn KillSwitchStore) {
     let audit = engage_audit("retry me");
     let first = store.engage(&audit).await.expect("engage");
-    store.disengage(&disengage_audit("later change")).await.expect("disengage");
+    store
+        .disengage(&disengage_audit("later change"))
+        .await
+        .expect("disengage");
     let replay = store.engage(&audit).await.expect("replayed engage");
     assert_eq!(replay, first, "a replay returns what the request produced");
     let now = store.load().await.expect("load");
@@ -80,9 +86,18 @@ pub async fn same_request_is_applied_once(store: &dyn KillSwitchStore) {
 pub async fn request_reused_for_another_action_is_refused(store: &dyn KillSwitchStore) {
     let audit = engage_audit("once").with_ticket("INC-9");
     store.engage(&audit).await.expect("engage");
-    let err = store.disengage(&audit).await.expect_err("reuse must be refused");
+    let err = store
+        .disengage(&audit)
+        .await
+        .expect_err("reuse must be refused");
     assert!(
-        matches!(err, Error::RequestReused { previous: Action::Engage, .. }),
+        matches!(
+            err,
+            Error::RequestReused {
+                previous: Action::Engage,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(store.load().await.expect("load").engaged);
@@ -107,7 +122,10 @@ pub async fn versions_strictly_increase(store: &dyn KillSwitchStore) {
 /// History is newest first, bounded by `limit`, and mirrors each change.
 pub async fn history_is_newest_first_and_limited(store: &dyn KillSwitchStore) {
     store.engage(&engage_audit("one")).await.expect("engage");
-    store.disengage(&disengage_audit("two")).await.expect("disengage");
+    store
+        .disengage(&disengage_audit("two"))
+        .await
+        .expect("disengage");
     store.engage(&engage_audit("three")).await.expect("engage");
     let all = store.history(100).await.expect("history");
     let reasons: Vec<&str> = all.iter().map(|e| e.reason.as_str()).collect();
@@ -151,7 +169,10 @@ pub async fn disengage_without_ticket_is_refused(store: &dyn KillSwitchStore) {
         .await
         .expect_err("ticket required");
     assert!(
-        matches!(err, Error::InvalidAudit(failover_core::AuditError::TicketRequired { .. })),
+        matches!(
+            err,
+            Error::InvalidAudit(failover_core::AuditError::TicketRequired { .. })
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("ticket"), "{err}");
@@ -169,7 +190,10 @@ pub async fn invalid_audit_is_refused_and_changes_nothing(store: &dyn KillSwitch
         Audit::new("", "reason"),
         Audit::new("ops", "two\nlines"),
         Audit::new("ops\u{0}", "nul"),
-        Audit::new("ops", "x".repeat(failover_core::audit::MAX_REASON_CHARS + 1)),
+        Audit::new(
+            "ops",
+            "x".repeat(failover_core::audit::MAX_REASON_CHARS + 1),
+        ),
         Audit::new("ops", "ok").with_ticket(""),
     ];
     for audit in &bad {
@@ -201,7 +225,10 @@ pub async fn text_is_stored_verbatim(store: &dyn KillSwitchStore) {
     assert_eq!(loaded.updated_by, actor);
     assert_eq!(loaded.ticket.as_deref(), Some(ticket));
     let event = &store.history(1).await.expect("history")[0];
-    assert_eq!((event.reason.as_str(), event.actor.as_str()), (reason, actor));
+    assert_eq!(
+        (event.reason.as_str(), event.actor.as_str()),
+        (reason, actor)
+    );
 }
 
 /// 50 concurrent engage/disengage calls: all succeed, versions 1..=50 are each used
@@ -214,7 +241,9 @@ pub async fn concurrent_changes_leave_state_equal_to_newest_event(store: Arc<dyn
             if i % 2 == 0 {
                 store.engage(&engage_audit(&format!("engage {i}"))).await
             } else {
-                store.disengage(&disengage_audit(&format!("disengage {i}"))).await
+                store
+                    .disengage(&disengage_audit(&format!("disengage {i}")))
+                    .await
             }
         }));
     }
@@ -245,7 +274,10 @@ pub async fn subscribers_see_changes(store: &dyn KillSwitchStore) {
         .expect("initial state in time")
         .expect("open");
     assert!(!first.engaged);
-    store.engage(&engage_audit("push me")).await.expect("engage");
+    store
+        .engage(&engage_audit("push me"))
+        .await
+        .expect("engage");
     let pushed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match sub.next().await {

@@ -46,7 +46,9 @@ impl std::fmt::Display for Halt {
         f.write_str(match self {
             Self::NotLoaded => "halted: kill switch state not loaded yet",
             Self::Engaged => "halted: kill switch engaged",
-            Self::Stale => "halted: kill switch state is stale (store unreachable past the staleness window)",
+            Self::Stale => {
+                "halted: kill switch state is stale (store unreachable past the staleness window)"
+            }
         })
     }
 }
@@ -207,7 +209,11 @@ impl KillSwitch {
     /// Returns what the hot path answers then.
     pub async fn ready(&self, timeout: Duration) -> Trading {
         let mut rx = self.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|t| *t != Trading::Halted(Halt::NotLoaded))).await;
+        let _ = tokio::time::timeout(
+            timeout,
+            rx.wait_for(|t| *t != Trading::Halted(Halt::NotLoaded)),
+        )
+        .await;
         self.trading()
     }
 
@@ -306,7 +312,8 @@ impl Shared {
                 Some(format!(
                     "stale: last successful read older than {:?}, trading halted{}",
                     self.window,
-                    err.map(|e| format!("; last error: {e}")).unwrap_or_default()
+                    err.map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default()
                 )),
             ),
             _ => match err {
@@ -339,7 +346,11 @@ async fn next_or_pending(sub: &mut Option<Subscription>) -> Option<KillSwitchSta
 }
 
 /// The watcher: the only code that touches the store and the clock.
-async fn watch_store(store: Arc<dyn KillSwitchStore>, shared: Arc<Shared>, config: KillSwitchConfig) {
+async fn watch_store(
+    store: Arc<dyn KillSwitchStore>,
+    shared: Arc<Shared>,
+    config: KillSwitchConfig,
+) {
     let tick = config
         .poll_interval
         .min(config.staleness_window / 4)

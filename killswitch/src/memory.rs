@@ -1,7 +1,9 @@
 //! The in-memory store: unit tests, single-process deployments, and the default of
 //! the examples. Held to the same conformance suite as the Postgres store.
 
-use crate::{validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Subscription};
+use crate::{
+    validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Subscription,
+};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +27,9 @@ struct Inner {
 
 /// PostgreSQL keeps microseconds; so does this store, so both return equal values.
 fn now_micros() -> SystemTime {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
 }
 
@@ -123,7 +127,14 @@ impl KillSwitchStore for MemoryKillSwitchStore {
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<KillSwitchEvent>, Error> {
-        Ok(self.lock().events.iter().rev().take(limit).cloned().collect())
+        Ok(self
+            .lock()
+            .events
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn subscribe(&self) -> Result<Subscription, Error> {

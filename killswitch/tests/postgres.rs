@@ -15,12 +15,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const RUNBOOK_QUERY: &str = "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";
+const RUNBOOK_QUERY: &str =
+    "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";
 
 async fn wait_until<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -33,7 +37,11 @@ async fn runbook_query_returns_the_engaged_row() {
         .engage(&Audit::new("ops:alice", "runaway algo"))
         .await
         .expect("engage");
-    let rows = cluster.primary().query(&db, RUNBOOK_QUERY).await.expect("runbook query");
+    let rows = cluster
+        .primary()
+        .query(&db, RUNBOOK_QUERY)
+        .await
+        .expect("runbook query");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0][0].as_deref(), Some("t"));
     assert_eq!(rows[0][1].as_deref(), Some("runaway algo"));
@@ -48,23 +56,41 @@ async fn store_is_configured_from_the_env_variable_and_never_shows_the_password(
             "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN".to_string(),
             format!("{} password=hunter2-secret", cluster.primary().dsn(&db)),
         ),
-        ("TRADEPULSE_KILL_SWITCH_POSTGRES__RETRY_BUDGET".to_string(), "2s".to_string()),
+        (
+            "TRADEPULSE_KILL_SWITCH_POSTGRES__RETRY_BUDGET".to_string(),
+            "2s".to_string(),
+        ),
     ]
     .into();
     let store = PostgresKillSwitchStore::from_lookup(|k| env.get(k).cloned()).expect("store");
     store.migrate().await.expect("migrate");
-    assert!(store.engage(&Audit::new("ops", "from env")).await.expect("engage").engaged);
+    assert!(
+        store
+            .engage(&Audit::new("ops", "from env"))
+            .await
+            .expect("engage")
+            .engaged
+    );
     assert!(!format!("{store:?}").contains("hunter2"));
 
     // Missing and malformed variables are errors that name them.
     let err = PostgresKillSwitchStore::from_lookup(|_| None).unwrap_err();
     assert!(matches!(err, Error::Config(_)));
-    assert!(err.to_string().contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN"),
+        "{err}"
+    );
     let err = PostgresKillSwitchStore::from_lookup(|k| {
-        (k == "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN").then(|| "host=x port=99999999 password=hunter2-secret".into())
+        (k == "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN")
+            .then(|| "host=x port=99999999 password=hunter2-secret".into())
     })
     .unwrap_err();
-    assert!(err.to_string().contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN"),
+        "{err}"
+    );
     assert!(!err.to_string().contains("hunter2"), "{err}");
 
     // A failing connection: neither the error nor the logs carry the password.
@@ -80,7 +106,10 @@ async fn store_is_configured_from_the_env_variable_and_never_shows_the_password(
     let _guard = tracing::subscriber::set_default(subscriber);
     let dead = format!("host=127.0.0.1 port=1 user=postgres password=hunter2-secret dbname={db}");
     let store = PostgresKillSwitchStore::new(
-        support::settings(&dead).with_retry_budget(Duration::from_millis(300)).build().unwrap(),
+        support::settings(&dead)
+            .with_retry_budget(Duration::from_millis(300))
+            .build()
+            .unwrap(),
     )
     .unwrap();
     let err = store.load().await.expect_err("nothing listens on port 1");
@@ -128,7 +157,10 @@ async fn migrations_from_four_tasks_apply_once_and_rerun_is_a_no_op() {
     assert_eq!(again.already_applied, vec![1]);
     let rows = cluster
         .primary()
-        .query(&db, "SELECT count(*) FROM failover_core_migrations WHERE component = 'killswitch'")
+        .query(
+            &db,
+            "SELECT count(*) FROM failover_core_migrations WHERE component = 'killswitch'",
+        )
         .await
         .unwrap();
     assert_eq!(rows[0][0].as_deref(), Some("1"));
@@ -137,16 +169,28 @@ async fn migrations_from_four_tasks_apply_once_and_rerun_is_a_no_op() {
 #[tokio::test]
 async fn an_unmigrated_database_says_to_run_migrations() {
     let (cluster, db) = support::primary().await;
-    let store =
-        PostgresKillSwitchStore::new(support::settings(&cluster.primary().dsn(&db)).build().unwrap())
-            .unwrap();
+    let store = PostgresKillSwitchStore::new(
+        support::settings(&cluster.primary().dsn(&db))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     let start = Instant::now();
     let err = store.load().await.expect_err("no schema");
     assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
-    assert!(err.to_string().contains("run killswitch migrations"), "{err}");
-    let err = store.engage(&Audit::new("ops", "stop")).await.expect_err("no schema");
+    assert!(
+        err.to_string().contains("run killswitch migrations"),
+        "{err}"
+    );
+    let err = store
+        .engage(&Audit::new("ops", "stop"))
+        .await
+        .expect_err("no schema");
     assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
-    assert!(start.elapsed() < Duration::from_secs(2), "a permanent error is not retried");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a permanent error is not retried"
+    );
 }
 
 #[tokio::test]
@@ -183,7 +227,10 @@ async fn an_engage_reaches_another_process_handle_through_notify() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut pushed = switch.subscribe();
     let start = Instant::now();
-    writer.engage(&Audit::new("ops", "halt via notify")).await.unwrap();
+    writer
+        .engage(&Audit::new("ops", "halt via notify"))
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(5), pushed.wait_for(|t| t.is_halted()))
         .await
         .expect("engagement pushed within 5 s")
@@ -224,16 +271,28 @@ async fn outage_degrades_then_fails_closed_and_recovers_without_restart() {
     let health = switch.health();
     let details = health.details.clone().unwrap_or_default().to_lowercase();
     assert!(details.contains("connection refused"), "details: {details}");
-    assert!(switch.check().is_ok(), "within the window the last state still serves");
+    assert!(
+        switch.check().is_ok(),
+        "within the window the last state still serves"
+    );
 
-    wait_until("failed closed", Duration::from_secs(8), || switch.is_halted()).await;
+    wait_until("failed closed", Duration::from_secs(8), || {
+        switch.is_halted()
+    })
+    .await;
     assert_eq!(switch.check(), Err(Halt::Stale));
     let readiness = registry.readiness();
     let json: serde_json::Value = serde_json::from_str(&readiness.to_json()).unwrap();
     assert_eq!(json["status"], "failed");
     assert_eq!(json["components"][0]["name"], "kill_switch");
     assert_eq!(json["components"][0]["status"], "failed");
-    assert!(json["components"][0]["details"].as_str().unwrap().contains("refused"), "{json}");
+    assert!(
+        json["components"][0]["details"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{json}"
+    );
 
     cluster.primary().start().await.unwrap();
     wait_until("operational again", Duration::from_secs(10), || {
@@ -249,7 +308,10 @@ async fn a_handle_halts_before_its_first_load() {
     let dsn = cluster.primary().dsn(&db);
     cluster.primary().stop_immediate().await.unwrap();
     let store = PostgresKillSwitchStore::new(
-        support::settings(&dsn).with_retry_budget(Duration::from_millis(300)).build().unwrap(),
+        support::settings(&dsn)
+            .with_retry_budget(Duration::from_millis(300))
+            .build()
+            .unwrap(),
     )
     .unwrap();
     let switch = KillSwitch::spawn(
@@ -266,17 +328,31 @@ async fn a_handle_halts_before_its_first_load() {
     // The schema was never created: still halted, now saying why.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(switch.check(), Err(Halt::NotLoaded));
-    assert!(switch.health().details.unwrap().contains("run killswitch migrations"));
+    assert!(switch
+        .health()
+        .details
+        .unwrap()
+        .contains("run killswitch migrations"));
 }
 
 #[tokio::test]
 async fn verify_full_tls_connects_and_a_wrong_ca_is_refused() {
-    let cluster = Cluster::builder().tls(true).start().await.expect("tls cluster");
+    let cluster = Cluster::builder()
+        .tls(true)
+        .start()
+        .await
+        .expect("tls cluster");
     let db = cluster.create_database().await.unwrap();
     let ca = cluster.ca_cert_path().expect("ca").to_path_buf();
     let env: HashMap<String, String> = [
-        ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN".to_string(), cluster.primary().dsn(&db)),
-        ("TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__MODE".to_string(), "verify-full".to_string()),
+        (
+            "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN".to_string(),
+            cluster.primary().dsn(&db),
+        ),
+        (
+            "TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__MODE".to_string(),
+            "verify-full".to_string(),
+        ),
         (
             "TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__CA_FILE".to_string(),
             ca.display().to_string(),
@@ -286,13 +362,19 @@ async fn verify_full_tls_connects_and_a_wrong_ca_is_refused() {
     let store = PostgresKillSwitchStore::from_lookup(|k| env.get(k).cloned()).expect("store");
     assert_eq!(store.pool().settings().tls().mode, TlsMode::VerifyFull);
     store.migrate().await.expect("migrate over TLS");
-    store.engage(&Audit::new("ops", "over tls")).await.expect("engage over TLS");
+    store
+        .engage(&Audit::new("ops", "over tls"))
+        .await
+        .expect("engage over TLS");
     let encrypted: bool = store
         .pool()
         .run("test.ssl", |c| {
             Box::pin(async move {
                 let row = c
-                    .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+                    .query_one(
+                        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                        &[],
+                    )
                     .await?;
                 Ok(row.get(0))
             })
@@ -311,6 +393,12 @@ async fn verify_full_tls_connects_and_a_wrong_ca_is_refused() {
     let start = Instant::now();
     let err = store.load().await.expect_err("wrong CA must be refused");
     let text = err.to_string().to_lowercase();
-    assert!(text.contains("certificate") || text.contains("unknownissuer"), "{text}");
-    assert!(start.elapsed() < Duration::from_secs(2), "a certificate error is not retried");
+    assert!(
+        text.contains("certificate") || text.contains("unknownissuer"),
+        "{text}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a certificate error is not retried"
+    );
 }

@@ -10,10 +10,13 @@ use failover_core::DbErrorKind;
 use killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};
 use std::time::{Duration, Instant};
 
-const RUNBOOK_QUERY: &str = "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";
+const RUNBOOK_QUERY: &str =
+    "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";
 
 async fn replicated() -> (Cluster, String) {
-    let cluster = Cluster::start_with_replica().await.expect("primary + replica");
+    let cluster = Cluster::start_with_replica()
+        .await
+        .expect("primary + replica");
     let db = cluster.create_database().await.expect("database");
     (cluster, db)
 }
@@ -22,8 +25,14 @@ async fn replicated() -> (Cluster, String) {
 async fn kill9_primary_and_promote_replica_then_engage_succeeds_on_the_same_store() {
     let (cluster, db) = replicated().await;
     let store = support::store(&cluster.multi_host_dsn(&db)).await;
-    store.disengage(&Audit::new("ops", "baseline").with_ticket("CHG-1")).await.unwrap();
-    cluster.wait_replica_caught_up(Duration::from_secs(10)).await.unwrap();
+    store
+        .disengage(&Audit::new("ops", "baseline").with_ticket("CHG-1"))
+        .await
+        .unwrap();
+    cluster
+        .wait_replica_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
 
     cluster.primary().kill9().await.unwrap();
     let replica = cluster.replica().unwrap();
@@ -35,7 +44,11 @@ async fn kill9_primary_and_promote_replica_then_engage_succeeds_on_the_same_stor
         .await
         .expect("engage after promotion");
     let budget = store.pool().settings().retry_policy().budget;
-    assert!(start.elapsed() <= budget + Duration::from_millis(500), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() <= budget + Duration::from_millis(500),
+        "took {:?}",
+        start.elapsed()
+    );
     assert!(state.engaged);
     assert_eq!(state.version, 2, "the pre-failover change survived");
 
@@ -63,7 +76,10 @@ async fn a_hung_primary_gives_unavailable_within_the_bound_instead_of_hanging() 
     cluster.primary().thaw().unwrap();
     let err = result.expect_err("a hung server cannot answer");
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
-    assert!(elapsed <= budget + Duration::from_millis(500), "took {elapsed:?}, budget {budget:?}");
+    assert!(
+        elapsed <= budget + Duration::from_millis(500),
+        "took {elapsed:?}, budget {budget:?}"
+    );
     // Thawed: the same store works again (the write above may or may not have landed,
     // which is why it is idempotent).
     store.load().await.expect("works after thaw");
@@ -100,8 +116,14 @@ async fn a_read_only_primary_is_retryable_and_a_dsn_swap_to_the_promoted_replica
     )
     .unwrap();
     store.migrate().await.unwrap();
-    store.engage(&Audit::new("ops", "before").with_ticket("CHG-2")).await.unwrap();
-    cluster.wait_replica_caught_up(Duration::from_secs(10)).await.unwrap();
+    store
+        .engage(&Audit::new("ops", "before").with_ticket("CHG-2"))
+        .await
+        .unwrap();
+    cluster
+        .wait_replica_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
 
     // The planned-failover runbook: make the primary read-only.
     primary.set_read_only(true).await.unwrap();

@@ -65,7 +65,14 @@ pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
         return ErrorClass::Retryable;
     }
     let text = describe(e).to_ascii_lowercase();
-    let permanent = ["password authentication", "invalid configuration", "certificate", "unknown ca", "invalid peer", "unexpected message"];
+    let permanent = [
+        "password authentication",
+        "invalid configuration",
+        "certificate",
+        "unknown ca",
+        "invalid peer",
+        "unexpected message",
+    ];
     if permanent.iter().any(|p| text.contains(p)) {
         return ErrorClass::Permanent;
     }
@@ -101,7 +108,11 @@ fn kind_of(failure: &AttemptError<PgFailure>, give_up: GiveUp) -> (DbErrorKind, 
     (kind, code)
 }
 
-pub(crate) fn from_retry(op: &'static str, e: RetryError<PgFailure>, hint: Option<String>) -> DbError {
+pub(crate) fn from_retry(
+    op: &'static str,
+    e: RetryError<PgFailure>,
+    hint: Option<String>,
+) -> DbError {
     let (kind, sqlstate) = kind_of(&e.last, e.reason);
     let mut message = e.last.to_string();
     if let (AttemptError::TimedOut(_), Some(hint)) = (&e.last, hint) {

@@ -84,7 +84,10 @@ impl Listener {
     /// When a channel name is not a plain identifier: that is a programming error.
     pub fn start(pool: PgPool, channels: &[&str], options: ListenOptions) -> Self {
         for c in channels {
-            assert!(valid_channel(c), "LISTEN channel '{c}' must match [a-z0-9_]{{1,63}}");
+            assert!(
+                valid_channel(c),
+                "LISTEN channel '{c}' must match [a-z0-9_]{{1,63}}"
+            );
         }
         let sql: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
         let (tx, events) = mpsc::channel(1024);
@@ -98,12 +101,20 @@ impl Listener {
     }
 }
 
-async fn run(pool: PgPool, listen_sql: String, options: ListenOptions, tx: mpsc::Sender<ListenEvent>) {
+async fn run(
+    pool: PgPool,
+    listen_sql: String,
+    options: ListenOptions,
+    tx: mpsc::Sender<ListenEvent>,
+) {
     let mut wait = options.reconnect_initial;
     loop {
         let error = match session(&pool, &listen_sql, &options, &tx).await {
             Session::Closed => return,
-            Session::Lost { error, was_connected } => {
+            Session::Lost {
+                error,
+                was_connected,
+            } => {
                 if was_connected {
                     wait = options.reconnect_initial;
                 }
@@ -133,7 +144,10 @@ async fn session(
     options: &ListenOptions,
     tx: &mpsc::Sender<ListenEvent>,
 ) -> Session {
-    let lost = |error: String, was_connected| Session::Lost { error, was_connected };
+    let lost = |error: String, was_connected| Session::Lost {
+        error,
+        was_connected,
+    };
     let (client, mut stream) = match pool.connect_dedicated().await {
         Ok(pair) => pair,
         Err(e) => return lost(e.message().to_owned(), false),

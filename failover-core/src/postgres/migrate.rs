@@ -7,8 +7,8 @@
 //! transaction under a transaction-scoped advisory lock, so nodes starting together
 //! apply each migration exactly once and a failure leaves nothing half-applied.
 
-use crate::errors::DbError;
 use super::pool::PgPool;
+use crate::errors::DbError;
 
 /// One migration: a version, a name and its SQL (usually `include_str!`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

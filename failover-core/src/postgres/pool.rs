@@ -20,10 +20,10 @@
 //! histogram `failover_pg_operation_seconds{op}`.
 
 use super::error::{describe, from_retry, PgFailure};
-use crate::errors::{DbError, DbErrorKind};
 use super::settings::PgSettings;
-use crate::errors::ConfigError;
 use super::tls::{connector, Connector};
+use crate::errors::ConfigError;
+use crate::errors::{DbError, DbErrorKind};
 use crate::retry::{Classify, ErrorClass};
 use arc_swap::ArcSwap;
 use deadpool_postgres::{
@@ -151,7 +151,9 @@ impl PgPool {
     pub async fn run<T, F>(&self, op: &'static str, f: F) -> Result<T, DbError>
     where
         T: Send,
-        F: for<'c> Fn(&'c PgClient) -> BoxFuture<'c, Result<T, tokio_postgres::Error>> + Send + Sync,
+        F: for<'c> Fn(&'c PgClient) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
+            + Send
+            + Sync,
     {
         let component = self.inner.component;
         let span = tracing::debug_span!("pg", component, op);
@@ -220,7 +222,10 @@ impl PgPool {
                 ),
                 ErrorClass::Retryable,
             ),
-            PoolError::Closed => PgFailure::Pool("pool closed (DSN swapped); retrying on the new pool".into(), ErrorClass::Retryable),
+            PoolError::Closed => PgFailure::Pool(
+                "pool closed (DSN swapped); retrying on the new pool".into(),
+                ErrorClass::Retryable,
+            ),
             other => PgFailure::Pool(other.to_string(), ErrorClass::Retryable),
         })
     }
@@ -340,7 +345,10 @@ fn build(
 }
 
 /// The connection task of a dedicated connection; forwards asynchronous messages.
-pub type DedicatedConnection = futures_util::stream::BoxStream<'static, Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>;
+pub type DedicatedConnection = futures_util::stream::BoxStream<
+    'static,
+    Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
+>;
 
 struct FailoverConnect {
     component: &'static str,
@@ -354,13 +362,17 @@ struct FailoverConnect {
 struct SharedConnect(Arc<FailoverConnect>);
 
 enum AnyConnection {
-    Plain(tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
+    Plain(
+        Box<tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>>,
+    ),
     Tls(
-        tokio_postgres::Connection<
-            tokio_postgres::Socket,
-            <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        Box<
+            tokio_postgres::Connection<
                 tokio_postgres::Socket,
-            >>::Stream,
+                <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+                    tokio_postgres::Socket,
+                >>::Stream,
+            >,
         >,
     ),
 }
@@ -369,7 +381,9 @@ impl AnyConnection {
     fn into_stream(self) -> DedicatedConnection {
         use futures_util::StreamExt;
         match self {
-            Self::Plain(mut c) => futures_util::stream::poll_fn(move |cx| c.poll_message(cx)).boxed(),
+            Self::Plain(mut c) => {
+                futures_util::stream::poll_fn(move |cx| c.poll_message(cx)).boxed()
+            }
             Self::Tls(mut c) => futures_util::stream::poll_fn(move |cx| c.poll_message(cx)).boxed(),
         }
     }
@@ -380,7 +394,8 @@ impl FailoverConnect {
     /// first connection a writable server accepted, or the last error as text.
     async fn connect_any(
         &self,
-    ) -> Result<(tokio_postgres::Client, AnyConnection), (Option<tokio_postgres::Error>, String)> {
+    ) -> Result<(tokio_postgres::Client, AnyConnection), (Option<tokio_postgres::Error>, String)>
+    {
         let mut last_error = None;
         let mut last_text = String::from("no host configured");
         for (label, config) in &self.hosts {
@@ -389,11 +404,11 @@ impl FailoverConnect {
                     Connector::Plain => config
                         .connect(tokio_postgres::NoTls)
                         .await
-                        .map(|(c, conn)| (c, AnyConnection::Plain(conn))),
+                        .map(|(c, conn)| (c, AnyConnection::Plain(Box::new(conn)))),
                     Connector::Tls(tls) => config
                         .connect(tls.clone())
                         .await
-                        .map(|(c, conn)| (c, AnyConnection::Tls(conn))),
+                        .map(|(c, conn)| (c, AnyConnection::Tls(Box::new(conn)))),
                 }
             };
             match tokio::time::timeout(self.timeout, attempt).await {
@@ -413,7 +428,10 @@ impl FailoverConnect {
                     last_error = Some(e);
                 }
                 Err(_) => {
-                    last_text = format!("{label}: no answer within {:?} (server hung?)", self.timeout);
+                    last_text = format!(
+                        "{label}: no answer within {:?} (server hung?)",
+                        self.timeout
+                    );
                 }
             }
             metrics::counter!("failover_pg_connects_total", "component" => self.component, "outcome" => "error").increment(1);
@@ -435,15 +453,16 @@ impl Connect for SharedConnect {
     fn connect(
         &self,
         _pg_config: &tokio_postgres::Config,
-    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>> {
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>>
+    {
         Box::pin(async move {
             match self.0.connect_any().await {
                 Ok((client, conn)) => {
                     let component = self.0.component;
                     let task = tokio::spawn(async move {
                         let result = match conn {
-                            AnyConnection::Plain(c) => c.await,
-                            AnyConnection::Tls(c) => c.await,
+                            AnyConnection::Plain(c) => (*c).await,
+                            AnyConnection::Tls(c) => (*c).await,
                         };
                         if let Err(e) = result {
                             tracing::debug!(component, error = %e, "postgres connection ended");

@@ -105,7 +105,10 @@ impl VarNames {
     pub(crate) fn name(&self, key: &str) -> String {
         match &self.prefix {
             Some(prefix) => format!("{prefix}_POSTGRES__{key}"),
-            None => format!("PgSettingsBuilder::{}", key.to_ascii_lowercase().replace("__", "_")),
+            None => format!(
+                "PgSettingsBuilder::{}",
+                key.to_ascii_lowercase().replace("__", "_")
+            ),
         }
     }
 }
@@ -643,9 +646,15 @@ mod tests {
         let s = PgSettings::from_lookup(
             P,
             env(&[
-                ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "host=a,b port=1,2 user=u dbname=d"),
+                (
+                    "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN",
+                    "host=a,b port=1,2 user=u dbname=d",
+                ),
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__POOL_SIZE", "3"),
-                ("TRADEPULSE_KILL_SWITCH_POSTGRES__OPERATION_TIMEOUT", "750ms"),
+                (
+                    "TRADEPULSE_KILL_SWITCH_POSTGRES__OPERATION_TIMEOUT",
+                    "750ms",
+                ),
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__RETRY_BUDGET", "3s"),
             ]),
         )
@@ -665,14 +674,24 @@ mod tests {
     #[test]
     fn missing_and_malformed_variables_are_named() {
         let err = PgSettings::from_lookup(P, env(&[])).unwrap_err();
-        assert!(err.to_string().contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN is not set"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN is not set"),
+            "{err}"
+        );
         let err = PgSettings::from_lookup(
             P,
-            env(&[("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "host=a port=notaport password=hunter2")]),
+            env(&[(
+                "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN",
+                "host=a port=notaport password=hunter2",
+            )]),
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN is invalid"), "{text}");
+        assert!(
+            text.contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN is invalid"),
+            "{text}"
+        );
         assert!(!text.contains("hunter2"), "{text}");
         let err = PgSettings::from_lookup(
             P,
@@ -682,7 +701,9 @@ mod tests {
             ]),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("TRADEPULSE_KILL_SWITCH_POSTGRES__CONNECT_TIMEOUT"));
+        assert!(err
+            .to_string()
+            .contains("TRADEPULSE_KILL_SWITCH_POSTGRES__CONNECT_TIMEOUT"));
         let err = PgSettings::from_lookup(
             P,
             env(&[
@@ -691,7 +712,9 @@ mod tests {
             ]),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__MODE"));
+        assert!(err
+            .to_string()
+            .contains("TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__MODE"));
     }
 
     #[test]
@@ -701,12 +724,18 @@ mod tests {
             env(&[
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "host=a"),
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__MODE", "verify-full"),
-                ("TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__CA_FILE", "no/such/ca.pem"),
+                (
+                    "TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__CA_FILE",
+                    "no/such/ca.pem",
+                ),
             ]),
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__CA_FILE"), "{text}");
+        assert!(
+            text.contains("TRADEPULSE_KILL_SWITCH_POSTGRES__TLS__CA_FILE"),
+            "{text}"
+        );
         assert!(text.contains("no/such/ca.pem"), "{text}");
         let err = PgSettings::from_lookup(
             P,

@@ -82,14 +82,15 @@ async fn load(pool: &PgPool) -> Result<KillSwitchState, Error> {
         })
         .await?;
     // The migration inserts the row; its absence means the schema is incomplete.
-    row.map(|r| state_from(&r)).ok_or_else(|| Error::SchemaMissing {
-        source: failover_core::DbError::new(
-            failover_core::DbErrorKind::SchemaMissing,
-            "kill_switch.load",
-            None,
-            "kill_switch_state has no row id = 1".into(),
-        ),
-    })
+    row.map(|r| state_from(&r))
+        .ok_or_else(|| Error::SchemaMissing {
+            source: failover_core::DbError::new(
+                failover_core::DbErrorKind::SchemaMissing,
+                "kill_switch.load",
+                None,
+                "kill_switch_state has no row id = 1".into(),
+            ),
+        })
 }
 
 /// Publishes `state` when it is newer than what subscribers have.
@@ -214,7 +215,9 @@ impl PostgresKillSwitchStore {
                 if newer {
                     match load(&pool).await {
                         Ok(state) => publish(&changes, state),
-                        Err(error) => tracing::warn!(%error, "kill switch reload after notification failed"),
+                        Err(error) => {
+                            tracing::warn!(%error, "kill switch reload after notification failed")
+                        }
                     }
                 }
             }

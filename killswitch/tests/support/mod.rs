@@ -18,7 +18,8 @@ pub fn settings(dsn: &str) -> PgSettingsBuilder {
 
 /// A migrated store over `dsn`.
 pub async fn store(dsn: &str) -> PostgresKillSwitchStore {
-    let store = PostgresKillSwitchStore::new(settings(dsn).build().expect("settings")).expect("store");
+    let store =
+        PostgresKillSwitchStore::new(settings(dsn).build().expect("settings")).expect("store");
     store.migrate().await.expect("migrate");
     store
 }
