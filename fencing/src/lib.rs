@@ -1,0 +1,1 @@
+//! fencing (work in progress)

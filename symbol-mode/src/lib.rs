@@ -1,0 +1,1 @@
+//! symbol-mode (work in progress)
