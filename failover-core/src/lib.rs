@@ -5,6 +5,7 @@ pub mod errors;
 pub mod health;
 pub mod retry;
 pub mod staleness;
+pub mod watcher;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -17,3 +18,4 @@ pub use errors::{ConfigError, DbError, DbErrorKind};
 pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};
 pub use retry::{ErrorClass, RetryError, RetryPolicy};
 pub use staleness::Observed;
+pub use watcher::{Freshness, WatchConfig, Watcher};

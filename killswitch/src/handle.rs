@@ -14,16 +14,15 @@
 //! refresh failed, the state is still within the window; details carry the error),
 //! `failed` (stale or never loaded).
 
-use crate::{Error, KillSwitchState, KillSwitchStore, Subscription, HEALTH_COMPONENT};
+use crate::{Error, KillSwitchState, KillSwitchStore, HEALTH_COMPONENT};
 use failover_core::health::HealthSource;
-use failover_core::{ComponentHealth, ComponentStatus};
-use futures_util::future::BoxFuture;
+use failover_core::watcher::{self, WatchConfig, WatchTarget, Watcher};
+use failover_core::ComponentHealth;
+use futures_util::{stream, StreamExt};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 const NOT_LOADED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -80,39 +79,9 @@ impl Trading {
     }
 }
 
-/// Settings of the handle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KillSwitchConfig {
-    /// Past this age of the last successful read, the handle fails closed. Default 5 minutes.
-    pub staleness_window: Duration,
-    /// How often the state is re-read as a fallback to push (and to prove freshness). Default 1 s.
-    pub poll_interval: Duration,
-}
-
-impl Default for KillSwitchConfig {
-    fn default() -> Self {
-        Self {
-            staleness_window: Duration::from_secs(300),
-            poll_interval: Duration::from_secs(1),
-        }
-    }
-}
-
-impl KillSwitchConfig {
-    /// Sets the staleness window.
-    #[must_use]
-    pub fn with_staleness_window(mut self, window: Duration) -> Self {
-        self.staleness_window = window;
-        self
-    }
-
-    /// Sets the poll interval.
-    #[must_use]
-    pub fn with_poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
-        self
-    }
-}
+/// Settings of the handle: staleness window (default 5 minutes) and poll interval
+/// (default 1 s).
+pub type KillSwitchConfig = WatchConfig;
 
 /// A snapshot for admin pages and logs (not for the order path).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,35 +96,18 @@ pub struct KillSwitchStatus {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Default)]
-struct Detail {
-    state: Option<KillSwitchState>,
-    last_success: Option<(Instant, SystemTime)>,
-    last_error: Option<String>,
-}
-
 #[derive(Debug)]
 struct Shared {
     word: AtomicU8,
-    detail: Mutex<Detail>,
+    state: Mutex<Option<KillSwitchState>>,
     trading: watch::Sender<Trading>,
-    window: Duration,
-}
-
-#[derive(Debug)]
-struct Watcher(JoinHandle<()>);
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The hot-path handle. Cheap to clone; the watcher stops when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct KillSwitch {
     shared: Arc<Shared>,
-    _watcher: Arc<Watcher>,
+    watcher: Arc<Watcher>,
 }
 
 impl KillSwitch {
@@ -165,14 +117,40 @@ impl KillSwitch {
         let (trading, _) = watch::channel(Trading::Halted(Halt::NotLoaded));
         let shared = Arc::new(Shared {
             word: AtomicU8::new(NOT_LOADED),
-            detail: Mutex::new(Detail::default()),
+            state: Mutex::new(None),
             trading,
-            window: config.staleness_window,
         });
-        let task = tokio::spawn(watch_store(store, shared.clone(), config));
+        let target = WatchTarget {
+            load: {
+                let store = store.clone();
+                Box::new(move || {
+                    let store = store.clone();
+                    Box::pin(async move { store.load().await })
+                })
+            },
+            subscribe: Box::new(move || {
+                let store = store.clone();
+                Box::pin(async move {
+                    let subscription = store.subscribe().await?;
+                    Ok(stream::unfold(subscription, |mut s| async move {
+                        s.next().await.map(|state| (state, s))
+                    })
+                    .boxed())
+                })
+            }),
+            on_state: {
+                let shared = shared.clone();
+                Box::new(move |state: KillSwitchState| shared.observe(state))
+            },
+            on_stale: {
+                let shared = shared.clone();
+                Box::new(move || shared.set_word(STALE))
+            },
+        };
+        let watcher = watcher::spawn::<KillSwitchState, Error>(HEALTH_COMPONENT, config, target);
         Self {
             shared,
-            _watcher: Arc::new(Watcher(task)),
+            watcher: Arc::new(watcher),
         }
     }
 
@@ -205,8 +183,8 @@ impl KillSwitch {
         self.shared.trading.subscribe()
     }
 
-    /// Waits until the first load succeeded (or failed closed), bounded by `timeout`.
-    /// Returns what the hot path answers then.
+    /// Waits until the first load succeeded, bounded by `timeout`. Returns what the
+    /// hot path answers then.
     pub async fn ready(&self, timeout: Duration) -> Trading {
         let mut rx = self.subscribe();
         let _ = tokio::time::timeout(
@@ -219,18 +197,18 @@ impl KillSwitch {
 
     /// A snapshot for admin pages (takes a lock; not for the order path).
     pub fn status(&self) -> KillSwitchStatus {
-        let detail = lock(&self.shared.detail);
+        let freshness = self.watcher.freshness();
         KillSwitchStatus {
             trading: self.trading(),
-            state: detail.state.clone(),
-            last_success: detail.last_success.map(|(_, at)| at),
-            last_error: detail.last_error.clone(),
+            state: lock(&self.shared.state).clone(),
+            last_success: freshness.last_success(),
+            last_error: freshness.last_error(),
         }
     }
 
     /// Health component `kill_switch`.
     pub fn health(&self) -> ComponentHealth {
-        self.shared.health()
+        self.watcher.freshness().health()
     }
 
     /// This handle as a [`HealthSource`] for a [`failover_core::HealthRegistry`].
@@ -241,7 +219,7 @@ impl KillSwitch {
 
 impl HealthSource for KillSwitch {
     fn health(&self) -> ComponentHealth {
-        self.shared.health()
+        KillSwitch::health(self)
     }
 }
 
@@ -262,144 +240,16 @@ impl Shared {
         }
     }
 
-    fn success(&self, state: KillSwitchState) {
-        let word = {
-            let mut d = lock(&self.detail);
-            d.last_success = Some((Instant::now(), SystemTime::now()));
-            d.last_error = None;
-            // A late answer must not roll back a newer state.
-            if d.state.as_ref().is_none_or(|s| state.version >= s.version) {
-                d.state = Some(state);
+    /// A successful read: adopt it unless a newer state is already known (a late
+    /// answer must not roll back a newer one), and leave any stale state.
+    fn observe(&self, state: KillSwitchState) {
+        let engaged = {
+            let mut current = lock(&self.state);
+            if current.as_ref().is_none_or(|s| state.version >= s.version) {
+                *current = Some(state);
             }
-            if d.state.as_ref().is_some_and(|s| s.engaged) {
-                ENGAGED
-            } else {
-                RUNNING
-            }
+            current.as_ref().is_some_and(|s| s.engaged)
         };
-        self.set_word(word);
-    }
-
-    fn failure(&self, error: &Error) {
-        lock(&self.detail).last_error = Some(error.to_string());
-    }
-
-    /// Fails closed once the last success is older than the window.
-    fn evaluate(&self) {
-        let stale = lock(&self.detail)
-            .last_success
-            .is_some_and(|(at, _)| at.elapsed() > self.window);
-        if stale {
-            self.set_word(STALE);
-        }
-    }
-
-    fn health(&self) -> ComponentHealth {
-        let word = self.word.load(Ordering::Acquire);
-        let d = lock(&self.detail);
-        let last_success = d.last_success.map(|(_, at)| at);
-        let err = d.last_error.clone();
-        let (status, details) = match word {
-            NOT_LOADED => (
-                ComponentStatus::Failed,
-                Some(format!(
-                    "not loaded yet{}",
-                    err.map(|e| format!(": {e}")).unwrap_or_default()
-                )),
-            ),
-            STALE => (
-                ComponentStatus::Failed,
-                Some(format!(
-                    "stale: last successful read older than {:?}, trading halted{}",
-                    self.window,
-                    err.map(|e| format!("; last error: {e}"))
-                        .unwrap_or_default()
-                )),
-            ),
-            _ => match err {
-                Some(e) => (ComponentStatus::Degraded, Some(e)),
-                None => (ComponentStatus::Operational, None),
-            },
-        };
-        ComponentHealth {
-            name: HEALTH_COMPONENT.to_owned(),
-            status,
-            details,
-            last_success,
-            checked_at: SystemTime::now(),
-        }
-    }
-}
-
-async fn pending_or<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
-    match f.as_mut() {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn next_or_pending(sub: &mut Option<Subscription>) -> Option<KillSwitchState> {
-    match sub.as_mut() {
-        Some(s) => s.next().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The watcher: the only code that touches the store and the clock.
-async fn watch_store(
-    store: Arc<dyn KillSwitchStore>,
-    shared: Arc<Shared>,
-    config: KillSwitchConfig,
-) {
-    let tick = config
-        .poll_interval
-        .min(config.staleness_window / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut clock = tokio::time::interval(tick);
-    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_poll = Instant::now();
-    let mut next_subscribe = Instant::now();
-    let mut load: Option<BoxFuture<'static, Result<KillSwitchState, Error>>> = None;
-    let mut subscribing: Option<BoxFuture<'static, Result<Subscription, Error>>> = None;
-    let mut subscription: Option<Subscription> = None;
-    loop {
-        let now = Instant::now();
-        if load.is_none() && now >= next_poll {
-            let store = store.clone();
-            load = Some(Box::pin(async move { store.load().await }));
-        }
-        if subscription.is_none() && subscribing.is_none() && now >= next_subscribe {
-            let store = store.clone();
-            subscribing = Some(Box::pin(async move { store.subscribe().await }));
-        }
-        tokio::select! {
-            result = pending_or(&mut load) => {
-                load = None;
-                next_poll = Instant::now() + config.poll_interval;
-                match result {
-                    Ok(state) => shared.success(state),
-                    Err(error) => {
-                        tracing::warn!(%error, "kill switch refresh failed");
-                        shared.failure(&error);
-                    }
-                }
-            }
-            result = pending_or(&mut subscribing) => {
-                subscribing = None;
-                match result {
-                    Ok(s) => subscription = Some(s),
-                    Err(error) => {
-                        shared.failure(&error);
-                        next_subscribe = Instant::now() + config.poll_interval.min(Duration::from_secs(1));
-                    }
-                }
-            }
-            state = next_or_pending(&mut subscription) => match state {
-                Some(state) => shared.success(state),
-                None => subscription = None,
-            },
-            _ = clock.tick() => {}
-        }
-        shared.evaluate();
+        self.set_word(if engaged { ENGAGED } else { RUNNING });
     }
 }
