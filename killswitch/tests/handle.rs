@@ -1,0 +1,140 @@
+//! The hot-path handle's fail-closed rules, with tokio's paused clock. The store is
+//! the in-memory one behind a switch that makes it unreachable, like a dead database.
+
+use failover_core::{ComponentStatus, DbError, DbErrorKind};
+use killswitch::{
+    Audit, Error, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
+    KillSwitchStore, MemoryKillSwitchStore, Subscription, Trading,
+};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+struct Unreachable {
+    inner: MemoryKillSwitchStore,
+    down: AtomicBool,
+}
+
+impl Unreachable {
+    fn check(&self) -> Result<(), Error> {
+        if self.down.load(Ordering::SeqCst) {
+            let source = DbError::new(
+                DbErrorKind::Unavailable,
+                "kill_switch.load",
+                None,
+                "error connecting to server: Connection refused (os error 111)".into(),
+            );
+            return Err(Error::Unavailable { source });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl KillSwitchStore for Unreachable {
+    async fn load(&self) -> Result<KillSwitchState, Error> {
+        self.check()?;
+        self.inner.load().await
+    }
+    async fn engage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+        self.check()?;
+        self.inner.engage(audit).await
+    }
+    async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+        self.check()?;
+        self.inner.disengage(audit).await
+    }
+    async fn history(&self, limit: usize) -> Result<Vec<KillSwitchEvent>, Error> {
+        self.check()?;
+        self.inner.history(limit).await
+    }
+    async fn subscribe(&self) -> Result<Subscription, Error> {
+        self.check()?;
+        self.inner.subscribe().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn halts_before_the_first_successful_load() {
+    let store = Arc::new(Unreachable::default());
+    store.down.store(true, Ordering::SeqCst);
+    let switch = KillSwitch::spawn(store.clone(), KillSwitchConfig::default());
+    assert_eq!(switch.check(), Err(Halt::NotLoaded));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(switch.check(), Err(Halt::NotLoaded));
+    let health = switch.health();
+    assert_eq!(health.status, ComponentStatus::Failed);
+    assert!(health.details.unwrap().contains("Connection refused"));
+    store.down.store(false, Ordering::SeqCst);
+    assert_eq!(switch.ready(Duration::from_secs(5)).await, Trading::Allowed);
+    assert_eq!(switch.health().status, ComponentStatus::Operational);
+}
+
+#[tokio::test(start_paused = true)]
+async fn engagement_is_pushed_without_waiting_for_the_poll() {
+    let store = Arc::new(MemoryKillSwitchStore::new());
+    let switch = KillSwitch::spawn(
+        store.clone(),
+        KillSwitchConfig::default().with_poll_interval(Duration::from_secs(3600)),
+    );
+    assert_eq!(switch.ready(Duration::from_secs(1)).await, Trading::Allowed);
+    let mut pushed = switch.subscribe();
+    store.engage(&Audit::new("ops", "halt now")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_millis(50),
+        pushed.wait_for(|t| t.is_halted()),
+    )
+    .await
+    .expect("pushed long before the next poll")
+    .unwrap();
+    assert_eq!(switch.check(), Err(Halt::Engaged));
+    assert_eq!(switch.status().state.unwrap().reason, "halt now");
+}
+
+#[tokio::test(start_paused = true)]
+async fn serves_the_last_state_within_the_window_then_fails_closed_then_recovers() {
+    let store = Arc::new(Unreachable::default());
+    let switch = KillSwitch::spawn(store.clone(), KillSwitchConfig::default());
+    assert_eq!(switch.ready(Duration::from_secs(1)).await, Trading::Allowed);
+
+    store.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(4 * 60)).await;
+    assert_eq!(
+        switch.check(),
+        Ok(()),
+        "within the 5-minute window the last state serves"
+    );
+    let health = switch.health();
+    assert_eq!(health.status, ComponentStatus::Degraded);
+    assert!(health.details.unwrap().contains("Connection refused"));
+
+    tokio::time::sleep(Duration::from_secs(61 + 1)).await;
+    assert_eq!(
+        switch.check(),
+        Err(Halt::Stale),
+        "past the window it fails closed"
+    );
+    assert_eq!(switch.health().status, ComponentStatus::Failed);
+
+    store.down.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(switch.check(), Ok(()));
+    assert_eq!(switch.health().status, ComponentStatus::Operational);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_engaged_switch_stays_halted_when_it_goes_stale() {
+    let store = Arc::new(Unreachable::default());
+    store
+        .inner
+        .engage(&Audit::new("ops", "stop"))
+        .await
+        .unwrap();
+    let switch = KillSwitch::spawn(store.clone(), KillSwitchConfig::default());
+    switch.ready(Duration::from_secs(1)).await;
+    assert_eq!(switch.check(), Err(Halt::Engaged));
+    store.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(6 * 60)).await;
+    assert_eq!(switch.check(), Err(Halt::Stale));
+}
