@@ -1,4 +1,5 @@
 //! Runnable programs that link the safety-controls crates as a trading service would.
 //! The logic lives here so tests can run it; `examples/*.rs` are thin `main`s.
 
+pub mod admin_http;
 pub mod order_loop;
