@@ -294,6 +294,8 @@ async fn run<S, E>(
                 }
                 None => pushed = None,
             },
+            _ = tokio::time::sleep_until(next_poll), if load.is_none() => {}
+            _ = tokio::time::sleep_until(next_subscribe), if pushed.is_none() && subscribing.is_none() => {}
             _ = clock.tick() => {}
         }
         if freshness.turned_stale() {
