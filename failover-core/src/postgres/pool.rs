@@ -6,8 +6,11 @@
 //!   timeout** (tokio-postgres bounds only the TCP connect, so a hung or SIGSTOPped
 //!   server would otherwise stall every caller), and only a read-write server is
 //!   accepted.
-//! * A pooled connection is checked before reuse and dropped when its server has
-//!   become a standby or read-only (a demoted primary passes deadpool's `Verified`).
+//! * A pooled connection is verified before reuse — and dropped when its server has
+//!   become a standby or read-only (a demoted primary passes deadpool's `Verified`) —
+//!   whenever it was not verified within the last second, and after any retryable
+//!   failure of any operation (a failover sign). A busy connection therefore costs
+//!   no extra round trip per operation, and reads cannot linger on a demoted server.
 //! * Every operation runs under [`RetryPolicy`](crate::RetryPolicy): each attempt is
 //!   bounded by the operation timeout, the whole call by the retry budget; a
 //!   connection that failed or timed out is discarded, never reused.
@@ -26,8 +29,9 @@ use crate::errors::ConfigError;
 use crate::errors::{DbError, DbErrorKind};
 use crate::retry::{Classify, ErrorClass};
 use arc_swap::ArcSwap;
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::{
-    Connect, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Timeouts,
+    ClientWrapper, Connect, Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts,
 };
 use futures_util::future::BoxFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,9 +48,81 @@ const RECYCLE_CHECK: &str = "DO $$ BEGIN \
     IF current_setting('transaction_read_only') = 'on' THEN RAISE EXCEPTION 'server is read-only' USING ERRCODE = '25006'; END IF; \
     END $$";
 
+/// How long a verified connection is trusted before it is verified again.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
+
+type Pool = managed::Pool<VerifyingManager>;
+type Object = managed::Object<VerifyingManager>;
+
 /// A client checked out of the pool (derefs to `tokio_postgres::Client`, with a
 /// prepared-statement cache through `prepare_cached`).
 pub type PgClient = Object;
+
+/// A pooled connection and when it was last proven to reach a writable primary.
+#[derive(Debug)]
+pub struct VerifiedClient {
+    client: ClientWrapper,
+    verified_at: Instant,
+    epoch: u64,
+}
+
+impl std::ops::Deref for VerifiedClient {
+    type Target = ClientWrapper;
+    fn deref(&self) -> &ClientWrapper {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for VerifiedClient {
+    fn deref_mut(&mut self) -> &mut ClientWrapper {
+        &mut self.client
+    }
+}
+
+/// deadpool-postgres's manager (connect, statement caches) plus a verification that
+/// runs only when due: older than [`VERIFY_EVERY`], or a failure was seen since.
+pub struct VerifyingManager {
+    inner: Manager,
+    epoch: Arc<AtomicU64>,
+}
+
+impl managed::Manager for VerifyingManager {
+    type Type = VerifiedClient;
+    type Error = tokio_postgres::Error;
+
+    async fn create(&self) -> Result<VerifiedClient, tokio_postgres::Error> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let client = managed::Manager::create(&self.inner).await?;
+        // A fresh connection went through target_session_attrs=read-write.
+        Ok(VerifiedClient {
+            client,
+            verified_at: Instant::now(),
+            epoch,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        obj: &mut VerifiedClient,
+        metrics: &Metrics,
+    ) -> RecycleResult<tokio_postgres::Error> {
+        if obj.client.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if obj.epoch == epoch && obj.verified_at.elapsed() < VERIFY_EVERY {
+            return Ok(());
+        }
+        managed::Manager::recycle(&self.inner, &mut obj.client, metrics).await?;
+        obj.verified_at = Instant::now();
+        obj.epoch = epoch;
+        Ok(())
+    }
+
+    fn detach(&self, obj: &mut VerifiedClient) {
+        managed::Manager::detach(&self.inner, &mut obj.client);
+    }
+}
 
 /// A failover-aware pool. Cheap to clone; clones share connections and settings.
 #[derive(Clone)]
@@ -56,6 +132,8 @@ pub struct PgPool {
 
 struct Inner {
     component: &'static str,
+    /// Bumped on every retryable failure: every pooled connection is verified again.
+    epoch: Arc<AtomicU64>,
     current: ArcSwap<Generation>,
     next_id: AtomicU64,
     last_connect: Arc<Mutex<Option<String>>>,
@@ -87,10 +165,12 @@ impl PgPool {
     pub fn new(component: &'static str, settings: PgSettings) -> Result<Self, ConfigError> {
         let last_connect = Arc::new(Mutex::new(None));
         let last_host = Arc::new(Mutex::new(None));
-        let generation = build(component, 0, settings, &last_connect, &last_host)?;
+        let epoch = Arc::new(AtomicU64::new(0));
+        let generation = build(component, 0, settings, &last_connect, &last_host, &epoch)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 component,
+                epoch,
                 current: ArcSwap::from_pointee(generation),
                 next_id: AtomicU64::new(1),
                 last_connect,
@@ -126,6 +206,7 @@ impl PgPool {
             settings,
             &self.inner.last_connect,
             &self.inner.last_host,
+            &self.inner.epoch,
         )?;
         tracing::info!(component = self.inner.component, dsn = %generation.settings, "postgres DSN swapped");
         metrics::counter!("failover_pg_failovers_total", "component" => self.inner.component, "cause" => "dsn_swap").increment(1);
@@ -167,7 +248,7 @@ impl PgPool {
                     if attempt > 1 {
                         metrics::counter!("failover_pg_retries_total", "component" => component, "op" => op).increment(1);
                     }
-                    let mut guard = ClientGuard(Some(self.checkout().await?));
+                    let mut guard = ClientGuard(Some(self.checkout().await?), self.inner.epoch.clone());
                     let client = guard.0.as_ref().expect("guard holds the client until done");
                     match f(client).await {
                         Ok(v) => {
@@ -209,9 +290,19 @@ impl PgPool {
         })
     }
 
+    /// A retryable failure may mean a failover: verify every pooled connection
+    /// before its next use.
+    fn suspect_failover(&self) {
+        self.inner.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     async fn checkout(&self) -> Result<Object, PgFailure> {
         let generation = self.inner.current.load_full();
-        generation.pool.get().await.map_err(|e| match e {
+        let result = generation.pool.get().await;
+        if result.is_err() {
+            self.suspect_failover();
+        }
+        result.map_err(|e| match e {
             PoolError::Backend(e) => PgFailure::Query(e),
             PoolError::Timeout(t) => PgFailure::Pool(
                 format!(
@@ -273,8 +364,9 @@ impl LastClass for crate::retry::RetryError<PgFailure> {
 }
 
 /// Discards the connection unless the operation finished cleanly: a timed-out or
-/// failed connection may have a request in flight or point at a dead server.
-struct ClientGuard(Option<Object>);
+/// failed connection may have a request in flight or point at a dead server. Its
+/// failure may be a failover, so every other pooled connection is verified again.
+struct ClientGuard(Option<Object>, Arc<AtomicU64>);
 
 impl ClientGuard {
     fn keep(&mut self) {
@@ -286,6 +378,7 @@ impl Drop for ClientGuard {
     fn drop(&mut self) {
         if let Some(object) = self.0.take() {
             drop(Object::take(object));
+            self.1.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -300,6 +393,7 @@ fn build(
     mut settings: PgSettings,
     last_connect: &Arc<Mutex<Option<String>>>,
     last_host: &Arc<Mutex<Option<String>>>,
+    epoch: &Arc<AtomicU64>,
 ) -> Result<Generation, ConfigError> {
     if settings.config.get_application_name().is_none() {
         settings.config.application_name(component);
@@ -326,6 +420,10 @@ fn build(
         wait: Some(settings.operation_timeout),
         create: Some(settings.connect_timeout * n_hosts + Duration::from_millis(100)),
         recycle: Some(settings.operation_timeout.min(Duration::from_secs(1))),
+    };
+    let manager = VerifyingManager {
+        inner: manager,
+        epoch: epoch.clone(),
     };
     let pool = Pool::builder(manager)
         .max_size(settings.pool_size)
