@@ -7,6 +7,7 @@ mod listen;
 mod migrate;
 mod pool;
 mod settings;
+mod switchover;
 mod tls;
 
 pub use crate::errors::{ConfigError, DbError, DbErrorKind};
@@ -15,4 +16,8 @@ pub use listen::{ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport};
 pub use pool::{DedicatedConnection, PgClient, PgPool};
 pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};
+pub use switchover::{
+    emergency_failover, parse_lsn, planned_switchover, Candidate, FailoverReport, Phase,
+    SwitchoverError, SwitchoverReport,
+};
 pub use tokio_postgres;
