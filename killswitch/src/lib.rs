@@ -120,7 +120,7 @@ pub enum Error {
     },
     /// The database could not be reached within the retry budget. The outcome of a
     /// write is unknown; retrying with the same `Audit` is safe (idempotent).
-    #[error("kill switch store unavailable; retry with the same Audit (idempotent): {source}")]
+    #[error("kill switch store unavailable: {source} (a write's outcome is unknown; retrying with the same Audit is safe)")]
     Unavailable {
         /// The database error.
         source: DbError,

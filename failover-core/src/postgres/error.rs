@@ -29,8 +29,9 @@ impl Classify for PgFailure {
     }
 }
 
-/// Full text of a tokio-postgres error, including the server's message and cause.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+/// Full text of a tokio-postgres error, including the server's message and cause
+/// (its `Display` says only "db error" for a server error).
+pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
         None => {
