@@ -1,0 +1,25 @@
+//! The Postgres lease store and fenced writes run the whole conformance suites
+//! against a real server.
+
+mod support;
+
+use failover_core::testkit::Cluster;
+use fencing::conformance::FencedLog;
+use fencing::LeaseFencer;
+use std::sync::Arc;
+
+async fn setup() -> (Arc<dyn LeaseFencer>, Arc<Cluster>) {
+    let (cluster, db) = support::shared_primary().await;
+    let store = support::store(&cluster.primary().dsn(&db)).await;
+    (Arc::new(store), cluster)
+}
+
+fencing::conformance_tests!(setup);
+
+async fn log_setup() -> (Arc<dyn FencedLog>, Arc<Cluster>) {
+    let (cluster, db) = support::shared_primary().await;
+    let log = support::PgFencedLog::new(&cluster.primary().dsn(&db)).await;
+    (Arc::new(log), cluster)
+}
+
+fencing::fence_conformance_tests!(log_setup);

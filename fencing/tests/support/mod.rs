@@ -1,0 +1,149 @@
+//! Shared setup of the Postgres tests: real throw-away clusters from the testkit.
+#![allow(dead_code, unreachable_pub)]
+
+use failover_core::postgres::{PgPool, PgSettings, PgSettingsBuilder};
+use failover_core::testkit::Cluster;
+use fencing::conformance::FencedLog;
+use fencing::{Error, PostgresLeaseFencer};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Settings over `dsn` with short bounds so fault tests finish quickly.
+pub fn settings(dsn: &str) -> PgSettingsBuilder {
+    PgSettings::builder()
+        .with_dsn(dsn)
+        .with_pool_size(4)
+        .with_connect_timeout(Duration::from_millis(500))
+        .with_operation_timeout(Duration::from_millis(700))
+        .with_retry_budget(Duration::from_secs(3))
+}
+
+/// A migrated store over `dsn`.
+pub async fn store(dsn: &str) -> PostgresLeaseFencer {
+    let store = PostgresLeaseFencer::new(settings(dsn).build().expect("settings")).expect("store");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// A primary-only cluster with a fresh database; returns (cluster, dbname).
+pub async fn primary() -> (Cluster, String) {
+    let cluster = Cluster::start().await.expect("start cluster");
+    let db = cluster.create_database().await.expect("create database");
+    (cluster, db)
+}
+
+/// The cluster shared by the tests of one binary that run at the same time.
+static SHARED: tokio::sync::Mutex<Weak<Cluster>> = tokio::sync::Mutex::const_new(Weak::new());
+
+/// A fresh database on a primary shared with concurrently running tests, for tests
+/// that inflict no fault on the server. Starting a cluster per test (initdb) would
+/// triple the time of the conformance suites; the cluster stops and is removed when
+/// the last test holding it ends, so nothing outlives the test binary.
+pub async fn shared_primary() -> (Arc<Cluster>, String) {
+    let cluster = {
+        let mut slot = SHARED.lock().await;
+        match slot.upgrade() {
+            Some(cluster) => cluster,
+            None => {
+                let cluster = Arc::new(Cluster::start().await.expect("start cluster"));
+                *slot = Arc::downgrade(&cluster);
+                cluster
+            }
+        }
+    };
+    let db = cluster.create_database().await.expect("create database");
+    (cluster, db)
+}
+
+/// The resource side in PostgreSQL: a log table whose appends are fenced writes, each
+/// one transaction of `fence` + INSERT, the way a matching engine writes its fills.
+#[derive(Debug, Clone)]
+pub struct PgFencedLog {
+    pub pool: PgPool,
+}
+
+pub const LOG_TABLE: &str = "CREATE TABLE IF NOT EXISTS fenced_log (
+    id       BIGSERIAL PRIMARY KEY,
+    resource TEXT      NOT NULL,
+    token    BIGINT    NOT NULL,
+    entry    TEXT      NOT NULL
+)";
+
+impl PgFencedLog {
+    /// Migrates `dsn`'s database (fencing + the log table).
+    pub async fn new(dsn: &str) -> Self {
+        let pool = PgPool::new("fencing-test", settings(dsn).build().unwrap()).unwrap();
+        fencing::postgres::migrate(&pool).await.expect("migrate");
+        pool.get()
+            .await
+            .unwrap()
+            .batch_execute(LOG_TABLE)
+            .await
+            .unwrap();
+        Self { pool }
+    }
+
+    async fn write(
+        &self,
+        resource: &str,
+        token: u64,
+        entry: &str,
+        commit: bool,
+    ) -> Result<(), Error> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await.expect("begin");
+        fencing::postgres::fence(&tx, resource, token).await?;
+        tx.execute(
+            "INSERT INTO fenced_log (resource, token, entry) VALUES ($1, $2, $3)",
+            &[&resource, &(token as i64), &entry],
+        )
+        .await
+        .expect("insert");
+        if commit {
+            tx.commit().await.expect("commit");
+        } else {
+            tx.rollback().await.expect("rollback");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl FencedLog for PgFencedLog {
+    async fn append(&self, resource: &str, token: u64, entry: &str) -> Result<(), Error> {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.write(resource, token, entry, true),
+        )
+        .await
+        .expect("bounded")
+    }
+
+    async fn append_then_abort(
+        &self,
+        resource: &str,
+        token: u64,
+        entry: &str,
+    ) -> Result<(), Error> {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.write(resource, token, entry, false),
+        )
+        .await
+        .expect("bounded")
+    }
+
+    async fn entries(&self, resource: &str) -> Vec<(u64, String)> {
+        let client = self.pool.get().await.unwrap();
+        client
+            .query(
+                "SELECT token, entry FROM fenced_log WHERE resource = $1 ORDER BY id",
+                &[&resource],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect()
+    }
+}
