@@ -1,1 +1,528 @@
-//! symbol-mode (work in progress)
+#![doc = include_str!("../README.md")]
+
+pub mod conformance;
+mod handle;
+mod memory;
+mod mode;
+mod policy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+mod snapshot;
+mod subscription;
+mod symbol;
+
+pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
+pub use handle::{
+    Cause, Refusal, SnapshotState, SymbolModes, SymbolModesConfig, SymbolModesStatus,
+};
+pub use memory::MemorySymbolModeStore;
+pub use mode::{ParseModeError, SymbolMode, TradingAction, Transition, ACTION_MATRIX, RELAX_TO};
+pub use policy::{LagOutcome, LagVerdict, PolicyError, SettlementLagPolicy, POLICY_ACTOR};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresSymbolModeStore;
+pub use snapshot::ModeSnapshot;
+pub use subscription::{CancelAllSubscription, StartAt, Subscription};
+pub use symbol::{validate_symbol, SymbolError, MAX_SYMBOL_CHARS};
+
+use failover_core::{ConfigError, DbError, DbErrorKind, Safety};
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+use uuid::Uuid;
+
+/// The health component name reported by [`SymbolModes::health`].
+pub const HEALTH_COMPONENT: &str = "symbol_mode";
+
+/// The venue-wide state: global mode and withdrawals (table `symbol_mode_state`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VenueState {
+    /// The global mode; applies to every symbol.
+    pub global: SymbolMode,
+    /// True while withdrawals are halted (`WithdrawalsHalt(on)`).
+    pub withdrawals_halted: bool,
+    /// The sequence number of the newest audited command; 0 before the first.
+    /// Strictly increases with every accepted command of any kind.
+    pub version: u64,
+}
+
+/// A symbol's own mode and who set it (table `symbol_modes`). A symbol never set is
+/// `NORMAL` and has no entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SymbolState {
+    /// The symbol, verbatim.
+    pub symbol: String,
+    /// Its own mode (the effective mode also depends on the global mode).
+    pub mode: SymbolMode,
+    /// The version of the command that last set it.
+    pub version: u64,
+    /// Who last set it.
+    pub updated_by: String,
+    /// Why.
+    pub reason: String,
+    /// Under which ticket, if any.
+    pub ticket: Option<String>,
+    /// When (database clock for Postgres), microsecond precision.
+    #[serde(with = "rfc3339")]
+    pub updated_at: SystemTime,
+}
+
+/// What changed after a version: enough to bring a snapshot from `since` to `version`
+/// (see [`SymbolModeStore::changes_since`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeDelta {
+    /// The version the delta starts after (0: a full load).
+    pub since: u64,
+    /// The request id of the command at `since` as the store knows it (`None` for 0
+    /// or when the store has no such version). A reader whose own history differs —
+    /// writes lost in a failover with asynchronous replication — must reload fully.
+    pub since_event: Option<Uuid>,
+    /// The store's version when read.
+    pub version: u64,
+    /// The request id of the command at `version` (`None` for 0).
+    pub head_event: Option<Uuid>,
+    /// The global mode at `version`.
+    pub global: SymbolMode,
+    /// Withdrawals halted at `version`.
+    pub withdrawals_halted: bool,
+    /// Every symbol whose own mode was set after `since`, with its mode at `version`
+    /// (all symbols ever set when `since` is 0).
+    pub symbols: Vec<(String, SymbolMode)>,
+}
+
+/// The name of an audited command, stored verbatim in the audit trail: the
+/// runbook's `SetSymbolMode`, `CancelAll`, `WithdrawalsHalt`, plus `SetGlobalMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CommandKind {
+    /// `SetSymbolMode(symbol, mode)`.
+    SetSymbolMode,
+    /// `SetGlobalMode(mode)`.
+    SetGlobalMode,
+    /// `CancelAll(symbol)`.
+    CancelAll,
+    /// `WithdrawalsHalt(on/off)`.
+    WithdrawalsHalt,
+}
+
+impl CommandKind {
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::SetSymbolMode => "SetSymbolMode",
+            Self::SetGlobalMode => "SetGlobalMode",
+            Self::CancelAll => "CancelAll",
+            Self::WithdrawalsHalt => "WithdrawalsHalt",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        [
+            Self::SetSymbolMode,
+            Self::SetGlobalMode,
+            Self::CancelAll,
+            Self::WithdrawalsHalt,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for CommandKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An accepted command as recorded in the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command")]
+pub enum Command {
+    /// A symbol's own mode changed (or was re-asserted) from `from` to `to`.
+    SetSymbolMode {
+        /// The symbol, verbatim.
+        symbol: String,
+        /// Its mode before.
+        from: SymbolMode,
+        /// Its mode after.
+        to: SymbolMode,
+    },
+    /// The global mode changed (or was re-asserted) from `from` to `to`.
+    SetGlobalMode {
+        /// Before.
+        from: SymbolMode,
+        /// After.
+        to: SymbolMode,
+    },
+    /// Cancel every working order of `symbol`, delivered to each subscriber.
+    CancelAll {
+        /// The symbol, verbatim.
+        symbol: String,
+    },
+    /// Withdrawals halted (`on: true`) or resumed (`on: false`).
+    WithdrawalsHalt {
+        /// Halted after the command.
+        on: bool,
+    },
+}
+
+impl Command {
+    /// The command's name.
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            Self::SetSymbolMode { .. } => CommandKind::SetSymbolMode,
+            Self::SetGlobalMode { .. } => CommandKind::SetGlobalMode,
+            Self::CancelAll { .. } => CommandKind::CancelAll,
+            Self::WithdrawalsHalt { .. } => CommandKind::WithdrawalsHalt,
+        }
+    }
+
+    /// True when the command lifted a restriction (and so carries a ticket).
+    pub fn relaxes_safety(&self) -> bool {
+        match self {
+            Self::SetSymbolMode { from, to, .. } | Self::SetGlobalMode { from, to } => {
+                from.transition_to(*to) == Transition::Relax
+            }
+            Self::CancelAll { .. } => false,
+            Self::WithdrawalsHalt { on } => !on,
+        }
+    }
+}
+
+/// One row of the append-only audit trail (`symbol_mode_events`): exactly one per
+/// accepted command, none for a refused one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// The store version this command produced (gapless, strictly increasing).
+    pub version: u64,
+    /// The request's idempotency key ([`Audit::request_id`]).
+    pub request_id: Uuid,
+    /// What was done.
+    pub command: Command,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Ticket id; always present when the command relaxed safety.
+    pub ticket: Option<String>,
+    /// When (database clock for Postgres), microsecond precision.
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+}
+
+/// An admin-issued `CancelAll(symbol)`, as delivered to subscribers: cancel every
+/// working order of `symbol`. Allowed in every mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelAllCommand {
+    /// Delivery sequence: the command's store version. Subscribers keep the last one
+    /// they processed ([`CancelAllSubscription::cursor`]).
+    pub seq: u64,
+    /// The symbol, verbatim.
+    pub symbol: String,
+    /// The request's idempotency key.
+    pub request_id: Uuid,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Ticket id, if given.
+    pub ticket: Option<String>,
+    /// When.
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+}
+
+impl CancelAllCommand {
+    /// The command view of a `CancelAll` audit event.
+    pub fn from_event(event: &AuditEvent) -> Option<Self> {
+        match &event.command {
+            Command::CancelAll { symbol } => Some(Self {
+                seq: event.version,
+                symbol: symbol.clone(),
+                request_id: event.request_id,
+                actor: event.actor.clone(),
+                reason: event.reason.clone(),
+                ticket: event.ticket.clone(),
+                at: event.at,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Which mode a command addressed, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// The global mode.
+    Global,
+    /// One symbol's own mode.
+    Symbol(String),
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Global => f.write_str("the global mode"),
+            Self::Symbol(s) => write!(f, "symbol {s:?}"),
+        }
+    }
+}
+
+fn relax_hint(from: SymbolMode) -> String {
+    let to: Vec<&str> = from.may_relax_to().iter().map(|m| m.as_str()).collect();
+    match to.as_slice() {
+        [] => String::from("it cannot relax"),
+        [only] if from == SymbolMode::HardHalt => {
+            format!("resume in {only} first, then NORMAL")
+        }
+        list => format!("it may relax only to {}", list.join(" or ")),
+    }
+}
+
+/// Errors of every symbol-mode store. Each says what happened and what to do; a
+/// refused call changed nothing and wrote no audit row.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The symbol is empty, too long, or contains white space or control characters.
+    #[error("refused, nothing changed: {0}")]
+    InvalidSymbol(#[from] SymbolError),
+    /// The audit context is invalid (blank, control characters, too long) or a ticket
+    /// is missing for a command that relaxes safety.
+    #[error("refused, nothing changed: {0}")]
+    InvalidAudit(#[from] AuditError),
+    /// The transition rules forbid this change (e.g. `HARD_HALT → NORMAL`).
+    #[error("refused, nothing changed: {scope} is {from} and may not relax to {to}; {}", relax_hint(*.from))]
+    TransitionForbidden {
+        /// The global mode or the symbol.
+        scope: Scope,
+        /// Its current mode.
+        from: SymbolMode,
+        /// The requested mode.
+        to: SymbolMode,
+    },
+    /// The request id of this `Audit` was already used for a different command.
+    #[error("refused, nothing changed: request {request_id} was already used for {previous}; build a new Audit for a new command")]
+    RequestReused {
+        /// The reused id.
+        request_id: Uuid,
+        /// The command it was used for.
+        previous: CommandKind,
+    },
+    /// The tables are missing.
+    #[error("symbol_mode_state table missing: run symbol-mode migrations (PostgresSymbolModeStore::migrate) ({source})")]
+    SchemaMissing {
+        /// The database error.
+        source: DbError,
+    },
+    /// The database could not be reached within the retry budget. The outcome of a
+    /// write is unknown; retrying with the same `Audit` is safe (idempotent).
+    #[error("symbol mode store unavailable; retry with the same Audit (idempotent): {source}")]
+    Unavailable {
+        /// The database error.
+        source: DbError,
+    },
+    /// Any other database error.
+    #[error("symbol mode store error: {source}")]
+    Database {
+        /// The database error.
+        source: DbError,
+    },
+    /// Settings that cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store was shut down.
+    #[error("symbol mode store closed")]
+    Closed,
+}
+
+impl From<DbError> for Error {
+    fn from(source: DbError) -> Self {
+        match source.kind() {
+            DbErrorKind::Unavailable => Self::Unavailable { source },
+            DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
+            _ => Self::Database { source },
+        }
+    }
+}
+
+/// Where symbol modes, the global mode, withdrawals and the audit trail live.
+///
+/// # Contract
+/// * A fresh store: global `NORMAL`, withdrawals running, version 0, no symbols, no
+///   history. A symbol never set is `NORMAL`.
+/// * Every write validates its input first: the symbol ([`validate_symbol`]) and the
+///   [`Audit`] (actor and reason required, bounded, printable). A refused call changes
+///   nothing and writes no audit row.
+/// * Mode changes ([`set_symbol_mode`](Self::set_symbol_mode),
+///   [`set_global_mode`](Self::set_global_mode)) follow [`SymbolMode::transition_to`]
+///   against the current mode, checked atomically with the write: tightening (and
+///   re-asserting) is always allowed without a ticket; relaxing follows the
+///   "may relax to" column and needs a ticket; anything else is
+///   [`Error::TransitionForbidden`]. `HARD_HALT` resumes only through `CANCEL_ONLY`.
+/// * [`tighten_symbol_mode`](Self::tighten_symbol_mode) raises a symbol to at least a
+///   mode and is a no-op (no audit row, `None`) when it is already as severe: for
+///   automated policies, which never relax.
+/// * [`cancel_all`](Self::cancel_all) is allowed in every mode; ticket optional.
+///   [`withdrawals_halt`](Self::withdrawals_halt)`(true)` needs no ticket; `false`
+///   (lifting it) does.
+/// * Every accepted command bumps the version by exactly one and appends exactly one
+///   [`AuditEvent`] (actor, reason, ticket) atomically with the change.
+/// * Submitting the same `Audit` (same request id) again with the same command
+///   returns the event that request produced and changes nothing (safe retry after
+///   an unknown outcome); with a different command it is [`Error::RequestReused`].
+/// * [`history`](Self::history) returns at most `limit` events, newest first.
+/// * [`subscribe`](Self::subscribe) delivers each newer version (skipping to the
+///   newest when behind); [`subscribe_cancel_all`](Self::subscribe_cancel_all)
+///   delivers every `CancelAll` after its start exactly once per subscription, in
+///   order, also across lost connections.
+/// * Text (symbol, reason, actor, ticket) is stored and returned verbatim.
+#[async_trait::async_trait]
+pub trait SymbolModeStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The global mode, withdrawals and version (one small read).
+    async fn venue(&self) -> Result<VenueState, Error>;
+    /// A symbol's own entry; `None` when it was never set (it is then `NORMAL`).
+    async fn symbol_state(&self, symbol: &str) -> Result<Option<SymbolState>, Error>;
+    /// What changed after `version`, read consistently (0: everything).
+    async fn changes_since(&self, version: u64) -> Result<ModeDelta, Error>;
+    /// `SetSymbolMode(symbol, mode)`.
+    async fn set_symbol_mode(
+        &self,
+        symbol: &str,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<AuditEvent, Error>;
+    /// Raises `symbol` to at least `mode`; `None` (nothing written) when it already is.
+    async fn tighten_symbol_mode(
+        &self,
+        symbol: &str,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error>;
+    /// Sets the global mode.
+    async fn set_global_mode(&self, mode: SymbolMode, audit: &Audit) -> Result<AuditEvent, Error>;
+    /// `CancelAll(symbol)`: audited and delivered to every `CancelAll` subscriber.
+    async fn cancel_all(&self, symbol: &str, audit: &Audit) -> Result<CancelAllCommand, Error>;
+    /// `WithdrawalsHalt(on/off)`; lifting (`false`) needs a ticket.
+    async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error>;
+    /// Audit events, newest first.
+    async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error>;
+    /// A stream of versions, starting with the version at the time of the call.
+    async fn subscribe(&self) -> Result<Subscription, Error>;
+    /// A stream of `CancelAll` commands after `start`, each exactly once.
+    async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error>;
+}
+
+/// What a store is asked to write; shared by every backend so the rules are applied
+/// identically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request<'a> {
+    SetMode {
+        symbol: Option<&'a str>,
+        to: SymbolMode,
+        only_tighten: bool,
+    },
+    CancelAll {
+        symbol: &'a str,
+    },
+    Withdrawals {
+        on: bool,
+    },
+}
+
+impl Request<'_> {
+    pub(crate) fn kind(&self) -> CommandKind {
+        match self {
+            Self::SetMode {
+                symbol: Some(_), ..
+            } => CommandKind::SetSymbolMode,
+            Self::SetMode { symbol: None, .. } => CommandKind::SetGlobalMode,
+            Self::CancelAll { .. } => CommandKind::CancelAll,
+            Self::Withdrawals { .. } => CommandKind::WithdrawalsHalt,
+        }
+    }
+
+    /// Validates what can be validated without the current state: the symbol, the
+    /// audit fields, and the ticket of a command that always relaxes (lifting the
+    /// withdrawals halt). Whether a mode change relaxes is decided against the current
+    /// mode, atomically with the write ([`transition_refusal`]).
+    pub(crate) fn validate(&self, audit: &Audit) -> Result<(), Error> {
+        let symbol = match self {
+            Self::SetMode { symbol, .. } => *symbol,
+            Self::CancelAll { symbol } => Some(*symbol),
+            Self::Withdrawals { .. } => None,
+        };
+        if let Some(symbol) = symbol {
+            validate_symbol(symbol)?;
+        }
+        let (safety, what) = match self {
+            Self::Withdrawals { on: false } => (Safety::Relax, "lift the withdrawals halt"),
+            _ => (Safety::Tighten, ""),
+        };
+        audit.validate(safety, what)?;
+        Ok(())
+    }
+
+    /// Whether a replayed event is the same command as this request.
+    pub(crate) fn matches(&self, command: &Command) -> bool {
+        match (self, command) {
+            (
+                Self::SetMode {
+                    symbol: Some(s),
+                    to,
+                    ..
+                },
+                Command::SetSymbolMode {
+                    symbol, to: done, ..
+                },
+            ) => *s == symbol && to == done,
+            (
+                Self::SetMode {
+                    symbol: None, to, ..
+                },
+                Command::SetGlobalMode { to: done, .. },
+            ) => to == done,
+            (Self::CancelAll { symbol: s }, Command::CancelAll { symbol }) => *s == symbol,
+            (Self::Withdrawals { on }, Command::WithdrawalsHalt { on: done }) => on == done,
+            _ => false,
+        }
+    }
+}
+
+/// A refusal decided against the current state (inside the store's lock or the
+/// database function).
+pub(crate) fn transition_refusal(
+    symbol: Option<&str>,
+    from: SymbolMode,
+    to: SymbolMode,
+    ticket: Option<&str>,
+) -> Option<Error> {
+    let scope = || match symbol {
+        Some(s) => Scope::Symbol(s.to_owned()),
+        None => Scope::Global,
+    };
+    match from.transition_to(to) {
+        Transition::Tighten => None,
+        Transition::Relax if ticket.is_some() => None,
+        Transition::Relax => Some(Error::InvalidAudit(AuditError::TicketRequired {
+            action: format!("relax {} from {from} to {to}", scope()),
+        })),
+        Transition::Forbidden => Some(Error::TransitionForbidden {
+            scope: scope(),
+            from,
+            to,
+        }),
+    }
+}
+
+/// Serialises `SystemTime` as RFC 3339 text.
+mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
+}

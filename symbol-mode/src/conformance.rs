@@ -1,0 +1,1417 @@
+//! The contract of [`SymbolModeStore`], as one public async fn per behaviour.
+//!
+//! Every store runs the whole list through [`conformance_tests!`](crate::conformance_tests),
+//! which expands into individually named `#[tokio::test]`s so that a failure names
+//! the behaviour. The in-memory store is held to exactly what PostgreSQL does.
+//!
+//! Each function expects a fresh store (global `NORMAL`, version 0, no history).
+//! [`check_ops`] is also the oracle of the property tests: it runs a sequence of
+//! requested commands and checks each outcome against the rules.
+
+use crate::{
+    Audit, AuditError, CancelAllCommand, Command, CommandKind, Error, ModeSnapshot, Scope,
+    SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore, SymbolModes,
+    SymbolModesConfig, TradingAction, Transition, MAX_SYMBOL_CHARS, POLICY_ACTOR,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use SymbolMode::{CancelOnly, HardHalt, Normal, SoftHalt};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn ops(reason: &str) -> Audit {
+    Audit::new("ops:conformance", reason)
+}
+
+fn ticketed(reason: &str) -> Audit {
+    ops(reason).with_ticket("INC-1")
+}
+
+async fn own_mode(store: &dyn SymbolModeStore, symbol: &str) -> SymbolMode {
+    store
+        .symbol_state(symbol)
+        .await
+        .expect("symbol_state")
+        .map_or(Normal, |s| s.mode)
+}
+
+async fn global_mode(store: &dyn SymbolModeStore) -> SymbolMode {
+    store.venue().await.expect("venue").global
+}
+
+/// Sets `symbol` (or the global mode) to `target` through allowed steps, with tickets.
+async fn force(store: &dyn SymbolModeStore, symbol: Option<&str>, target: SymbolMode) {
+    let current = match symbol {
+        Some(s) => own_mode(store, s).await,
+        None => global_mode(store).await,
+    };
+    let set = |to: SymbolMode| async move {
+        let audit = ticketed("setup");
+        match symbol {
+            Some(s) => store.set_symbol_mode(s, to, &audit).await,
+            None => store.set_global_mode(to, &audit).await,
+        }
+        .expect("setup step")
+    };
+    if current.transition_to(target) == Transition::Forbidden {
+        set(CancelOnly).await;
+    }
+    set(target).await;
+}
+
+/// Everything observable: venue, every symbol's own mode, the audit trail length.
+async fn observe(
+    store: &dyn SymbolModeStore,
+) -> (crate::VenueState, Vec<(String, SymbolMode)>, usize) {
+    let venue = store.venue().await.expect("venue");
+    let mut symbols = store.changes_since(0).await.expect("changes").symbols;
+    symbols.sort();
+    let history = store.history(usize::MAX).await.expect("history").len();
+    (venue, symbols, history)
+}
+
+/// A fresh store: global `NORMAL`, withdrawals running, version 0, no symbols, no history.
+pub async fn fresh_store_is_normal_at_version_zero(store: &dyn SymbolModeStore) {
+    let venue = store.venue().await.expect("venue");
+    assert_eq!(venue.global, Normal);
+    assert!(!venue.withdrawals_halted);
+    assert_eq!(venue.version, 0);
+    assert_eq!(store.symbol_state("BTC-USD").await.expect("state"), None);
+    let delta = store.changes_since(0).await.expect("changes");
+    assert!(delta.symbols.is_empty());
+    assert_eq!((delta.version, delta.head_event), (0, None));
+    assert!(store.history(10).await.expect("history").is_empty());
+}
+
+/// `SetSymbolMode` round-trips every field through `symbol_state`, `changes_since`
+/// and `history`.
+pub async fn set_symbol_mode_round_trips(store: &dyn SymbolModeStore) {
+    let audit = Audit::new("ops:alice", "ledger invariant violation").with_ticket("INC-42");
+    let event = store
+        .set_symbol_mode("BTC-USD", CancelOnly, &audit)
+        .await
+        .expect("set");
+    assert_eq!(event.version, 1);
+    assert_eq!(event.request_id, audit.request_id());
+    assert_eq!(
+        event.command,
+        Command::SetSymbolMode {
+            symbol: "BTC-USD".into(),
+            from: Normal,
+            to: CancelOnly
+        }
+    );
+    assert_eq!(
+        (
+            event.actor.as_str(),
+            event.reason.as_str(),
+            event.ticket.as_deref()
+        ),
+        ("ops:alice", "ledger invariant violation", Some("INC-42"))
+    );
+    let state = store
+        .symbol_state("BTC-USD")
+        .await
+        .expect("state")
+        .expect("set");
+    assert_eq!(state.mode, CancelOnly);
+    assert_eq!(state.version, 1);
+    assert_eq!(state.updated_by, "ops:alice");
+    assert_eq!(state.reason, "ledger invariant violation");
+    assert_eq!(state.ticket.as_deref(), Some("INC-42"));
+    assert_eq!(state.updated_at, event.at);
+    assert_eq!(
+        store.history(10).await.expect("history"),
+        vec![event.clone()]
+    );
+    let delta = store.changes_since(0).await.expect("changes");
+    assert_eq!(delta.symbols, vec![("BTC-USD".to_string(), CancelOnly)]);
+    assert_eq!(delta.version, 1);
+    assert_eq!(delta.head_event, Some(audit.request_id()));
+    assert_eq!(store.venue().await.expect("venue").global, Normal);
+}
+
+/// Tightening needs no ticket (an emergency stop is never blocked by paperwork);
+/// relaxing needs one and says so.
+pub async fn tightening_needs_no_ticket_and_relaxing_needs_one(store: &dyn SymbolModeStore) {
+    store
+        .set_symbol_mode("ETH-USD", SoftHalt, &ops("settlement lag"))
+        .await
+        .expect("tighten without ticket");
+    let err = store
+        .set_symbol_mode("ETH-USD", CancelOnly, &ops("lag recovered"))
+        .await
+        .expect_err("relax without ticket");
+    assert!(
+        matches!(err, Error::InvalidAudit(AuditError::TicketRequired { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("ticket"), "{err}");
+    assert_eq!(own_mode(store, "ETH-USD").await, SoftHalt);
+    store
+        .set_symbol_mode("ETH-USD", CancelOnly, &ticketed("lag recovered"))
+        .await
+        .expect("relax with ticket");
+    // The same holds for the global mode.
+    store
+        .set_global_mode(HardHalt, &ops("split brain suspected"))
+        .await
+        .expect("global tighten");
+    let err = store
+        .set_global_mode(CancelOnly, &ops("resolved"))
+        .await
+        .expect_err("global relax without ticket");
+    assert!(
+        matches!(err, Error::InvalidAudit(AuditError::TicketRequired { .. })),
+        "{err:?}"
+    );
+    assert_eq!(global_mode(store).await, HardHalt);
+    assert_eq!(store.history(10).await.expect("history").len(), 3);
+}
+
+/// Every (from, to) pair, for a symbol and for the global mode: accepted exactly
+/// when the rules allow it, with a ticket exactly when it relaxes.
+pub async fn every_transition_follows_the_table(store: &dyn SymbolModeStore) {
+    for from in SymbolMode::ALL {
+        for to in SymbolMode::ALL {
+            for symbol in [Some(format!("PAIR-{from}-{to}")), None] {
+                let symbol = symbol.as_deref();
+                force(store, symbol, from).await;
+                let set = |audit: Audit| async move {
+                    match symbol {
+                        Some(s) => store.set_symbol_mode(s, to, &audit).await,
+                        None => store.set_global_mode(to, &audit).await,
+                    }
+                };
+                let before = observe(store).await;
+                let rule = from.transition_to(to);
+                match (rule, set(ops("no ticket")).await) {
+                    (Transition::Tighten, Ok(event)) => {
+                        assert!(!event.command.relaxes_safety());
+                        continue;
+                    }
+                    (
+                        Transition::Relax,
+                        Err(Error::InvalidAudit(AuditError::TicketRequired { .. })),
+                    ) => {}
+                    (
+                        Transition::Forbidden,
+                        Err(Error::TransitionForbidden {
+                            from: f,
+                            to: t,
+                            scope,
+                        }),
+                    ) => {
+                        assert_eq!((f, t), (from, to));
+                        assert_eq!(
+                            scope,
+                            symbol.map_or(Scope::Global, |s| Scope::Symbol(s.into()))
+                        );
+                    }
+                    (rule, other) => {
+                        panic!("{symbol:?} {from} -> {to} ({rule:?}) without ticket: {other:?}")
+                    }
+                }
+                assert_eq!(observe(store).await, before, "a refusal changes nothing");
+                match (rule, set(ticketed("with ticket")).await) {
+                    (Transition::Relax, Ok(event)) => {
+                        assert!(event.command.relaxes_safety());
+                        assert_eq!(event.ticket.as_deref(), Some("INC-1"));
+                    }
+                    (Transition::Forbidden, Err(Error::TransitionForbidden { .. })) => {
+                        assert_eq!(observe(store).await, before);
+                    }
+                    (rule, other) => {
+                        panic!("{symbol:?} {from} -> {to} ({rule:?}) with ticket: {other:?}")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The runbook's resume drill: `HARD_HALT → NORMAL` is refused (saying to resume in
+/// `CANCEL_ONLY` first); `HARD_HALT → CANCEL_ONLY → NORMAL` succeeds with tickets;
+/// the audit trail reads back in order.
+pub async fn resume_drill_goes_through_cancel_only(store: &dyn SymbolModeStore) {
+    let symbol = "SOL-USD";
+    store
+        .set_symbol_mode(
+            symbol,
+            HardHalt,
+            &Audit::new("ops:alice", "split brain suspected"),
+        )
+        .await
+        .expect("halt");
+    let err = store
+        .set_symbol_mode(
+            symbol,
+            Normal,
+            &Audit::new("ops:bob", "leader confirmed").with_ticket("INC-7"),
+        )
+        .await
+        .expect_err("HARD_HALT -> NORMAL must be refused");
+    assert!(
+        matches!(
+            err,
+            Error::TransitionForbidden {
+                from: HardHalt,
+                to: Normal,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("resume in CANCEL_ONLY first, then NORMAL"),
+        "{text}"
+    );
+    assert!(text.contains("SOL-USD"), "{text}");
+    store
+        .set_symbol_mode(
+            symbol,
+            CancelOnly,
+            &Audit::new("ops:bob", "leader confirmed").with_ticket("INC-7"),
+        )
+        .await
+        .expect("HARD_HALT -> CANCEL_ONLY with ticket");
+    store
+        .set_symbol_mode(
+            symbol,
+            Normal,
+            &Audit::new("ops:bob", "validated").with_ticket("INC-7"),
+        )
+        .await
+        .expect("CANCEL_ONLY -> NORMAL with ticket");
+    let mut trail = store.history(10).await.expect("history");
+    trail.reverse();
+    let steps: Vec<(SymbolMode, SymbolMode, &str, Option<&str>)> = trail
+        .iter()
+        .map(|e| match &e.command {
+            Command::SetSymbolMode { from, to, .. } => {
+                (*from, *to, e.reason.as_str(), e.ticket.as_deref())
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (Normal, HardHalt, "split brain suspected", None),
+            (HardHalt, CancelOnly, "leader confirmed", Some("INC-7")),
+            (CancelOnly, Normal, "validated", Some("INC-7")),
+        ]
+    );
+    let versions: Vec<u64> = trail.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(own_mode(store, symbol).await, Normal);
+}
+
+/// For every (global, symbol) pair the effective mode — from the store's snapshot
+/// and from a [`SymbolModes`] handle — is the more severe of the two.
+pub async fn effective_mode_is_the_more_severe_for_every_pair(store: Arc<dyn SymbolModeStore>) {
+    for (i, mode) in SymbolMode::ALL.into_iter().enumerate() {
+        store
+            .set_symbol_mode(&format!("SYM-{i}"), mode, &ops("pair setup"))
+            .await
+            .expect("set");
+    }
+    let handle = SymbolModes::spawn(store.clone(), SymbolModesConfig::default());
+    assert!(handle.ready(WAIT).await, "handle loads");
+    for global in SymbolMode::ALL {
+        let event = store
+            .set_global_mode(global, &ops("global step"))
+            .await
+            .expect("tighten global");
+        let snapshot = ModeSnapshot::from_delta(&store.changes_since(0).await.expect("changes"));
+        assert!(
+            handle.wait_for_version(event.version, WAIT).await,
+            "handle catches up"
+        );
+        for (i, own) in SymbolMode::ALL.into_iter().enumerate() {
+            let symbol = format!("SYM-{i}");
+            let expected = global.max(own);
+            assert_eq!(
+                snapshot.effective(&symbol),
+                expected,
+                "global {global}, symbol {own}"
+            );
+            assert_eq!(
+                handle.mode(&symbol),
+                expected,
+                "global {global}, symbol {own}"
+            );
+            for action in TradingAction::ALL {
+                assert_eq!(handle.allows(&symbol, action), expected.allows(action));
+            }
+        }
+        assert_eq!(
+            handle.mode("NEVER-SET"),
+            global,
+            "unknown symbols follow the global mode"
+        );
+    }
+}
+
+/// Submitting the same `Audit` again (a retry after an unknown outcome) is applied
+/// once and returns the event that request produced.
+pub async fn same_request_is_applied_once(store: &dyn SymbolModeStore) {
+    let audit = ops("retry me");
+    let first = store
+        .set_symbol_mode("BTC-USD", SoftHalt, &audit)
+        .await
+        .expect("set");
+    store
+        .set_symbol_mode("BTC-USD", HardHalt, &ops("later"))
+        .await
+        .expect("later change");
+    let replay = store
+        .set_symbol_mode("BTC-USD", SoftHalt, &audit)
+        .await
+        .expect("replay");
+    assert_eq!(replay, first, "a replay returns what the request produced");
+    assert_eq!(
+        own_mode(store, "BTC-USD").await,
+        HardHalt,
+        "the replay must not roll back"
+    );
+    let cancel = ops("cancel once");
+    let a = store.cancel_all("BTC-USD", &cancel).await.expect("cancel");
+    let b = store
+        .cancel_all("BTC-USD", &cancel)
+        .await
+        .expect("cancel replay");
+    assert_eq!(a, b);
+    let halt = ops("halt once");
+    store.withdrawals_halt(true, &halt).await.expect("halt");
+    store
+        .withdrawals_halt(true, &halt)
+        .await
+        .expect("halt replay");
+    assert_eq!(store.history(10).await.expect("history").len(), 4);
+    assert_eq!(store.venue().await.expect("venue").version, 4);
+}
+
+/// Reusing a request id for a different command is refused and changes nothing.
+pub async fn request_reused_for_another_command_is_refused(store: &dyn SymbolModeStore) {
+    let audit = ticketed("once");
+    store
+        .set_symbol_mode("BTC-USD", CancelOnly, &audit)
+        .await
+        .expect("set");
+    let before = observe(store).await;
+    for result in [
+        store
+            .set_symbol_mode("BTC-USD", SoftHalt, &audit)
+            .await
+            .map(drop),
+        store
+            .set_symbol_mode("ETH-USD", CancelOnly, &audit)
+            .await
+            .map(drop),
+        store.set_global_mode(CancelOnly, &audit).await.map(drop),
+        store.cancel_all("BTC-USD", &audit).await.map(drop),
+        store.withdrawals_halt(false, &audit).await.map(drop),
+    ] {
+        let err = result.expect_err("reuse must be refused");
+        assert!(
+            matches!(
+                err,
+                Error::RequestReused {
+                    previous: CommandKind::SetSymbolMode,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    assert_eq!(observe(store).await, before);
+}
+
+/// Invalid symbols — empty, white space, control characters, over the length
+/// bound — are refused by every command with a typed error saying what to do.
+pub async fn invalid_symbols_are_refused_with_clear_errors(store: &dyn SymbolModeStore) {
+    let long = "X".repeat(MAX_SYMBOL_CHARS + 1);
+    type Expect = fn(&SymbolError) -> bool;
+    let cases: [(&str, Expect); 7] = [
+        ("", |e| matches!(e, SymbolError::Empty)),
+        (" ", |e| {
+            matches!(e, SymbolError::Whitespace { position: 0 })
+        }),
+        ("BTC USD", |e| {
+            matches!(e, SymbolError::Whitespace { position: 3 })
+        }),
+        ("BTC-USD\t", |e| {
+            matches!(e, SymbolError::ControlCharacter { position: 7 })
+        }),
+        ("BTC\u{0}", |e| {
+            matches!(e, SymbolError::ControlCharacter { position: 3 })
+        }),
+        ("\u{1b}[2J", |e| {
+            matches!(e, SymbolError::ControlCharacter { position: 0 })
+        }),
+        (&long, |e| {
+            matches!(e, SymbolError::TooLong { len: 65, max: 64 })
+        }),
+    ];
+    for (symbol, expected) in cases {
+        let results = [
+            store
+                .set_symbol_mode(symbol, HardHalt, &ops("bad"))
+                .await
+                .map(drop),
+            store
+                .tighten_symbol_mode(symbol, SoftHalt, &ops("bad"))
+                .await
+                .map(drop),
+            store.cancel_all(symbol, &ops("bad")).await.map(drop),
+            store.symbol_state(symbol).await.map(drop),
+        ];
+        for result in results {
+            match result {
+                Err(Error::InvalidSymbol(e)) => {
+                    assert!(expected(&e), "{symbol:?}: {e:?}");
+                    let text = Error::InvalidSymbol(e).to_string();
+                    assert!(text.contains("refused, nothing changed"), "{text}");
+                }
+                other => panic!("{symbol:?}: expected InvalidSymbol, got {other:?}"),
+            }
+        }
+    }
+    assert_eq!(observe(store).await.2, 0, "no audit rows");
+    assert_eq!(store.venue().await.expect("venue").version, 0);
+}
+
+/// Invalid audit input (blank, control characters, too long, empty ticket) is
+/// refused by every command and changes nothing.
+pub async fn invalid_audit_is_refused_and_changes_nothing(store: &dyn SymbolModeStore) {
+    let bad = [
+        Audit::new("ops", ""),
+        Audit::new("ops", "   "),
+        Audit::new("", "reason"),
+        Audit::new("ops", "two\nlines"),
+        Audit::new("ops\u{0}", "nul"),
+        Audit::new(
+            "ops",
+            "x".repeat(failover_core::audit::MAX_REASON_CHARS + 1),
+        ),
+        Audit::new("ops", "ok").with_ticket(""),
+        Audit::new("ops", "ok").with_ticket("INC\u{7}"),
+    ];
+    for audit in &bad {
+        let results = [
+            store
+                .set_symbol_mode("BTC-USD", HardHalt, audit)
+                .await
+                .map(drop),
+            store
+                .tighten_symbol_mode("BTC-USD", SoftHalt, audit)
+                .await
+                .map(drop),
+            store.set_global_mode(SoftHalt, audit).await.map(drop),
+            store.cancel_all("BTC-USD", audit).await.map(drop),
+            store.withdrawals_halt(true, audit).await.map(drop),
+            store.withdrawals_halt(false, audit).await.map(drop),
+        ];
+        for result in results {
+            assert!(
+                matches!(result, Err(Error::InvalidAudit(_))),
+                "{audit:?}: {result:?}"
+            );
+        }
+    }
+    let (venue, symbols, history) = observe(store).await;
+    assert_eq!(
+        (venue.version, venue.global, symbols.len(), history),
+        (0, Normal, 0, 0)
+    );
+}
+
+/// Symbols, reasons, actors and tickets with quotes, semicolons, SQL keywords and
+/// non-ASCII text are stored and returned verbatim.
+pub async fn text_is_stored_verbatim(store: &dyn SymbolModeStore) {
+    let symbols = [
+        "o'brien",
+        "\"BTC\"-USD",
+        "x';DROP_TABLE_symbol_modes;--",
+        "SELECT",
+        "a;b",
+        "$$1$$",
+        "Ünï€",
+    ];
+    let reason = "'; DROP TABLE symbol_mode_events; -- \"quoted\" $$ 💥";
+    let actor = "o'brien; SELECT 1";
+    let ticket = "INC-'1'; --";
+    for symbol in symbols {
+        let event = store
+            .set_symbol_mode(
+                symbol,
+                CancelOnly,
+                &Audit::new(actor, reason).with_ticket(ticket),
+            )
+            .await
+            .expect("set");
+        assert_eq!(
+            event.command,
+            Command::SetSymbolMode {
+                symbol: symbol.into(),
+                from: Normal,
+                to: CancelOnly
+            }
+        );
+        let state = store
+            .symbol_state(symbol)
+            .await
+            .expect("state")
+            .expect("set");
+        assert_eq!(
+            (
+                state.symbol.as_str(),
+                state.reason.as_str(),
+                state.updated_by.as_str(),
+                state.ticket.as_deref()
+            ),
+            (symbol, reason, actor, Some(ticket))
+        );
+        let cancel = store
+            .cancel_all(symbol, &Audit::new(actor, reason))
+            .await
+            .expect("cancel");
+        assert_eq!(cancel.symbol, symbol);
+    }
+    let snapshot = ModeSnapshot::from_delta(&store.changes_since(0).await.expect("changes"));
+    for symbol in symbols {
+        assert_eq!(snapshot.effective(symbol), CancelOnly, "{symbol}");
+    }
+    let history = store.history(100).await.expect("history");
+    assert_eq!(history.len(), symbols.len() * 2);
+    assert!(history
+        .iter()
+        .all(|e| e.reason == reason && e.actor == actor));
+}
+
+/// Versions are gapless across every kind of command; history is newest first and
+/// bounded by `limit`.
+pub async fn versions_are_gapless_and_history_is_newest_first(store: &dyn SymbolModeStore) {
+    store
+        .set_symbol_mode("A", SoftHalt, &ops("one"))
+        .await
+        .expect("1");
+    store
+        .set_global_mode(CancelOnly, &ops("two"))
+        .await
+        .expect("2");
+    store.cancel_all("A", &ops("three")).await.expect("3");
+    store.withdrawals_halt(true, &ops("four")).await.expect("4");
+    store
+        .withdrawals_halt(false, &ticketed("five"))
+        .await
+        .expect("5");
+    let all = store.history(100).await.expect("history");
+    let reasons: Vec<&str> = all.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["five", "four", "three", "two", "one"]);
+    let versions: Vec<u64> = all.iter().map(|e| e.version).collect();
+    assert_eq!(versions, [5, 4, 3, 2, 1]);
+    let kinds: Vec<CommandKind> = all.iter().map(|e| e.command.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            CommandKind::WithdrawalsHalt,
+            CommandKind::WithdrawalsHalt,
+            CommandKind::CancelAll,
+            CommandKind::SetGlobalMode,
+            CommandKind::SetSymbolMode
+        ]
+    );
+    assert_eq!(store.history(2).await.expect("history"), all[..2].to_vec());
+    assert!(store.history(0).await.expect("history").is_empty());
+    assert_eq!(store.venue().await.expect("venue").version, 5);
+}
+
+/// `changes_since(v)` returns exactly the symbols set after `v`, with the ids of
+/// the events at `v` and at the head.
+pub async fn changes_since_returns_only_what_changed(store: &dyn SymbolModeStore) {
+    let first = store
+        .set_symbol_mode("A", SoftHalt, &ops("a"))
+        .await
+        .expect("a");
+    store
+        .set_symbol_mode("B", HardHalt, &ops("b"))
+        .await
+        .expect("b");
+    let last = store
+        .set_symbol_mode("A", CancelOnly, &ticketed("a again"))
+        .await
+        .expect("a");
+    let delta = store.changes_since(1).await.expect("changes");
+    assert_eq!(delta.since, 1);
+    assert_eq!(delta.since_event, Some(first.request_id));
+    assert_eq!(delta.version, 3);
+    assert_eq!(delta.head_event, Some(last.request_id));
+    let mut symbols = delta.symbols.clone();
+    symbols.sort();
+    assert_eq!(
+        symbols,
+        [("A".to_string(), CancelOnly), ("B".to_string(), HardHalt)]
+    );
+    let idle = store.changes_since(3).await.expect("changes");
+    assert!(idle.symbols.is_empty());
+    assert_eq!(idle.version, 3);
+    let snapshot = ModeSnapshot::from_delta(&store.changes_since(0).await.expect("full"));
+    assert_eq!(snapshot.version(), 3);
+    assert_eq!(snapshot.effective("A"), CancelOnly);
+    assert_eq!(snapshot.effective("B"), HardHalt);
+}
+
+/// `CancelAll` is accepted in every mode (also under a global `HARD_HALT`), with or
+/// without a ticket, and audited under the runbook's name.
+pub async fn cancel_all_is_allowed_in_every_mode_and_audited(store: &dyn SymbolModeStore) {
+    for (i, mode) in SymbolMode::ALL.into_iter().enumerate() {
+        let symbol = format!("CA-{i}");
+        store
+            .set_symbol_mode(&symbol, mode, &ops("setup"))
+            .await
+            .expect("set");
+        let command = store
+            .cancel_all(&symbol, &Audit::new("ops:alice", "flatten book"))
+            .await
+            .expect("CancelAll in every mode");
+        assert_eq!(command.symbol, symbol);
+        assert_eq!(command.actor, "ops:alice");
+        assert_eq!(command.ticket, None);
+    }
+    store
+        .set_global_mode(HardHalt, &ops("global halt"))
+        .await
+        .expect("global");
+    let command = store
+        .cancel_all(
+            "CA-0",
+            &Audit::new("ops:alice", "flatten").with_ticket("INC-3"),
+        )
+        .await
+        .expect("CancelAll under a global HARD_HALT");
+    assert_eq!(command.ticket.as_deref(), Some("INC-3"));
+    let newest = &store.history(1).await.expect("history")[0];
+    assert_eq!(
+        newest.command,
+        Command::CancelAll {
+            symbol: "CA-0".into()
+        }
+    );
+    assert_eq!(CancelAllCommand::from_event(newest), Some(command));
+}
+
+async fn next_command(sub: &mut crate::CancelAllSubscription) -> CancelAllCommand {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("command delivered in time")
+        .expect("subscription open")
+}
+
+async fn assert_quiet(sub: &mut crate::CancelAllSubscription) {
+    let extra = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(extra.is_err(), "delivered more than once: {extra:?}");
+}
+
+/// Each `CancelAll` reaches each of two subscribers exactly once, in order;
+/// `StartAt::Now` skips earlier commands, `StartAt::After(seq)` resumes after `seq`.
+pub async fn cancel_all_reaches_each_subscriber_exactly_once(store: &dyn SymbolModeStore) {
+    let before = store
+        .cancel_all("OLD", &ops("before subscribing"))
+        .await
+        .expect("old");
+    let mut a = store
+        .subscribe_cancel_all(StartAt::Now)
+        .await
+        .expect("subscribe a");
+    let mut b = store
+        .subscribe_cancel_all(StartAt::Now)
+        .await
+        .expect("subscribe b");
+    store
+        .set_symbol_mode("X", SoftHalt, &ops("not a command"))
+        .await
+        .expect("mode");
+    let one = store.cancel_all("BTC-USD", &ops("one")).await.expect("one");
+    let two = store.cancel_all("ETH-USD", &ops("two")).await.expect("two");
+    for sub in [&mut a, &mut b] {
+        assert_eq!(next_command(sub).await, one);
+        assert_eq!(next_command(sub).await, two);
+        assert_eq!(sub.cursor(), two.seq);
+        assert_quiet(sub).await;
+    }
+    let mut replay = store
+        .subscribe_cancel_all(StartAt::After(0))
+        .await
+        .expect("replay");
+    assert_eq!(next_command(&mut replay).await, before);
+    assert_eq!(next_command(&mut replay).await, one);
+    let mut resume = store
+        .subscribe_cancel_all(StartAt::After(one.seq))
+        .await
+        .expect("resume");
+    assert_eq!(next_command(&mut resume).await, two);
+    assert_quiet(&mut resume).await;
+}
+
+/// `WithdrawalsHalt(on)` needs no ticket; lifting it (`off`) needs one; both are audited.
+pub async fn withdrawals_halt_is_audited_and_lifting_needs_a_ticket(store: &dyn SymbolModeStore) {
+    let on = store
+        .withdrawals_halt(true, &Audit::new("ops:alice", "ledger invariant violation"))
+        .await
+        .expect("halt");
+    assert_eq!(on.command, Command::WithdrawalsHalt { on: true });
+    assert!(store.venue().await.expect("venue").withdrawals_halted);
+    let err = store
+        .withdrawals_halt(false, &Audit::new("ops:alice", "reconciled"))
+        .await
+        .expect_err("lifting needs a ticket");
+    assert!(
+        matches!(err, Error::InvalidAudit(AuditError::TicketRequired { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("withdrawals"), "{err}");
+    assert!(store.venue().await.expect("venue").withdrawals_halted);
+    let off = store
+        .withdrawals_halt(
+            false,
+            &Audit::new("ops:alice", "reconciled").with_ticket("INC-9"),
+        )
+        .await
+        .expect("lift");
+    assert!(off.command.relaxes_safety());
+    assert!(!store.venue().await.expect("venue").withdrawals_halted);
+    assert_eq!(store.history(10).await.expect("history"), vec![off, on]);
+}
+
+/// `tighten_symbol_mode` raises a symbol and is a no-op — no audit row — when the
+/// symbol is already as severe; it never lowers a stricter mode.
+pub async fn tighten_symbol_mode_only_tightens(store: &dyn SymbolModeStore) {
+    let raised = store
+        .tighten_symbol_mode("A", SoftHalt, &ops("raise"))
+        .await
+        .expect("tighten")
+        .expect("raised");
+    assert_eq!(
+        raised.command,
+        Command::SetSymbolMode {
+            symbol: "A".into(),
+            from: Normal,
+            to: SoftHalt
+        }
+    );
+    assert_eq!(
+        store
+            .tighten_symbol_mode("A", SoftHalt, &ops("again"))
+            .await
+            .expect("no-op"),
+        None
+    );
+    assert_eq!(
+        store
+            .tighten_symbol_mode("A", CancelOnly, &ops("lower"))
+            .await
+            .expect("no-op"),
+        None
+    );
+    store
+        .set_symbol_mode("B", HardHalt, &ops("hard"))
+        .await
+        .expect("hard");
+    assert_eq!(
+        store
+            .tighten_symbol_mode("B", SoftHalt, &ops("soft"))
+            .await
+            .expect("no-op"),
+        None
+    );
+    assert_eq!(own_mode(store, "A").await, SoftHalt);
+    assert_eq!(own_mode(store, "B").await, HardHalt);
+    assert_eq!(store.history(10).await.expect("history").len(), 2);
+}
+
+/// The settlement-lag policy: above T2 throttle (nothing written), above T3
+/// `SOFT_HALT` audited with the policy as actor, once; never lowers `HARD_HALT`.
+pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeStore) {
+    let policy =
+        SettlementLagPolicy::new(Duration::from_secs(2), Duration::from_secs(10)).expect("policy");
+    let within = policy
+        .apply(store, "BTC-USD", Duration::from_secs(1))
+        .await
+        .expect("apply");
+    assert_eq!(
+        (within.verdict, within.halted),
+        (crate::LagVerdict::WithinPolicy, None)
+    );
+    let throttle = policy
+        .apply(store, "BTC-USD", Duration::from_secs(5))
+        .await
+        .expect("apply");
+    assert_eq!(
+        (throttle.verdict, throttle.halted),
+        (crate::LagVerdict::Throttle, None)
+    );
+    assert!(store.history(10).await.expect("history").is_empty());
+    let halt = policy
+        .apply(store, "BTC-USD", Duration::from_secs(30))
+        .await
+        .expect("apply");
+    assert_eq!(halt.verdict, crate::LagVerdict::Halt);
+    let event = halt.halted.expect("halted now");
+    assert_eq!(event.actor, POLICY_ACTOR);
+    assert!(event.reason.contains("T3"), "{}", event.reason);
+    assert_eq!(
+        event.command,
+        Command::SetSymbolMode {
+            symbol: "BTC-USD".into(),
+            from: Normal,
+            to: SoftHalt
+        }
+    );
+    assert_eq!(own_mode(store, "BTC-USD").await, SoftHalt);
+    let again = policy
+        .apply(store, "BTC-USD", Duration::from_secs(40))
+        .await
+        .expect("apply");
+    assert_eq!(
+        (again.verdict, again.halted),
+        (crate::LagVerdict::Halt, None),
+        "no second audit row"
+    );
+    store
+        .set_symbol_mode("ETH-USD", HardHalt, &ops("hard"))
+        .await
+        .expect("hard");
+    let hard = policy
+        .apply(store, "ETH-USD", Duration::from_secs(40))
+        .await
+        .expect("apply");
+    assert_eq!(hard.halted, None);
+    assert_eq!(
+        own_mode(store, "ETH-USD").await,
+        HardHalt,
+        "the policy never lowers a mode"
+    );
+    assert_eq!(store.history(10).await.expect("history").len(), 2);
+}
+
+/// A subscriber first gets the current version, then each newer one.
+pub async fn subscribers_see_new_versions(store: &dyn SymbolModeStore) {
+    let mut sub = store.subscribe().await.expect("subscribe");
+    let first = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(first, 0);
+    store
+        .set_symbol_mode("A", SoftHalt, &ops("push"))
+        .await
+        .expect("set");
+    let pushed = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("pushed in time")
+        .expect("open");
+    assert_eq!(pushed, 1);
+}
+
+/// A [`SymbolModes`] handle loads, follows every kind of change, and answers the
+/// action matrix for the effective mode.
+pub async fn handle_follows_the_store(store: Arc<dyn SymbolModeStore>) {
+    store
+        .set_symbol_mode("BTC-USD", CancelOnly, &ops("before start"))
+        .await
+        .expect("set");
+    let handle = SymbolModes::spawn(store.clone(), SymbolModesConfig::default());
+    assert!(handle.ready(WAIT).await);
+    assert_eq!(handle.mode("BTC-USD"), CancelOnly);
+    assert!(handle.allows("BTC-USD", TradingAction::ReduceOnlyAmend));
+    let refusal = handle
+        .check("BTC-USD", TradingAction::Place)
+        .expect_err("no new orders");
+    assert_eq!(
+        (refusal.mode, refusal.cause),
+        (CancelOnly, crate::Cause::Symbol)
+    );
+    assert!(refusal.to_string().contains("CANCEL_ONLY"), "{refusal}");
+    assert_eq!(handle.mode("ETH-USD"), Normal);
+    assert!(!handle.withdrawals_halted());
+
+    let event = store
+        .set_global_mode(SoftHalt, &ops("global"))
+        .await
+        .expect("global");
+    assert!(handle.wait_for_version(event.version, WAIT).await);
+    assert_eq!(handle.mode("ETH-USD"), SoftHalt);
+    let refusal = handle
+        .check("ETH-USD", TradingAction::Matching)
+        .expect_err("no matching");
+    assert_eq!(refusal.cause, crate::Cause::Global);
+    let event = store
+        .withdrawals_halt(true, &ops("custody"))
+        .await
+        .expect("halt");
+    assert!(handle.wait_for_version(event.version, WAIT).await);
+    assert!(handle.withdrawals_halted());
+    let event = store
+        .set_symbol_mode("BTC-USD", Normal, &ticketed("resume"))
+        .await
+        .expect("resume");
+    assert!(handle.wait_for_version(event.version, WAIT).await);
+    assert_eq!(
+        handle.mode("BTC-USD"),
+        SoftHalt,
+        "still under the global SOFT_HALT"
+    );
+    let status = handle.status();
+    assert_eq!(status.version, event.version);
+    assert_eq!(status.restricted_symbols, 0);
+    assert_eq!(handle.health().status, crate::ComponentStatus::Operational);
+    assert_eq!(handle.health().name, crate::HEALTH_COMPONENT);
+}
+
+/// 40 concurrent commands on three symbols and the global mode: versions are
+/// gapless, every event's `from` is the previous event's `to` for its scope (the
+/// check and the write did not race), and the final modes equal the newest events.
+pub async fn concurrent_commands_serialise(store: Arc<dyn SymbolModeStore>) {
+    let mut tasks = Vec::new();
+    for i in 0..40usize {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let to = SymbolMode::ALL[(i * 7 + i / 3) % 4];
+            let audit = ticketed(&format!("change {i}"));
+            match i % 4 {
+                3 => store.set_global_mode(to, &audit).await,
+                n => store.set_symbol_mode(["A", "B", "C"][n], to, &audit).await,
+            }
+        }));
+    }
+    let mut accepted = 0u64;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => accepted += 1,
+            Err(Error::TransitionForbidden { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    let mut history = store.history(100).await.expect("history");
+    history.reverse();
+    assert_eq!(history.len() as u64, accepted);
+    let versions: Vec<u64> = history.iter().map(|e| e.version).collect();
+    assert_eq!(versions, (1..=accepted).collect::<Vec<u64>>());
+    let mut modes: BTreeMap<Option<String>, SymbolMode> = BTreeMap::new();
+    for event in &history {
+        let (scope, from, to) = match &event.command {
+            Command::SetSymbolMode { symbol, from, to } => (Some(symbol.clone()), *from, *to),
+            Command::SetGlobalMode { from, to } => (None, *from, *to),
+            other => panic!("unexpected {other:?}"),
+        };
+        let previous = modes.get(&scope).copied().unwrap_or_default();
+        assert_eq!(from, previous, "event {} of {scope:?}", event.version);
+        assert_ne!(from.transition_to(to), Transition::Forbidden);
+        modes.insert(scope, to);
+    }
+    for symbol in ["A", "B", "C"] {
+        let expected = modes
+            .get(&Some(symbol.to_string()))
+            .copied()
+            .unwrap_or_default();
+        assert_eq!(own_mode(&*store, symbol).await, expected);
+    }
+    assert_eq!(
+        global_mode(&*store).await,
+        modes.get(&None).copied().unwrap_or_default()
+    );
+}
+
+/// One requested command of a random sequence (see [`check_ops`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `SetSymbolMode(SYMBOLS[symbol % 3], to)`.
+    SetSymbol {
+        /// Index into three symbols.
+        symbol: u8,
+        /// Requested mode.
+        to: SymbolMode,
+        /// Whether a ticket is given.
+        ticket: bool,
+        /// False: the audit reason is blank (must be refused).
+        valid: bool,
+    },
+    /// `SetGlobalMode(to)`.
+    SetGlobal {
+        /// Requested mode.
+        to: SymbolMode,
+        /// Whether a ticket is given.
+        ticket: bool,
+        /// False: the audit reason is blank (must be refused).
+        valid: bool,
+    },
+    /// `tighten_symbol_mode(SYMBOLS[symbol % 3], to)`.
+    Tighten {
+        /// Index into three symbols.
+        symbol: u8,
+        /// Requested minimum mode.
+        to: SymbolMode,
+    },
+    /// `CancelAll(SYMBOLS[symbol % 3])`.
+    CancelAll {
+        /// Index into three symbols.
+        symbol: u8,
+    },
+    /// `WithdrawalsHalt(on)`.
+    Withdrawals {
+        /// Halt or lift.
+        on: bool,
+        /// Whether a ticket is given.
+        ticket: bool,
+    },
+    /// Submit the last accepted request again (same `Audit`).
+    Replay,
+    /// `SetSymbolMode` with an invalid symbol (must be refused).
+    BadSymbol,
+}
+
+const SYMBOLS: [&str; 3] = ["BTC-USD", "o'brien;--", "ETH/USDT"];
+
+type Observed = (crate::VenueState, Vec<(String, SymbolMode)>, usize);
+
+fn mode_of(observed: &Observed, symbol: &str) -> SymbolMode {
+    observed
+        .1
+        .iter()
+        .find(|(s, _)| s == symbol)
+        .map_or(Normal, |(_, m)| *m)
+}
+
+/// Runs `ops` and checks each outcome against the rules:
+/// * an accepted mode change is allowed by the table from the mode before, carries a
+///   ticket when it relaxes, changes exactly the addressed mode, and no effective
+///   mode relaxes further than the table allows from it (`HARD_HALT` never reaches
+///   `NORMAL` in one step, also through the global mode);
+/// * every accepted command appends exactly one audit row carrying its actor,
+///   reason and ticket, and bumps the version by one;
+/// * every refusal is one the rules demand, and leaves state and audit unchanged;
+/// * a replay returns the original event and changes nothing.
+pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
+    let mut last: Option<(Op, Audit, crate::AuditEvent)> = None;
+    for (step, op) in ops.iter().enumerate() {
+        let before = observe(store).await;
+        let audit_for = |ticket: bool, valid: bool| {
+            let audit = Audit::new(
+                format!("ops:step-{step}"),
+                if valid {
+                    format!("step {step}")
+                } else {
+                    " ".into()
+                },
+            );
+            if ticket {
+                audit.with_ticket(format!("INC-{step}"))
+            } else {
+                audit
+            }
+        };
+        let (op, audit) = match op {
+            Op::Replay => match &last {
+                Some((op, audit, _)) => (op.clone(), audit.clone()),
+                None => continue,
+            },
+            Op::SetSymbol { ticket, valid, .. } | Op::SetGlobal { ticket, valid, .. } => {
+                (op.clone(), audit_for(*ticket, *valid))
+            }
+            Op::Withdrawals { ticket, .. } => (op.clone(), audit_for(*ticket, true)),
+            _ => (op.clone(), audit_for(false, true)),
+        };
+        let replay = matches!(ops[step], Op::Replay);
+        let result: Result<Option<crate::AuditEvent>, Error> = match &op {
+            Op::SetSymbol { symbol, to, .. } => store
+                .set_symbol_mode(SYMBOLS[*symbol as usize % 3], *to, &audit)
+                .await
+                .map(Some),
+            Op::SetGlobal { to, .. } => store.set_global_mode(*to, &audit).await.map(Some),
+            Op::Tighten { symbol, to } => {
+                store
+                    .tighten_symbol_mode(SYMBOLS[*symbol as usize % 3], *to, &audit)
+                    .await
+            }
+            Op::CancelAll { symbol } => match store
+                .cancel_all(SYMBOLS[*symbol as usize % 3], &audit)
+                .await
+            {
+                Ok(command) => Ok(Some(event_at(store, command.seq).await)),
+                Err(e) => Err(e),
+            },
+            Op::Withdrawals { on, .. } => store.withdrawals_halt(*on, &audit).await.map(Some),
+            Op::BadSymbol => store
+                .set_symbol_mode("BAD SYMBOL", HardHalt, &audit)
+                .await
+                .map(Some),
+            Op::Replay => unreachable!("resolved above"),
+        };
+        let after = observe(store).await;
+        if replay {
+            let (_, _, original) = last.as_ref().expect("replay has an original");
+            match result {
+                Ok(Some(event)) => {
+                    assert_eq!(&event, original, "step {step}: replay returns the original")
+                }
+                other => panic!("step {step}: replay failed: {other:?}"),
+            }
+            assert_eq!(after, before, "step {step}: a replay changes nothing");
+            continue;
+        }
+        // What the rules demand, from the state before.
+        let expected_ok = match &op {
+            Op::SetSymbol {
+                symbol,
+                to,
+                ticket,
+                valid,
+            } => {
+                *valid
+                    && match mode_of(&before, SYMBOLS[*symbol as usize % 3]).transition_to(*to) {
+                        Transition::Tighten => true,
+                        Transition::Relax => *ticket,
+                        Transition::Forbidden => false,
+                    }
+            }
+            Op::SetGlobal { to, ticket, valid } => {
+                *valid
+                    && match before.0.global.transition_to(*to) {
+                        Transition::Tighten => true,
+                        Transition::Relax => *ticket,
+                        Transition::Forbidden => false,
+                    }
+            }
+            Op::Withdrawals { on, ticket } => *on || *ticket,
+            Op::BadSymbol => false,
+            Op::Tighten { .. } | Op::CancelAll { .. } => true,
+            Op::Replay => unreachable!(),
+        };
+        match result {
+            Err(error) => {
+                assert!(
+                    !expected_ok,
+                    "step {step}: {op:?} refused although allowed: {error}"
+                );
+                assert_eq!(after, before, "step {step}: a refusal changes nothing");
+            }
+            Ok(None) => {
+                let Op::Tighten { symbol, to } = &op else {
+                    panic!("step {step}: only tighten may be a no-op")
+                };
+                assert!(
+                    mode_of(&before, SYMBOLS[*symbol as usize % 3]) >= *to,
+                    "step {step}"
+                );
+                assert_eq!(after, before, "step {step}: a no-op changes nothing");
+            }
+            Ok(Some(_)) => {
+                assert!(
+                    expected_ok,
+                    "step {step}: {op:?} accepted although the rules refuse it"
+                );
+                assert_eq!(after.2, before.2 + 1, "step {step}: exactly one audit row");
+                assert_eq!(
+                    after.0.version,
+                    before.0.version + 1,
+                    "step {step}: version +1"
+                );
+                let event = store.history(1).await.expect("history").remove(0);
+                assert_eq!(event.version, after.0.version);
+                assert_eq!(event.request_id, audit.request_id());
+                assert_eq!(
+                    (
+                        event.actor.as_str(),
+                        event.reason.as_str(),
+                        event.ticket.as_deref()
+                    ),
+                    (audit.actor(), audit.reason(), audit.ticket()),
+                    "step {step}: the audit row carries actor, reason and ticket"
+                );
+                if event.command.relaxes_safety() {
+                    assert!(
+                        event.ticket.is_some(),
+                        "step {step}: relaxing without a ticket"
+                    );
+                }
+                match &event.command {
+                    Command::SetSymbolMode { symbol, from, to } => {
+                        assert_eq!(*from, mode_of(&before, symbol));
+                        assert_ne!(from.transition_to(*to), Transition::Forbidden);
+                        assert_eq!(mode_of(&after, symbol), *to);
+                    }
+                    Command::SetGlobalMode { from, to } => {
+                        assert_eq!(*from, before.0.global);
+                        assert_ne!(from.transition_to(*to), Transition::Forbidden);
+                        assert_eq!(after.0.global, *to);
+                    }
+                    Command::WithdrawalsHalt { on } => assert_eq!(after.0.withdrawals_halted, *on),
+                    Command::CancelAll { .. } => {}
+                }
+                // Only the addressed entry changed.
+                let mut expected = before.clone();
+                expected.0.version += 1;
+                expected.2 += 1;
+                match &event.command {
+                    Command::SetSymbolMode { symbol, to, .. } => {
+                        match expected.1.iter_mut().find(|(s, _)| s == symbol) {
+                            Some(entry) => entry.1 = *to,
+                            None => expected.1.push((symbol.clone(), *to)),
+                        }
+                        expected.1.sort();
+                    }
+                    Command::SetGlobalMode { to, .. } => expected.0.global = *to,
+                    Command::WithdrawalsHalt { on } => expected.0.withdrawals_halted = *on,
+                    Command::CancelAll { .. } => {}
+                }
+                assert_eq!(
+                    after, expected,
+                    "step {step}: exactly the addressed state changed"
+                );
+                // Effective modes moved lawfully.
+                for symbol in SYMBOLS {
+                    let e_before = before.0.global.max(mode_of(&before, symbol));
+                    let e_after = after.0.global.max(mode_of(&after, symbol));
+                    // Never further down than the table lets the effective mode
+                    // itself relax: HARD_HALT may land on SOFT_HALT (a global
+                    // HARD_HALT lifted over a SOFT_HALT symbol), never on NORMAL.
+                    let floor = e_before
+                        .may_relax_to()
+                        .iter()
+                        .min()
+                        .copied()
+                        .unwrap_or(e_before);
+                    assert!(
+                        e_after >= floor,
+                        "step {step}: effective mode of {symbol} jumped {e_before} -> {e_after}"
+                    );
+                }
+                last = Some((op.clone(), audit.clone(), event));
+            }
+        }
+    }
+}
+
+async fn event_at(store: &dyn SymbolModeStore, version: u64) -> crate::AuditEvent {
+    store
+        .history(usize::MAX)
+        .await
+        .expect("history")
+        .into_iter()
+        .find(|e| e.version == version)
+        .expect("the event of an accepted command")
+}
+
+/// A deterministic pseudo-random sequence of `len` operations (xorshift, no
+/// dependency), for stores where a property-test runner is too slow.
+pub fn random_ops(seed: u64, len: usize) -> Vec<Op> {
+    let mut x = seed.max(1);
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..len)
+        .map(|_| {
+            let r = next();
+            let mode = SymbolMode::from_severity((r >> 8) as u8 % 4);
+            let symbol = (r >> 16) as u8 % 3;
+            let ticket = (r >> 24) % 3 != 0;
+            match r % 16 {
+                0..=6 => Op::SetSymbol {
+                    symbol,
+                    to: mode,
+                    ticket,
+                    valid: (r >> 32) % 10 != 0,
+                },
+                7..=9 => Op::SetGlobal {
+                    to: mode,
+                    ticket,
+                    valid: (r >> 32) % 10 != 0,
+                },
+                10 => Op::Tighten { symbol, to: mode },
+                11 => Op::CancelAll { symbol },
+                12 => Op::Withdrawals {
+                    on: (r >> 40) % 2 == 0,
+                    ticket,
+                },
+                13 | 14 => Op::Replay,
+                _ => Op::BadSymbol,
+            }
+        })
+        .collect()
+}
+
+/// 150 pseudo-random requested commands, checked by [`check_ops`].
+pub async fn random_sequences_follow_the_rules(store: &dyn SymbolModeStore) {
+    check_ops(store, &random_ops(0x5eed_cafe, 150)).await;
+}
+
+/// Expands into one named `#[tokio::test]` per behaviour of the contract.
+///
+/// `$setup` is an async fn returning `(Arc<dyn SymbolModeStore>, guard)`, where the
+/// guard keeps whatever the store needs alive (a database, say) until the test ends.
+///
+/// ```
+/// use std::sync::Arc;
+/// use symbol_mode::{MemorySymbolModeStore, SymbolModeStore};
+/// async fn setup() -> (Arc<dyn SymbolModeStore>, ()) {
+///     (Arc::new(MemorySymbolModeStore::new()), ())
+/// }
+/// symbol_mode::conformance_tests!(setup);
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@tests $setup;
+            fresh_store_is_normal_at_version_zero,
+            set_symbol_mode_round_trips,
+            tightening_needs_no_ticket_and_relaxing_needs_one,
+            every_transition_follows_the_table,
+            resume_drill_goes_through_cancel_only,
+            same_request_is_applied_once,
+            request_reused_for_another_command_is_refused,
+            invalid_symbols_are_refused_with_clear_errors,
+            invalid_audit_is_refused_and_changes_nothing,
+            text_is_stored_verbatim,
+            versions_are_gapless_and_history_is_newest_first,
+            changes_since_returns_only_what_changed,
+            cancel_all_is_allowed_in_every_mode_and_audited,
+            cancel_all_reaches_each_subscriber_exactly_once,
+            withdrawals_halt_is_audited_and_lifting_needs_a_ticket,
+            tighten_symbol_mode_only_tightens,
+            settlement_lag_policy_soft_halts_above_t3,
+            subscribers_see_new_versions,
+            random_sequences_follow_the_rules,
+        );
+        $crate::conformance_tests!(@arc_tests $setup;
+            effective_mode_is_the_more_severe_for_every_pair,
+            handle_follows_the_store,
+            concurrent_commands_serialise,
+        );
+    };
+    (@tests $setup:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $setup().await;
+                $crate::conformance::$name(&*store).await;
+            }
+        )*
+    };
+    (@arc_tests $setup:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, _guard) = $setup().await;
+                $crate::conformance::$name(store).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,405 @@
+//! [`SymbolModes`]: the hot-path handle.
+//!
+//! The order path calls [`SymbolModes::mode`], [`SymbolModes::allows`] or
+//! [`SymbolModes::check`]: one atomic load, one lock-free `ArcSwap` load and one hash
+//! lookup on `&str` — no lock, no allocation, no clock read. A background watcher
+//! (failover-core's) — the only part that touches the store and the clock — loads
+//! the snapshot, follows the store's change stream (NOTIFY for Postgres), polls as a
+//! fallback (a poll reads only what changed after the snapshot's version, so an idle
+//! poll is one small row), and fails closed:
+//!
+//! * before the first successful load every symbol is `HARD_HALT`
+//!   ([`Cause::NotLoaded`]): nothing is known, so nothing may happen;
+//! * once the last successful read is older than the staleness window (default
+//!   5 minutes) every symbol is at least `SOFT_HALT` ([`Cause::Stale`]) — the last
+//!   known modes still apply where they are stricter, so a `HARD_HALT` stays one.
+//!   `SOFT_HALT` (not `HARD_HALT`) keeps cancels open: while the mode store is
+//!   unreachable, traders can still take risk off the book, and nothing can add it.
+//!   Withdrawals count as halted in both cases.
+//!
+//! Health component `symbol_mode`: `operational` (fresh), `degraded` (the last
+//! refresh failed, the snapshot is still within the window; details carry the
+//! error), `failed` (stale or never loaded).
+
+use crate::snapshot::ModeSnapshot;
+use crate::{Error, ModeDelta, SymbolMode, SymbolModeStore, TradingAction, HEALTH_COMPONENT};
+use arc_swap::ArcSwap;
+use failover_core::health::HealthSource;
+use failover_core::watcher::{self, WatchConfig, WatchTarget, Watcher};
+use failover_core::ComponentHealth;
+use futures_util::{stream, StreamExt};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+
+const NOT_LOADED: u8 = 0;
+const FRESH: u8 = 1;
+const STALE: u8 = 2;
+
+/// Settings of the handle: staleness window (default 5 minutes) and poll interval
+/// (default 1 s).
+pub type SymbolModesConfig = WatchConfig;
+
+/// Why a symbol's effective mode refuses an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// The symbol's own mode.
+    Symbol,
+    /// The global mode.
+    Global,
+    /// No snapshot has been loaded yet: fail closed as `HARD_HALT`.
+    NotLoaded,
+    /// The snapshot is older than the staleness window: fail closed as at least
+    /// `SOFT_HALT`.
+    Stale,
+}
+
+/// A refused action: what, under which effective mode, and why. `Copy`, built
+/// without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Refusal {
+    /// The refused action.
+    pub action: TradingAction,
+    /// The effective mode that refuses it.
+    pub mode: SymbolMode,
+    /// Where that mode comes from.
+    pub cause: Cause,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self.cause {
+            Cause::Symbol => "the symbol's mode",
+            Cause::Global => "the global mode",
+            Cause::NotLoaded => "symbol modes not loaded yet, failing closed",
+            Cause::Stale => {
+                "symbol modes are stale (store unreachable past the staleness window), failing closed"
+            }
+        };
+        write!(
+            f,
+            "{} refused: effective mode {} ({why})",
+            self.action, self.mode
+        )
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Freshness of the handle's snapshot, for admin pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SnapshotState {
+    /// No snapshot yet.
+    NotLoaded,
+    /// Within the staleness window.
+    Fresh,
+    /// Past the staleness window.
+    Stale,
+}
+
+/// A snapshot for admin pages and logs (not for the order path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymbolModesStatus {
+    /// Whether the snapshot is loaded and fresh.
+    pub state: SnapshotState,
+    /// The store version of the snapshot (0 before the first load).
+    pub version: u64,
+    /// The global mode of the snapshot (not including the fail-closed floor).
+    pub global: SymbolMode,
+    /// Withdrawals halted in the snapshot.
+    pub withdrawals_halted: bool,
+    /// How many symbols are stricter than `NORMAL` in the snapshot.
+    pub restricted_symbols: usize,
+    /// Wall-clock time of the last successful read.
+    pub last_success: Option<SystemTime>,
+    /// The error of the last failed refresh, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    word: AtomicU8,
+    snapshot: ArcSwap<ModeSnapshot>,
+    version: watch::Sender<u64>,
+}
+
+/// The hot-path handle. Cheap to clone; the watcher stops when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct SymbolModes {
+    shared: Arc<Shared>,
+    watcher: Arc<Watcher>,
+}
+
+/// Reads what changed after the handle's snapshot; a full load when the store's
+/// history no longer continues the snapshot's (writes lost in a failover).
+async fn fetch(store: &dyn SymbolModeStore, shared: &Shared) -> Result<ModeDelta, Error> {
+    let current = shared.snapshot.load_full();
+    let since = if shared.word.load(Ordering::Acquire) == NOT_LOADED {
+        0
+    } else {
+        current.version()
+    };
+    let delta = store.changes_since(since).await?;
+    if since == 0 || current.continues(delta.since, delta.since_event) {
+        Ok(delta)
+    } else {
+        tracing::warn!(
+            snapshot = current.version(),
+            store = delta.version,
+            "symbol mode history diverged from the snapshot (failover?); reloading everything"
+        );
+        store.changes_since(0).await
+    }
+}
+
+impl SymbolModes {
+    /// The effective mode of every symbol before the first successful load.
+    pub const NOT_LOADED_MODE: SymbolMode = SymbolMode::HardHalt;
+    /// The least effective mode of every symbol once the snapshot is stale.
+    pub const STALE_FLOOR: SymbolMode = SymbolMode::SoftHalt;
+
+    /// Starts the watcher on the current tokio runtime. Every symbol is
+    /// [`NOT_LOADED_MODE`](Self::NOT_LOADED_MODE) until the first load succeeds.
+    pub fn spawn(store: Arc<dyn SymbolModeStore>, config: SymbolModesConfig) -> Self {
+        let (version, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            word: AtomicU8::new(NOT_LOADED),
+            snapshot: ArcSwap::from_pointee(ModeSnapshot::default()),
+            version,
+        });
+        let target = WatchTarget {
+            load: {
+                let (store, shared) = (store.clone(), shared.clone());
+                Box::new(move || {
+                    let (store, shared) = (store.clone(), shared.clone());
+                    Box::pin(async move { fetch(&*store, &shared).await })
+                })
+            },
+            subscribe: {
+                let shared = shared.clone();
+                Box::new(move || {
+                    let (store, shared) = (store.clone(), shared.clone());
+                    Box::pin(async move {
+                        let subscription = store.subscribe().await?;
+                        // Each pushed version becomes the delta after the snapshot; a
+                        // failed read ends the stream and the watcher resubscribes.
+                        Ok(stream::unfold(
+                            (subscription, store, shared),
+                            |(mut sub, store, shared)| async move {
+                                loop {
+                                    let version = sub.next().await?;
+                                    if version <= shared.snapshot.load().version()
+                                        && shared.word.load(Ordering::Acquire) != NOT_LOADED
+                                    {
+                                        continue;
+                                    }
+                                    match fetch(&*store, &shared).await {
+                                        Ok(delta) => return Some((delta, (sub, store, shared))),
+                                        Err(error) => {
+                                            tracing::debug!(%error, "symbol mode push read failed");
+                                            return None;
+                                        }
+                                    }
+                                }
+                            },
+                        )
+                        .boxed())
+                    })
+                })
+            },
+            on_state: {
+                let shared = shared.clone();
+                Box::new(move |delta: ModeDelta| shared.observe(&delta))
+            },
+            on_stale: {
+                let shared = shared.clone();
+                Box::new(move || shared.set_word(STALE))
+            },
+        };
+        let watcher = watcher::spawn::<ModeDelta, Error>(HEALTH_COMPONENT, config, target);
+        Self {
+            shared,
+            watcher: Arc::new(watcher),
+        }
+    }
+
+    /// The effective mode of `symbol`: the more severe of the global mode, the
+    /// symbol's own mode and the fail-closed floor. Unknown symbols follow the global
+    /// mode. No lock, no allocation.
+    #[inline]
+    pub fn mode(&self, symbol: &str) -> SymbolMode {
+        self.resolve(symbol).0
+    }
+
+    /// Whether `action` may happen on `symbol` now.
+    #[inline]
+    pub fn allows(&self, symbol: &str, action: TradingAction) -> bool {
+        self.mode(symbol).allows(action)
+    }
+
+    /// Like [`allows`](Self::allows), with the reason when refused.
+    #[inline]
+    pub fn check(&self, symbol: &str, action: TradingAction) -> Result<(), Refusal> {
+        let (mode, cause) = self.resolve(symbol);
+        if mode.allows(action) {
+            Ok(())
+        } else {
+            Err(Refusal {
+                action,
+                mode,
+                cause,
+            })
+        }
+    }
+
+    #[inline]
+    fn resolve(&self, symbol: &str) -> (SymbolMode, Cause) {
+        let word = self.shared.word.load(Ordering::Acquire);
+        if word == NOT_LOADED {
+            return (Self::NOT_LOADED_MODE, Cause::NotLoaded);
+        }
+        let snapshot = self.shared.snapshot.load();
+        let own = snapshot.symbol_mode(symbol);
+        let global = snapshot.global();
+        let (mode, cause) = if own >= global {
+            (own, Cause::Symbol)
+        } else {
+            (global, Cause::Global)
+        };
+        if word == STALE && mode < Self::STALE_FLOOR {
+            (Self::STALE_FLOOR, Cause::Stale)
+        } else {
+            (mode, cause)
+        }
+    }
+
+    /// The global mode including the fail-closed floor (what a symbol with no mode of
+    /// its own gets).
+    pub fn global_mode(&self) -> SymbolMode {
+        match self.shared.word.load(Ordering::Acquire) {
+            NOT_LOADED => Self::NOT_LOADED_MODE,
+            word => {
+                let global = self.shared.snapshot.load().global();
+                if word == STALE {
+                    global.max(Self::STALE_FLOOR)
+                } else {
+                    global
+                }
+            }
+        }
+    }
+
+    /// True while withdrawals are halted, and whenever the snapshot is not fresh
+    /// (fail closed).
+    pub fn withdrawals_halted(&self) -> bool {
+        self.shared.word.load(Ordering::Acquire) != FRESH
+            || self.shared.snapshot.load().withdrawals_halted()
+    }
+
+    /// The current snapshot (the store's view without the fail-closed floor).
+    pub fn snapshot(&self) -> Arc<ModeSnapshot> {
+        self.shared.snapshot.load_full()
+    }
+
+    /// Pushes the store version of every new snapshot.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
+    }
+
+    /// Waits until the first load succeeded, bounded by `timeout`. True when loaded.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        let _ = tokio::time::timeout(timeout, async {
+            while self.shared.word.load(Ordering::Acquire) == NOT_LOADED {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.shared.word.load(Ordering::Acquire) != NOT_LOADED
+    }
+
+    /// Waits until the snapshot reaches `version` (e.g. the version an admin command
+    /// returned), bounded by `timeout`. True when reached.
+    pub async fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// A snapshot for admin pages (takes locks; not for the order path).
+    pub fn status(&self) -> SymbolModesStatus {
+        let freshness = self.watcher.freshness();
+        let snapshot = self.shared.snapshot.load();
+        SymbolModesStatus {
+            state: match self.shared.word.load(Ordering::Acquire) {
+                NOT_LOADED => SnapshotState::NotLoaded,
+                FRESH => SnapshotState::Fresh,
+                _ => SnapshotState::Stale,
+            },
+            version: snapshot.version(),
+            global: snapshot.global(),
+            withdrawals_halted: snapshot.withdrawals_halted(),
+            restricted_symbols: snapshot.restricted_symbols(),
+            last_success: freshness.last_success(),
+            last_error: freshness.last_error(),
+        }
+    }
+
+    /// Health component `symbol_mode`.
+    pub fn health(&self) -> ComponentHealth {
+        self.watcher.freshness().health()
+    }
+
+    /// This handle as a [`HealthSource`] for a [`failover_core::HealthRegistry`].
+    pub fn health_source(&self) -> Arc<dyn HealthSource> {
+        Arc::new(self.clone())
+    }
+}
+
+impl HealthSource for SymbolModes {
+    fn health(&self) -> ComponentHealth {
+        SymbolModes::health(self)
+    }
+}
+
+impl Shared {
+    fn set_word(&self, word: u8) {
+        let old = self.word.swap(word, Ordering::AcqRel);
+        if old != word {
+            match word {
+                FRESH => tracing::info!("symbol modes: snapshot fresh"),
+                STALE => tracing::error!(
+                    "symbol modes: snapshot stale, failing closed (at least SOFT_HALT)"
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// A successful read: apply it when it fits (a late answer must not roll back a
+    /// newer snapshot), then leave any fail-closed state.
+    fn observe(&self, delta: &ModeDelta) {
+        let first = self.word.load(Ordering::Acquire) == NOT_LOADED;
+        let current = self.snapshot.load_full();
+        let next = if first {
+            Some(ModeSnapshot::from_delta(delta))
+        } else {
+            current.apply(delta)
+        };
+        if let Some(next) = next {
+            let version = next.version();
+            self.snapshot.store(Arc::new(next));
+            self.set_word(FRESH);
+            self.version.send_replace(version);
+        } else {
+            self.set_word(FRESH);
+            if first {
+                self.version.send_replace(current.version());
+            }
+        }
+    }
+}

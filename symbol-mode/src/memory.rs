@@ -1,0 +1,305 @@
+//! The in-memory store: unit tests, single-process deployments, and the default of
+//! the examples. Held to the same conformance suite as the Postgres store.
+
+use crate::subscription::CancelAllFeed;
+use crate::{
+    transition_refusal, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Command, Error,
+    ModeDelta, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState,
+    VenueState,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// An in-memory symbol-mode store. Starts like a freshly migrated database: global
+/// `NORMAL`, withdrawals running, version 0.
+#[derive(Debug, Clone)]
+pub struct MemorySymbolModeStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    version: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    global: SymbolMode,
+    withdrawals_halted: bool,
+    symbols: BTreeMap<String, SymbolState>,
+    /// `events[i].version == i + 1`.
+    events: Vec<AuditEvent>,
+    by_request: HashMap<Uuid, usize>,
+}
+
+impl Inner {
+    fn version(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    fn event_id(&self, version: u64) -> Option<Uuid> {
+        let index = usize::try_from(version).ok()?.checked_sub(1)?;
+        self.events.get(index).map(|e| e.request_id)
+    }
+}
+
+/// PostgreSQL keeps microseconds; so does this store, so both return equal values.
+fn now_micros() -> SystemTime {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
+}
+
+impl Default for MemorySymbolModeStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemorySymbolModeStore {
+    /// An empty store at version 0.
+    pub fn new() -> Self {
+        let (version, _) = watch::channel(0);
+        Self {
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner::default()),
+                version,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        lock(&self.shared.inner)
+    }
+
+    /// Applies `request` atomically: `Ok(None)` for a `tighten` that found the
+    /// symbol already as severe.
+    fn apply(&self, request: Request<'_>, audit: &Audit) -> Result<Option<AuditEvent>, Error> {
+        request.validate(audit)?;
+        let mut inner = self.lock();
+        if let Some(&i) = inner.by_request.get(&audit.request_id()) {
+            let event = &inner.events[i];
+            if !request.matches(&event.command) {
+                return Err(Error::RequestReused {
+                    request_id: event.request_id,
+                    previous: event.command.kind(),
+                });
+            }
+            return Ok(Some(event.clone()));
+        }
+        let command = match request {
+            Request::SetMode {
+                symbol,
+                to,
+                only_tighten,
+            } => {
+                let from = match symbol {
+                    Some(s) => inner.symbols.get(s).map(|e| e.mode).unwrap_or_default(),
+                    None => inner.global,
+                };
+                if only_tighten && from >= to {
+                    return Ok(None);
+                }
+                if let Some(refusal) = transition_refusal(symbol, from, to, audit.ticket()) {
+                    return Err(refusal);
+                }
+                match symbol {
+                    Some(s) => Command::SetSymbolMode {
+                        symbol: s.to_owned(),
+                        from,
+                        to,
+                    },
+                    None => Command::SetGlobalMode { from, to },
+                }
+            }
+            Request::CancelAll { symbol } => Command::CancelAll {
+                symbol: symbol.to_owned(),
+            },
+            Request::Withdrawals { on } => Command::WithdrawalsHalt { on },
+        };
+        let event = AuditEvent {
+            version: inner.version() + 1,
+            request_id: audit.request_id(),
+            command,
+            actor: audit.actor().to_owned(),
+            reason: audit.reason().to_owned(),
+            ticket: audit.ticket().map(str::to_owned),
+            at: now_micros(),
+        };
+        match &event.command {
+            Command::SetSymbolMode { symbol, to, .. } => {
+                inner.symbols.insert(
+                    symbol.clone(),
+                    SymbolState {
+                        symbol: symbol.clone(),
+                        mode: *to,
+                        version: event.version,
+                        updated_by: event.actor.clone(),
+                        reason: event.reason.clone(),
+                        ticket: event.ticket.clone(),
+                        updated_at: event.at,
+                    },
+                );
+            }
+            Command::SetGlobalMode { to, .. } => inner.global = *to,
+            Command::WithdrawalsHalt { on } => inner.withdrawals_halted = *on,
+            Command::CancelAll { .. } => {}
+        }
+        inner.events.push(event.clone());
+        let index = inner.events.len() - 1;
+        inner.by_request.insert(event.request_id, index);
+        // Published under the lock so subscribers see versions in order.
+        self.shared.version.send_replace(event.version);
+        Ok(Some(event))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn expect_event(event: Option<AuditEvent>) -> Result<AuditEvent, Error> {
+    // Only `tighten` requests may be no-ops.
+    event.ok_or(Error::Closed)
+}
+
+#[async_trait::async_trait]
+impl SymbolModeStore for MemorySymbolModeStore {
+    async fn venue(&self) -> Result<VenueState, Error> {
+        let inner = self.lock();
+        Ok(VenueState {
+            global: inner.global,
+            withdrawals_halted: inner.withdrawals_halted,
+            version: inner.version(),
+        })
+    }
+
+    async fn symbol_state(&self, symbol: &str) -> Result<Option<SymbolState>, Error> {
+        crate::validate_symbol(symbol)?;
+        Ok(self.lock().symbols.get(symbol).cloned())
+    }
+
+    async fn changes_since(&self, version: u64) -> Result<ModeDelta, Error> {
+        let inner = self.lock();
+        Ok(ModeDelta {
+            since: version,
+            since_event: inner.event_id(version),
+            version: inner.version(),
+            head_event: inner.event_id(inner.version()),
+            global: inner.global,
+            withdrawals_halted: inner.withdrawals_halted,
+            symbols: inner
+                .symbols
+                .values()
+                .filter(|s| s.version > version)
+                .map(|s| (s.symbol.clone(), s.mode))
+                .collect(),
+        })
+    }
+
+    async fn set_symbol_mode(
+        &self,
+        symbol: &str,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<AuditEvent, Error> {
+        let request = Request::SetMode {
+            symbol: Some(symbol),
+            to: mode,
+            only_tighten: false,
+        };
+        expect_event(self.apply(request, audit)?)
+    }
+
+    async fn tighten_symbol_mode(
+        &self,
+        symbol: &str,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error> {
+        let request = Request::SetMode {
+            symbol: Some(symbol),
+            to: mode,
+            only_tighten: true,
+        };
+        self.apply(request, audit)
+    }
+
+    async fn set_global_mode(&self, mode: SymbolMode, audit: &Audit) -> Result<AuditEvent, Error> {
+        let request = Request::SetMode {
+            symbol: None,
+            to: mode,
+            only_tighten: false,
+        };
+        expect_event(self.apply(request, audit)?)
+    }
+
+    async fn cancel_all(&self, symbol: &str, audit: &Audit) -> Result<CancelAllCommand, Error> {
+        let event = expect_event(self.apply(Request::CancelAll { symbol }, audit)?)?;
+        CancelAllCommand::from_event(&event).ok_or(Error::Closed)
+    }
+
+    async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error> {
+        expect_event(self.apply(Request::Withdrawals { on }, audit)?)
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {
+        Ok(self
+            .lock()
+            .events
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn subscribe(&self) -> Result<Subscription, Error> {
+        Ok(Subscription::new(self.shared.version.subscribe()))
+    }
+
+    async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error> {
+        // Subscribe before reading the cursor: nothing accepted in between is missed.
+        let rx = self.shared.version.subscribe();
+        let cursor = match start {
+            StartAt::Now => self.lock().version(),
+            StartAt::After(seq) => seq,
+        };
+        let feed = MemoryFeed {
+            shared: self.shared.clone(),
+            rx,
+        };
+        Ok(CancelAllSubscription::new(Box::new(feed), cursor))
+    }
+}
+
+#[derive(Debug)]
+struct MemoryFeed {
+    shared: Arc<Shared>,
+    rx: watch::Receiver<u64>,
+}
+
+#[async_trait::async_trait]
+impl CancelAllFeed for MemoryFeed {
+    async fn fetch_after(&self, after: u64) -> Result<Vec<CancelAllCommand>, Error> {
+        let inner = lock(&self.shared.inner);
+        let start = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok(inner
+            .events
+            .iter()
+            .skip(start)
+            .filter_map(CancelAllCommand::from_event)
+            .collect())
+    }
+
+    async fn wait(&mut self) -> bool {
+        // The sender lives in `shared`, which this feed holds: the store is never
+        // "gone" while a subscription exists, so this only wakes on changes.
+        self.rx.changed().await.is_ok()
+    }
+}
