@@ -1,0 +1,15 @@
+//! The Postgres store runs the whole conformance suite against a real server.
+
+mod support;
+
+use failover_core::testkit::Cluster;
+use std::sync::Arc;
+use symbol_mode::SymbolModeStore;
+
+async fn setup() -> (Arc<dyn SymbolModeStore>, Cluster) {
+    let (cluster, db) = support::primary().await;
+    let store = support::store(&cluster.primary().dsn(&db)).await;
+    (Arc::new(store), cluster)
+}
+
+symbol_mode::conformance_tests!(setup);
