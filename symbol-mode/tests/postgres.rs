@@ -1,0 +1,546 @@
+//! Postgres-specific behaviour of symbol modes: the runbook's names in the database,
+//! settings from env, migrations, the append-only audit trail, 10,000 symbols, NOTIFY
+//! between processes, CancelAll across terminated connections, and fail-closed
+//! health. Every test runs against a real throw-away server.
+
+mod support;
+
+use failover_core::{ComponentStatus, HealthRegistry};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::wait_until;
+use symbol_mode::{
+    Audit, Cause, Error, PostgresSymbolModeStore, SnapshotState, StartAt, SymbolMode,
+    SymbolModeStore, SymbolModes, SymbolModesConfig, TradingAction,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn runbook_names_are_stored_verbatim_in_the_database() {
+    let (cluster, db) = support::primary().await;
+    let store = support::store(&cluster.primary().dsn(&db)).await;
+    store
+        .set_symbol_mode(
+            "BTC-USD",
+            SymbolMode::HardHalt,
+            &Audit::new("ops:alice", "split brain suspected"),
+        )
+        .await
+        .unwrap();
+    store
+        .set_symbol_mode(
+            "BTC-USD",
+            SymbolMode::CancelOnly,
+            &Audit::new("ops:alice", "leader confirmed").with_ticket("INC-7"),
+        )
+        .await
+        .unwrap();
+    store
+        .set_global_mode(
+            SymbolMode::SoftHalt,
+            &Audit::new("ops:bob", "unknown scope"),
+        )
+        .await
+        .unwrap();
+    store
+        .cancel_all("BTC-USD", &Audit::new("ops:alice", "flatten"))
+        .await
+        .unwrap();
+    store
+        .withdrawals_halt(true, &Audit::new("ops:alice", "ledger invariant violation"))
+        .await
+        .unwrap();
+    let rows = cluster
+        .primary()
+        .query(
+            &db,
+            "SELECT command, symbol, from_mode, to_mode, withdrawals_halted, ticket \
+             FROM symbol_mode_events ORDER BY version",
+        )
+        .await
+        .unwrap();
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "∅".into());
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(text).collect()).collect();
+    assert_eq!(
+        rows,
+        [
+            ["SetSymbolMode", "BTC-USD", "NORMAL", "HARD_HALT", "∅", "∅"],
+            [
+                "SetSymbolMode",
+                "BTC-USD",
+                "HARD_HALT",
+                "CANCEL_ONLY",
+                "∅",
+                "INC-7"
+            ],
+            ["SetGlobalMode", "∅", "NORMAL", "SOFT_HALT", "∅", "∅"],
+            ["CancelAll", "BTC-USD", "∅", "∅", "∅", "∅"],
+            ["WithdrawalsHalt", "∅", "∅", "∅", "t", "∅"],
+        ]
+    );
+    let state = cluster
+        .primary()
+        .query(
+            &db,
+            "SELECT global_mode, withdrawals_halted, version FROM symbol_mode_state WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        state[0],
+        [Some("SOFT_HALT".into()), Some("t".into()), Some("5".into())]
+    );
+    let modes = cluster
+        .primary()
+        .query(&db, "SELECT symbol, mode FROM symbol_modes")
+        .await
+        .unwrap();
+    assert_eq!(
+        modes,
+        [vec![
+            Some("BTC-USD".to_string()),
+            Some("CANCEL_ONLY".into())
+        ]]
+    );
+}
+
+#[tokio::test]
+async fn store_is_configured_from_the_env_variable_and_never_shows_the_password() {
+    let (cluster, db) = support::primary().await;
+    let env: HashMap<String, String> = [
+        (
+            "TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN".to_string(),
+            format!("{} password=hunter2-secret", cluster.primary().dsn(&db)),
+        ),
+        (
+            "TRADEPULSE_SYMBOL_MODE_POSTGRES__RETRY_BUDGET".to_string(),
+            "2s".to_string(),
+        ),
+    ]
+    .into();
+    let store = PostgresSymbolModeStore::from_lookup(|k| env.get(k).cloned()).expect("store");
+    assert_eq!(
+        store.pool().settings().retry_policy().budget,
+        Duration::from_secs(2)
+    );
+    store.migrate().await.expect("migrate");
+    store
+        .set_symbol_mode("BTC-USD", SymbolMode::SoftHalt, &Audit::new("ops", "env"))
+        .await
+        .expect("set");
+    assert!(!format!("{store:?}").contains("hunter2"));
+
+    let err = PostgresSymbolModeStore::from_lookup(|_| None).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN"),
+        "{err}"
+    );
+
+    // A dead server: a typed, password-free "unavailable" within the budget.
+    let dead = format!("host=127.0.0.1 port=1 user=postgres password=hunter2-secret dbname={db}");
+    let store = PostgresSymbolModeStore::new(
+        support::settings(&dead)
+            .with_retry_budget(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let err = store
+        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "x"))
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(text.to_lowercase().contains("refused"), "{text}");
+    assert!(text.contains("retry with the same Audit"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_from_four_tasks_apply_once_and_rerun_is_a_no_op() {
+    let (cluster, db) = support::primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let settings = support::settings(&dsn).build().unwrap();
+        tasks.push(tokio::spawn(async move {
+            PostgresSymbolModeStore::new(settings)
+                .unwrap()
+                .migrate()
+                .await
+        }));
+    }
+    let mut applied = 0;
+    for t in tasks {
+        applied += t.await.unwrap().expect("migrate").applied.len();
+    }
+    assert_eq!(applied, 1, "exactly one task applied the migration");
+    let again = support::store(&dsn).await.migrate().await.expect("rerun");
+    assert!(again.applied.is_empty());
+    assert_eq!(again.already_applied, vec![1]);
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_says_to_run_migrations() {
+    let (cluster, db) = support::primary().await;
+    let store = PostgresSymbolModeStore::new(
+        support::settings(&cluster.primary().dsn(&db))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let err = store.venue().await.expect_err("no schema");
+    assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("run symbol-mode migrations"),
+        "{err}"
+    );
+    let err = store
+        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "stop"))
+        .await
+        .expect_err("no schema");
+    assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "a permanent error is not retried"
+    );
+}
+
+#[tokio::test]
+async fn the_database_refuses_update_delete_and_truncate_of_the_audit_trail() {
+    let (cluster, db) = support::primary().await;
+    let store = support::store(&cluster.primary().dsn(&db)).await;
+    store
+        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "stop"))
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE symbol_mode_events SET reason = 'forged'",
+        "DELETE FROM symbol_mode_events",
+        "TRUNCATE symbol_mode_events",
+    ] {
+        let err = cluster.primary().execute(&db, sql).await.expect_err(sql);
+        assert!(format!("{err:?}").contains("append-only"), "{sql}: {err:?}");
+    }
+    // A relaxation without a ticket cannot be written behind the library's back either.
+    let err = cluster
+        .primary()
+        .execute(
+            &db,
+            "INSERT INTO symbol_mode_events (version, request_id, command, symbol, from_mode, to_mode, \
+             relaxes, reason, actor, ticket, at) VALUES (99, gen_random_uuid(), 'SetSymbolMode', \
+             'BTC-USD', 'HARD_HALT', 'CANCEL_ONLY', TRUE, 'r', 'a', NULL, now())",
+        )
+        .await
+        .expect_err("a relaxing row needs a ticket");
+    assert!(format!("{err:?}").contains("check"), "{err:?}");
+    let history = store.history(10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].reason, "stop");
+}
+
+fn mode_of(i: usize) -> SymbolMode {
+    SymbolMode::ALL[i % 4]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_symbols_reload_from_postgres_and_then_follow_single_changes() {
+    let (cluster, db) = support::primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let writer = Arc::new(support::store(&dsn).await);
+    // Through the real write path: 10,000 audited SetSymbolMode calls, 8 at a time.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..10_000).step_by(8) {
+                writer
+                    .set_symbol_mode(
+                        &format!("SYM-{i:05}"),
+                        mode_of(i),
+                        &Audit::new("ops", "seed"),
+                    )
+                    .await
+                    .expect("seed");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    eprintln!("seeded 10,000 symbols in {:?}", started.elapsed());
+
+    // Another "process": its own pool, polling effectively off.
+    let reader: Arc<dyn SymbolModeStore> = Arc::new(support::store(&dsn).await);
+    let modes = SymbolModes::spawn(
+        reader,
+        SymbolModesConfig::default().with_poll_interval(Duration::from_secs(3600)),
+    );
+    assert!(modes.ready(WAIT).await, "the snapshot loads");
+    let snapshot = modes.snapshot();
+    assert_eq!(snapshot.version(), 10_000);
+    assert_eq!(
+        snapshot.restricted_symbols(),
+        7_500,
+        "NORMAL symbols are not held"
+    );
+    for i in 0..10_000 {
+        let symbol = format!("SYM-{i:05}");
+        assert_eq!(modes.mode(&symbol), mode_of(i), "{symbol}");
+        assert_eq!(
+            modes.allows(&symbol, TradingAction::Place),
+            mode_of(i) == SymbolMode::Normal
+        );
+    }
+    assert_eq!(
+        modes.mode("SYM-99999"),
+        SymbolMode::Normal,
+        "unknown symbol"
+    );
+
+    // Single changes arrive through NOTIFY as deltas.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let event = writer
+        .set_symbol_mode(
+            "SYM-00003",
+            SymbolMode::CancelOnly,
+            &Audit::new("ops", "resume").with_ticket("INC-1"),
+        )
+        .await
+        .unwrap();
+    writer
+        .set_symbol_mode(
+            "SYM-00000",
+            SymbolMode::HardHalt,
+            &Audit::new("ops", "halt"),
+        )
+        .await
+        .unwrap();
+    assert!(modes.wait_for_version(event.version + 1, WAIT).await);
+    assert_eq!(modes.mode("SYM-00003"), SymbolMode::CancelOnly);
+    assert_eq!(modes.mode("SYM-00000"), SymbolMode::HardHalt);
+    assert_eq!(modes.mode("SYM-00004"), SymbolMode::Normal);
+    assert_eq!(modes.snapshot().restricted_symbols(), 7_501);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_another_process_handle_through_notify() {
+    let (cluster, db) = support::primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let writer = support::store(&dsn).await;
+    let reader: Arc<dyn SymbolModeStore> = Arc::new(support::store(&dsn).await);
+    let modes = SymbolModes::spawn(
+        reader,
+        SymbolModesConfig::default().with_poll_interval(Duration::from_secs(3600)),
+    );
+    assert!(modes.ready(WAIT).await);
+    assert_eq!(modes.mode("BTC-USD"), SymbolMode::Normal);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let event = writer
+        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "push"))
+        .await
+        .unwrap();
+    assert!(
+        modes
+            .wait_for_version(event.version, Duration::from_secs(5))
+            .await,
+        "pushed within 5 s although polling is off"
+    );
+    eprintln!("SetSymbolMode -> other handle in {:?}", start.elapsed());
+    assert_eq!(modes.mode("BTC-USD"), SymbolMode::HardHalt);
+}
+
+async fn next(sub: &mut symbol_mode::CancelAllSubscription) -> symbol_mode::CancelAllCommand {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("CancelAll delivered in time")
+        .expect("open")
+}
+
+async fn quiet(sub: &mut symbol_mode::CancelAllSubscription) {
+    let extra = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+    assert!(extra.is_err(), "delivered twice: {extra:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_connections() {
+    let (cluster, db) = support::primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let writer = support::store(&dsn).await;
+    // Two subscribers on separate pools; the poll fallback is off, so a command
+    // issued while a connection is down can only arrive through the catch-up on
+    // reconnect.
+    let subscriber = |name: &'static str| {
+        let settings = support::settings(&format!("{dsn} application_name={name}"))
+            .build()
+            .unwrap();
+        PostgresSymbolModeStore::new(settings)
+            .unwrap()
+            .with_cancel_all_poll(Duration::from_secs(3600))
+    };
+    let (store_a, store_b) = (subscriber("engine_a"), subscriber("engine_b"));
+    let mut a = store_a.subscribe_cancel_all(StartAt::Now).await.unwrap();
+    let mut b = store_b.subscribe_cancel_all(StartAt::Now).await.unwrap();
+    // Let both LISTEN sessions establish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let first = writer
+        .cancel_all("BTC-USD", &Audit::new("ops", "first"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut a).await, first);
+    assert_eq!(next(&mut b).await, first);
+
+    // Terminate only subscriber A's connections, then issue two commands at once.
+    let killed = cluster
+        .primary()
+        .query(
+            &db,
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'engine_a'",
+        )
+        .await
+        .unwrap();
+    assert_ne!(killed[0][0].as_deref(), Some("0"), "A had connections");
+    let second = writer
+        .cancel_all("ETH-USD", &Audit::new("ops", "second"))
+        .await
+        .unwrap();
+    let third = writer
+        .cancel_all("SOL-USD", &Audit::new("ops", "third"))
+        .await
+        .unwrap();
+    for sub in [&mut a, &mut b] {
+        assert_eq!(next(sub).await, second);
+        assert_eq!(next(sub).await, third);
+    }
+
+    // Every client backend, both subscribers' included.
+    let killed = cluster.primary().terminate_backends().await.unwrap();
+    assert!(killed >= 2, "terminated {killed}");
+    let fourth = writer
+        .cancel_all("BTC-USD", &Audit::new("ops", "fourth"))
+        .await
+        .expect("the writer reconnects");
+    for sub in [&mut a, &mut b] {
+        assert_eq!(next(sub).await, fourth);
+        quiet(sub).await;
+        assert_eq!(sub.cursor(), fourth.seq);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_degrades_then_fails_closed_as_soft_halt_and_recovers_without_restart() {
+    let (cluster, db) = support::primary().await;
+    let store = PostgresSymbolModeStore::new(
+        support::settings(&cluster.primary().dsn(&db))
+            .with_retry_budget(Duration::from_millis(400))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+        .set_symbol_mode("HALTED", SymbolMode::HardHalt, &Audit::new("ops", "halt"))
+        .await
+        .unwrap();
+    let modes = SymbolModes::spawn(
+        Arc::new(store),
+        SymbolModesConfig::default()
+            .with_staleness_window(Duration::from_secs(3))
+            .with_poll_interval(Duration::from_millis(200)),
+    );
+    let registry = HealthRegistry::new();
+    registry.register("symbol_mode", modes.health_source());
+    assert!(modes.ready(WAIT).await);
+    assert_eq!(modes.health().status, ComponentStatus::Operational);
+    assert_eq!(modes.mode("OPEN"), SymbolMode::Normal);
+    assert!(!modes.withdrawals_halted());
+
+    cluster.primary().stop_immediate().await.unwrap();
+    wait_until("degraded", Duration::from_secs(5), || {
+        modes.health().status == ComponentStatus::Degraded
+    })
+    .await;
+    let details = modes.health().details.unwrap_or_default().to_lowercase();
+    assert!(details.contains("connection refused"), "details: {details}");
+    assert_eq!(
+        modes.mode("OPEN"),
+        SymbolMode::Normal,
+        "within the window the last snapshot still serves"
+    );
+
+    wait_until("failed closed", Duration::from_secs(8), || {
+        modes.mode("OPEN") != SymbolMode::Normal
+    })
+    .await;
+    assert_eq!(modes.mode("OPEN"), SymbolMode::SoftHalt);
+    assert_eq!(
+        modes.mode("HALTED"),
+        SymbolMode::HardHalt,
+        "stricter modes stay"
+    );
+    let refusal = modes.check("OPEN", TradingAction::Place).unwrap_err();
+    assert_eq!(refusal.cause, Cause::Stale);
+    assert!(refusal.to_string().contains("stale"), "{refusal}");
+    assert!(
+        modes.allows("OPEN", TradingAction::Cancel),
+        "cancels stay open"
+    );
+    assert!(modes.withdrawals_halted(), "withdrawals fail closed");
+    assert_eq!(modes.status().state, SnapshotState::Stale);
+    let json: serde_json::Value = serde_json::from_str(&registry.readiness().to_json()).unwrap();
+    assert_eq!(json["status"], "failed");
+    assert_eq!(json["components"][0]["name"], "symbol_mode");
+    assert_eq!(json["components"][0]["status"], "failed");
+
+    cluster.primary().start().await.unwrap();
+    wait_until("operational again", Duration::from_secs(10), || {
+        modes.health().status == ComponentStatus::Operational
+    })
+    .await;
+    assert_eq!(modes.mode("OPEN"), SymbolMode::Normal);
+    assert!(!modes.withdrawals_halted());
+}
+
+#[tokio::test]
+async fn a_handle_is_hard_halted_before_its_first_load() {
+    let (cluster, db) = support::primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    cluster.primary().stop_immediate().await.unwrap();
+    let store = PostgresSymbolModeStore::new(
+        support::settings(&dsn)
+            .with_retry_budget(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let modes = SymbolModes::spawn(
+        Arc::new(store),
+        SymbolModesConfig::default().with_poll_interval(Duration::from_millis(100)),
+    );
+    assert!(!modes.ready(Duration::from_millis(800)).await);
+    assert_eq!(modes.mode("BTC-USD"), SymbolMode::HardHalt);
+    let refusal = modes.check("BTC-USD", TradingAction::Cancel).unwrap_err();
+    assert_eq!(refusal.cause, Cause::NotLoaded);
+    assert!(modes.allows("BTC-USD", TradingAction::AdminCancelAll));
+    let health = modes.health();
+    assert_eq!(health.status, ComponentStatus::Failed);
+    assert!(health.details.unwrap().to_lowercase().contains("refused"));
+    // Up again but never migrated: still halted, now saying why.
+    cluster.primary().start().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(modes.mode("BTC-USD"), SymbolMode::HardHalt);
+    assert!(modes
+        .health()
+        .details
+        .unwrap()
+        .contains("run symbol-mode migrations"));
+}
