@@ -314,6 +314,13 @@ async fn stopped_before(stop: &mut watch::Receiver<bool>, at: Instant) -> bool {
     woken || *stop.borrow()
 }
 
+/// How a renewal ended.
+enum Renewal {
+    Stopped,
+    Answered(Result<Lease, Error>),
+    DeadlineReached,
+}
+
 async fn run(
     fencer: Arc<dyn LeaseFencer>,
     config: ElectorConfig,
@@ -382,30 +389,43 @@ async fn run(
             lease = Some(current);
             break;
         }
-        tokio::select! {
+        let outcome = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => {
+            _ = stop.wait_for(|s| *s) => Renewal::Stopped,
+            renewed = fencer.renew(&current) => Renewal::Answered(renewed),
+            _ = tokio::time::sleep_until(deadline) => Renewal::DeadlineReached,
+        };
+        match outcome {
+            Renewal::Stopped => {
                 lease = Some(current);
                 break;
             }
-            renewed = fencer.renew(&current) => match renewed {
-                Ok(next) => {
-                    lease = Some(next);
-                    renew_failed = false;
+            Renewal::Answered(Ok(next)) => {
+                lease = Some(next);
+                renew_failed = false;
+            }
+            Renewal::Answered(Err(Error::LeaseLost { reason, .. })) => {
+                tracing::warn!(resource = %config.resource, token = current.token(), %reason, "lease lost");
+                shared.publish(Leadership::Follower {
+                    reason: FollowerReason::LeaseLost(reason),
+                });
+                // Someone else most likely holds it now: campaign after the retry
+                // interval, like any follower (and leave the notice up meanwhile).
+                let wait = config.jittered(config.retry_interval);
+                if stopped_before(&mut stop, Instant::now() + wait).await {
+                    break;
                 }
-                Err(Error::LeaseLost { reason, .. }) => {
-                    tracing::warn!(resource = %config.resource, token = current.token(), %reason, "lease lost");
-                    shared.publish(Leadership::Follower { reason: FollowerReason::LeaseLost(reason) });
-                }
-                Err(error) => {
-                    tracing::warn!(%error, resource = %config.resource, "renewal failed; retrying until the deadline");
-                    lease = Some(current);
-                    renew_failed = true;
-                }
-            },
-            _ = tokio::time::sleep_until(deadline) => {
+            }
+            Renewal::Answered(Err(error)) => {
+                tracing::warn!(%error, resource = %config.resource, "renewal failed; retrying until the deadline");
+                lease = Some(current);
+                renew_failed = true;
+            }
+            Renewal::DeadlineReached => {
                 tracing::warn!(resource = %config.resource, token = current.token(), "no renewal before the local deadline; stepping down");
-                shared.publish(Leadership::Follower { reason: FollowerReason::DeadlineReached });
+                shared.publish(Leadership::Follower {
+                    reason: FollowerReason::DeadlineReached,
+                });
             }
         }
     }
