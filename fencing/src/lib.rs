@@ -214,13 +214,13 @@ pub enum Error {
     },
     /// The database could not be reached within the retry budget. The outcome of an
     /// acquire is unknown: acquire again (a lease granted meanwhile is superseded).
-    #[error("lease store unavailable; holders must stop at their local deadline: {source}")]
+    #[error("fencing database unavailable: a leader stops at its local deadline; retrying is safe (a repeated acquire supersedes the first grant): {source}")]
     Unavailable {
         /// The database error.
         source: DbError,
     },
     /// Any other database error.
-    #[error("lease store error: {source}")]
+    #[error("fencing database error: {source}")]
     Database {
         /// The database error.
         source: DbError,

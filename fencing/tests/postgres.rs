@@ -35,6 +35,34 @@ async fn tokens_carry_the_servers_timeline_and_count_grants() {
 }
 
 #[tokio::test]
+async fn an_application_role_without_superuser_rights_can_lease_and_fence() {
+    let (cluster, db) = support::shared_primary().await;
+    let primary = cluster.primary();
+    support::store(&primary.dsn(&db)).await; // migrated by the owner
+    primary
+        .execute(
+            &db,
+            "CREATE ROLE trader LOGIN; \
+             GRANT SELECT, INSERT, UPDATE ON fencing_leases, fencing_highest TO trader; \
+             GRANT INSERT ON fencing_lease_events TO trader; \
+             GRANT USAGE ON SEQUENCE fencing_lease_events_id_seq TO trader",
+        )
+        .await
+        .unwrap();
+    let dsn = primary.dsn(&db).replace("user=postgres", "user=trader");
+    assert!(dsn.contains("user=trader"), "{dsn}");
+    let store = PostgresLeaseFencer::new(support::settings(&dsn).build().unwrap()).unwrap();
+    let lease = store.acquire("btc-usd", "engine-a", LONG).await.unwrap();
+    assert_eq!(token_timeline(lease.token()), 1);
+    store.renew(&lease).await.unwrap();
+    let mut client = store.pool().get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    fence(&tx, "btc-usd", lease.token()).await.unwrap();
+    tx.commit().await.unwrap();
+    store.release(&lease).await.unwrap();
+}
+
+#[tokio::test]
 async fn the_lease_log_records_grants_and_releases_and_refuses_edits() {
     let (cluster, db) = support::shared_primary().await;
     let store = support::store(&cluster.primary().dsn(&db)).await;

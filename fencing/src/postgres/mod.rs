@@ -109,12 +109,11 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrationReport, Error> {
 /// trip; not retried (the transaction is the caller's).
 ///
 /// ```no_run
-/// # async fn demo(client: &mut tokio_postgres::Client, token: u64) -> Result<(), fencing::Error> {
-/// # let db = |e: tokio_postgres::Error| fencing::Error::Database { source: fencing::DbError::new(fencing::DbErrorKind::Permanent, "demo", None, e.to_string()) };
-/// let tx = client.transaction().await.map_err(db)?;
-/// fencing::postgres::fence(&tx, "btc-usd", token).await?;
-/// tx.execute("INSERT INTO fills (symbol, qty) VALUES ('btc-usd', 1)", &[]).await.map_err(db)?;
-/// tx.commit().await.map_err(db)?;
+/// # async fn demo(client: &mut tokio_postgres::Client, token: u64) -> Result<(), Box<dyn std::error::Error>> {
+/// let tx = client.transaction().await?;
+/// fencing::postgres::fence(&tx, "btc-usd", token).await?; // Err(FencingToken) for a stale leader
+/// tx.execute("INSERT INTO fills (symbol, qty) VALUES ('btc-usd', 1)", &[]).await?;
+/// tx.commit().await?;
 /// # Ok(()) }
 /// ```
 ///
