@@ -6,19 +6,26 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use uuid::Uuid;
 
-/// FNV-1a: a few multiply-xor steps per byte, fast on short keys such as symbols.
-/// Not DoS-resistant, which is fine here: the key set is written only by operators
-/// through the audited store; order flow only looks keys up.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv(u64);
+/// A word-at-a-time folded-multiply hash (the family of foldhash, hashbrown's
+/// default): two or three multiplications for a typical symbol. Not DoS-resistant, which is fine here: the
+/// key set is written only by operators through the audited store; order flow only
+/// looks keys up.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WordHasher(u64);
 
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+impl WordHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    /// One folded multiply: the full 128-bit product's halves xored, so every
+    /// input bit reaches both the low bits (bucket) and the high bits (tag).
+    #[inline]
+    fn add(&mut self, word: u64) {
+        let product = u128::from(self.0 ^ word) * u128::from(Self::K);
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 }
 
-impl Hasher for Fnv {
+impl Hasher for WordHasher {
     #[inline]
     fn finish(&self) -> u64 {
         self.0
@@ -26,14 +33,27 @@ impl Hasher for Fnv {
 
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
         }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    #[inline]
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
     }
 }
 
-type SymbolMap = HashMap<Box<str>, SymbolMode, BuildHasherDefault<Fnv>>;
+type SymbolMap = HashMap<Box<str>, SymbolMode, BuildHasherDefault<WordHasher>>;
 
 /// Every symbol's own mode and the global mode at one store version.
 ///
@@ -172,6 +192,23 @@ mod tests {
         let s = s.apply(&delta(3, 4, &[("A", SymbolMode::Normal)])).unwrap();
         assert_eq!(s.restricted_symbols(), 0);
         assert_eq!(s.version(), 4);
+    }
+
+    #[test]
+    fn the_hasher_spreads_similar_symbols_over_buckets_and_tags() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<WordHasher>::default();
+        let mut buckets = std::collections::HashSet::new();
+        let mut tags = std::collections::HashMap::<u64, usize>::new();
+        for i in 0..10_000 {
+            let hash = build.hash_one(format!("SYM-{i:05}").as_str());
+            buckets.insert(hash & 16_383);
+            *tags.entry(hash >> 57).or_default() += 1;
+        }
+        // A random function fills ~7,500 of 16,384 buckets with 10,000 keys.
+        assert!(buckets.len() > 7_000, "{} buckets", buckets.len());
+        assert_eq!(tags.len(), 128, "every 7-bit tag used");
+        assert!(tags.values().all(|&n| n < 160), "tags skewed: {tags:?}");
     }
 
     #[test]
