@@ -383,23 +383,21 @@ impl Shared {
     /// A successful read: apply it when it fits (a late answer must not roll back a
     /// newer snapshot), then leave any fail-closed state.
     fn observe(&self, delta: &ModeDelta) {
-        let first = self.word.load(Ordering::Acquire) == NOT_LOADED;
-        let current = self.snapshot.load_full();
-        let next = if first {
+        let next = if self.word.load(Ordering::Acquire) == NOT_LOADED {
             Some(ModeSnapshot::from_delta(delta))
         } else {
-            current.apply(delta)
+            self.snapshot.load().apply(delta)
         };
-        if let Some(next) = next {
-            let version = next.version();
-            self.snapshot.store(Arc::new(next));
-            self.set_word(FRESH);
-            self.version.send_replace(version);
-        } else {
-            self.set_word(FRESH);
-            if first {
-                self.version.send_replace(current.version());
+        match next {
+            Some(next) => {
+                let version = next.version();
+                self.snapshot.store(Arc::new(next));
+                self.set_word(FRESH);
+                // Always sent, also for version 0, so `ready()` wakes on the first load.
+                self.version.send_replace(version);
             }
+            // Nothing newer: the read still proves freshness.
+            None => self.set_word(FRESH),
         }
     }
 }
