@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::wait_until;
+
 use failover_core::postgres::TlsMode;
 use failover_core::testkit::{generate_ca_file, Cluster};
 use failover_core::{ComponentStatus, HealthRegistry};
@@ -17,17 +19,6 @@ use std::time::{Duration, Instant};
 
 const RUNBOOK_QUERY: &str =
     "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";
-
-async fn wait_until<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn runbook_query_returns_the_engaged_row() {

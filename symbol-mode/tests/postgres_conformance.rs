@@ -1,4 +1,5 @@
-//! The Postgres store runs the whole conformance suite against a real server.
+//! The Postgres store runs the whole conformance suite against a real server (one
+//! shared cluster, a fresh database per test).
 
 mod support;
 
@@ -6,8 +7,8 @@ use failover_core::testkit::Cluster;
 use std::sync::Arc;
 use symbol_mode::SymbolModeStore;
 
-async fn setup() -> (Arc<dyn SymbolModeStore>, Cluster) {
-    let (cluster, db) = support::primary().await;
+async fn setup() -> (Arc<dyn SymbolModeStore>, Arc<Cluster>) {
+    let (cluster, db) = support::shared_primary().await;
     let store = support::store(&cluster.primary().dsn(&db)).await;
     (Arc::new(store), cluster)
 }

@@ -100,13 +100,7 @@ fn kind_of(failure: &AttemptError<PgFailure>, give_up: GiveUp) -> (DbErrorKind, 
         AttemptError::Failed(PgFailure::Query(e)) => e.code().map(|c| c.code().to_owned()),
         _ => None,
     };
-    let kind = match (give_up, code.as_deref()) {
-        (GiveUp::BudgetExhausted, _) => DbErrorKind::Unavailable,
-        (_, Some("42P01" | "42883" | "3F000")) => DbErrorKind::SchemaMissing,
-        (_, Some(c)) if c.starts_with("23") || c == "P0001" => DbErrorKind::Rejected,
-        _ => DbErrorKind::Permanent,
-    };
-    (kind, code)
+    kind_of_code(code.as_deref(), give_up)
 }
 
 pub(crate) fn from_retry(
@@ -121,4 +115,28 @@ pub(crate) fn from_retry(
     }
     let err = DbError::new(kind, op, sqlstate, message);
     err.with_attempts(e.attempts, e.elapsed)
+}
+
+/// Classifies one failed statement that ran outside [`PgPool::run`](super::PgPool::run)
+/// (for example inside a caller's own transaction) into a [`DbError`].
+pub fn db_error(op: &'static str, e: &tokio_postgres::Error) -> DbError {
+    let give_up = match classify(e) {
+        ErrorClass::Retryable => GiveUp::BudgetExhausted,
+        ErrorClass::Permanent => GiveUp::Permanent,
+    };
+    let (kind, sqlstate) = match e.code() {
+        Some(code) => kind_of_code(Some(code.code()), give_up),
+        None => kind_of_code(None, give_up),
+    };
+    DbError::new(kind, op, sqlstate, describe(e))
+}
+
+fn kind_of_code(code: Option<&str>, give_up: GiveUp) -> (DbErrorKind, Option<String>) {
+    let kind = match (give_up, code) {
+        (GiveUp::BudgetExhausted, _) => DbErrorKind::Unavailable,
+        (_, Some("42P01" | "42883" | "3F000")) => DbErrorKind::SchemaMissing,
+        (_, Some(c)) if c.starts_with("23") || c == "P0001" => DbErrorKind::Rejected,
+        _ => DbErrorKind::Permanent,
+    };
+    (kind, code.map(str::to_owned))
 }

@@ -11,7 +11,7 @@ mod switchover;
 mod tls;
 
 pub use crate::errors::{ConfigError, DbError, DbErrorKind};
-pub use error::{classify, classify_sqlstate, describe as describe_error};
+pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
 pub use listen::{ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport};
 pub use pool::{DedicatedConnection, PgClient, PgPool};

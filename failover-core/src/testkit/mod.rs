@@ -27,6 +27,7 @@
 mod binaries;
 mod cluster;
 mod error;
+mod fixtures;
 mod node;
 mod process;
 mod tls;
@@ -34,5 +35,6 @@ mod tls;
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use error::TestkitError;
+pub use fixtures::{fast_settings, own_primary, shared_primary, wait_until};
 pub use node::Node;
 pub use tls::generate_ca_file;

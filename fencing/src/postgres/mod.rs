@@ -37,10 +37,9 @@ use crate::{
     LostReason, DEFAULT_SAFETY_MARGIN,
 };
 use failover_core::postgres::{
-    classify, migrate as apply, tokio_postgres::types::Type, Migration, MigrationReport, PgPool,
+    db_error, migrate as apply, tokio_postgres::types::Type, Migration, MigrationReport, PgPool,
     PgSettings,
 };
-use failover_core::{DbError, DbErrorKind, ErrorClass};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::Transaction;
@@ -138,22 +137,13 @@ pub async fn fence(tx: &Transaction<'_>, resource: &str, token: u64) -> Result<(
 
 /// Classifies a failure of `fencing_check`.
 fn fence_error(e: &tokio_postgres::Error) -> Error {
-    let sqlstate = e.code().map(|c| c.code().to_owned());
-    let message = match e.as_db_error() {
-        Some(db) => format!("{} ({}): {}", db.severity(), db.code().code(), db.message()),
-        None => e.to_string(),
-    };
-    if sqlstate.as_deref() == Some(FENCING_SQLSTATE) {
-        if let Some(fencing) = Error::parse_fencing(&message) {
+    let error = db_error("fencing.fence", e);
+    if error.sqlstate() == Some(FENCING_SQLSTATE) {
+        if let Some(fencing) = Error::parse_fencing(error.message()) {
             return fencing;
         }
     }
-    let kind = match (classify(e), sqlstate.as_deref()) {
-        (ErrorClass::Retryable, _) => DbErrorKind::Unavailable,
-        (_, Some("42P01" | "42883")) => DbErrorKind::SchemaMissing,
-        _ => DbErrorKind::Permanent,
-    };
-    Error::from(DbError::new(kind, "fencing.fence", sqlstate, message))
+    Error::from(error)
 }
 
 /// Leases in PostgreSQL.

@@ -1,21 +1,28 @@
 //! Shared setup of the Postgres tests: real throw-away clusters from the testkit.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
-use failover_core::postgres::{PgPool, PgSettings, PgSettingsBuilder};
+use failover_core::postgres::PgPool;
 use failover_core::testkit::Cluster;
 use fencing::conformance::FencedLog;
 use fencing::{Error, PostgresLeaseFencer};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// Settings over `dsn` with short bounds so fault tests finish quickly.
-pub fn settings(dsn: &str) -> PgSettingsBuilder {
-    PgSettings::builder()
-        .with_dsn(dsn)
-        .with_pool_size(4)
-        .with_connect_timeout(Duration::from_millis(500))
-        .with_operation_timeout(Duration::from_millis(700))
-        .with_retry_budget(Duration::from_secs(3))
+/// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
+pub use failover_core::testkit::{fast_settings as settings, wait_until};
+
+/// A primary-only cluster of its own with a fresh database; returns (cluster, dbname).
+pub async fn primary() -> (Cluster, String) {
+    failover_core::testkit::own_primary()
+        .await
+        .expect("start cluster")
+}
+
+/// A fresh database on a primary shared by the concurrently running tests of this
+/// binary (for tests that inflict no fault on the server).
+pub async fn shared_primary() -> (std::sync::Arc<Cluster>, String) {
+    failover_core::testkit::shared_primary()
+        .await
+        .expect("start cluster")
 }
 
 /// A migrated store over `dsn`.
@@ -23,36 +30,6 @@ pub async fn store(dsn: &str) -> PostgresLeaseFencer {
     let store = PostgresLeaseFencer::new(settings(dsn).build().expect("settings")).expect("store");
     store.migrate().await.expect("migrate");
     store
-}
-
-/// A primary-only cluster with a fresh database; returns (cluster, dbname).
-pub async fn primary() -> (Cluster, String) {
-    let cluster = Cluster::start().await.expect("start cluster");
-    let db = cluster.create_database().await.expect("create database");
-    (cluster, db)
-}
-
-/// The cluster shared by the tests of one binary that run at the same time.
-static SHARED: tokio::sync::Mutex<Weak<Cluster>> = tokio::sync::Mutex::const_new(Weak::new());
-
-/// A fresh database on a primary shared with concurrently running tests, for tests
-/// that inflict no fault on the server. Starting a cluster per test (initdb) would
-/// triple the time of the conformance suites; the cluster stops and is removed when
-/// the last test holding it ends, so nothing outlives the test binary.
-pub async fn shared_primary() -> (Arc<Cluster>, String) {
-    let cluster = {
-        let mut slot = SHARED.lock().await;
-        match slot.upgrade() {
-            Some(cluster) => cluster,
-            None => {
-                let cluster = Arc::new(Cluster::start().await.expect("start cluster"));
-                *slot = Arc::downgrade(&cluster);
-                cluster
-            }
-        }
-    };
-    let db = cluster.create_database().await.expect("create database");
-    (cluster, db)
 }
 
 /// The resource side in PostgreSQL: a log table whose appends are fenced writes, each

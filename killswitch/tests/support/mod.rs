@@ -1,19 +1,26 @@
 //! Shared setup of the Postgres tests: real throw-away clusters from the testkit.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unused_imports, unreachable_pub)]
 
-use failover_core::postgres::{PgSettings, PgSettingsBuilder};
 use failover_core::testkit::Cluster;
 use killswitch::PostgresKillSwitchStore;
 use std::time::Duration;
 
-/// Settings over `dsn` with short bounds so fault tests finish quickly.
-pub fn settings(dsn: &str) -> PgSettingsBuilder {
-    PgSettings::builder()
-        .with_dsn(dsn)
-        .with_pool_size(4)
-        .with_connect_timeout(Duration::from_millis(500))
-        .with_operation_timeout(Duration::from_millis(700))
-        .with_retry_budget(Duration::from_secs(3))
+/// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
+pub use failover_core::testkit::{fast_settings as settings, wait_until};
+
+/// A primary-only cluster of its own with a fresh database; returns (cluster, dbname).
+pub async fn primary() -> (Cluster, String) {
+    failover_core::testkit::own_primary()
+        .await
+        .expect("start cluster")
+}
+
+/// A fresh database on a primary shared by the concurrently running tests of this
+/// binary (for tests that inflict no fault on the server).
+pub async fn shared_primary() -> (std::sync::Arc<Cluster>, String) {
+    failover_core::testkit::shared_primary()
+        .await
+        .expect("start cluster")
 }
 
 /// A migrated store over `dsn`.
@@ -22,11 +29,4 @@ pub async fn store(dsn: &str) -> PostgresKillSwitchStore {
         PostgresKillSwitchStore::new(settings(dsn).build().expect("settings")).expect("store");
     store.migrate().await.expect("migrate");
     store
-}
-
-/// A primary-only cluster with a fresh database; returns (cluster, dbname).
-pub async fn primary() -> (Cluster, String) {
-    let cluster = Cluster::start().await.expect("start cluster");
-    let db = cluster.create_database().await.expect("create database");
-    (cluster, db)
 }
