@@ -3,3 +3,4 @@
 
 pub mod admin_http;
 pub mod order_loop;
+pub mod trading_engine;
