@@ -6,13 +6,17 @@
 //! | `GET /admin/kill-switch` | the persisted kill switch state, read from the store, plus what the hot path answers |
 //! | `POST /admin/kill-switch/engage` | body `{"actor", "reason", "ticket"?, "request_id"?}` |
 //! | `POST /admin/kill-switch/disengage` | same body; `ticket` required |
+//! | `GET /admin/symbols/{symbol}/mode` | the symbol's own, global and effective mode |
+//! | `PUT /admin/symbols/{symbol}/mode` | `SetSymbolMode`: body `{"mode", "actor", "reason", "ticket"?, "request_id"?}` |
+//! | `POST /admin/symbols/{symbol}/cancel-all` | `CancelAll(symbol)`: audit body |
+//! | `POST /admin/withdrawals/halt` | `WithdrawalsHalt`: body `{"on", "actor", "reason", "ticket"?}`; lifting needs a ticket |
 //! | `GET /metrics` | Prometheus text of every metric the crates record |
 //!
 //! A bad request gets a 4xx with `{"error": {"code", "message"}}` naming the problem,
 //! and changes nothing. A store that cannot be reached gives 503.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, State};
+use axum::extract::{FromRequest, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,6 +26,7 @@ use killswitch::{KillSwitch, KillSwitchStore, Trading};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use symbol_mode::{SymbolMode, SymbolModeStore, SymbolModes};
 use uuid::Uuid;
 
 /// What the routes need.
@@ -31,6 +36,10 @@ pub struct AdminState {
     pub kill_store: Arc<dyn KillSwitchStore>,
     /// The hot-path handle, for what the order path answers now.
     pub kill_switch: KillSwitch,
+    /// The symbol mode store (source of truth).
+    pub mode_store: Arc<dyn SymbolModeStore>,
+    /// The hot-path symbol mode snapshot.
+    pub modes: SymbolModes,
     /// Every component's health.
     pub health: HealthRegistry,
     /// Renders `/metrics`; `None` when no recorder is installed.
@@ -51,6 +60,55 @@ pub struct AuditBody {
     /// Idempotency key: resending the same id is applied once.
     #[serde(default)]
     pub request_id: Option<Uuid>,
+}
+
+/// Body of `PUT /admin/symbols/{symbol}/mode`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeBody {
+    /// `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or `HARD_HALT`.
+    pub mode: SymbolMode,
+    /// The audit fields.
+    #[serde(flatten)]
+    pub audit: AuditFields,
+}
+
+/// Body of `POST /admin/withdrawals/halt`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalsBody {
+    /// `true` halts withdrawals, `false` lifts the halt (ticket required).
+    pub on: bool,
+    /// The audit fields.
+    #[serde(flatten)]
+    pub audit: AuditFields,
+}
+
+/// The audit fields embedded in other bodies.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AuditFields {
+    /// Who acts.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Ticket; required to relax safety.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+}
+
+impl AuditFields {
+    fn audit(&self) -> Audit {
+        AuditBody {
+            actor: self.actor.clone(),
+            reason: self.reason.clone(),
+            ticket: self.ticket.clone(),
+            request_id: self.request_id,
+        }
+        .audit()
+    }
 }
 
 impl AuditBody {
@@ -108,6 +166,25 @@ impl From<killswitch::Error> for ApiError {
     }
 }
 
+impl From<symbol_mode::Error> for ApiError {
+    fn from(e: symbol_mode::Error) -> Self {
+        use symbol_mode::Error as E;
+        let (status, code) = match &e {
+            E::InvalidSymbol(_) => (StatusCode::BAD_REQUEST, "invalid_symbol"),
+            E::InvalidAudit(failover_core::AuditError::TicketRequired { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "ticket_required")
+            }
+            E::InvalidAudit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_audit"),
+            E::TransitionForbidden { .. } => (StatusCode::CONFLICT, "transition_forbidden"),
+            E::RequestReused { .. } => (StatusCode::CONFLICT, "request_reused"),
+            E::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            E::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
 /// `Json<T>` whose rejection is a JSON 400 that names the problem.
 pub struct JsonBody<T>(pub T);
 
@@ -140,6 +217,15 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/kill-switch", get(kill_switch_get))
         .route("/admin/kill-switch/engage", post(kill_switch_engage))
         .route("/admin/kill-switch/disengage", post(kill_switch_disengage))
+        .route(
+            "/admin/symbols/{symbol}/mode",
+            get(symbol_mode_get).put(symbol_mode_put),
+        )
+        .route(
+            "/admin/symbols/{symbol}/cancel-all",
+            post(symbol_cancel_all),
+        )
+        .route("/admin/withdrawals/halt", post(withdrawals_halt))
         .route("/metrics", get(metrics_text))
         .with_state(state)
 }
@@ -188,6 +274,60 @@ async fn kill_switch_disengage(
     let s = state.kill_store.disengage(&body.audit()).await?;
     tracing::warn!(actor = %body.actor, reason = %body.reason, version = s.version, "kill switch disengaged via admin API");
     Ok(axum::Json(s).into_response())
+}
+
+async fn symbol_mode_get(
+    State(state): State<AdminState>,
+    Path(symbol): Path<String>,
+) -> Result<Response, ApiError> {
+    symbol_mode::validate_symbol(&symbol).map_err(symbol_mode::Error::from)?;
+    let own = state.mode_store.symbol_state(&symbol).await?;
+    let venue = state.mode_store.venue().await?;
+    let own_mode = own.as_ref().map_or(SymbolMode::Normal, |s| s.mode);
+    let body = serde_json::json!({
+        "symbol": symbol,
+        "mode": own_mode,
+        "global": venue.global,
+        "effective": SymbolMode::effective(venue.global, own_mode),
+        "hot_path": state.modes.mode(&symbol),
+        "last_change": own,
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+async fn symbol_mode_put(
+    State(state): State<AdminState>,
+    Path(symbol): Path<String>,
+    JsonBody(body): JsonBody<ModeBody>,
+) -> Result<Response, ApiError> {
+    let event = state
+        .mode_store
+        .set_symbol_mode(&symbol, body.mode, &body.audit.audit())
+        .await?;
+    tracing::warn!(%symbol, mode = %body.mode, actor = %body.audit.actor, "SetSymbolMode via admin API");
+    Ok(axum::Json(event).into_response())
+}
+
+async fn symbol_cancel_all(
+    State(state): State<AdminState>,
+    Path(symbol): Path<String>,
+    JsonBody(body): JsonBody<AuditBody>,
+) -> Result<Response, ApiError> {
+    let command = state.mode_store.cancel_all(&symbol, &body.audit()).await?;
+    tracing::warn!(%symbol, actor = %body.actor, seq = command.seq, "CancelAll via admin API");
+    Ok(axum::Json(command).into_response())
+}
+
+async fn withdrawals_halt(
+    State(state): State<AdminState>,
+    JsonBody(body): JsonBody<WithdrawalsBody>,
+) -> Result<Response, ApiError> {
+    let event = state
+        .mode_store
+        .withdrawals_halt(body.on, &body.audit.audit())
+        .await?;
+    tracing::warn!(on = body.on, actor = %body.audit.actor, "WithdrawalsHalt via admin API");
+    Ok(axum::Json(event).into_response())
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {

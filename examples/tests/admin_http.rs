@@ -9,6 +9,7 @@ use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwit
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use symbol_mode::{PostgresSymbolModeStore, SymbolModeStore, SymbolModes, SymbolModesConfig};
 use tradepulse_examples::admin_http::{prometheus, router, AdminState};
 
 struct Api {
@@ -29,9 +30,15 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
     async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, body).await
+    }
+    async fn put(&self, path: &str, body: &str) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, body).await
+    }
+    async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
         let r = self
             .client
-            .post(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body.to_owned())
             .send()
@@ -50,7 +57,17 @@ async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore
         .with_retry_budget(Duration::from_millis(600))
         .build()
         .unwrap();
-    let store = Arc::new(PostgresKillSwitchStore::new(settings).unwrap());
+    let store = Arc::new(PostgresKillSwitchStore::new(settings.clone()).unwrap());
+    let mode_store = PostgresSymbolModeStore::new(settings).unwrap();
+    mode_store.migrate().await.unwrap();
+    let mode_store: Arc<dyn SymbolModeStore> = Arc::new(mode_store);
+    let modes = SymbolModes::spawn(
+        mode_store.clone(),
+        SymbolModesConfig::default()
+            .with_staleness_window(window)
+            .with_poll_interval(Duration::from_millis(200)),
+    );
+    modes.ready(Duration::from_secs(5)).await;
     store.migrate().await.unwrap();
     let kill_store: Arc<dyn KillSwitchStore> = store.clone();
     let kill_switch = KillSwitch::spawn(
@@ -62,9 +79,12 @@ async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore
     kill_switch.ready(Duration::from_secs(5)).await;
     let health = HealthRegistry::new();
     health.register("kill_switch", kill_switch.health_source());
+    health.register("symbol_mode", modes.health_source());
     let app = router(AdminState {
         kill_store,
         kill_switch,
+        mode_store,
+        modes,
         health,
         prometheus: prometheus(),
     });
@@ -214,4 +234,116 @@ async fn engage_and_disengage_through_the_api_are_audited_and_bad_requests_chang
         .await
         .unwrap();
     assert!(text.contains("failover_pg_attempts_total"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symbol_modes_cancel_all_and_withdrawals_through_the_api() {
+    let cluster = Cluster::start().await.unwrap();
+    let db = cluster.create_database().await.unwrap();
+    let (api, _store) = start(&cluster.primary().dsn(&db), Duration::from_secs(300)).await;
+
+    let (status, body) = api.get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["components"][1]["name"], "symbol_mode");
+    assert_eq!(body["components"][1]["status"], "operational");
+
+    let (status, body) = api.get("/admin/symbols/BTC-USD/mode").await;
+    assert_eq!(
+        (status, body["mode"].as_str()),
+        (200, Some("NORMAL")),
+        "{body}"
+    );
+
+    let (status, body) = api
+        .put(
+            "/admin/symbols/BTC-USD/mode",
+            r#"{"mode":"HARD_HALT","actor":"ops:alice","reason":"bad prints"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = api.get("/admin/symbols/BTC-USD/mode").await;
+    assert_eq!(body["mode"], "HARD_HALT");
+    assert_eq!(body["effective"], "HARD_HALT");
+
+    // The runbook's resume order: HARD_HALT -> NORMAL is refused, via CANCEL_ONLY it works.
+    let bad = [
+        (
+            "/admin/symbols/BTC-USD/mode",
+            r#"{"mode":"NORMAL","actor":"ops","reason":"resume","ticket":"INC-1"}"#,
+            409,
+            "transition_forbidden",
+        ),
+        (
+            "/admin/symbols/BTC-USD/mode",
+            r#"{"mode":"CANCEL_ONLY","actor":"ops","reason":"resume"}"#,
+            422,
+            "ticket_required",
+        ),
+        (
+            "/admin/symbols/BTC-USD/mode",
+            r#"{"mode":"HALTED","actor":"ops","reason":"x"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/admin/symbols/BTC%20USD/mode",
+            r#"{"mode":"SOFT_HALT","actor":"ops","reason":"x"}"#,
+            400,
+            "invalid_symbol",
+        ),
+    ];
+    for (path, payload, want_status, want_code) in bad {
+        let (status, body) = api.put(path, payload).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (want_status, Some(want_code)),
+            "{payload}: {body}"
+        );
+    }
+    let (_, body) = api.get("/admin/symbols/BTC-USD/mode").await;
+    assert_eq!(
+        body["mode"], "HARD_HALT",
+        "refused requests changed nothing"
+    );
+    for (mode, ticket) in [("CANCEL_ONLY", "INC-1"), ("NORMAL", "INC-2")] {
+        let payload =
+            json!({"mode": mode, "actor": "ops", "reason": "resume", "ticket": ticket}).to_string();
+        let (status, body) = api.put("/admin/symbols/BTC-USD/mode", &payload).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    let (status, body) = api
+        .post(
+            "/admin/symbols/SOL-USD/cancel-all",
+            r#"{"actor":"ops:alice","reason":"settlement issue"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["symbol"], "SOL-USD");
+
+    let (status, _) = api
+        .post(
+            "/admin/withdrawals/halt",
+            r#"{"on":true,"actor":"ops:alice","reason":"wallet anomaly"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = api
+        .post(
+            "/admin/withdrawals/halt",
+            r#"{"on":false,"actor":"ops:alice","reason":"fixed"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("ticket_required")),
+        "{body}"
+    );
+    let (status, _) = api
+        .post(
+            "/admin/withdrawals/halt",
+            r#"{"on":false,"actor":"ops:alice","reason":"fixed","ticket":"INC-3"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
 }

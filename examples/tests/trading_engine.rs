@@ -24,8 +24,14 @@ async fn in_memory_incident_summary() {
     let summary = run(Stores::memory(), |l| lines.push(l)).await.unwrap();
     assert_eq!(summary, expected());
     let text = lines.join("\n");
-    assert!(text.contains("REFUSED: FENCING_TOKEN: token 1 is older than 2"), "{text}");
-    assert!(text.contains("halt pushed: cancelling all 2 working orders"), "{text}");
+    assert!(
+        text.contains("REFUSED: FENCING_TOKEN: token 1 is older than 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("halt pushed: cancelling all 2 working orders"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
