@@ -49,13 +49,14 @@ impl MemoryFence {
     ) -> Result<T, E> {
         check_name("resource", resource)?;
         check_token(token)?;
-        let slot = self
-            .resources
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(resource.to_owned())
-            .or_default()
-            .clone();
+        let slot = {
+            let mut resources = self.resources.lock().unwrap_or_else(|p| p.into_inner());
+            // Allocate the key only the first time a resource is seen.
+            match resources.get(resource) {
+                Some(slot) => slot.clone(),
+                None => resources.entry(resource.to_owned()).or_default().clone(),
+            }
+        };
         let mut highest = slot.lock().unwrap_or_else(|p| p.into_inner());
         if token < *highest {
             metrics::counter!("fencing_writes_refused_total").increment(1);

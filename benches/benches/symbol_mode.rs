@@ -2,7 +2,7 @@
 //! the same `HashMap` behind a `std::sync::RwLock` (what a naive shared table costs)
 //! and a std `HashMap` with the default SipHash hasher.
 //!
-//! cargo bench -p symbol-mode --bench lookup
+//! cargo bench -p tradepulse-benches --bench symbol_mode
 
 // criterion's macros generate undocumented items.
 #![allow(missing_docs)]
