@@ -2,5 +2,6 @@
 //! The logic lives here so tests can run it; `examples/*.rs` are thin `main`s.
 
 pub mod admin_http;
+pub mod drill;
 pub mod order_loop;
 pub mod trading_engine;
