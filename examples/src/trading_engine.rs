@@ -87,35 +87,25 @@ impl PostgresLedger {
 #[async_trait::async_trait]
 impl FillLedger for PostgresLedger {
     async fn write_fill(&self, token: u64, fill: &str) -> Result<(), fencing::Error> {
-        let mut client = self.pool.get().await?;
-        let bound = self.pool.settings().operation_timeout();
-        let write = async {
-            let tx = client.transaction().await.map_err(|e| {
-                fencing::Error::from(failover_core::postgres::db_error("engine.fill", &e))
-            })?;
-            fencing::postgres::fence(&tx, BOOK, token).await?;
-            tx.execute(
-                "INSERT INTO engine_fills (token, fill) VALUES ($1, $2)",
-                &[&(token as i64), &fill],
-            )
-            .await
-            .map_err(|e| {
-                fencing::Error::from(failover_core::postgres::db_error("engine.fill", &e))
-            })?;
-            tx.commit().await.map_err(|e| {
-                fencing::Error::from(failover_core::postgres::db_error("engine.fill", &e))
+        let fill = fill.to_owned();
+        // Check the token and write in one transaction, retried on a lost connection.
+        self.pool
+            .transaction("engine.fill", |tx| {
+                let fill = fill.clone();
+                Box::pin(async move {
+                    fencing::postgres::fence(tx, BOOK, token).await?;
+                    tx.execute(
+                        "INSERT INTO engine_fills (token, fill) VALUES ($1, $2)",
+                        &[&(token as i64), &fill],
+                    )
+                    .await
+                    .map_err(|e| {
+                        fencing::Error::from(failover_core::postgres::db_error("engine.fill", &e))
+                    })?;
+                    Ok(())
+                })
             })
-        };
-        tokio::time::timeout(bound, write)
             .await
-            .unwrap_or_else(|_| {
-                Err(fencing::Error::from(failover_core::DbError::new(
-                    failover_core::DbErrorKind::Unavailable,
-                    "engine.fill",
-                    None,
-                    format!("no answer within {bound:?}"),
-                )))
-            })
     }
 
     async fn fills(&self) -> Vec<(u64, String)> {

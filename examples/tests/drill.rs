@@ -20,7 +20,10 @@ async fn synchronous_replication_loses_no_acknowledged_write() {
     eprintln!("{}", report.table());
     for c in &report.controls {
         assert!(c.acked_before_kill > 10, "{c:?}");
-        assert_eq!(c.lost, 0, "synchronous replication lost an acknowledged write: {c:?}");
+        assert_eq!(
+            c.lost, 0,
+            "synchronous replication lost an acknowledged write: {c:?}"
+        );
     }
     assert!(report.objectives_met());
 }
@@ -40,9 +43,15 @@ async fn asynchronous_loss_is_measured_and_reported_never_silent() {
     let table = report.table();
     eprintln!("{table}");
     for c in &report.controls {
-        assert!(c.lost > 0, "writes acknowledged while replication was cut must show as lost: {c:?}");
+        assert!(
+            c.lost > 0,
+            "writes acknowledged while replication was cut must show as lost: {c:?}"
+        );
         assert!(c.loss_window >= Duration::from_millis(300), "{c:?}");
-        assert!(table.contains(&format!("{:>6} {:>5}", c.acked_before_kill, c.lost)), "{table}");
+        assert!(
+            table.contains(&format!("{:>6} {:>5}", c.acked_before_kill, c.lost)),
+            "{table}"
+        );
     }
     assert!(report.rpo() >= Duration::from_millis(300));
 }

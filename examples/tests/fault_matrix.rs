@@ -33,7 +33,7 @@
 
 use failover_core::postgres::{db_error, PgPool};
 use failover_core::testkit::{fast_settings, wait_until, Cluster, Node};
-use failover_core::{Audit, ComponentStatus, DbError, DbErrorKind};
+use failover_core::{Audit, ComponentStatus};
 use fencing::postgres::token_timeline;
 use fencing::{Lease, LeaseFencer, LostReason, PostgresLeaseFencer, FENCING_TOKEN};
 use killswitch::{Halt, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
@@ -570,30 +570,21 @@ fn expect_fenced_out(cell: &str, result: Result<(), fencing::Error>, token: u64,
 /// transaction of the caller's. The transaction is the caller's, so the caller bounds
 /// it (here by the retry budget): nothing below bounds a query on a hung server.
 async fn fenced_write(pool: &PgPool, token: u64, entry: &str) -> Result<(), fencing::Error> {
-    let bound = pool.settings().retry_policy().budget;
-    let failed = |e: &failover_core::postgres::tokio_postgres::Error| {
-        fencing::Error::from(db_error("matrix.fill", e))
-    };
-    let write = async {
-        let mut client = pool.get().await?;
-        let tx = client.transaction().await.map_err(|e| failed(&e))?;
-        fencing::postgres::fence(&tx, RESOURCE, token).await?;
-        tx.execute(
-            "INSERT INTO matrix_fills (token, entry) VALUES ($1, $2)",
-            &[&(token as i64), &entry],
-        )
-        .await
-        .map_err(|e| failed(&e))?;
-        tx.commit().await.map_err(|e| failed(&e))
-    };
-    timeout(bound, write).await.unwrap_or_else(|_| {
-        Err(fencing::Error::from(DbError::new(
-            DbErrorKind::Unavailable,
-            "matrix.fill",
-            None,
-            format!("no answer within {bound:?} (the caller's bound on its transaction)"),
-        )))
+    let entry = entry.to_owned();
+    pool.transaction("matrix.fill", |tx| {
+        let entry = entry.clone();
+        Box::pin(async move {
+            fencing::postgres::fence(tx, RESOURCE, token).await?;
+            tx.execute(
+                "INSERT INTO matrix_fills (token, entry) VALUES ($1, $2)",
+                &[&(token as i64), &entry],
+            )
+            .await
+            .map_err(|e| fencing::Error::from(db_error("matrix.fill", &e)))?;
+            Ok(())
+        })
     })
+    .await
 }
 
 /// How many fills carry `entry`.
@@ -802,49 +793,22 @@ async fn terminate_backends() {
     assert!(terminated >= 3, "terminated only {terminated}");
     let recovered_at = Instant::now();
 
-    // The leader's next fenced write comes first, before any other call on its pool.
-    // It runs in the caller's own transaction on a connection from `PgPool::get`,
-    // which neither the pool nor `fence` retries, and the pool hands out a connection
-    // verified within the last second without a round trip: a connection whose
-    // backend is being terminated can still be handed out, once each. So the caller
-    // retries on the typed, retryable Unavailable, as the error says is safe; each
-    // failure must be fast and the write must land within the budget, after at most
-    // one failure per pooled connection. (Reported: the stores' own calls below need
-    // no such retry; the pool retries them.)
-    let pool_size = controls.fencer.pool().settings().pool_size();
+    // The leader's next fenced write comes first, before any other call on its pool:
+    // it runs in its own transaction through `PgPool::transaction`, which retries a
+    // connection whose backend was terminated, so the very next write succeeds.
     let started = Instant::now();
-    let mut failures = Vec::new();
-    loop {
-        let (result, took) = guarded(
-            CELL,
-            "fenced write",
-            fenced_write(
-                controls.fencer.pool(),
-                before.lease.token(),
-                "fill after terminate",
-            ),
-        )
-        .await;
-        match result {
-            Ok(()) => break,
-            Err(fencing::Error::Unavailable { source }) => {
-                assert!(took <= BUDGET + SLACK, "{CELL}: took {took:?}");
-                failures.push(source.message().to_owned());
-            }
-            Err(e) => panic!("{CELL}: the next fenced write: {e:?}"),
-        }
-        assert!(
-            started.elapsed() < BUDGET && failures.len() <= pool_size,
-            "{CELL}: the fenced write still fails after {:?}: {failures:?}",
-            started.elapsed()
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
-    let first_fill = format!(
-        "; next fenced write ok after {} failed attempt(s) {failures:?} in {}",
-        failures.len(),
-        secs(started.elapsed())
-    );
+    let (result, _) = guarded(
+        CELL,
+        "fenced write",
+        fenced_write(
+            controls.fencer.pool(),
+            before.lease.token(),
+            "fill after terminate",
+        ),
+    )
+    .await;
+    result.unwrap_or_else(|e| panic!("{CELL}: the next fenced write: {e:?}"));
+    let first_fill = format!("; next fenced write ok in {}", secs(started.elapsed()));
     // No outage for the stores' own calls: the very next one of each control succeeds
     // (a call that failed would fail the test).
     let mut recovery = controls

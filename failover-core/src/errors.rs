@@ -105,6 +105,12 @@ impl DbError {
     }
 }
 
+impl crate::retry::Classify for DbError {
+    fn class(&self) -> ErrorClass {
+        DbError::class(self)
+    }
+}
+
 /// A setting that cannot be used. Says which variable (or builder method) and what
 /// to do; never contains a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -111,3 +111,44 @@ async fn next(listener: &mut Listener) -> Option<ListenEvent> {
         .await
         .expect("event in time")
 }
+
+#[tokio::test]
+async fn a_transaction_is_retried_after_its_backend_was_terminated_and_a_refusal_is_not() {
+    use failover_core::postgres::db_error;
+    use failover_core::DbError;
+    let cluster = Cluster::start().await.unwrap();
+    let db = cluster.create_database().await.unwrap();
+    let pool = pool(&cluster.primary().dsn(&db));
+    cluster
+        .primary()
+        .execute(&db, "CREATE TABLE t (n int CHECK (n > 0))")
+        .await
+        .unwrap();
+    let insert = |n: i32| {
+        pool.transaction("test.insert", move |tx| {
+            Box::pin(async move {
+                tx.execute("INSERT INTO t VALUES ($1)", &[&n])
+                    .await
+                    .map_err(|e| db_error("test.insert", &e))?;
+                Ok::<_, DbError>(())
+            })
+        })
+    };
+    insert(1).await.unwrap(); // a pooled connection now exists
+    let terminated = cluster.primary().terminate_backends().await.unwrap();
+    assert!(terminated >= 1);
+    insert(2).await.expect("the very next transaction succeeds");
+    let start = Instant::now();
+    let err = insert(-1).await.expect_err("the CHECK refuses it");
+    assert_eq!(err.sqlstate(), Some("23514"));
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "a refusal is not retried"
+    );
+    let rows = cluster
+        .primary()
+        .query(&db, "SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("2"));
+}

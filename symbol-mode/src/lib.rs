@@ -333,6 +333,16 @@ pub enum Error {
     Closed,
 }
 
+/// Only `Unavailable` is worth retrying; everything else is a refusal or a defect.
+impl failover_core::retry::Classify for Error {
+    fn class(&self) -> failover_core::ErrorClass {
+        match self {
+            Self::Unavailable { .. } => failover_core::ErrorClass::Retryable,
+            _ => failover_core::ErrorClass::Permanent,
+        }
+    }
+}
+
 impl From<DbError> for Error {
     fn from(source: DbError) -> Self {
         match source.kind() {

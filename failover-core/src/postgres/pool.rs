@@ -8,8 +8,8 @@
 //!   accepted.
 //! * A pooled connection is verified before reuse — and dropped when its server has
 //!   become a standby or read-only (a demoted primary passes deadpool's `Verified`) —
-//!   whenever it was not verified within the last second, and after any retryable
-//!   failure of any operation (a failover sign). A busy connection therefore costs
+//!   whenever it was not verified within the last second, and after any failed
+//!   operation of [`PgPool::run`] or [`PgPool::transaction`] (a failover sign). A busy connection therefore costs
 //!   no extra round trip per operation, and reads cannot linger on a demoted server.
 //! * Every operation runs under [`RetryPolicy`](crate::RetryPolicy): each attempt is
 //!   bounded by the operation timeout, the whole call by the retry budget; a
@@ -278,8 +278,68 @@ impl PgPool {
         })
     }
 
-    /// A client from the pool, for callers that manage their own transaction. Bounded
-    /// by the pool's wait/create/recycle timeouts; not retried.
+    /// Runs `f` inside `BEGIN … COMMIT` on a pooled connection under the retry
+    /// policy, for writes that need the caller's own transaction (a fenced write: check
+    /// the token, then write, atomically). Each attempt is bounded by the operation
+    /// timeout and the whole call by the retry budget; a failed attempt rolls back and
+    /// its connection is discarded, so `f` may run again in a fresh transaction.
+    ///
+    /// `f`'s error type decides what is retried through [`Classify`]: a refusal (a
+    /// stale fencing token, say) is permanent and returned at once.
+    pub async fn transaction<T, E, F>(&self, op: &'static str, f: F) -> Result<T, E>
+    where
+        T: Send,
+        E: From<DbError> + Classify + std::fmt::Display + Send,
+        F: for<'a, 'b> Fn(&'a deadpool_postgres::Transaction<'b>) -> BoxFuture<'a, Result<T, E>>
+            + Send
+            + Sync,
+    {
+        let component = self.inner.component;
+        let policy = self.inner.current.load().settings.retry.clone();
+        let failed = |e: tokio_postgres::Error| E::from(super::error::db_error(op, &e));
+        let result = policy
+            .run(|_| {
+                let (f, failed) = (&f, &failed);
+                async move {
+                    metrics::counter!("failover_pg_attempts_total", "component" => component, "op" => op).increment(1);
+                    let object = self.checkout().await.map_err(|f| {
+                        let kind = match f.class() {
+                            ErrorClass::Retryable => DbErrorKind::Unavailable,
+                            ErrorClass::Permanent => DbErrorKind::Permanent,
+                        };
+                        E::from(DbError::new(kind, op, None, f.to_string()))
+                    })?;
+                    let mut guard = ClientGuard(Some(object), self.inner.epoch.clone());
+                    let client = guard.0.as_mut().expect("guard holds the client until done");
+                    let tx = client.transaction().await.map_err(failed)?;
+                    let value = f(&tx).await?;
+                    tx.commit().await.map_err(failed)?;
+                    guard.keep();
+                    Ok(value)
+                }
+            })
+            .await;
+        result.map_err(|e| match e.last {
+            crate::retry::AttemptError::Failed(e) => e,
+            crate::retry::AttemptError::TimedOut(bound) => E::from(DbError::new(
+                DbErrorKind::Unavailable,
+                op,
+                None,
+                format!(
+                    "transaction got no answer within {bound:?} after {} attempt(s){}",
+                    e.attempts,
+                    self.last_connect_error()
+                        .map(|h| format!("; last connect: {h}"))
+                        .unwrap_or_default()
+                ),
+            )),
+        })
+    }
+
+    /// A client from the pool. Bounded by the pool's wait/create/recycle timeouts; not
+    /// retried, and a connection whose backend was just terminated may still be handed
+    /// out: for a transaction of your own prefer [`transaction`](Self::transaction),
+    /// which retries it.
     pub async fn get(&self) -> Result<PgClient, DbError> {
         self.checkout().await.map_err(|f| {
             let kind = match f.class() {
@@ -303,7 +363,13 @@ impl PgPool {
             self.suspect_failover();
         }
         result.map_err(|e| match e {
-            PoolError::Backend(e) => PgFailure::Query(e),
+            PoolError::Backend(e) => match self.last_connect_error() {
+                // A connect failure: name every host's reason, not only the last one.
+                Some(hosts) if super::error::classify(&e) == ErrorClass::Retryable => {
+                    PgFailure::Pool(format!("no writable host: {hosts}"), ErrorClass::Retryable)
+                }
+                _ => PgFailure::Query(e),
+            },
             PoolError::Timeout(t) => PgFailure::Pool(
                 format!(
                     "timed out waiting for a connection ({t:?}){}",
@@ -495,6 +561,7 @@ impl FailoverConnect {
     ) -> Result<(tokio_postgres::Client, AnyConnection), (Option<tokio_postgres::Error>, String)>
     {
         let mut last_error = None;
+        let mut failures: Vec<String> = Vec::new();
         let mut last_text = String::from("no host configured");
         for (label, config) in &self.hosts {
             let attempt = async {
@@ -522,16 +589,19 @@ impl FailoverConnect {
                     return Ok(pair);
                 }
                 Ok(Err(e)) => {
-                    last_text = format!("{label}: {}", describe(&e));
+                    failures.push(format!("{label}: {}", describe(&e)));
                     last_error = Some(e);
                 }
                 Err(_) => {
-                    last_text = format!(
+                    failures.push(format!(
                         "{label}: no answer within {:?} (server hung?)",
                         self.timeout
-                    );
+                    ));
                 }
             }
+            // Every host's reason: the first host's "connection refused" matters as
+            // much as the standby's "does not allow writes".
+            last_text = failures.join("; ");
             metrics::counter!("failover_pg_connects_total", "component" => self.component, "outcome" => "error").increment(1);
             tracing::debug!(component = self.component, error = %last_text, "connect failed");
             *lock(&self.last_connect) = Some(last_text.clone());
