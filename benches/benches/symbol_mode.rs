@@ -44,6 +44,10 @@ fn lookup(c: &mut Criterion) {
     group.bench_function("SymbolModes::check", |b| {
         b.iter(|| black_box(&modes).check(black_box(probe), TradingAction::Place))
     });
+    let mut reader = modes.reader();
+    group.bench_function("ModeReader::mode (per-thread reader)", |b| {
+        b.iter(|| reader.mode(black_box(probe)))
+    });
     let snapshot = modes.snapshot();
     group.bench_function("ModeSnapshot::effective (no ArcSwap)", |b| {
         b.iter(|| black_box(&*snapshot).effective(black_box(probe)))

@@ -13,7 +13,7 @@ mod symbol;
 
 pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
 pub use handle::{
-    Cause, Refusal, SnapshotState, SymbolModes, SymbolModesConfig, SymbolModesStatus,
+    Cause, ModeReader, Refusal, SnapshotState, SymbolModes, SymbolModesConfig, SymbolModesStatus,
 };
 pub use memory::MemorySymbolModeStore;
 pub use mode::{ParseModeError, SymbolMode, TradingAction, Transition, ACTION_MATRIX, RELAX_TO};

@@ -3,57 +3,15 @@
 
 use crate::{ModeDelta, SymbolMode};
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use uuid::Uuid;
 
-/// A word-at-a-time folded-multiply hash (the family of foldhash, hashbrown's
-/// default): two or three multiplications for a typical symbol. Not DoS-resistant, which is fine here: the
-/// key set is written only by operators through the audited store; order flow only
-/// looks keys up.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct WordHasher(u64);
+/// foldhash (hashbrown's default hasher) with a fixed seed: a handful of
+/// multiplications for a typical symbol. Minimal DoS resistance is fine here: the key
+/// set is written only by operators through the audited store; order flow only looks
+/// keys up.
+type SymbolHasher = foldhash::fast::FixedState;
 
-impl WordHasher {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-
-    /// One folded multiply: the full 128-bit product's halves xored, so every
-    /// input bit reaches both the low bits (bucket) and the high bits (tag).
-    #[inline]
-    fn add(&mut self, word: u64) {
-        let product = u128::from(self.0 ^ word) * u128::from(Self::K);
-        self.0 = (product as u64) ^ ((product >> 64) as u64);
-    }
-}
-
-impl Hasher for WordHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, byte: u8) {
-        self.add(u64::from(byte));
-    }
-}
-
-type SymbolMap = HashMap<Box<str>, SymbolMode, BuildHasherDefault<WordHasher>>;
+type SymbolMap = HashMap<Box<str>, SymbolMode, SymbolHasher>;
 
 /// Every symbol's own mode and the global mode at one store version.
 ///
@@ -197,7 +155,7 @@ mod tests {
     #[test]
     fn the_hasher_spreads_similar_symbols_over_buckets_and_tags() {
         use std::hash::BuildHasher;
-        let build = BuildHasherDefault::<WordHasher>::default();
+        let build = SymbolHasher::default();
         let mut buckets = std::collections::HashSet::new();
         let mut tags = std::collections::HashMap::<u64, usize>::new();
         for i in 0..10_000 {

@@ -2,11 +2,7 @@
 //! anywhere (no owned `String` needed), `Copy` answers, and readers on other threads
 //! never see a snapshot roll back while the watcher swaps in new ones.
 //!
-//! Allocation-freedom is checked structurally, not by counting: a counting
-//! `#[global_allocator]` needs `unsafe impl GlobalAlloc`, and `unsafe_code` is
-//! forbidden workspace-wide. The lookup is an atomic load, an `ArcSwap::load` (a
-//! lock-free debt slot, no allocation once the thread's slot exists) and
-//! `HashMap::<Box<str>, _>::get(&str)`; it returns `Copy` values.
+//! Allocation-freedom is counted by an instrumented allocator in `tests/no_alloc.rs`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,65 @@
+//! The hot-path lookup allocates nothing: counted by an instrumented global
+//! allocator (stats_alloc, so no `unsafe` of ours), in a test binary of its own on a
+//! current-thread runtime, so no other thread allocates while we count.
+
+use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use std::alloc::System;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+use symbol_mode::{
+    Audit, MemorySymbolModeStore, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig,
+    TradingAction,
+};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+#[tokio::test(flavor = "current_thread")]
+async fn lookups_over_ten_thousand_symbols_allocate_nothing() {
+    let store = Arc::new(MemorySymbolModeStore::new());
+    for i in 0..10_000usize {
+        let audit = Audit::new("ops", "seed");
+        store
+            .set_symbol_mode(&format!("SYM-{i:05}"), SymbolMode::ALL[i % 4], &audit)
+            .await
+            .unwrap();
+    }
+    let modes = SymbolModes::spawn(store, SymbolModesConfig::default());
+    assert!(modes.ready(Duration::from_secs(5)).await);
+    let mut reader = modes.reader();
+    // Warm up: the first ArcSwap load on a thread takes its debt slot.
+    assert_eq!(modes.mode("SYM-00003"), SymbolMode::HardHalt);
+    assert_eq!(reader.mode("SYM-00003"), SymbolMode::HardHalt);
+
+    let mut key = *b"SYM-00000";
+    let mut restricted = 0;
+    let region = Region::new(GLOBAL);
+    for i in 0..10_000usize {
+        for (slot, digit) in key[4..].iter_mut().zip(format_digits(i)) {
+            *slot = digit;
+        }
+        let symbol = std::str::from_utf8(&key).unwrap();
+        let a = modes.mode(black_box(symbol));
+        let b = reader.mode(black_box(symbol));
+        let refused = modes.check(symbol, TradingAction::Place).is_err();
+        assert_eq!(a, b);
+        assert_eq!(a, SymbolMode::ALL[i % 4]);
+        restricted += usize::from(refused);
+    }
+    let stats = region.change();
+    assert_eq!(restricted, 7_500);
+    assert_eq!(stats.allocations, 0, "lookups allocated: {stats:?}");
+    assert_eq!(stats.reallocations, 0, "lookups reallocated: {stats:?}");
+}
+
+/// The five decimal digits of `i`, without allocating.
+fn format_digits(i: usize) -> [u8; 5] {
+    let mut out = [b'0'; 5];
+    let mut n = i;
+    for slot in out.iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out
+}
