@@ -68,25 +68,6 @@ pub struct AuditBody {
 pub struct ModeBody {
     /// `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or `HARD_HALT`.
     pub mode: SymbolMode,
-    /// The audit fields.
-    #[serde(flatten)]
-    pub audit: AuditFields,
-}
-
-/// Body of `POST /admin/withdrawals/halt`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WithdrawalsBody {
-    /// `true` halts withdrawals, `false` lifts the halt (ticket required).
-    pub on: bool,
-    /// The audit fields.
-    #[serde(flatten)]
-    pub audit: AuditFields,
-}
-
-/// The audit fields embedded in other bodies.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct AuditFields {
     /// Who acts.
     pub actor: String,
     /// Why.
@@ -99,28 +80,38 @@ pub struct AuditFields {
     pub request_id: Option<Uuid>,
 }
 
-impl AuditFields {
-    fn audit(&self) -> Audit {
-        AuditBody {
-            actor: self.actor.clone(),
-            reason: self.reason.clone(),
-            ticket: self.ticket.clone(),
-            request_id: self.request_id,
-        }
-        .audit()
+/// Body of `POST /admin/withdrawals/halt`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalsBody {
+    /// `true` halts withdrawals, `false` lifts the halt (ticket required).
+    pub on: bool,
+    /// Who acts.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+    /// Ticket; required to lift the halt.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+}
+
+fn audit_of(actor: &str, reason: &str, ticket: &Option<String>, request_id: Option<Uuid>) -> Audit {
+    let mut audit = Audit::new(actor, reason);
+    if let Some(t) = ticket {
+        audit = audit.with_ticket(t);
     }
+    if let Some(id) = request_id {
+        audit = audit.with_request_id(id);
+    }
+    audit
 }
 
 impl AuditBody {
     fn audit(&self) -> Audit {
-        let mut audit = Audit::new(&self.actor, &self.reason);
-        if let Some(t) = &self.ticket {
-            audit = audit.with_ticket(t);
-        }
-        if let Some(id) = self.request_id {
-            audit = audit.with_request_id(id);
-        }
-        audit
+        audit_of(&self.actor, &self.reason, &self.ticket, self.request_id)
     }
 }
 
@@ -215,8 +206,22 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/admin/kill-switch", get(kill_switch_get))
-        .route("/admin/kill-switch/engage", post(kill_switch_engage))
-        .route("/admin/kill-switch/disengage", post(kill_switch_disengage))
+        .route(
+            "/admin/kill-switch/engage",
+            post(
+                |State(s): State<AdminState>, JsonBody(b): JsonBody<AuditBody>| {
+                    kill_switch_change(s, b, killswitch::Action::Engage)
+                },
+            ),
+        )
+        .route(
+            "/admin/kill-switch/disengage",
+            post(
+                |State(s): State<AdminState>, JsonBody(b): JsonBody<AuditBody>| {
+                    kill_switch_change(s, b, killswitch::Action::Disengage)
+                },
+            ),
+        )
         .route(
             "/admin/symbols/{symbol}/mode",
             get(symbol_mode_get).put(symbol_mode_put),
@@ -258,21 +263,17 @@ async fn kill_switch_get(State(state): State<AdminState>) -> Result<Response, Ap
     Ok(axum::Json(body).into_response())
 }
 
-async fn kill_switch_engage(
-    State(state): State<AdminState>,
-    JsonBody(body): JsonBody<AuditBody>,
+async fn kill_switch_change(
+    state: AdminState,
+    body: AuditBody,
+    action: killswitch::Action,
 ) -> Result<Response, ApiError> {
-    let s = state.kill_store.engage(&body.audit()).await?;
-    tracing::warn!(actor = %body.actor, reason = %body.reason, version = s.version, "kill switch engaged via admin API");
-    Ok(axum::Json(s).into_response())
-}
-
-async fn kill_switch_disengage(
-    State(state): State<AdminState>,
-    JsonBody(body): JsonBody<AuditBody>,
-) -> Result<Response, ApiError> {
-    let s = state.kill_store.disengage(&body.audit()).await?;
-    tracing::warn!(actor = %body.actor, reason = %body.reason, version = s.version, "kill switch disengaged via admin API");
+    let audit = body.audit();
+    let s = match action {
+        killswitch::Action::Engage => state.kill_store.engage(&audit).await?,
+        killswitch::Action::Disengage => state.kill_store.disengage(&audit).await?,
+    };
+    tracing::warn!(%action, actor = %body.actor, reason = %body.reason, version = s.version, "kill switch changed via admin API");
     Ok(axum::Json(s).into_response())
 }
 
@@ -302,9 +303,13 @@ async fn symbol_mode_put(
 ) -> Result<Response, ApiError> {
     let event = state
         .mode_store
-        .set_symbol_mode(&symbol, body.mode, &body.audit.audit())
+        .set_symbol_mode(
+            &symbol,
+            body.mode,
+            &audit_of(&body.actor, &body.reason, &body.ticket, body.request_id),
+        )
         .await?;
-    tracing::warn!(%symbol, mode = %body.mode, actor = %body.audit.actor, "SetSymbolMode via admin API");
+    tracing::warn!(%symbol, mode = %body.mode, actor = %body.actor, "SetSymbolMode via admin API");
     Ok(axum::Json(event).into_response())
 }
 
@@ -324,9 +329,12 @@ async fn withdrawals_halt(
 ) -> Result<Response, ApiError> {
     let event = state
         .mode_store
-        .withdrawals_halt(body.on, &body.audit.audit())
+        .withdrawals_halt(
+            body.on,
+            &audit_of(&body.actor, &body.reason, &body.ticket, body.request_id),
+        )
         .await?;
-    tracing::warn!(on = body.on, actor = %body.audit.actor, "WithdrawalsHalt via admin API");
+    tracing::warn!(on = body.on, actor = %body.actor, "WithdrawalsHalt via admin API");
     Ok(axum::Json(event).into_response())
 }
 

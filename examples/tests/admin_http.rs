@@ -286,6 +286,12 @@ async fn symbol_modes_cancel_all_and_withdrawals_through_the_api() {
             "bad_request",
         ),
         (
+            "/admin/symbols/BTC-USD/mode",
+            r#"{"mode":"SOFT_HALT","actor":"ops","reason":"x","colour":"red"}"#,
+            400,
+            "bad_request",
+        ),
+        (
             "/admin/symbols/BTC%20USD/mode",
             r#"{"mode":"SOFT_HALT","actor":"ops","reason":"x"}"#,
             400,
