@@ -5,6 +5,7 @@ pub mod errors;
 pub mod health;
 pub mod retry;
 pub mod staleness;
+pub mod time;
 pub mod watcher;
 
 #[cfg(feature = "postgres")]

@@ -29,7 +29,7 @@ pub struct KillSwitchState {
     /// Why it was last changed (empty before the first change).
     pub reason: String,
     /// When it was last changed (database clock for Postgres), microsecond precision.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "failover_core::time::rfc3339")]
     pub updated_at: SystemTime,
     /// Who last changed it (empty before the first change).
     pub updated_by: String,
@@ -91,7 +91,7 @@ pub struct KillSwitchEvent {
     /// Ticket, mandatory for disengage.
     pub ticket: Option<String>,
     /// When (database clock for Postgres), microsecond precision.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "failover_core::time::rfc3339")]
     pub at: SystemTime,
 }
 
@@ -224,19 +224,4 @@ pub(crate) fn validate(audit: &Audit, action: Action) -> Result<(), Error> {
         Action::Disengage => (failover_core::Safety::Relax, "disengage the kill switch"),
     };
     audit.validate(safety, what).map_err(Error::from)
-}
-
-/// Serialises `SystemTime` as RFC 3339 text.
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::SystemTime;
-
-    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(*t))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
-    }
 }

@@ -6,7 +6,6 @@ use crate::{
 };
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -25,14 +24,6 @@ struct Inner {
     by_request: HashMap<Uuid, usize>,
 }
 
-/// PostgreSQL keeps microseconds; so does this store, so both return equal values.
-fn now_micros() -> SystemTime {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
-}
-
 impl Default for MemoryKillSwitchStore {
     fn default() -> Self {
         Self::new()
@@ -45,7 +36,7 @@ impl MemoryKillSwitchStore {
         let state = KillSwitchState {
             engaged: false,
             reason: String::new(),
-            updated_at: now_micros(),
+            updated_at: failover_core::time::now_micros(),
             updated_by: String::new(),
             ticket: None,
             version: 0,
@@ -88,7 +79,7 @@ impl MemoryKillSwitchStore {
         let state = KillSwitchState {
             engaged: action == Action::Engage,
             reason: audit.reason().to_owned(),
-            updated_at: now_micros(),
+            updated_at: failover_core::time::now_micros(),
             updated_by: audit.actor().to_owned(),
             ticket: audit.ticket().map(str::to_owned),
             version: inner.state.version + 1,

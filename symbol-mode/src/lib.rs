@@ -61,7 +61,7 @@ pub struct SymbolState {
     /// Under which ticket, if any.
     pub ticket: Option<String>,
     /// When (database clock for Postgres), microsecond precision.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "failover_core::time::rfc3339")]
     pub updated_at: SystemTime,
 }
 
@@ -203,7 +203,7 @@ pub struct AuditEvent {
     /// Ticket id; always present when the command relaxed safety.
     pub ticket: Option<String>,
     /// When (database clock for Postgres), microsecond precision.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "failover_core::time::rfc3339")]
     pub at: SystemTime,
 }
 
@@ -225,7 +225,7 @@ pub struct CancelAllCommand {
     /// Ticket id, if given.
     pub ticket: Option<String>,
     /// When.
-    #[serde(with = "rfc3339")]
+    #[serde(with = "failover_core::time::rfc3339")]
     pub at: SystemTime,
 }
 
@@ -519,20 +519,5 @@ pub(crate) fn transition_refusal(
             from,
             to,
         }),
-    }
-}
-
-/// Serialises `SystemTime` as RFC 3339 text.
-mod rfc3339 {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::SystemTime;
-
-    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(*t))
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
     }
 }

@@ -9,7 +9,6 @@ use crate::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -45,14 +44,6 @@ impl Inner {
         let index = usize::try_from(version).ok()?.checked_sub(1)?;
         self.events.get(index).map(|e| e.request_id)
     }
-}
-
-/// PostgreSQL keeps microseconds; so does this store, so both return equal values.
-fn now_micros() -> SystemTime {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
 }
 
 impl Default for MemorySymbolModeStore {
@@ -129,7 +120,7 @@ impl MemorySymbolModeStore {
             actor: audit.actor().to_owned(),
             reason: audit.reason().to_owned(),
             ticket: audit.ticket().map(str::to_owned),
-            at: now_micros(),
+            at: failover_core::time::now_micros(),
         };
         match &event.command {
             Command::SetSymbolMode { symbol, to, .. } => {

@@ -1,0 +1,49 @@
+//! Wall-clock helpers shared by every store, so the in-memory stores return exactly
+//! what PostgreSQL returns.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Now, truncated to microseconds: PostgreSQL's `timestamptz` keeps microseconds, so
+/// an in-memory store using this returns values equal to the Postgres store's.
+pub fn now_micros() -> SystemTime {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
+}
+
+/// `#[serde(with = "failover_core::time::rfc3339")]` for a `SystemTime`: RFC 3339
+/// text with microseconds, e.g. `2026-11-22T07:38:15.123456Z`.
+pub mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    /// Serialises as RFC 3339 with microseconds.
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(*t))
+    }
+
+    /// Parses RFC 3339 text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn now_is_whole_microseconds_and_round_trips_through_rfc3339() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct T(#[serde(with = "rfc3339")] SystemTime);
+        let t = now_micros();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap().subsec_nanos() % 1_000,
+            0
+        );
+        let json = serde_json::to_string(&T(t)).unwrap();
+        assert_eq!(serde_json::from_str::<T>(&json).unwrap(), T(t));
+    }
+}
