@@ -2,7 +2,10 @@
 
 pub mod audit;
 pub mod errors;
+pub mod feed;
 pub mod health;
+pub mod log;
+pub mod position;
 pub mod retry;
 pub mod staleness;
 pub mod time;
@@ -19,4 +22,6 @@ pub use errors::{ConfigError, DbError, DbErrorKind};
 pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};
 pub use retry::{ErrorClass, RetryError, RetryPolicy};
 pub use staleness::Observed;
-pub use watcher::{Freshness, WatchConfig, Watcher};
+pub use feed::{ChangeFeed, FeedSubscription, PushStatus};
+pub use position::{Position, Positioned};
+pub use watcher::{Freshness, WatchConfig, WatchConfigError, Watched, Watcher};

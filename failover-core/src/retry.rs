@@ -72,7 +72,7 @@ impl<E: std::fmt::Display> std::fmt::Display for AttemptError<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Failed(e) => e.fmt(f),
-            Self::TimedOut(d) => write!(f, "timed out after {d:?}"),
+            Self::TimedOut(d) => write!(f, "timed out after {}", humantime::format_duration(*d)),
         }
     }
 }
@@ -160,6 +160,7 @@ impl RetryPolicy {
         let deadline = start + self.budget;
         let mut intervals = self.backoff();
         let mut attempts = 0;
+        let mut previous: Option<AttemptError<E>> = None;
         loop {
             attempts += 1;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -171,6 +172,13 @@ impl RetryPolicy {
                     let class = e.class();
                     (AttemptError::Failed(e), class)
                 }
+                // An attempt cut short by the end of the budget says nothing new:
+                // report the previous attempt's error, or the configured bound —
+                // never the leftover of the budget ("timed out after 3.9ms").
+                Err(_) if bound < self.attempt_timeout && previous.is_some() => (
+                    previous.take().expect("checked is_some"),
+                    ErrorClass::Retryable,
+                ),
                 Err(_) => (AttemptError::TimedOut(bound), ErrorClass::Retryable),
             };
             if class == ErrorClass::Permanent {
@@ -192,6 +200,7 @@ impl RetryPolicy {
                 });
             }
             tracing::debug!(attempt = attempts, wait_ms = wait.as_millis() as u64, error = %last, "retrying");
+            previous = Some(last);
             tokio::time::sleep(wait).await;
         }
     }

@@ -1,22 +1,38 @@
-//! Keeps a hot-path view of a store's state fresh, and fails closed when it cannot.
+//! Keeps a hot-path view of a store's state fresh, fails closed when it cannot, and
+//! never lets a lost change stand — written once for every handle.
 //!
 //! A hot-path handle (the kill switch, the symbol-mode snapshot) must never touch the
 //! store or the clock on the order path. [`spawn`] runs the one background task that
-//! does: it loads the state, follows the store's push stream (NOTIFY), polls as a
-//! fallback and to prove freshness, and tells the handle through two callbacks:
+//! does. It reads the state, follows the store's [change feed](crate::feed) (NOTIFY
+//! for PostgreSQL), polls as a fallback and to prove freshness, and orders everything
+//! it sees by [`Position`]:
 //!
-//! * `on_state(state)` after every successful read (load or push);
-//! * `on_stale()` once the last successful read is older than the staleness window —
-//!   the handle then answers with its fail-closed value.
+//! * a newer position is adopted;
+//! * an older one is a late answer — unless the store's history no longer contains
+//!   the position the handle holds. Then that change was lost (an asynchronous
+//!   failover promoted a replica that never received it) and the handle adopts the
+//!   store's state **at once**, whatever its position: the database of record wins,
+//!   so a lost relaxation returns the handle to the stricter state. The divergence
+//!   is logged once at ERROR, counted in `failover_history_diverged_total` and shown
+//!   in the health details;
+//! * a newer position on another timeline is checked the same way, so that a lost
+//!   change is reported even when the new primary has already moved past it.
 //!
-//! [`Freshness`] turns the same facts into a health component:
-//! `operational` (fresh), `degraded` (the last refresh failed but the state is within
-//! the window; details carry the error), `failed` (stale, or never loaded).
+//! Once the last successful read is older than the staleness window the handle is
+//! told to fail closed.
+//!
+//! Health ([`Freshness::health`]), on the words of the runbooks:
+//! * `failed` — never loaded, stale, or the store cannot be reached **now** (its last
+//!   attempt failed: "connection refused", "no writable host", "timed out after 2s").
+//!   The hot path still serves the last known state until the staleness window.
+//! * `degraded` — reads work but push does not ("push unavailable, polling every
+//!   1s: …"), or the history diverged recently.
+//! * `operational` — reads and push both work.
 
+use crate::feed::{FeedSubscription, PushProbe, PushStatus};
 use crate::health::{ComponentHealth, ComponentStatus};
-use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
-use futures_util::StreamExt;
+use crate::log::Throttle;
+use crate::position::{Position, Positioned};
 use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -30,6 +46,8 @@ pub struct WatchConfig {
     pub staleness_window: Duration,
     /// How often the state is re-read as a fallback to push (and to prove freshness). Default 1 s.
     pub poll_interval: Duration,
+    /// How long health stays `degraded` after the history diverged. Default 5 minutes.
+    pub divergence_notice: Duration,
 }
 
 impl Default for WatchConfig {
@@ -37,9 +55,15 @@ impl Default for WatchConfig {
         Self {
             staleness_window: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
+            divergence_notice: Duration::from_secs(300),
         }
     }
 }
+
+/// Settings that contradict each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid watch settings: {0}")]
+pub struct WatchConfigError(pub String);
 
 impl WatchConfig {
     /// Sets the staleness window.
@@ -55,22 +79,99 @@ impl WatchConfig {
         self.poll_interval = interval;
         self
     }
+
+    /// Sets how long health reports a divergence.
+    #[must_use]
+    pub fn with_divergence_notice(mut self, notice: Duration) -> Self {
+        self.divergence_notice = notice;
+        self
+    }
+
+    /// Refuses settings that contradict each other: a zero window or poll interval,
+    /// and a store retry budget (when known) at or above the staleness window — a
+    /// single failed read would then outlast the window.
+    pub fn validate(&self, retry_budget: Option<Duration>) -> Result<(), WatchConfigError> {
+        if self.staleness_window.is_zero() {
+            return Err(WatchConfigError(
+                "staleness_window must be greater than zero".into(),
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(WatchConfigError(
+                "poll_interval must be greater than zero".into(),
+            ));
+        }
+        if let Some(budget) = retry_budget {
+            if budget >= self.staleness_window {
+                return Err(WatchConfigError(format!(
+                    "the store's retry budget ({budget:?}, RETRY_BUDGET) must be below the staleness window ({:?})",
+                    self.staleness_window
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
-#[derive(Debug, Default)]
+/// What a watcher watches and whom it tells: implemented by each hot-path handle
+/// over its store.
+#[async_trait::async_trait]
+pub trait Watched: Send + Sync + 'static {
+    /// A read of the store (a whole state, or a delta after what the handle holds).
+    type State: Positioned + Send + 'static;
+    /// What the store's change feed carries.
+    type Pushed: Positioned + Clone + Send + Sync + 'static;
+    /// The store's error.
+    type Error: Display + Send + 'static;
+
+    /// Reads the store now (bounded by the store's retry budget).
+    async fn read(&self) -> Result<Self::State, Self::Error>;
+    /// Turns a pushed item into a state to observe (`None`: nothing to do).
+    async fn resolve(&self, pushed: Self::Pushed) -> Result<Option<Self::State>, Self::Error>;
+    /// Subscribes to the store's change feed.
+    async fn subscribe(&self) -> Result<FeedSubscription<Self::Pushed>, Self::Error>;
+    /// Whether the store's history still contains `position`.
+    async fn contains(&self, position: Position) -> Result<bool, Self::Error>;
+    /// Why the store cannot be reached now (its last attempt failed), if so.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
+    /// The position the handle holds; `None` before the first load.
+    fn held(&self) -> Option<Position>;
+    /// Adopt a read (also ends a fail-closed state).
+    fn adopt(&self, state: Self::State);
+    /// Fail closed: the state is stale.
+    fn fail_closed(&self);
+}
+
+#[derive(Debug)]
 struct Detail {
     last_success: Option<(Instant, SystemTime)>,
     last_error: Option<String>,
-    push_error: Option<String>,
     stale: bool,
+    push: Option<PushProbe>,
+    subscribe_error: Option<String>,
+    diverged: Option<(Instant, String)>,
 }
 
-/// What a watcher knows about the freshness of its state; the source of its health.
-#[derive(Debug)]
+type Unreachable = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// What a watcher knows about its state; the source of its health.
 pub struct Freshness {
     name: &'static str,
-    window: Duration,
+    config: WatchConfig,
     detail: Mutex<Detail>,
+    unreachable: Unreachable,
+}
+
+impl std::fmt::Debug for Freshness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Freshness")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("detail", &self.detail)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Freshness {
@@ -88,43 +189,98 @@ impl Freshness {
         self.lock().last_error.clone()
     }
 
-    /// The staleness window.
-    pub fn window(&self) -> Duration {
-        self.window
+    /// Age of the last successful read (`None` before the first).
+    pub fn age(&self) -> Option<Duration> {
+        self.lock().last_success.map(|(at, _)| at.elapsed())
     }
 
-    /// The health component: `operational`, `degraded` (last refresh failed, still
-    /// within the window) or `failed` (stale or never loaded).
+    /// The staleness window.
+    pub fn window(&self) -> Duration {
+        self.config.staleness_window
+    }
+
+    /// The last divergence of the history, while it is still reported.
+    pub fn divergence(&self) -> Option<String> {
+        let d = self.lock();
+        d.diverged
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.config.divergence_notice)
+            .map(|(_, text)| text.clone())
+    }
+
+    /// The health component (see the module docs for the words).
     pub fn health(&self) -> ComponentHealth {
         let d = self.lock();
-        let err = d.last_error.clone();
+        let window = self.config.staleness_window;
+        let serving = |age: Duration| {
+            format!(
+                "serving the last known state for up to {:?} more, then failing closed",
+                window.saturating_sub(age)
+            )
+        };
         let (status, details) = match (d.last_success, d.stale) {
             (None, _) => (
                 ComponentStatus::Failed,
                 Some(format!(
                     "not loaded yet, failing closed{}",
-                    err.map(|e| format!(": {e}")).unwrap_or_default()
+                    (self.unreachable)()
+                        .or_else(|| d.last_error.clone())
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
                 )),
             ),
             (Some(_), true) => (
                 ComponentStatus::Failed,
                 Some(format!(
-                    "stale: no successful read for longer than {:?}, failing closed{}",
-                    self.window,
-                    err.map(|e| format!("; last error: {e}"))
+                    "stale: no successful read for longer than {window:?}, failing closed{}",
+                    (self.unreachable)()
+                        .or_else(|| d.last_error.clone())
+                        .map(|e| format!("; last error: {e}"))
                         .unwrap_or_default()
                 )),
             ),
-            (Some(_), false) => match err {
-                Some(e) => (ComponentStatus::Degraded, Some(e)),
-                // Polling keeps the state fresh; a broken push only slows propagation.
-                None => (
-                    ComponentStatus::Operational,
-                    d.push_error
+            (Some((at, _)), false) => {
+                if let Some(cause) = (self.unreachable)() {
+                    (
+                        ComponentStatus::Failed,
+                        Some(format!("{cause}; {}", serving(at.elapsed()))),
+                    )
+                } else if let Some(error) = &d.last_error {
+                    (
+                        ComponentStatus::Failed,
+                        Some(format!("{error}; {}", serving(at.elapsed()))),
+                    )
+                } else {
+                    let push = match (&d.push, &d.subscribe_error) {
+                        (_, Some(e)) => Some(e.clone()),
+                        (Some(probe), None) => match probe.status() {
+                            PushStatus::Working => None,
+                            PushStatus::Unavailable(why) => Some(why),
+                        },
+                        (None, None) => Some("not subscribed yet".into()),
+                    };
+                    let diverged = d
+                        .diverged
                         .as_ref()
-                        .map(|e| format!("push unavailable, polling: {e}")),
-                ),
-            },
+                        .filter(|(at, _)| at.elapsed() < self.config.divergence_notice)
+                        .map(|(_, text)| text.clone());
+                    let mut notes = Vec::new();
+                    if let Some(why) = push {
+                        notes.push(format!(
+                            "push unavailable, polling every {}: {why}",
+                            humantime::format_duration(self.config.poll_interval)
+                        ));
+                    }
+                    if let Some(text) = diverged {
+                        notes.push(text);
+                    }
+                    if notes.is_empty() {
+                        (ComponentStatus::Operational, None)
+                    } else {
+                        (ComponentStatus::Degraded, Some(notes.join("; ")))
+                    }
+                }
+            }
         };
         ComponentHealth {
             name: self.name.to_owned(),
@@ -146,8 +302,8 @@ impl Freshness {
         self.lock().last_error = Some(error);
     }
 
-    fn push(&self, error: Option<String>) {
-        self.lock().push_error = error;
+    fn diverged(&self, text: String) {
+        self.lock().diverged = Some((Instant::now(), text));
     }
 
     /// True when it just turned stale.
@@ -155,7 +311,7 @@ impl Freshness {
         let mut d = self.lock();
         let stale = d
             .last_success
-            .is_some_and(|(at, _)| at.elapsed() > self.window);
+            .is_some_and(|(at, _)| at.elapsed() > self.config.staleness_window);
         let turned = stale && !d.stale;
         d.stale = stale;
         turned
@@ -182,195 +338,337 @@ impl Watcher {
     }
 }
 
-/// A load of the state.
-pub type LoadFn<S, E> = Box<dyn Fn() -> BoxFuture<'static, Result<S, E>> + Send + Sync>;
-/// A subscription to pushed states.
-pub type SubscribeFn<S, E> =
-    Box<dyn Fn() -> BoxFuture<'static, Result<BoxStream<'static, S>, E>> + Send + Sync>;
-
-/// What the watcher reads and whom it tells.
-pub struct WatchTarget<S, E> {
-    /// Loads the current state (bounded by the store's own retry budget).
-    pub load: LoadFn<S, E>,
-    /// Subscribes to pushed states; the stream ending means "resubscribe".
-    pub subscribe: SubscribeFn<S, E>,
-    /// Called after every successful read.
-    pub on_state: Box<dyn Fn(S) + Send + Sync>,
-    /// Called once when the state turns stale (again after each recovery).
-    pub on_stale: Box<dyn Fn() + Send + Sync>,
-}
-
 /// Starts the watcher on the current tokio runtime. `name` is the health component.
-pub fn spawn<S, E>(name: &'static str, config: WatchConfig, target: WatchTarget<S, E>) -> Watcher
-where
-    S: Send + 'static,
-    E: Display + Send + 'static,
-{
+pub fn spawn<W: Watched>(name: &'static str, config: WatchConfig, watched: Arc<W>) -> Watcher {
+    let unreachable: Unreachable = {
+        let watched = watched.clone();
+        Box::new(move || watched.unreachable())
+    };
     let freshness = Arc::new(Freshness {
         name,
-        window: config.staleness_window,
-        detail: Mutex::new(Detail::default()),
+        config: config.clone(),
+        detail: Mutex::new(Detail {
+            last_success: None,
+            last_error: None,
+            stale: false,
+            push: None,
+            subscribe_error: None,
+            diverged: None,
+        }),
+        unreachable,
     });
-    let task = tokio::spawn(run(name, config, target, freshness.clone()));
+    let task = tokio::spawn(
+        Loop {
+            name,
+            config,
+            watched,
+            freshness: freshness.clone(),
+            warnings: Throttle::default(),
+        }
+        .run(),
+    );
     Watcher { freshness, task }
 }
 
-async fn pending_or<T>(f: &mut Option<BoxFuture<'static, T>>) -> T {
+struct Loop<W: Watched> {
+    name: &'static str,
+    config: WatchConfig,
+    watched: Arc<W>,
+    freshness: Arc<Freshness>,
+    warnings: Throttle,
+}
+
+type Pending<T> = Option<futures_util::future::BoxFuture<'static, T>>;
+
+async fn pending_or<T>(f: &mut Pending<T>) -> T {
     match f.as_mut() {
         Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
 
-async fn next_or_pending<S>(stream: &mut Option<BoxStream<'static, S>>) -> Option<S> {
-    match stream.as_mut() {
+async fn next_or_pending<T: Positioned + Clone>(
+    sub: &mut Option<FeedSubscription<T>>,
+) -> Option<T> {
+    match sub.as_mut() {
         Some(s) => s.next().await,
         None => std::future::pending().await,
     }
 }
 
-async fn run<S, E>(
-    name: &'static str,
-    config: WatchConfig,
-    target: WatchTarget<S, E>,
-    freshness: Arc<Freshness>,
-) where
-    S: Send + 'static,
-    E: Display + Send + 'static,
-{
-    // The clock ticks often enough to notice staleness promptly whatever the poll interval.
-    let tick = config
-        .poll_interval
-        .min(config.staleness_window / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut clock = tokio::time::interval(tick);
-    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_poll = Instant::now();
-    let mut next_subscribe = Instant::now();
-    let mut load: Option<BoxFuture<'static, Result<S, E>>> = None;
-    let mut subscribing: Option<BoxFuture<'static, Result<BoxStream<'static, S>, E>>> = None;
-    let mut pushed: Option<BoxStream<'static, S>> = None;
-    loop {
-        let now = Instant::now();
-        if load.is_none() && now >= next_poll {
-            load = Some((target.load)());
-        }
-        if pushed.is_none() && subscribing.is_none() && now >= next_subscribe {
-            subscribing = Some((target.subscribe)());
-        }
-        tokio::select! {
-            result = pending_or(&mut load) => {
-                load = None;
-                next_poll = Instant::now() + config.poll_interval;
-                match result {
-                    Ok(state) => {
-                        freshness.succeeded();
-                        (target.on_state)(state);
-                    }
-                    Err(error) => {
-                        tracing::warn!(component = name, %error, "refresh failed");
-                        freshness.failed(error.to_string());
-                    }
-                }
+impl<W: Watched> Loop<W> {
+    async fn run(mut self) {
+        // The clock ticks often enough to notice staleness promptly whatever the poll interval.
+        let tick = self
+            .config
+            .poll_interval
+            .min(self.config.staleness_window / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut clock = tokio::time::interval(tick);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_poll = Instant::now();
+        let mut next_subscribe = Instant::now();
+        // A first load that failed is retried with backoff, not after a poll interval.
+        let mut load_backoff = Duration::from_millis(100);
+        let mut load: Pending<Result<W::State, W::Error>> = None;
+        let mut subscribing: Pending<Result<FeedSubscription<W::Pushed>, W::Error>> = None;
+        let mut feed: Option<FeedSubscription<W::Pushed>> = None;
+        loop {
+            let now = Instant::now();
+            if load.is_none() && now >= next_poll {
+                let watched = self.watched.clone();
+                load = Some(Box::pin(async move { watched.read().await }));
             }
-            result = pending_or(&mut subscribing) => {
-                subscribing = None;
-                match result {
-                    Ok(stream) => {
-                        freshness.push(None);
-                        pushed = Some(stream);
-                    }
-                    Err(error) => {
-                        tracing::debug!(component = name, %error, "subscribe failed");
-                        freshness.push(Some(error.to_string()));
-                        next_subscribe = Instant::now() + config.poll_interval.min(Duration::from_secs(1));
-                    }
-                }
+            if feed.is_none() && subscribing.is_none() && now >= next_subscribe {
+                let watched = self.watched.clone();
+                subscribing = Some(Box::pin(async move { watched.subscribe().await }));
             }
-            state = next_or_pending(&mut pushed) => match state {
-                Some(state) => {
-                    freshness.succeeded();
-                    (target.on_state)(state);
+            tokio::select! {
+                result = pending_or(&mut load) => {
+                    load = None;
+                    match result {
+                        Ok(state) => {
+                            next_poll = Instant::now() + self.config.poll_interval;
+                            load_backoff = Duration::from_millis(100);
+                            self.observe(state).await;
+                        }
+                        Err(error) => {
+                            let text = error.to_string();
+                            if self.warnings.allow() {
+                                tracing::warn!(component = self.name, error = %text, "refresh failed; serving the last known state until the staleness window");
+                            }
+                            self.freshness.failed(text);
+                            let retry = if self.watched.held().is_none() {
+                                // Jittered backoff up to the poll interval.
+                                let wait = jitter(load_backoff);
+                                load_backoff = (load_backoff * 2).min(Duration::from_secs(2));
+                                wait.min(self.config.poll_interval)
+                            } else {
+                                self.config.poll_interval
+                            };
+                            next_poll = Instant::now() + retry;
+                        }
+                    }
                 }
-                None => pushed = None,
-            },
-            _ = tokio::time::sleep_until(next_poll), if load.is_none() => {}
-            _ = tokio::time::sleep_until(next_subscribe), if pushed.is_none() && subscribing.is_none() => {}
-            _ = clock.tick() => {}
-        }
-        if freshness.turned_stale() {
-            tracing::error!(component = name, window = ?config.staleness_window, "state is stale: failing closed");
-            (target.on_stale)();
+                result = pending_or(&mut subscribing) => {
+                    subscribing = None;
+                    match result {
+                        Ok(sub) => {
+                            let mut d = self.freshness.lock();
+                            d.push = Some(sub.push_probe());
+                            d.subscribe_error = None;
+                            drop(d);
+                            feed = Some(sub);
+                        }
+                        Err(error) => {
+                            tracing::debug!(component = self.name, %error, "subscribe failed");
+                            self.freshness.lock().subscribe_error = Some(error.to_string());
+                            next_subscribe = Instant::now() + self.config.poll_interval.min(Duration::from_secs(1));
+                        }
+                    }
+                }
+                pushed = next_or_pending(&mut feed) => match pushed {
+                    Some(item) => match self.watched.resolve(item).await {
+                        Ok(Some(state)) => self.observe(state).await,
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::debug!(component = self.name, %error, "reading a pushed change failed; polling");
+                            next_poll = Instant::now();
+                        }
+                    },
+                    None => feed = None,
+                },
+                _ = tokio::time::sleep_until(next_poll), if load.is_none() => {}
+                _ = tokio::time::sleep_until(next_subscribe), if feed.is_none() && subscribing.is_none() => {}
+                _ = clock.tick() => {}
+            }
+            if self.freshness.turned_stale() {
+                tracing::error!(component = self.name, window = ?self.config.staleness_window, "state is stale: failing closed");
+                self.watched.fail_closed();
+            }
         }
     }
+
+    /// Orders a read by position against what the handle holds (see the module docs).
+    async fn observe(&mut self, state: W::State) {
+        let position = state.position();
+        let held = self.watched.held();
+        match held {
+            Some(held) if position < held || (position > held && crosses(held, position)) => {
+                match self.watched.contains(held).await {
+                    Ok(true) if position < held => {
+                        // A late answer: the handle already holds a newer change that
+                        // the store still has.
+                        self.freshness.succeeded();
+                        return;
+                    }
+                    Ok(true) => {}
+                    Ok(false) => self.report_divergence(held, position),
+                    Err(error) => {
+                        self.freshness.failed(error.to_string());
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.freshness.succeeded();
+        self.warnings.reset();
+        self.watched.adopt(state);
+    }
+
+    fn report_divergence(&self, held: Position, adopted: Position) {
+        let text = format!(
+            "history diverged after a failover: position {held} is no longer in the store's history \
+             (lost with its predecessors since the last replicated change); adopted {adopted} from the database of record"
+        );
+        tracing::error!(component = self.name, lost = %held, adopted = %adopted, "{text}");
+        metrics::counter!("failover_history_diverged_total", "component" => self.name).increment(1);
+        self.freshness.diverged(text);
+    }
+}
+
+/// A newer position on another timeline: the held one may have been lost.
+fn crosses(held: Position, newer: Position) -> bool {
+    held != Position::ZERO && held.timeline() != newer.timeline()
+}
+
+/// ±25 % jitter without a random-number dependency: the low bits of the clock.
+fn jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(factor)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use crate::feed::ChangeFeed;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A store of one positioned value with a history, and a handle's view of it.
+    #[derive(Default)]
+    struct Fake {
+        up: AtomicBool,
+        store: Mutex<(Position, Vec<Position>)>,
+        feed: ChangeFeed<Position>,
+        held: Mutex<Option<Position>>,
+        stale: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Watched for Fake {
+        type State = Position;
+        type Pushed = Position;
+        type Error = String;
+        async fn read(&self) -> Result<Position, String> {
+            if self.up.load(Ordering::SeqCst) {
+                Ok(self.store.lock().unwrap().0)
+            } else {
+                Err("connection refused".into())
+            }
+        }
+        async fn resolve(&self, p: Position) -> Result<Option<Position>, String> {
+            Ok(Some(p))
+        }
+        async fn subscribe(&self) -> Result<FeedSubscription<Position>, String> {
+            Ok(self.feed.subscribe())
+        }
+        async fn contains(&self, p: Position) -> Result<bool, String> {
+            Ok(self.store.lock().unwrap().1.contains(&p))
+        }
+        fn unreachable(&self) -> Option<String> {
+            (!self.up.load(Ordering::SeqCst)).then(|| "connection refused".into())
+        }
+        fn held(&self) -> Option<Position> {
+            *self.held.lock().unwrap()
+        }
+        fn adopt(&self, p: Position) {
+            *self.held.lock().unwrap() = Some(p);
+            self.stale.store(false, Ordering::SeqCst);
+        }
+        fn fail_closed(&self) {
+            self.stale.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Fake {
+        fn write(&self, p: Position) {
+            let mut s = self.store.lock().unwrap();
+            s.0 = p;
+            s.1.push(p);
+            drop(s);
+            self.feed.publish(p);
+        }
+    }
+
+    fn config() -> WatchConfig {
+        WatchConfig::default()
+            .with_staleness_window(Duration::from_secs(10))
+            .with_poll_interval(Duration::from_secs(1))
+    }
 
     #[tokio::test(start_paused = true)]
-    async fn fails_closed_after_the_window_and_recovers() {
-        let up = Arc::new(AtomicBool::new(true));
-        let seen = Arc::new(AtomicU32::new(0));
-        let stale = Arc::new(AtomicBool::new(false));
-        let target = WatchTarget {
-            load: {
-                let up = up.clone();
-                Box::new(move || {
-                    let up = up.load(Ordering::SeqCst);
-                    Box::pin(async move {
-                        if up {
-                            Ok(7u32)
-                        } else {
-                            Err("connection refused".to_string())
-                        }
-                    })
-                })
-            },
-            subscribe: Box::new(|| Box::pin(async { Err("no push here".to_string()) })),
-            on_state: {
-                let (seen, stale) = (seen.clone(), stale.clone());
-                Box::new(move |s| {
-                    seen.store(s, Ordering::SeqCst);
-                    stale.store(false, Ordering::SeqCst);
-                })
-            },
-            on_stale: {
-                let stale = stale.clone();
-                Box::new(move || stale.store(true, Ordering::SeqCst))
-            },
-        };
-        let watcher = spawn(
-            "demo",
-            WatchConfig::default()
-                .with_staleness_window(Duration::from_secs(10))
-                .with_poll_interval(Duration::from_secs(1)),
-            target,
-        );
+    async fn fails_health_at_once_serves_until_the_window_then_fails_closed_and_recovers() {
+        let fake = Arc::new(Fake::default());
+        fake.up.store(true, Ordering::SeqCst);
+        fake.write(Position::new(1, 7));
+        let watcher = spawn("demo", config(), fake.clone());
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(seen.load(Ordering::SeqCst), 7);
-        up.store(false, Ordering::SeqCst);
+        assert_eq!(fake.held(), Some(Position::new(1, 7)));
+        assert_eq!(watcher.freshness().health().status, ComponentStatus::Operational);
+        fake.up.store(false, Ordering::SeqCst);
+        let h = watcher.freshness().health();
+        assert_eq!(h.status, ComponentStatus::Failed, "unreachable now: failed");
+        assert!(h.details.as_deref().unwrap().contains("connection refused"), "{h:?}");
+        assert!(!fake.stale.load(Ordering::SeqCst), "still serving");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(fake.stale.load(Ordering::SeqCst), "failed closed past the window");
+        fake.up.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!fake.stale.load(Ordering::SeqCst));
+        assert_eq!(watcher.freshness().health().status, ComponentStatus::Operational);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_position_is_replaced_by_the_store_state_even_when_older() {
+        let fake = Arc::new(Fake::default());
+        fake.up.store(true, Ordering::SeqCst);
+        fake.write(Position::new(1, 1));
+        fake.write(Position::new(1, 2));
+        let cfg = config().with_poll_interval(Duration::from_secs(3600));
+        let watcher = spawn("demo", cfg.with_staleness_window(Duration::from_secs(7200)), fake.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.held(), Some(Position::new(1, 2)));
+        // Failover: the store lost 1/2 and is back at 1/1; the reconnect resyncs.
+        *fake.store.lock().unwrap() = (Position::new(1, 1), vec![Position::new(1, 1)]);
+        fake.feed.resync(Position::new(1, 1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.held(), Some(Position::new(1, 1)), "database of record wins");
         let h = watcher.freshness().health();
         assert_eq!(h.status, ComponentStatus::Degraded);
-        assert_eq!(h.details.as_deref(), Some("connection refused"));
-        assert!(!stale.load(Ordering::SeqCst));
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(
-            stale.load(Ordering::SeqCst),
-            "failed closed past the window"
-        );
-        assert_eq!(watcher.freshness().health().status, ComponentStatus::Failed);
-        up.store(true, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(!stale.load(Ordering::SeqCst));
-        let h = watcher.freshness().health();
-        assert_eq!(h.status, ComponentStatus::Operational);
-        assert_eq!(
-            h.details.as_deref(),
-            Some("push unavailable, polling: no push here")
-        );
+        assert!(h.details.unwrap().contains("1/2"), "names the lost position");
+        // A late answer (older, but the held position is in the history) is ignored.
+        fake.write(Position::new(2, 1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.held(), Some(Position::new(2, 1)));
+        fake.feed.resync(Position::new(1, 1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.held(), Some(Position::new(2, 1)), "late answer ignored");
+    }
+
+    #[test]
+    fn contradicting_settings_are_refused() {
+        let c = WatchConfig::default();
+        assert!(c.validate(Some(Duration::from_secs(5))).is_ok());
+        let err = c
+            .clone()
+            .with_staleness_window(Duration::from_secs(5))
+            .validate(Some(Duration::from_secs(5)))
+            .unwrap_err();
+        assert!(err.to_string().contains("RETRY_BUDGET"), "{err}");
+        assert!(c.with_poll_interval(Duration::ZERO).validate(None).is_err());
     }
 }

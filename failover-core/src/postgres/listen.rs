@@ -1,14 +1,24 @@
 //! LISTEN/NOTIFY with automatic reconnect, for push propagation.
 //!
 //! A [`Listener`] keeps one dedicated connection (outside the pool) to the writable
-//! server, LISTENs on its channels and forwards notifications. When the connection
-//! dies (server killed, backend terminated, failover) or a heartbeat gets no answer
-//! in time (hung server), it reports [`ListenEvent::Disconnected`], reconnects with
-//! backoff through the pool's current settings (so a DSN swap applies) and reports
+//! server, LISTENs on its channels and forwards notifications.
+//!
+//! **It follows the primary.** A LISTEN connection that is merely alive is not
+//! enough: after a planned switchover the old primary is read-only but still up, and
+//! notifications of the new primary never reach it. So the connection is re-validated
+//! as read-write (the pool's own check) right after LISTEN and on every heartbeat,
+//! and it is dropped when its server is in recovery or read-only, when the pool has
+//! moved to another host, or when the pool's DSN was swapped. It is dropped too when
+//! it dies (server killed, backend terminated) or a heartbeat gets no answer in time
+//! (hung server). Each time it reports [`ListenEvent::Disconnected`], reconnects with
+//! backoff through the pool's current settings to the current primary and reports
 //! [`ListenEvent::Connected`] again. Notifications sent while disconnected are lost
 //! by PostgreSQL's design, so a consumer must reload its state on every `Connected`.
+//!
+//! A reconnect loop logs one warning per outage, then at most one a minute.
 
 use super::pool::PgPool;
+use crate::log::Throttle;
 use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,7 +27,8 @@ use tokio::task::JoinHandle;
 /// What a [`Listener`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenEvent {
-    /// (Re)connected and listening: reload state, notifications may have been missed.
+    /// (Re)connected to a writable primary and listening: reload state,
+    /// notifications may have been missed.
     Connected,
     /// A notification.
     Notification {
@@ -36,8 +47,9 @@ pub enum ListenEvent {
 /// Options of a [`Listener`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenOptions {
-    /// How often an idle connection is probed (an empty query); a probe that gets no
-    /// answer within the pool's operation timeout counts as a lost connection.
+    /// How often the connection is probed: is the server still a writable primary,
+    /// and still the pool's? A probe that gets no answer within the pool's operation
+    /// timeout counts as a lost connection.
     pub heartbeat: Duration,
     /// First wait before reconnecting.
     pub reconnect_initial: Duration,
@@ -48,7 +60,7 @@ pub struct ListenOptions {
 impl Default for ListenOptions {
     fn default() -> Self {
         Self {
-            heartbeat: Duration::from_secs(2),
+            heartbeat: Duration::from_secs(1),
             reconnect_initial: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(1),
         }
@@ -108,8 +120,9 @@ async fn run(
     tx: mpsc::Sender<ListenEvent>,
 ) {
     let mut wait = options.reconnect_initial;
+    let mut warnings = Throttle::default();
     loop {
-        let error = match session(&pool, &listen_sql, &options, &tx).await {
+        let error = match session(&pool, &listen_sql, &options, &tx, &mut warnings).await {
             Session::Closed => return,
             Session::Lost {
                 error,
@@ -121,7 +134,11 @@ async fn run(
                 error
             }
         };
-        tracing::debug!(component = pool.component(), %error, "LISTEN connection lost");
+        if warnings.allow() {
+            tracing::warn!(component = pool.component(), %error, "LISTEN connection lost; reconnecting to the current primary (logged once per outage, then at most once a minute)");
+        } else {
+            tracing::debug!(component = pool.component(), %error, "LISTEN connection lost");
+        }
         if tx.send(ListenEvent::Disconnected { error }).await.is_err() {
             return;
         }
@@ -138,18 +155,25 @@ enum Session {
     Lost { error: String, was_connected: bool },
 }
 
+/// Fails when the server is a standby or read-only (a demoted primary).
+const WRITABLE: &str =
+    "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'";
+
 async fn session(
     pool: &PgPool,
     listen_sql: &str,
     options: &ListenOptions,
     tx: &mpsc::Sender<ListenEvent>,
+    warnings: &mut Throttle,
 ) -> Session {
     let lost = |error: String, was_connected| Session::Lost {
         error,
         was_connected,
     };
-    let (client, mut stream) = match pool.connect_dedicated().await {
-        Ok(pair) => pair,
+    let mut generation = pool.watch_generation();
+    generation.borrow_and_update();
+    let (client, mut stream, host) = match pool.connect_dedicated().await {
+        Ok(connected) => connected,
         Err(e) => return lost(e.message().to_owned(), false),
     };
     let (ntx, mut nrx) = mpsc::unbounded_channel();
@@ -170,10 +194,45 @@ async fn session(
     });
     let _pump = AbortOnDrop(pump);
     let bound = pool.settings().operation_timeout();
+    // Is this still the pool's writable primary? `None` when it is.
+    let check = || async {
+        match tokio::time::timeout(bound, client.query_one(WRITABLE, &[])).await {
+            Ok(Ok(row)) if row.get::<_, bool>(0) => Some(format!(
+                "{host} is read-only or a standby now (switchover?)"
+            )),
+            Ok(Ok(_)) => match pool.current_host() {
+                Some(current) if current != host => {
+                    Some(format!("the pool moved from {host} to {current}"))
+                }
+                _ => None,
+            },
+            Ok(Err(e)) => Some(super::error::describe(&e)),
+            Err(_) => Some(format!(
+                "heartbeat got no answer within {} (server hung?)",
+                humantime::format_duration(bound)
+            )),
+        }
+    };
     match tokio::time::timeout(bound, client.batch_execute(listen_sql)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return lost(super::error::describe(&e), false),
-        Err(_) => return lost(format!("LISTEN got no answer within {bound:?}"), false),
+        Err(_) => {
+            return lost(
+                format!(
+                    "LISTEN got no answer within {}",
+                    humantime::format_duration(bound)
+                ),
+                false,
+            )
+        }
+    }
+    // LISTEN after the check would leave a window; the check after LISTEN proves that
+    // this session listens on the primary.
+    if let Some(error) = check().await {
+        return lost(error, false);
+    }
+    if warnings.reset() {
+        tracing::info!(component = pool.component(), %host, "LISTEN connection back on the primary");
     }
     if tx.send(ListenEvent::Connected).await.is_err() {
         return Session::Closed;
@@ -193,10 +252,13 @@ async fn session(
                 None => return lost("connection closed".into(), true),
             },
             _ = heartbeat.tick() => {
-                match tokio::time::timeout(bound, client.simple_query("")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return lost(super::error::describe(&e), true),
-                    Err(_) => return lost(format!("heartbeat got no answer within {bound:?} (server hung?)"), true),
+                if let Some(error) = check().await {
+                    return lost(error, true);
+                }
+            }
+            changed = generation.changed() => {
+                if changed.is_ok() {
+                    return lost("the pool's DSN was swapped".into(), true);
                 }
             }
             _ = tx.closed() => return Session::Closed,

@@ -2,8 +2,10 @@
 //! env or a builder, TLS, a failover-aware pool, error classification, embedded
 //! migrations and a reconnecting LISTEN/NOTIFY listener.
 
+mod connect;
 mod error;
 mod listen;
+mod manager;
 mod migrate;
 mod pool;
 mod settings;
@@ -14,7 +16,8 @@ pub use crate::errors::{ConfigError, DbError, DbErrorKind};
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
 pub use listen::{ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport};
-pub use pool::{DedicatedConnection, PgClient, PgPool};
+pub use connect::DedicatedConnection;
+pub use pool::{PgClient, PgPool};
 pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};
 pub use switchover::{
     emergency_failover, parse_lsn, planned_switchover, Candidate, FailoverReport, Phase,

@@ -15,6 +15,12 @@
 //!   bounded by the operation timeout, the whole call by the retry budget; a
 //!   connection that failed or timed out is discarded, never reused.
 //! * [`PgPool::swap_dsn`] points the pool at a new primary without a restart.
+//! * Every attempt's outcome is remembered: [`PgPool::unreachable`] says at once
+//!   (not after the retry budget) when the database cannot be reached, so health can
+//!   say `failed` within a second of the first failed attempt.
+//! * Query helpers ([`PgPool::query`], [`query_one`](PgPool::query_one),
+//!   [`query_opt`](PgPool::query_opt), [`execute`](PgPool::execute)) take borrowed
+//!   parameters and prepare (and cache) the statement inside the retry loop.
 //!
 //! Metrics (through the `metrics` facade, label `component`):
 //! `failover_pg_attempts_total`, `failover_pg_retries_total`,
@@ -22,107 +28,28 @@
 //! `failover_pg_failovers_total`, `failover_pg_connects_total{host,outcome}`,
 //! histogram `failover_pg_operation_seconds{op}`.
 
-use super::error::{describe, from_retry, PgFailure};
+use super::connect::{DedicatedConnection, FailoverConnect, SharedConnect};
+use super::error::{from_retry, PgFailure};
+use super::manager::{Object, Pool, VerifyingManager, RECYCLE_CHECK};
 use super::settings::PgSettings;
-use super::tls::{connector, Connector};
+use super::tls::connector;
 use crate::errors::ConfigError;
 use crate::errors::{DbError, DbErrorKind};
+use crate::log::Throttle;
 use crate::retry::{Classify, ErrorClass};
 use arc_swap::ArcSwap;
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use deadpool_postgres::{
-    ClientWrapper, Connect, Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts,
-};
+use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts};
 use futures_util::future::BoxFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
 use tracing::Instrument;
 
-/// Fails the recycle check on a standby or a read-only primary, so the connection is
-/// replaced by one to the writable server.
-const RECYCLE_CHECK: &str = "DO $$ BEGIN \
-    IF pg_is_in_recovery() THEN RAISE EXCEPTION 'server is a standby' USING ERRCODE = '25006'; END IF; \
-    IF current_setting('transaction_read_only') = 'on' THEN RAISE EXCEPTION 'server is read-only' USING ERRCODE = '25006'; END IF; \
-    END $$";
-
-/// How long a verified connection is trusted before it is verified again.
-const VERIFY_EVERY: Duration = Duration::from_secs(1);
-
-type Pool = managed::Pool<VerifyingManager>;
-type Object = managed::Object<VerifyingManager>;
-
-/// A client checked out of the pool (derefs to `tokio_postgres::Client`, with a
-/// prepared-statement cache through `prepare_cached`).
-pub type PgClient = Object;
-
-/// A pooled connection and when it was last proven to reach a writable primary.
-#[derive(Debug)]
-pub struct VerifiedClient {
-    client: ClientWrapper,
-    verified_at: Instant,
-    epoch: u64,
-}
-
-impl std::ops::Deref for VerifiedClient {
-    type Target = ClientWrapper;
-    fn deref(&self) -> &ClientWrapper {
-        &self.client
-    }
-}
-
-impl std::ops::DerefMut for VerifiedClient {
-    fn deref_mut(&mut self) -> &mut ClientWrapper {
-        &mut self.client
-    }
-}
-
-/// deadpool-postgres's manager (connect, statement caches) plus a verification that
-/// runs only when due: older than [`VERIFY_EVERY`], or a failure was seen since.
-pub struct VerifyingManager {
-    inner: Manager,
-    epoch: Arc<AtomicU64>,
-}
-
-impl managed::Manager for VerifyingManager {
-    type Type = VerifiedClient;
-    type Error = tokio_postgres::Error;
-
-    async fn create(&self) -> Result<VerifiedClient, tokio_postgres::Error> {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let client = managed::Manager::create(&self.inner).await?;
-        // A fresh connection went through target_session_attrs=read-write.
-        Ok(VerifiedClient {
-            client,
-            verified_at: Instant::now(),
-            epoch,
-        })
-    }
-
-    async fn recycle(
-        &self,
-        obj: &mut VerifiedClient,
-        metrics: &Metrics,
-    ) -> RecycleResult<tokio_postgres::Error> {
-        if obj.client.is_closed() {
-            return Err(RecycleError::message("connection closed"));
-        }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        if obj.epoch == epoch && obj.verified_at.elapsed() < VERIFY_EVERY {
-            return Ok(());
-        }
-        managed::Manager::recycle(&self.inner, &mut obj.client, metrics).await?;
-        obj.verified_at = Instant::now();
-        obj.epoch = epoch;
-        Ok(())
-    }
-
-    fn detach(&self, obj: &mut VerifiedClient) {
-        managed::Manager::detach(&self.inner, &mut obj.client);
-    }
-}
+pub use super::manager::PgClient;
 
 /// A failover-aware pool. Cheap to clone; clones share connections and settings.
 #[derive(Clone)]
@@ -138,6 +65,16 @@ struct Inner {
     next_id: AtomicU64,
     last_connect: Arc<Mutex<Option<String>>>,
     last_host: Arc<Mutex<Option<String>>>,
+    link: Mutex<Link>,
+    /// The generation id, for listeners that must follow a DSN swap.
+    generation: watch::Sender<u64>,
+}
+
+/// Whether the database can be reached now, from the outcome of the last attempt.
+#[derive(Debug, Default)]
+struct Link {
+    failing: Option<(Instant, String)>,
+    warnings: Throttle,
 }
 
 struct Generation {
@@ -159,6 +96,30 @@ impl std::fmt::Debug for PgPool {
     }
 }
 
+/// The short word health details start with, from a failure's full text: what an
+/// operator greps for ("connection refused", "no writable host", "timed out after 2s").
+pub(crate) fn cause_of(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let word = if lower.contains("connection refused") {
+        "connection refused"
+    } else if lower.starts_with("no writable host") || lower.contains("does not allow writes")
+        || lower.contains("read-only") || lower.contains("standby")
+    {
+        "no writable host"
+    } else if lower.contains("timed out") || lower.contains("no answer within") {
+        return text.to_owned();
+    } else if lower.contains("connection closed") || lower.contains("connection reset") {
+        "connection lost"
+    } else {
+        return text.to_owned();
+    };
+    if lower.starts_with(word) {
+        text.to_owned()
+    } else {
+        format!("{word}: {text}")
+    }
+}
+
 impl PgPool {
     /// A pool for `component` (used in metrics and as default `application_name`).
     /// Does not connect: the first operation does.
@@ -175,6 +136,8 @@ impl PgPool {
                 next_id: AtomicU64::new(1),
                 last_connect,
                 last_host,
+                link: Mutex::new(Link::default()),
+                generation: watch::channel(0).0,
             }),
         })
     }
@@ -187,6 +150,53 @@ impl PgPool {
     /// The settings in force.
     pub fn settings(&self) -> PgSettings {
         self.inner.current.load().settings.clone()
+    }
+
+    /// The id of the settings in force; changes with every DSN or settings swap.
+    pub fn generation(&self) -> u64 {
+        self.inner.current.load().id
+    }
+
+    /// Notified on every DSN or settings swap (the new generation id).
+    pub fn watch_generation(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
+    }
+
+    /// The host (`host:port`) the pool last connected to: its current primary.
+    pub fn current_host(&self) -> Option<String> {
+        lock(&self.inner.last_host).clone()
+    }
+
+    /// Why the database cannot be reached **now**: the last attempt (of any operation,
+    /// or of the LISTEN connection) failed with a retryable error and none succeeded
+    /// since. The text starts with the cause, e.g. "connection refused: …",
+    /// "no writable host: …", "timed out after 2s". `None` while reachable.
+    pub fn unreachable(&self) -> Option<String> {
+        lock(&self.inner.link).failing.as_ref().map(|(_, t)| t.clone())
+    }
+
+    /// Records an attempt that reached a writable server.
+    pub(crate) fn reached(&self) {
+        let mut link = lock(&self.inner.link);
+        if let Some((since, _)) = link.failing.take() {
+            tracing::info!(component = self.inner.component, after = ?since.elapsed(), "database reachable again");
+        }
+        link.warnings.reset();
+    }
+
+    /// Records an attempt that could not reach a writable server.
+    pub(crate) fn not_reached(&self, text: &str) {
+        let cause = cause_of(text);
+        let mut link = lock(&self.inner.link);
+        let first = link.failing.is_none();
+        let since = link.failing.as_ref().map_or_else(Instant::now, |(at, _)| *at);
+        link.failing = Some((since, cause.clone()));
+        if first || link.warnings.allow() {
+            if first {
+                link.warnings.allow();
+            }
+            tracing::warn!(component = self.inner.component, error = %cause, "database unreachable (logged once per outage, then at most once a minute)");
+        }
     }
 
     /// Points the pool at another DSN (for example the promoted replica) keeping
@@ -212,7 +222,160 @@ impl PgPool {
         metrics::counter!("failover_pg_failovers_total", "component" => self.inner.component, "cause" => "dsn_swap").increment(1);
         let old = self.inner.current.swap(Arc::new(generation));
         old.pool.close();
+        self.inner.generation.send_replace(id);
         Ok(())
+    }
+
+    /// Runs `sql` under the retry policy and returns its rows. The statement is
+    /// prepared (and cached per connection) inside each attempt.
+    pub async fn query(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
+        self.attempts(op, |client| {
+            Box::pin(async move {
+                let result = async {
+                    let statement = client.prepare_cached(sql).await?;
+                    client.query(&statement, params).await
+                }
+                .await;
+                (client, result)
+            })
+        })
+        .await
+    }
+
+    /// Like [`query`](Self::query), for exactly one row.
+    pub async fn query_one(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, DbError> {
+        self.attempts(op, |client| {
+            Box::pin(async move {
+                let result = async {
+                    let statement = client.prepare_cached(sql).await?;
+                    client.query_one(&statement, params).await
+                }
+                .await;
+                (client, result)
+            })
+        })
+        .await
+    }
+
+    /// Like [`query`](Self::query), for at most one row.
+    pub async fn query_opt(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, DbError> {
+        self.attempts(op, |client| {
+            Box::pin(async move {
+                let result = async {
+                    let statement = client.prepare_cached(sql).await?;
+                    client.query_opt(&statement, params).await
+                }
+                .await;
+                (client, result)
+            })
+        })
+        .await
+    }
+
+    /// Like [`query`](Self::query), returning the number of rows affected.
+    pub async fn execute(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, DbError> {
+        self.attempts(op, |client| {
+            Box::pin(async move {
+                let result = async {
+                    let statement = client.prepare_cached(sql).await?;
+                    client.execute(&statement, params).await
+                }
+                .await;
+                (client, result)
+            })
+        })
+        .await
+    }
+
+    /// The retry loop every operation shares: each attempt checks a client out, runs
+    /// `f` on it (which hands the client back), records whether the database was
+    /// reached, and discards the client when the attempt failed.
+    async fn attempts<'a, T, F>(&'a self, op: &'static str, f: F) -> Result<T, DbError>
+    where
+        T: Send,
+        F: Fn(Object) -> BoxFuture<'a, (Object, Result<T, tokio_postgres::Error>)> + Send + Sync,
+    {
+        let component = self.inner.component;
+        let span = tracing::debug_span!("pg", component, op);
+        let started = Instant::now();
+        let policy = self.inner.current.load().settings.retry.clone();
+        let result = policy
+            .run(|attempt| {
+                let f = &f;
+                async move {
+                    metrics::counter!("failover_pg_attempts_total", "component" => component, "op" => op).increment(1);
+                    if attempt > 1 {
+                        metrics::counter!("failover_pg_retries_total", "component" => component, "op" => op).increment(1);
+                    }
+                    let object = match self.checkout().await {
+                        Ok(object) => object,
+                        Err(failure) => {
+                            if failure.class() == ErrorClass::Retryable {
+                                self.not_reached(&failure.to_string());
+                            }
+                            return Err(failure);
+                        }
+                    };
+                    let mut guard = ClientGuard(None, self.inner.epoch.clone());
+                    let (object, result) = f(object).await;
+                    guard.0 = Some(object);
+                    match result {
+                        Ok(v) => {
+                            self.reached();
+                            guard.keep();
+                            Ok(v)
+                        }
+                        // The guard discards the connection: it may sit in an
+                        // aborted transaction or point at a dead server.
+                        Err(e) => {
+                            let failure = PgFailure::Query(e);
+                            if failure.class() == ErrorClass::Retryable {
+                                self.not_reached(&failure.to_string());
+                            } else {
+                                // The server answered: it is reachable.
+                                self.reached();
+                            }
+                            Err(failure)
+                        }
+                    }
+                }
+            })
+            .instrument(span)
+            .await;
+        metrics::histogram!("failover_pg_operation_seconds", "component" => component, "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        result.map_err(|e| {
+            if let crate::retry::AttemptError::TimedOut(bound) = &e.last {
+                metrics::counter!("failover_pg_timeouts_total", "component" => component, "op" => op).increment(1);
+                self.not_reached(&format!("timed out after {}", humantime::format_duration(*bound)));
+            }
+            let class = e.last_class();
+            metrics::counter!("failover_pg_errors_total", "component" => component, "op" => op, "class" => class).increment(1);
+            let hint = self.last_connect_error();
+            let err = from_retry(op, e, hint);
+            tracing::debug!(component, op, error = %err, "postgres operation failed");
+            err
+        })
     }
 
     /// Runs `f` with a pooled client under the retry policy: every attempt bounded by
@@ -236,46 +399,14 @@ impl PgPool {
             + Send
             + Sync,
     {
-        let component = self.inner.component;
-        let span = tracing::debug_span!("pg", component, op);
-        let started = Instant::now();
-        let policy = self.inner.current.load().settings.retry.clone();
-        let result = policy
-            .run(|attempt| {
-                let f = &f;
-                async move {
-                    metrics::counter!("failover_pg_attempts_total", "component" => component, "op" => op).increment(1);
-                    if attempt > 1 {
-                        metrics::counter!("failover_pg_retries_total", "component" => component, "op" => op).increment(1);
-                    }
-                    let mut guard = ClientGuard(Some(self.checkout().await?), self.inner.epoch.clone());
-                    let client = guard.0.as_ref().expect("guard holds the client until done");
-                    match f(client).await {
-                        Ok(v) => {
-                            guard.keep();
-                            Ok(v)
-                        }
-                        // The guard discards the connection: it may sit in an
-                        // aborted transaction or point at a dead server.
-                        Err(e) => Err(PgFailure::Query(e)),
-                    }
-                }
+        self.attempts(op, |client| {
+            let f = &f;
+            Box::pin(async move {
+                let result = f(&client).await;
+                (client, result)
             })
-            .instrument(span)
-            .await;
-        metrics::histogram!("failover_pg_operation_seconds", "component" => component, "op" => op)
-            .record(started.elapsed().as_secs_f64());
-        result.map_err(|e| {
-            if matches!(e.last, crate::retry::AttemptError::TimedOut(_)) {
-                metrics::counter!("failover_pg_timeouts_total", "component" => component, "op" => op).increment(1);
-            }
-            let class = e.last_class();
-            metrics::counter!("failover_pg_errors_total", "component" => component, "op" => op, "class" => class).increment(1);
-            let hint = self.last_connect_error();
-            let err = from_retry(op, e, hint);
-            tracing::warn!(component, op, error = %err, "postgres operation failed");
-            err
         })
+        .await
     }
 
     /// Runs `f` inside `BEGIN … COMMIT` on a pooled connection under the retry
@@ -304,7 +435,10 @@ impl PgPool {
                     metrics::counter!("failover_pg_attempts_total", "component" => component, "op" => op).increment(1);
                     let object = self.checkout().await.map_err(|f| {
                         let kind = match f.class() {
-                            ErrorClass::Retryable => DbErrorKind::Unavailable,
+                            ErrorClass::Retryable => {
+                                self.not_reached(&f.to_string());
+                                DbErrorKind::Unavailable
+                            }
                             ErrorClass::Permanent => DbErrorKind::Permanent,
                         };
                         E::from(DbError::new(kind, op, None, f.to_string()))
@@ -314,6 +448,7 @@ impl PgPool {
                     let tx = client.transaction().await.map_err(failed)?;
                     let value = f(&tx).await?;
                     tx.commit().await.map_err(failed)?;
+                    self.reached();
                     guard.keep();
                     Ok(value)
                 }
@@ -326,7 +461,8 @@ impl PgPool {
                 op,
                 None,
                 format!(
-                    "transaction got no answer within {bound:?} after {} attempt(s){}",
+                    "transaction timed out after {} ({} attempt(s)){}",
+                    humantime::format_duration(bound),
                     e.attempts,
                     self.last_connect_error()
                         .map(|h| format!("; last connect: {h}"))
@@ -388,17 +524,23 @@ impl PgPool {
     }
 
     /// A dedicated connection outside the pool (for LISTEN), to the first writable
-    /// host, bounded by the connect timeout per host. The connection task forwards
-    /// asynchronous messages (notifications) to `on_message`.
+    /// host, bounded by the connect timeout per host, with the host (`host:port`) it
+    /// reached. The returned stream carries the connection's asynchronous messages
+    /// (notifications).
     pub async fn connect_dedicated(
         &self,
-    ) -> Result<(tokio_postgres::Client, DedicatedConnection), DbError> {
+    ) -> Result<(tokio_postgres::Client, DedicatedConnection, String), DbError> {
         let generation = self.inner.current.load_full();
-        generation
-            .connect
-            .connect_raw()
-            .await
-            .map_err(|e| DbError::new(DbErrorKind::Unavailable, "pool.connect_dedicated", None, e))
+        match generation.connect.connect_raw().await {
+            Ok(connected) => {
+                self.reached();
+                Ok(connected)
+            }
+            Err(e) => {
+                self.not_reached(&format!("no writable host: {e}"));
+                Err(DbError::new(DbErrorKind::Unavailable, "pool.connect_dedicated", None, e))
+            }
+        }
     }
 
     /// The last connection failure seen, e.g. `127.0.0.1:5432: Connection refused`.
@@ -506,143 +648,4 @@ fn build(
         settings,
         connect,
     })
-}
-
-/// The connection task of a dedicated connection; forwards asynchronous messages.
-pub type DedicatedConnection = futures_util::stream::BoxStream<
-    'static,
-    Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>,
->;
-
-struct FailoverConnect {
-    component: &'static str,
-    hosts: Vec<(String, tokio_postgres::Config)>,
-    tls: Connector,
-    timeout: Duration,
-    last_connect: Arc<Mutex<Option<String>>>,
-    last_host: Arc<Mutex<Option<String>>>,
-}
-
-struct SharedConnect(Arc<FailoverConnect>);
-
-enum AnyConnection {
-    Plain(
-        Box<tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>>,
-    ),
-    Tls(
-        Box<
-            tokio_postgres::Connection<
-                tokio_postgres::Socket,
-                <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
-                    tokio_postgres::Socket,
-                >>::Stream,
-            >,
-        >,
-    ),
-}
-
-impl AnyConnection {
-    fn into_stream(self) -> DedicatedConnection {
-        use futures_util::StreamExt;
-        match self {
-            Self::Plain(mut c) => {
-                futures_util::stream::poll_fn(move |cx| c.poll_message(cx)).boxed()
-            }
-            Self::Tls(mut c) => futures_util::stream::poll_fn(move |cx| c.poll_message(cx)).boxed(),
-        }
-    }
-}
-
-impl FailoverConnect {
-    /// Tries each host in order, each bounded by the connect timeout. Returns the
-    /// first connection a writable server accepted, or the last error as text.
-    async fn connect_any(
-        &self,
-    ) -> Result<(tokio_postgres::Client, AnyConnection), (Option<tokio_postgres::Error>, String)>
-    {
-        let mut last_error = None;
-        let mut failures: Vec<String> = Vec::new();
-        let mut last_text = String::from("no host configured");
-        for (label, config) in &self.hosts {
-            let attempt = async {
-                match &self.tls {
-                    Connector::Plain => config
-                        .connect(tokio_postgres::NoTls)
-                        .await
-                        .map(|(c, conn)| (c, AnyConnection::Plain(Box::new(conn)))),
-                    Connector::Tls(tls) => config
-                        .connect(tls.clone())
-                        .await
-                        .map(|(c, conn)| (c, AnyConnection::Tls(Box::new(conn)))),
-                }
-            };
-            match tokio::time::timeout(self.timeout, attempt).await {
-                Ok(Ok(pair)) => {
-                    metrics::counter!("failover_pg_connects_total", "component" => self.component, "outcome" => "ok").increment(1);
-                    let mut last_host = lock(&self.last_host);
-                    if last_host.as_deref().is_some_and(|h| h != label) {
-                        tracing::warn!(component = self.component, from = ?*last_host, to = %label, "connected to a different primary");
-                        metrics::counter!("failover_pg_failovers_total", "component" => self.component, "cause" => "host_change").increment(1);
-                    }
-                    *last_host = Some(label.clone());
-                    *lock(&self.last_connect) = None;
-                    return Ok(pair);
-                }
-                Ok(Err(e)) => {
-                    failures.push(format!("{label}: {}", describe(&e)));
-                    last_error = Some(e);
-                }
-                Err(_) => {
-                    failures.push(format!(
-                        "{label}: no answer within {:?} (server hung?)",
-                        self.timeout
-                    ));
-                }
-            }
-            // Every host's reason: the first host's "connection refused" matters as
-            // much as the standby's "does not allow writes".
-            last_text = failures.join("; ");
-            metrics::counter!("failover_pg_connects_total", "component" => self.component, "outcome" => "error").increment(1);
-            tracing::debug!(component = self.component, error = %last_text, "connect failed");
-            *lock(&self.last_connect) = Some(last_text.clone());
-        }
-        Err((last_error, last_text))
-    }
-
-    async fn connect_raw(&self) -> Result<(tokio_postgres::Client, DedicatedConnection), String> {
-        match self.connect_any().await {
-            Ok((client, conn)) => Ok((client, conn.into_stream())),
-            Err((_, text)) => Err(text),
-        }
-    }
-}
-
-impl Connect for SharedConnect {
-    fn connect(
-        &self,
-        _pg_config: &tokio_postgres::Config,
-    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>>
-    {
-        Box::pin(async move {
-            match self.0.connect_any().await {
-                Ok((client, conn)) => {
-                    let component = self.0.component;
-                    let task = tokio::spawn(async move {
-                        let result = match conn {
-                            AnyConnection::Plain(c) => (*c).await,
-                            AnyConnection::Tls(c) => (*c).await,
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(component, error = %e, "postgres connection ended");
-                        }
-                    });
-                    Ok((client, task))
-                }
-                Err((Some(e), _)) => Err(e),
-                // Every host hung: there is no tokio-postgres error to return, so wait
-                // for the pool's create timeout, which reports a timeout (retryable).
-                Err((None, _)) => std::future::pending().await,
-            }
-        })
-    }
 }
