@@ -6,6 +6,7 @@
 //!                        cargo run --example admin-http -- --postgres
 //! Listen address:        ADMIN_ADDR (default 127.0.0.1:8080)
 
+use failover_core::postgres::PgStore;
 use failover_core::HealthRegistry;
 use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore, MemoryKillSwitchStore};
 use std::sync::Arc;

@@ -11,6 +11,7 @@
 #![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use failover_core::postgres::PgStore;
 use failover_core::postgres::{tokio_postgres, PgSettings};
 use failover_core::testkit::Cluster;
 use fencing::{LeaseFencer, MemoryFence, PostgresLeaseFencer};

@@ -13,6 +13,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use failover_core::postgres::PgStore;
 use failover_core::postgres::{tokio_postgres, PgSettings};
 use failover_core::testkit::Cluster;
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
@@ -206,6 +207,9 @@ impl KillSwitchStore for PollOnly {
         n: usize,
     ) -> Result<Vec<killswitch::KillSwitchEvent>, killswitch::Error> {
         self.0.history(n).await
+    }
+    async fn contains(&self, p: killswitch::Position) -> Result<bool, killswitch::Error> {
+        self.0.contains(p).await
     }
     async fn subscribe(&self) -> Result<killswitch::Subscription, killswitch::Error> {
         Err(killswitch::Error::Closed)

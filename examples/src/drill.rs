@@ -16,6 +16,7 @@
 //! targets: a dead primary shows in health within 1 s; the first write lands within
 //! 500 ms of promotion.
 
+use failover_core::postgres::PgStore;
 use failover_core::testkit::{fast_settings, Cluster};
 use failover_core::{Audit, ComponentStatus};
 use fencing::LeaseFencer;

@@ -3,6 +3,7 @@
 //! with the cause while the database is down and `operational` after it returns.
 
 use failover_core::postgres::PgSettings;
+use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
 use failover_core::HealthRegistry;
 use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};

@@ -31,6 +31,7 @@
 //! Each cell prints one line, `matrix <fault> <control>: failed fast in …, recovered in …`,
 //! with the measured times.
 
+use failover_core::postgres::PgStore;
 use failover_core::postgres::{db_error, PgPool};
 use failover_core::testkit::{fast_settings, wait_until, Cluster, Node};
 use failover_core::{Audit, ComponentStatus};

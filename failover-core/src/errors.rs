@@ -32,9 +32,34 @@ pub struct DbError {
     attempts: u32,
     elapsed: Duration,
     message: String,
+    write: bool,
 }
 
 impl DbError {
+    /// Marks the failure as one of a write: when the database was unavailable, the
+    /// write may or may not have committed.
+    #[must_use]
+    pub fn during_write(mut self) -> Self {
+        self.write = true;
+        self
+    }
+
+    /// True when a write failed so that its outcome is unknown (unavailable during a
+    /// write): a retry with the same request id is safe and tells.
+    pub fn outcome_unknown(&self) -> bool {
+        self.write && self.kind == DbErrorKind::Unavailable
+    }
+
+    /// `" (the write's outcome is unknown; …)"` when [`outcome_unknown`](Self::outcome_unknown),
+    /// else empty: for store error messages. Reads never claim a write's outcome.
+    pub fn outcome_note(&self) -> &'static str {
+        if self.outcome_unknown() {
+            " (the write's outcome is unknown; retrying with the same Audit is safe)"
+        } else {
+            ""
+        }
+    }
+
     /// The kind.
     pub fn kind(&self) -> DbErrorKind {
         self.kind
@@ -94,6 +119,7 @@ impl DbError {
             attempts: 1,
             elapsed: Duration::ZERO,
             message,
+            write: false,
         }
     }
 

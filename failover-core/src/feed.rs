@@ -208,8 +208,7 @@ mod tests {
         // …and from there newer positions flow again, including the new timeline.
         assert!(feed.publish(Position::new(2, 1)));
         assert_eq!(sub.next().await, Some(Position::new(2, 1)));
-        let pending =
-            tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await;
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await;
         assert!(pending.is_err(), "nothing new: next waits");
     }
 

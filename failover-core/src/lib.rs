@@ -19,9 +19,9 @@ pub mod testkit;
 
 pub use audit::{Audit, AuditError, Safety};
 pub use errors::{ConfigError, DbError, DbErrorKind};
+pub use feed::{ChangeFeed, FeedSubscription, PushStatus};
 pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};
+pub use position::{Position, Positioned};
 pub use retry::{ErrorClass, RetryError, RetryPolicy};
 pub use staleness::Observed;
-pub use feed::{ChangeFeed, FeedSubscription, PushStatus};
-pub use position::{Position, Positioned};
 pub use watcher::{Freshness, WatchConfig, WatchConfigError, Watched, Watcher};

@@ -618,18 +618,30 @@ mod tests {
         let watcher = spawn("demo", config(), fake.clone());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(fake.held(), Some(Position::new(1, 7)));
-        assert_eq!(watcher.freshness().health().status, ComponentStatus::Operational);
+        assert_eq!(
+            watcher.freshness().health().status,
+            ComponentStatus::Operational
+        );
         fake.up.store(false, Ordering::SeqCst);
         let h = watcher.freshness().health();
         assert_eq!(h.status, ComponentStatus::Failed, "unreachable now: failed");
-        assert!(h.details.as_deref().unwrap().contains("connection refused"), "{h:?}");
+        assert!(
+            h.details.as_deref().unwrap().contains("connection refused"),
+            "{h:?}"
+        );
         assert!(!fake.stale.load(Ordering::SeqCst), "still serving");
         tokio::time::sleep(Duration::from_secs(11)).await;
-        assert!(fake.stale.load(Ordering::SeqCst), "failed closed past the window");
+        assert!(
+            fake.stale.load(Ordering::SeqCst),
+            "failed closed past the window"
+        );
         fake.up.store(true, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!fake.stale.load(Ordering::SeqCst));
-        assert_eq!(watcher.freshness().health().status, ComponentStatus::Operational);
+        assert_eq!(
+            watcher.freshness().health().status,
+            ComponentStatus::Operational
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -639,24 +651,39 @@ mod tests {
         fake.write(Position::new(1, 1));
         fake.write(Position::new(1, 2));
         let cfg = config().with_poll_interval(Duration::from_secs(3600));
-        let watcher = spawn("demo", cfg.with_staleness_window(Duration::from_secs(7200)), fake.clone());
+        let watcher = spawn(
+            "demo",
+            cfg.with_staleness_window(Duration::from_secs(7200)),
+            fake.clone(),
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(fake.held(), Some(Position::new(1, 2)));
         // Failover: the store lost 1/2 and is back at 1/1; the reconnect resyncs.
         *fake.store.lock().unwrap() = (Position::new(1, 1), vec![Position::new(1, 1)]);
         fake.feed.resync(Position::new(1, 1));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(fake.held(), Some(Position::new(1, 1)), "database of record wins");
+        assert_eq!(
+            fake.held(),
+            Some(Position::new(1, 1)),
+            "database of record wins"
+        );
         let h = watcher.freshness().health();
         assert_eq!(h.status, ComponentStatus::Degraded);
-        assert!(h.details.unwrap().contains("1/2"), "names the lost position");
+        assert!(
+            h.details.unwrap().contains("1/2"),
+            "names the lost position"
+        );
         // A late answer (older, but the held position is in the history) is ignored.
         fake.write(Position::new(2, 1));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(fake.held(), Some(Position::new(2, 1)));
         fake.feed.resync(Position::new(1, 1));
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(fake.held(), Some(Position::new(2, 1)), "late answer ignored");
+        assert_eq!(
+            fake.held(),
+            Some(Position::new(2, 1)),
+            "late answer ignored"
+        );
     }
 
     #[test]

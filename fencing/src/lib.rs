@@ -13,7 +13,7 @@ pub use failover_core::{ConfigError, DbError, DbErrorKind};
 pub use fence::MemoryFence;
 pub use memory::{Clock, ManualClock, MemoryLeaseFencer, TokioClock};
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresLeaseFencer;
+pub use postgres::{PgStore, PostgresLeaseFencer};
 pub use split_brain::{choose_authoritative, Anomaly, Observation, SplitBrainDetector};
 
 use std::time::Duration;

@@ -9,6 +9,7 @@
 mod support;
 
 use failover_core::postgres::PgPool;
+use failover_core::postgres::PgStore;
 use fencing::postgres::fence;
 use fencing::{ElectorConfig, Error, LeaderElector, PostgresLeaseFencer};
 use rand::{Rng, SeedableRng};

@@ -5,6 +5,7 @@
 mod support;
 
 use failover_core::postgres::PgPool;
+use failover_core::postgres::PgStore;
 use fencing::postgres::{fence, token_counter, token_timeline, FENCING_SQLSTATE};
 use fencing::{Error, Lease, LeaseFencer, PostgresLeaseFencer};
 use rand::{Rng, SeedableRng};

@@ -10,15 +10,20 @@
 //! * when the last successful read is older than the staleness window (default
 //!   5 minutes) it says [`Halt::Stale`], whatever the last known state was.
 //!
-//! Health component `kill_switch`: `operational` (fresh), `degraded` (the last
-//! refresh failed, the state is still within the window; details carry the error),
-//! `failed` (stale or never loaded).
+//! Every read is ordered by position by failover-core's watcher: a late answer never
+//! rolls the handle back, and when the store's history no longer holds the change
+//! the handle holds (lost in an asynchronous failover), the handle adopts the
+//! store's state at once — a lost disengage halts trading again.
+//!
+//! Health component `kill_switch`: `failed` when the store cannot be reached now
+//! (details carry the cause, e.g. "connection refused"), when stale or never loaded;
+//! `degraded` when reads work but push does not, or the history diverged;
+//! `operational` when reads and push both work.
 
 use crate::{Error, KillSwitchState, KillSwitchStore, HEALTH_COMPONENT};
 use failover_core::health::HealthSource;
-use failover_core::watcher::{self, WatchConfig, WatchTarget, Watcher};
-use failover_core::ComponentHealth;
-use futures_util::{stream, StreamExt};
+use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
+use failover_core::{ComponentHealth, Position};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -113,45 +118,40 @@ pub struct KillSwitch {
 impl KillSwitch {
     /// Starts the watcher on the current tokio runtime. The handle says
     /// [`Halt::NotLoaded`] until the first load succeeds.
+    ///
+    /// # Panics
+    /// When the settings contradict each other (see [`try_spawn`](Self::try_spawn)):
+    /// a configuration defect, refused at start-up rather than run unsafely.
     pub fn spawn(store: Arc<dyn KillSwitchStore>, config: KillSwitchConfig) -> Self {
+        match Self::try_spawn(store, config) {
+            Ok(handle) => handle,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`spawn`](Self::spawn), refusing settings that contradict each other: a
+    /// zero window or poll interval, or a store retry budget at or above the
+    /// staleness window (one failed read would outlast the window).
+    pub fn try_spawn(
+        store: Arc<dyn KillSwitchStore>,
+        config: KillSwitchConfig,
+    ) -> Result<Self, failover_core::WatchConfigError> {
+        config.validate(store.retry_budget())?;
         let (trading, _) = watch::channel(Trading::Halted(Halt::NotLoaded));
         let shared = Arc::new(Shared {
             word: AtomicU8::new(NOT_LOADED),
             state: Mutex::new(None),
             trading,
         });
-        let target = WatchTarget {
-            load: {
-                let store = store.clone();
-                Box::new(move || {
-                    let store = store.clone();
-                    Box::pin(async move { store.load().await })
-                })
-            },
-            subscribe: Box::new(move || {
-                let store = store.clone();
-                Box::pin(async move {
-                    let subscription = store.subscribe().await?;
-                    Ok(stream::unfold(subscription, |mut s| async move {
-                        s.next().await.map(|state| (state, s))
-                    })
-                    .boxed())
-                })
-            }),
-            on_state: {
-                let shared = shared.clone();
-                Box::new(move |state: KillSwitchState| shared.observe(state))
-            },
-            on_stale: {
-                let shared = shared.clone();
-                Box::new(move || shared.set_word(STALE))
-            },
-        };
-        let watcher = watcher::spawn::<KillSwitchState, Error>(HEALTH_COMPONENT, config, target);
-        Self {
+        let watched = Arc::new(Source {
+            store,
+            shared: shared.clone(),
+        });
+        let watcher = watcher::spawn(HEALTH_COMPONENT, config, watched);
+        Ok(Self {
             shared,
             watcher: Arc::new(watcher),
-        }
+        })
     }
 
     /// The hot-path check: one atomic load. `Err` says why orders must not flow.
@@ -240,16 +240,56 @@ impl Shared {
         }
     }
 
-    /// A successful read: adopt it unless a newer state is already known (a late
-    /// answer must not roll back a newer one), and leave any stale state.
-    fn observe(&self, state: KillSwitchState) {
-        let engaged = {
-            let mut current = lock(&self.state);
-            if current.as_ref().is_none_or(|s| state.version >= s.version) {
-                *current = Some(state);
-            }
-            current.as_ref().is_some_and(|s| s.engaged)
-        };
+    /// Adopts a read the watcher ordered (it may be older than the held one when the
+    /// held change was lost), and leaves any stale state.
+    fn adopt(&self, state: KillSwitchState) {
+        let engaged = state.engaged;
+        *lock(&self.state) = Some(state);
         self.set_word(if engaged { ENGAGED } else { RUNNING });
+    }
+}
+
+/// The store as the watcher sees it.
+struct Source {
+    store: Arc<dyn KillSwitchStore>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl Watched for Source {
+    type State = KillSwitchState;
+    type Pushed = KillSwitchState;
+    type Error = Error;
+
+    async fn read(&self) -> Result<KillSwitchState, Error> {
+        self.store.load().await
+    }
+
+    async fn resolve(&self, pushed: KillSwitchState) -> Result<Option<KillSwitchState>, Error> {
+        Ok(Some(pushed))
+    }
+
+    async fn subscribe(&self) -> Result<crate::Subscription, Error> {
+        self.store.subscribe().await
+    }
+
+    async fn contains(&self, position: Position) -> Result<bool, Error> {
+        self.store.contains(position).await
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.store.unreachable()
+    }
+
+    fn held(&self) -> Option<Position> {
+        lock(&self.shared.state).as_ref().map(|s| s.position)
+    }
+
+    fn adopt(&self, state: KillSwitchState) {
+        self.shared.adopt(state);
+    }
+
+    fn fail_closed(&self) {
+        self.shared.set_word(STALE);
     }
 }

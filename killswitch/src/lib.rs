@@ -10,12 +10,13 @@ pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
 pub use handle::{Halt, KillSwitch, KillSwitchConfig, KillSwitchStatus, Trading};
 pub use memory::MemoryKillSwitchStore;
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresKillSwitchStore;
+pub use postgres::{PgStore, PostgresKillSwitchStateStore, PostgresKillSwitchStore};
+
+pub use failover_core::{Position, Positioned};
 
 use failover_core::{ConfigError, DbError, DbErrorKind};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 /// The health component name reported by [`KillSwitch::health`].
@@ -35,8 +36,21 @@ pub struct KillSwitchState {
     pub updated_by: String,
     /// The ticket of the last change, if any.
     pub ticket: Option<String>,
-    /// Strictly increasing with every change; 0 before the first.
+    /// How many changes this database's history holds: +1 with every change, 0
+    /// before the first. After an asynchronous failover that lost changes it
+    /// continues from the promoted replica's count, so it can repeat; use
+    /// [`position`](Self::position) to order and to identify.
     pub version: u64,
+    /// The position of the last change (`timeline/counter`, see
+    /// [`failover_core::position`]): strictly increasing across promotions, never
+    /// repeated. [`Position::ZERO`] before the first change.
+    pub position: Position,
+}
+
+impl Positioned for KillSwitchState {
+    fn position(&self) -> Position {
+        self.position
+    }
 }
 
 /// What an audit event did.
@@ -73,11 +87,15 @@ impl std::fmt::Display for Action {
     }
 }
 
-/// One row of the append-only audit trail (`kill_switch_events`).
+/// One row of the append-only audit trail (`kill_switch_events`), identified by its
+/// position.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KillSwitchEvent {
-    /// The state version this event produced.
+    /// The state version this event produced (can repeat after a lossy failover).
     pub version: u64,
+    /// The event's identity: the position of the change, unique forever; its
+    /// timeline says on which primary it was committed.
+    pub position: Position,
     /// The request's idempotency key.
     pub request_id: Uuid,
     /// Engage or disengage.
@@ -93,6 +111,21 @@ pub struct KillSwitchEvent {
     /// When (database clock for Postgres), microsecond precision.
     #[serde(with = "failover_core::time::rfc3339")]
     pub at: SystemTime,
+}
+
+impl KillSwitchEvent {
+    /// The state this event produced.
+    pub fn state(&self) -> KillSwitchState {
+        KillSwitchState {
+            engaged: self.engaged,
+            reason: self.reason.clone(),
+            updated_at: self.at,
+            updated_by: self.actor.clone(),
+            ticket: self.ticket.clone(),
+            version: self.version,
+            position: self.position,
+        }
+    }
 }
 
 /// Errors of every kill switch store. Each says what happened and what to do; a
@@ -118,9 +151,9 @@ pub enum Error {
         /// The database error.
         source: DbError,
     },
-    /// The database could not be reached within the retry budget. The outcome of a
-    /// write is unknown; retrying with the same `Audit` is safe (idempotent).
-    #[error("kill switch store unavailable: {source} (a write's outcome is unknown; retrying with the same Audit is safe)")]
+    /// The database could not be reached within the retry budget. For a write the
+    /// outcome is unknown; retrying with the same `Audit` is safe (idempotent).
+    #[error("kill switch store unavailable: {source}{}", .source.outcome_note())]
     Unavailable {
         /// The database error.
         source: DbError,
@@ -159,34 +192,10 @@ impl From<DbError> for Error {
     }
 }
 
-/// A stream of state changes: every newer state, in order of version (a slow
-/// reader skips to the newest, which is what a safety control needs).
-#[derive(Debug)]
-pub struct Subscription {
-    rx: watch::Receiver<Option<KillSwitchState>>,
-    seen: Option<u64>,
-}
-
-impl Subscription {
-    pub(crate) fn new(rx: watch::Receiver<Option<KillSwitchState>>) -> Self {
-        Self { rx, seen: None }
-    }
-
-    /// Waits for a state newer than the last one returned (the first call returns
-    /// the current state). `None` when the store is gone.
-    pub async fn next(&mut self) -> Option<KillSwitchState> {
-        loop {
-            let current = self.rx.borrow_and_update().clone();
-            if let Some(state) = current {
-                if self.seen.is_none_or(|seen| state.version > seen) {
-                    self.seen = Some(state.version);
-                    return Some(state);
-                }
-            }
-            self.rx.changed().await.ok()?;
-        }
-    }
-}
+/// A stream of state changes: every newer state in order of position (a slow reader
+/// skips to the newest, which is what a safety control needs), and after a reconnect
+/// the store's state whatever its position (see [`failover_core::feed`]).
+pub type Subscription = failover_core::FeedSubscription<KillSwitchState>;
 
 /// Where the kill switch state lives.
 ///
@@ -195,12 +204,15 @@ impl Subscription {
 /// * `engage` (ticket optional) and `disengage` (ticket **required**) validate the
 ///   [`Audit`] first; a refused call changes nothing and writes no audit row.
 /// * Every successful call — including engaging an engaged switch — bumps `version`
-///   by one, updates reason/updated_by/ticket/updated_at and appends exactly one
-///   audit event, atomically.
+///   by one, takes a new, greater `position`, updates reason/updated_by/ticket/
+///   updated_at and appends exactly one audit event (identified by the position),
+///   atomically.
+/// * `contains(p)` is true when the history holds an event at position `p` (and for
+///   [`Position::ZERO`]); false for a position lost in a failover.
 /// * Submitting the same `Audit` (same request id) again returns the state that
 ///   request produced and changes nothing (safe retry after an unknown outcome);
 ///   reusing it for the other action is [`Error::RequestReused`].
-/// * `history(limit)` returns at most `limit` events, newest first.
+/// * `history(limit)` returns at most `limit` events, newest (greatest position) first.
 /// * `subscribe` delivers every newer state (skipping to the newest when behind).
 /// * Text (reason, actor, ticket) is stored and returned verbatim.
 #[async_trait::async_trait]
@@ -213,8 +225,20 @@ pub trait KillSwitchStore: Send + Sync + std::fmt::Debug + 'static {
     async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error>;
     /// Audit events, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<KillSwitchEvent>, Error>;
+    /// Whether the history holds the change at `position` (false: lost in a failover).
+    async fn contains(&self, position: Position) -> Result<bool, Error>;
     /// A stream of changes, starting with the state at the time of the call.
     async fn subscribe(&self) -> Result<Subscription, Error>;
+    /// Why the store cannot be reached **now** (its last attempt failed), if so —
+    /// e.g. "connection refused: …". Health says `failed` at once with it.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
+    /// The store's retry budget, when it has one: a handle refuses a staleness window
+    /// that a single failed read could outlast.
+    fn retry_budget(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Validates an audit for `action`, the one rule set every store applies.

@@ -1,12 +1,16 @@
 //! The in-memory store: unit tests, single-process deployments, and the default of
-//! the examples. Held to the same conformance suite as the Postgres store.
+//! the examples. Held to the same conformance suite as the Postgres store, positions
+//! included: changes are numbered on timeline 1 like a fresh cluster, and
+//! [`MemoryKillSwitchStore::simulate_lossy_failover`] reproduces what an asynchronous
+//! failover does to a PostgreSQL store, so that handles can be tested against it
+//! without a database.
 
 use crate::{
     validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Subscription,
 };
+use failover_core::{ChangeFeed, Position};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 /// An in-memory kill switch. Starts disengaged at version 0, like a freshly
@@ -14,7 +18,7 @@ use uuid::Uuid;
 #[derive(Debug)]
 pub struct MemoryKillSwitchStore {
     inner: Mutex<Inner>,
-    changes: watch::Sender<Option<KillSwitchState>>,
+    feed: ChangeFeed<KillSwitchState>,
 }
 
 #[derive(Debug)]
@@ -22,6 +26,7 @@ struct Inner {
     state: KillSwitchState,
     events: Vec<KillSwitchEvent>,
     by_request: HashMap<Uuid, usize>,
+    timeline: u64,
 }
 
 impl Default for MemoryKillSwitchStore {
@@ -30,30 +35,61 @@ impl Default for MemoryKillSwitchStore {
     }
 }
 
+fn initial() -> KillSwitchState {
+    KillSwitchState {
+        engaged: false,
+        reason: String::new(),
+        updated_at: failover_core::time::now_micros(),
+        updated_by: String::new(),
+        ticket: None,
+        version: 0,
+        position: Position::ZERO,
+    }
+}
+
 impl MemoryKillSwitchStore {
     /// A disengaged switch at version 0.
     pub fn new() -> Self {
-        let state = KillSwitchState {
-            engaged: false,
-            reason: String::new(),
-            updated_at: failover_core::time::now_micros(),
-            updated_by: String::new(),
-            ticket: None,
-            version: 0,
-        };
-        let (changes, _) = watch::channel(Some(state.clone()));
+        let state = initial();
+        let feed = ChangeFeed::new();
+        feed.publish(state.clone());
         Self {
             inner: Mutex::new(Inner {
                 state,
                 events: Vec::new(),
                 by_request: HashMap::new(),
+                timeline: failover_core::position::FIRST_TIMELINE,
             }),
-            changes,
+            feed,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Does to this store what an asynchronous failover does to a PostgreSQL one: the
+    /// newest `lost` changes vanish (the promoted replica never received them), the
+    /// state goes back to the last change that remains, later changes are numbered
+    /// on the next timeline, and subscribers are resynced as after a reconnect.
+    /// Returns the positions lost, newest first.
+    pub fn simulate_lossy_failover(&self, lost: usize) -> Vec<Position> {
+        let mut inner = self.lock();
+        let keep = inner.events.len().saturating_sub(lost);
+        let gone: Vec<Position> = inner
+            .events
+            .drain(keep..)
+            .rev()
+            .map(|e| e.position)
+            .collect();
+        inner.by_request.retain(|_, i| *i < keep);
+        inner.state = inner
+            .events
+            .last()
+            .map_or_else(initial, KillSwitchEvent::state);
+        inner.timeline += 1;
+        self.feed.resync(inner.state.clone());
+        gone
     }
 
     fn apply(&self, audit: &Audit, action: Action) -> Result<KillSwitchState, Error> {
@@ -67,14 +103,7 @@ impl MemoryKillSwitchStore {
                     previous: e.action,
                 });
             }
-            return Ok(KillSwitchState {
-                engaged: e.engaged,
-                reason: e.reason.clone(),
-                updated_at: e.at,
-                updated_by: e.actor.clone(),
-                ticket: e.ticket.clone(),
-                version: e.version,
-            });
+            return Ok(e.state());
         }
         let state = KillSwitchState {
             engaged: action == Action::Engage,
@@ -83,9 +112,11 @@ impl MemoryKillSwitchStore {
             updated_by: audit.actor().to_owned(),
             ticket: audit.ticket().map(str::to_owned),
             version: inner.state.version + 1,
+            position: inner.state.position.next_on(inner.timeline),
         };
         inner.events.push(KillSwitchEvent {
             version: state.version,
+            position: state.position,
             request_id: audit.request_id(),
             action,
             engaged: state.engaged,
@@ -97,8 +128,8 @@ impl MemoryKillSwitchStore {
         let index = inner.events.len() - 1;
         inner.by_request.insert(audit.request_id(), index);
         inner.state = state.clone();
-        // Published under the lock so subscribers see versions in order.
-        self.changes.send_replace(Some(state.clone()));
+        // Published under the lock so subscribers see positions in order.
+        self.feed.publish(state.clone());
         Ok(state)
     }
 }
@@ -128,7 +159,16 @@ impl KillSwitchStore for MemoryKillSwitchStore {
             .collect())
     }
 
+    async fn contains(&self, position: Position) -> Result<bool, Error> {
+        let inner = self.lock();
+        Ok(position == Position::ZERO
+            || inner
+                .events
+                .binary_search_by_key(&position, |e| e.position)
+                .is_ok())
+    }
+
     async fn subscribe(&self) -> Result<Subscription, Error> {
-        Ok(Subscription::new(self.changes.subscribe()))
+        Ok(self.feed.subscribe())
     }
 }

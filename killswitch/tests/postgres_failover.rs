@@ -5,6 +5,7 @@
 
 mod support;
 
+use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
 use failover_core::DbErrorKind;
 use killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};

@@ -898,15 +898,15 @@ pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeSto
     assert_eq!(store.history(10).await.expect("history").len(), 2);
 }
 
-/// A subscriber first gets the current version, then each newer one.
+/// A subscriber first gets the current position, then each newer one.
 pub async fn subscribers_see_new_versions(store: &dyn SymbolModeStore) {
     let mut sub = store.subscribe().await.expect("subscribe");
     let first = tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("in time")
         .expect("open");
-    assert_eq!(first, 0);
-    store
+    assert_eq!(first, crate::Position::ZERO);
+    let event = store
         .set_symbol_mode("A", SoftHalt, &ops("push"))
         .await
         .expect("set");
@@ -914,7 +914,8 @@ pub async fn subscribers_see_new_versions(store: &dyn SymbolModeStore) {
         .await
         .expect("pushed in time")
         .expect("open");
-    assert_eq!(pushed, 1);
+    assert_eq!(pushed, event.position);
+    assert!(pushed > first);
 }
 
 /// A [`SymbolModes`] handle loads, follows every kind of change, and answers the
@@ -1296,13 +1297,13 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
     }
 }
 
-async fn event_at(store: &dyn SymbolModeStore, version: u64) -> crate::AuditEvent {
+async fn event_at(store: &dyn SymbolModeStore, seq: u64) -> crate::AuditEvent {
     store
         .history(usize::MAX)
         .await
         .expect("history")
         .into_iter()
-        .find(|e| e.version == version)
+        .find(|e| e.position.0 == seq)
         .expect("the event of an accepted command")
 }
 

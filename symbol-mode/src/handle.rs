@@ -25,9 +25,8 @@ use crate::snapshot::ModeSnapshot;
 use crate::{Error, ModeDelta, SymbolMode, SymbolModeStore, TradingAction, HEALTH_COMPONENT};
 use arc_swap::ArcSwap;
 use failover_core::health::HealthSource;
-use failover_core::watcher::{self, WatchConfig, WatchTarget, Watcher};
-use failover_core::ComponentHealth;
-use futures_util::{stream, StreamExt};
+use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
+use failover_core::{ComponentHealth, Position};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -228,67 +227,40 @@ impl SymbolModes {
 
     /// Starts the watcher on the current tokio runtime. Every symbol is
     /// [`NOT_LOADED_MODE`](Self::NOT_LOADED_MODE) until the first load succeeds.
+    ///
+    /// # Panics
+    /// When the settings contradict each other (see [`try_spawn`](Self::try_spawn)):
+    /// a configuration defect, refused at start-up rather than run unsafely.
     pub fn spawn(store: Arc<dyn SymbolModeStore>, config: SymbolModesConfig) -> Self {
+        match Self::try_spawn(store, config) {
+            Ok(handle) => handle,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`spawn`](Self::spawn), refusing settings that contradict each other: a
+    /// zero window or poll interval, or a store retry budget at or above the
+    /// staleness window (one failed read would outlast the window).
+    pub fn try_spawn(
+        store: Arc<dyn SymbolModeStore>,
+        config: SymbolModesConfig,
+    ) -> Result<Self, failover_core::WatchConfigError> {
+        config.validate(store.retry_budget())?;
         let (version, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             word: AtomicU8::new(NOT_LOADED),
             snapshot: Arc::new(ArcSwap::from_pointee(ModeSnapshot::default())),
             version,
         });
-        let target = WatchTarget {
-            load: {
-                let (store, shared) = (store.clone(), shared.clone());
-                Box::new(move || {
-                    let (store, shared) = (store.clone(), shared.clone());
-                    Box::pin(async move { fetch(&*store, &shared).await })
-                })
-            },
-            subscribe: {
-                let shared = shared.clone();
-                Box::new(move || {
-                    let (store, shared) = (store.clone(), shared.clone());
-                    Box::pin(async move {
-                        let subscription = store.subscribe().await?;
-                        // Each pushed version becomes the delta after the snapshot; a
-                        // failed read ends the stream and the watcher resubscribes.
-                        Ok(stream::unfold(
-                            (subscription, store, shared),
-                            |(mut sub, store, shared)| async move {
-                                loop {
-                                    let version = sub.next().await?;
-                                    if version <= shared.snapshot.load().version()
-                                        && shared.word.load(Ordering::Acquire) != NOT_LOADED
-                                    {
-                                        continue;
-                                    }
-                                    match fetch(&*store, &shared).await {
-                                        Ok(delta) => return Some((delta, (sub, store, shared))),
-                                        Err(error) => {
-                                            tracing::debug!(%error, "symbol mode push read failed");
-                                            return None;
-                                        }
-                                    }
-                                }
-                            },
-                        )
-                        .boxed())
-                    })
-                })
-            },
-            on_state: {
-                let shared = shared.clone();
-                Box::new(move |delta: ModeDelta| shared.observe(&delta))
-            },
-            on_stale: {
-                let shared = shared.clone();
-                Box::new(move || shared.set_word(STALE))
-            },
-        };
-        let watcher = watcher::spawn::<ModeDelta, Error>(HEALTH_COMPONENT, config, target);
-        Self {
+        let watched = Arc::new(Source {
+            store,
+            shared: shared.clone(),
+        });
+        let watcher = watcher::spawn(HEALTH_COMPONENT, config, watched);
+        Ok(Self {
             shared,
             watcher: Arc::new(watcher),
-        }
+        })
     }
 
     /// The effective mode of `symbol`: the more severe of the global mode, the
@@ -464,5 +436,56 @@ impl Shared {
             // Nothing newer: the read still proves freshness.
             None => self.set_word(FRESH),
         }
+    }
+}
+
+/// The store as the watcher sees it.
+struct Source {
+    store: Arc<dyn SymbolModeStore>,
+    shared: Arc<Shared>,
+}
+
+#[async_trait::async_trait]
+impl Watched for Source {
+    type State = ModeDelta;
+    type Pushed = Position;
+    type Error = Error;
+
+    async fn read(&self) -> Result<ModeDelta, Error> {
+        fetch(&*self.store, &self.shared).await
+    }
+
+    async fn resolve(&self, pushed: Position) -> Result<Option<ModeDelta>, Error> {
+        if self.held() == Some(pushed) {
+            return Ok(None);
+        }
+        // Newer, or a resync after a reconnect: read what changed after the snapshot
+        // (everything, when the store's history no longer continues it).
+        fetch(&*self.store, &self.shared).await.map(Some)
+    }
+
+    async fn subscribe(&self) -> Result<crate::Subscription, Error> {
+        self.store.subscribe().await
+    }
+
+    async fn contains(&self, position: Position) -> Result<bool, Error> {
+        self.store.contains(position).await
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.store.unreachable()
+    }
+
+    fn held(&self) -> Option<Position> {
+        (self.shared.word.load(Ordering::Acquire) != NOT_LOADED)
+            .then(|| self.shared.snapshot.load().position())
+    }
+
+    fn adopt(&self, delta: ModeDelta) {
+        self.shared.observe(&delta);
+    }
+
+    fn fail_closed(&self) {
+        self.shared.set_word(STALE);
     }
 }

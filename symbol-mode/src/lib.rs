@@ -24,6 +24,8 @@ pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};
 pub use symbol::{validate_symbol, SymbolError, MAX_SYMBOL_CHARS};
 
+pub use failover_core::{Position, Positioned};
+
 use failover_core::{ConfigError, DbError, DbErrorKind, Safety};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
@@ -39,9 +41,15 @@ pub struct VenueState {
     pub global: SymbolMode,
     /// True while withdrawals are halted (`WithdrawalsHalt(on)`).
     pub withdrawals_halted: bool,
-    /// The sequence number of the newest audited command; 0 before the first.
-    /// Strictly increases with every accepted command of any kind.
+    /// How many commands this database's history holds (+1 with every accepted
+    /// command of any kind; 0 before the first). After an asynchronous failover that
+    /// lost commands it continues from the promoted replica's count, so it can
+    /// repeat; use [`position`](Self::position) to order and to identify.
     pub version: u64,
+    /// The position of the newest command (`timeline/counter`, see
+    /// [`failover_core::position`]): strictly increasing across promotions, never
+    /// repeated. [`Position::ZERO`] before the first command.
+    pub position: Position,
 }
 
 /// A symbol's own mode and who set it (table `symbol_modes`). A symbol never set is
@@ -77,6 +85,8 @@ pub struct ModeDelta {
     pub since_event: Option<Uuid>,
     /// The store's version when read.
     pub version: u64,
+    /// The store's position when read: how the watcher orders reads.
+    pub position: Position,
     /// The request id of the command at `version` (`None` for 0).
     pub head_event: Option<Uuid>,
     /// The global mode at `version`.
@@ -86,6 +96,12 @@ pub struct ModeDelta {
     /// Every symbol whose own mode was set after `since`, with its mode at `version`
     /// (all symbols ever set when `since` is 0).
     pub symbols: Vec<(String, SymbolMode)>,
+}
+
+impl Positioned for ModeDelta {
+    fn position(&self) -> Position {
+        self.position
+    }
 }
 
 /// The name of an audited command, stored verbatim in the audit trail: the
@@ -190,8 +206,12 @@ impl Command {
 /// accepted command, none for a refused one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
-    /// The store version this command produced (gapless, strictly increasing).
+    /// The store version this command produced (gapless; can repeat after a lossy
+    /// failover).
     pub version: u64,
+    /// The event's identity: the position of the command, unique forever; its
+    /// timeline says on which primary it was committed.
+    pub position: Position,
     /// The request's idempotency key ([`Audit::request_id`]).
     pub request_id: Uuid,
     /// What was done.
@@ -211,8 +231,9 @@ pub struct AuditEvent {
 /// working order of `symbol`. Allowed in every mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelAllCommand {
-    /// Delivery sequence: the command's store version. Subscribers keep the last one
-    /// they processed ([`CancelAllSubscription::cursor`]).
+    /// Delivery sequence: the command's position (as a `u64`), strictly increasing
+    /// across promotions. Subscribers keep the last one they processed
+    /// ([`CancelAllSubscription::cursor`]).
     pub seq: u64,
     /// The symbol, verbatim.
     pub symbol: String,
@@ -234,7 +255,7 @@ impl CancelAllCommand {
     pub fn from_event(event: &AuditEvent) -> Option<Self> {
         match &event.command {
             Command::CancelAll { symbol } => Some(Self {
-                seq: event.version,
+                seq: event.position.0,
                 symbol: symbol.clone(),
                 request_id: event.request_id,
                 actor: event.actor.clone(),
@@ -312,9 +333,9 @@ pub enum Error {
         /// The database error.
         source: DbError,
     },
-    /// The database could not be reached within the retry budget. The outcome of a
-    /// write is unknown; retrying with the same `Audit` is safe (idempotent).
-    #[error("symbol mode store unavailable; retry with the same Audit (idempotent): {source}")]
+    /// The database could not be reached within the retry budget. For a write the
+    /// outcome is unknown; retrying with the same `Audit` is safe (idempotent).
+    #[error("symbol mode store unavailable: {source}{}", .source.outcome_note())]
     Unavailable {
         /// The database error.
         source: DbError,
@@ -373,13 +394,17 @@ impl From<DbError> for Error {
 /// * [`cancel_all`](Self::cancel_all) is allowed in every mode; ticket optional.
 ///   [`withdrawals_halt`](Self::withdrawals_halt)`(true)` needs no ticket; `false`
 ///   (lifting it) does.
-/// * Every accepted command bumps the version by exactly one and appends exactly one
-///   [`AuditEvent`] (actor, reason, ticket) atomically with the change.
+/// * Every accepted command bumps the version by exactly one, takes a new, greater
+///   position and appends exactly one [`AuditEvent`] (actor, reason, ticket;
+///   identified by the position) atomically with the change.
+/// * [`contains`](Self::contains) is true when the history holds a command at that
+///   position (and for [`Position::ZERO`]); false for one lost in a failover.
 /// * Submitting the same `Audit` (same request id) again with the same command
 ///   returns the event that request produced and changes nothing (safe retry after
 ///   an unknown outcome); with a different command it is [`Error::RequestReused`].
-/// * [`history`](Self::history) returns at most `limit` events, newest first.
-/// * [`subscribe`](Self::subscribe) delivers each newer version (skipping to the
+/// * [`history`](Self::history) returns at most `limit` events, newest (greatest
+///   position) first.
+/// * [`subscribe`](Self::subscribe) delivers each newer position (skipping to the
 ///   newest when behind); [`subscribe_cancel_all`](Self::subscribe_cancel_all)
 ///   delivers every `CancelAll` after its start exactly once per subscription, in
 ///   order, also across lost connections.
@@ -414,10 +439,22 @@ pub trait SymbolModeStore: Send + Sync + std::fmt::Debug + 'static {
     async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error>;
     /// Audit events, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error>;
-    /// A stream of versions, starting with the version at the time of the call.
+    /// Whether the history holds the command at `position` (false: lost in a failover).
+    async fn contains(&self, position: Position) -> Result<bool, Error>;
+    /// A stream of positions, starting with the position at the time of the call.
     async fn subscribe(&self) -> Result<Subscription, Error>;
     /// A stream of `CancelAll` commands after `start`, each exactly once.
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error>;
+    /// Why the store cannot be reached **now** (its last attempt failed), if so —
+    /// e.g. "connection refused: …". Health says `failed` at once with it.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
+    /// The store's retry budget, when it has one: a handle refuses a staleness window
+    /// that a single failed read could outlast.
+    fn retry_budget(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// What a store is asked to write; shared by every backend so the rules are applied

@@ -1,5 +1,8 @@
 //! The in-memory store: unit tests, single-process deployments, and the default of
-//! the examples. Held to the same conformance suite as the Postgres store.
+//! the examples. Held to the same conformance suite as the Postgres store, positions
+//! included: commands are numbered on timeline 1 like a fresh cluster, and
+//! [`MemorySymbolModeStore::simulate_lossy_failover`] reproduces what an asynchronous
+//! failover does to a PostgreSQL store.
 
 use crate::subscription::CancelAllFeed;
 use crate::{
@@ -7,9 +10,9 @@ use crate::{
     ModeDelta, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState,
     VenueState,
 };
+use failover_core::{ChangeFeed, FeedSubscription, Position};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 /// An in-memory symbol-mode store. Starts like a freshly migrated database: global
@@ -22,22 +25,63 @@ pub struct MemorySymbolModeStore {
 #[derive(Debug)]
 struct Shared {
     inner: Mutex<Inner>,
-    version: watch::Sender<u64>,
+    feed: ChangeFeed<Position>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     global: SymbolMode,
     withdrawals_halted: bool,
     symbols: BTreeMap<String, SymbolState>,
-    /// `events[i].version == i + 1`.
+    /// `events[i].version == i + 1`; positions strictly increase.
     events: Vec<AuditEvent>,
     by_request: HashMap<Uuid, usize>,
+    timeline: u64,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            global: SymbolMode::Normal,
+            withdrawals_halted: false,
+            symbols: BTreeMap::new(),
+            events: Vec::new(),
+            by_request: HashMap::new(),
+            timeline: failover_core::position::FIRST_TIMELINE,
+        }
+    }
 }
 
 impl Inner {
     fn version(&self) -> u64 {
         self.events.len() as u64
+    }
+
+    fn position(&self) -> Position {
+        self.events.last().map_or(Position::ZERO, |e| e.position)
+    }
+
+    /// Writes what `event` did into the state.
+    fn record(&mut self, event: &AuditEvent) {
+        match &event.command {
+            Command::SetSymbolMode { symbol, to, .. } => {
+                self.symbols.insert(
+                    symbol.clone(),
+                    SymbolState {
+                        symbol: symbol.clone(),
+                        mode: *to,
+                        version: event.version,
+                        updated_by: event.actor.clone(),
+                        reason: event.reason.clone(),
+                        ticket: event.ticket.clone(),
+                        updated_at: event.at,
+                    },
+                );
+            }
+            Command::SetGlobalMode { to, .. } => self.global = *to,
+            Command::WithdrawalsHalt { on } => self.withdrawals_halted = *on,
+            Command::CancelAll { .. } => {}
+        }
     }
 
     fn event_id(&self, version: u64) -> Option<Uuid> {
@@ -55,13 +99,43 @@ impl Default for MemorySymbolModeStore {
 impl MemorySymbolModeStore {
     /// An empty store at version 0.
     pub fn new() -> Self {
-        let (version, _) = watch::channel(0);
+        let feed = ChangeFeed::new();
+        feed.publish(Position::ZERO);
         Self {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner::default()),
-                version,
+                feed,
             }),
         }
+    }
+
+    /// Does to this store what an asynchronous failover does to a PostgreSQL one: the
+    /// newest `lost` commands vanish (the promoted replica never received them), the
+    /// modes go back to what the remaining commands set, later commands are numbered
+    /// on the next timeline, and subscribers are resynced as after a reconnect.
+    /// Returns the positions lost, newest first.
+    pub fn simulate_lossy_failover(&self, lost: usize) -> Vec<Position> {
+        let mut inner = self.lock();
+        let keep = inner.events.len().saturating_sub(lost);
+        let gone: Vec<Position> = inner
+            .events
+            .drain(keep..)
+            .rev()
+            .map(|e| e.position)
+            .collect();
+        let events = std::mem::take(&mut inner.events);
+        let timeline = inner.timeline + 1;
+        *inner = Inner {
+            timeline,
+            ..Inner::default()
+        };
+        for (i, event) in events.iter().enumerate() {
+            inner.record(event);
+            inner.by_request.insert(event.request_id, i);
+        }
+        inner.events = events;
+        self.shared.feed.resync(inner.position());
+        gone
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -115,6 +189,7 @@ impl MemorySymbolModeStore {
         };
         let event = AuditEvent {
             version: inner.version() + 1,
+            position: inner.position().next_on(inner.timeline),
             request_id: audit.request_id(),
             command,
             actor: audit.actor().to_owned(),
@@ -122,30 +197,12 @@ impl MemorySymbolModeStore {
             ticket: audit.ticket().map(str::to_owned),
             at: failover_core::time::now_micros(),
         };
-        match &event.command {
-            Command::SetSymbolMode { symbol, to, .. } => {
-                inner.symbols.insert(
-                    symbol.clone(),
-                    SymbolState {
-                        symbol: symbol.clone(),
-                        mode: *to,
-                        version: event.version,
-                        updated_by: event.actor.clone(),
-                        reason: event.reason.clone(),
-                        ticket: event.ticket.clone(),
-                        updated_at: event.at,
-                    },
-                );
-            }
-            Command::SetGlobalMode { to, .. } => inner.global = *to,
-            Command::WithdrawalsHalt { on } => inner.withdrawals_halted = *on,
-            Command::CancelAll { .. } => {}
-        }
+        inner.record(&event);
         inner.events.push(event.clone());
         let index = inner.events.len() - 1;
         inner.by_request.insert(event.request_id, index);
-        // Published under the lock so subscribers see versions in order.
-        self.shared.version.send_replace(event.version);
+        // Published under the lock so subscribers see positions in order.
+        self.shared.feed.publish(event.position);
         Ok(Some(event))
     }
 }
@@ -167,6 +224,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
             global: inner.global,
             withdrawals_halted: inner.withdrawals_halted,
             version: inner.version(),
+            position: inner.position(),
         })
     }
 
@@ -181,6 +239,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
             since: version,
             since_event: inner.event_id(version),
             version: inner.version(),
+            position: inner.position(),
             head_event: inner.event_id(inner.version()),
             global: inner.global,
             withdrawals_halted: inner.withdrawals_halted,
@@ -250,15 +309,25 @@ impl SymbolModeStore for MemorySymbolModeStore {
             .collect())
     }
 
+    async fn contains(&self, position: Position) -> Result<bool, Error> {
+        let inner = self.lock();
+        Ok(position == Position::ZERO
+            || inner
+                .events
+                .binary_search_by_key(&position, |e| e.position)
+                .is_ok())
+    }
+
     async fn subscribe(&self) -> Result<Subscription, Error> {
-        Ok(Subscription::new(self.shared.version.subscribe()))
+        Ok(self.shared.feed.subscribe())
     }
 
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error> {
         // Subscribe before reading the cursor: nothing accepted in between is missed.
-        let rx = self.shared.version.subscribe();
+        let mut rx = self.shared.feed.subscribe();
+        rx.next().await;
         let cursor = match start {
-            StartAt::Now => self.lock().version(),
+            StartAt::Now => self.lock().position().0,
             StartAt::After(seq) => seq,
         };
         let feed = MemoryFeed {
@@ -272,18 +341,18 @@ impl SymbolModeStore for MemorySymbolModeStore {
 #[derive(Debug)]
 struct MemoryFeed {
     shared: Arc<Shared>,
-    rx: watch::Receiver<u64>,
+    rx: FeedSubscription<Position>,
 }
 
 #[async_trait::async_trait]
 impl CancelAllFeed for MemoryFeed {
     async fn fetch_after(&self, after: u64) -> Result<Vec<CancelAllCommand>, Error> {
         let inner = lock(&self.shared.inner);
-        let start = usize::try_from(after).unwrap_or(usize::MAX);
-        Ok(inner
+        let start = inner
             .events
+            .partition_point(|e| e.position <= Position(after));
+        Ok(inner.events[start..]
             .iter()
-            .skip(start)
             .filter_map(CancelAllCommand::from_event)
             .collect())
     }
@@ -291,6 +360,6 @@ impl CancelAllFeed for MemoryFeed {
     async fn wait(&mut self) -> bool {
         // The sender lives in `shared`, which this feed holds: the store is never
         // "gone" while a subscription exists, so this only wakes on changes.
-        self.rx.changed().await.is_ok()
+        self.rx.next().await.is_some()
     }
 }

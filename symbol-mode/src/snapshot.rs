@@ -2,6 +2,7 @@
 //! value the hot path reads without a lock.
 
 use crate::{ModeDelta, SymbolMode};
+use failover_core::Position;
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -22,6 +23,7 @@ type SymbolMap = HashMap<Box<str>, SymbolMode, SymbolHasher>;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModeSnapshot {
     version: u64,
+    position: Position,
     head_event: Option<Uuid>,
     global: SymbolMode,
     withdrawals_halted: bool,
@@ -62,6 +64,7 @@ impl ModeSnapshot {
 
     fn absorb(&mut self, delta: &ModeDelta) {
         self.version = delta.version;
+        self.position = delta.position;
         self.head_event = delta.head_event;
         self.global = delta.global;
         self.withdrawals_halted = delta.withdrawals_halted;
@@ -77,6 +80,11 @@ impl ModeSnapshot {
     /// The store version this snapshot reflects.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The position of the newest command the snapshot reflects.
+    pub fn position(&self) -> Position {
+        self.position
     }
 
     /// The request id of the command at [`version`](Self::version).
@@ -126,6 +134,7 @@ mod tests {
             since,
             since_event: (since > 0).then(|| Uuid::from_u128(since.into())),
             version,
+            position: Position::new(1, version),
             head_event: Some(Uuid::from_u128(version.into())),
             global: SymbolMode::Normal,
             withdrawals_halted: false,

@@ -1,46 +1,24 @@
-//! Change streams: versions (for watchers) and `CancelAll` commands (for engines).
+//! Change streams: positions (for watchers) and `CancelAll` commands (for engines).
 
 use crate::{CancelAllCommand, Error};
 use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::sync::watch;
-
-/// A stream of store versions: every newer version, in order (a slow reader skips to
-/// the newest, which is what a watcher needs: it then reads the changes since its
-/// own version).
-#[derive(Debug)]
-pub struct Subscription {
-    rx: watch::Receiver<u64>,
-    seen: Option<u64>,
-}
-
-impl Subscription {
-    pub(crate) fn new(rx: watch::Receiver<u64>) -> Self {
-        Self { rx, seen: None }
-    }
-
-    /// Waits for a version newer than the last one returned (the first call returns
-    /// the current version). `None` when the store is gone.
-    pub async fn next(&mut self) -> Option<u64> {
-        loop {
-            let current = *self.rx.borrow_and_update();
-            if self.seen.is_none_or(|seen| current > seen) {
-                self.seen = Some(current);
-                return Some(current);
-            }
-            self.rx.changed().await.ok()?;
-        }
-    }
-}
+/// A stream of store positions: every newer position in order (a slow reader skips
+/// to the newest, which is what a watcher needs: it then reads the changes after its
+/// own snapshot), and after a reconnect the store's position whatever it is (see
+/// [`failover_core::feed`]).
+pub type Subscription = failover_core::FeedSubscription<failover_core::Position>;
 
 /// Where a [`CancelAllSubscription`] starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StartAt {
     /// With the first `CancelAll` accepted after the subscription was made.
     Now,
-    /// With the first `CancelAll` whose `seq` is greater than this one: pass the last
-    /// `seq` you processed (persisted by the consumer) to resume after a restart
-    /// without missing or repeating a command; `After(0)` replays every `CancelAll`.
+    /// With the first `CancelAll` whose `seq` (its position) is greater than this one:
+    /// pass the last `seq` you processed (persisted by the consumer) to resume after a
+    /// restart without missing or repeating a command; `After(0)` replays every
+    /// `CancelAll`. Positions never repeat, so a cursor taken before a lossy failover
+    /// still lets every later `CancelAll` through.
     After(u64),
 }
 

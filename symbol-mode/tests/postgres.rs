@@ -5,6 +5,7 @@
 
 mod support;
 
+use failover_core::postgres::PgStore;
 use failover_core::{ComponentStatus, HealthRegistry};
 use std::collections::HashMap;
 use std::sync::Arc;

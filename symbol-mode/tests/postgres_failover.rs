@@ -4,6 +4,7 @@
 
 mod support;
 
+use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
 use failover_core::ComponentStatus;
 use std::sync::Arc;

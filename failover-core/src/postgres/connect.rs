@@ -4,8 +4,8 @@
 
 use super::error::describe;
 use super::tls::Connector;
-use futures_util::future::BoxFuture;
 use deadpool_postgres::Connect;
+use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;

@@ -59,9 +59,18 @@ const BOOTSTRAP: &str = "CREATE TABLE IF NOT EXISTS failover_core_migrations (
     PRIMARY KEY (component, version)
 )";
 
-/// Applies every migration of `component` not yet applied, under the pool's retry
-/// policy (the whole transaction is retried, which is safe because it either
-/// committed or left nothing behind).
+/// failover-core's own migrations (component `failover_core`): the SQL functions
+/// every store shares, such as `failover_next_position`. [`migrate`] applies them
+/// before a store's own.
+pub const CORE_MIGRATIONS: &[Migration] = &[Migration::new(
+    1,
+    "positions",
+    include_str!("../../migrations/postgres/0001_positions.sql"),
+)];
+
+/// Applies failover-core's [`CORE_MIGRATIONS`], then every migration of `component`
+/// not yet applied, under the pool's retry policy (the whole transaction is retried,
+/// which is safe because it either committed or left nothing behind).
 pub async fn migrate(
     pool: &PgPool,
     component: &'static str,
@@ -76,38 +85,15 @@ pub async fn migrate(
     pool.run("migrate", |client| {
         Box::pin(async move {
             let tx = begin(client).await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await?;
-            tx.batch_execute(BOOTSTRAP).await?;
-            let rows = tx
-                .query(
-                    "SELECT version, checksum FROM failover_core_migrations WHERE component = $1",
-                    &[&component],
-                )
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
                 .await?;
-            let done: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            tx.batch_execute(BOOTSTRAP).await?;
             let mut report = MigrationReport {
                 applied: Vec::new(),
                 already_applied: Vec::new(),
             };
-            for m in migrations {
-                match done.iter().find(|(v, _)| *v == m.version) {
-                    Some((_, sum)) => {
-                        if *sum != m.checksum() {
-                            tracing::error!(component, version = m.version, "applied migration was edited afterwards");
-                        }
-                        report.already_applied.push(m.version);
-                    }
-                    None => {
-                        tx.batch_execute(m.sql).await?;
-                        tx.execute(
-                            "INSERT INTO failover_core_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
-                            &[&component, &m.version, &m.name, &m.checksum()],
-                        )
-                        .await?;
-                        report.applied.push(m.version);
-                    }
-                }
-            }
+            apply_set(&tx, "failover_core", CORE_MIGRATIONS, None).await?;
+            apply_set(&tx, component, migrations, Some(&mut report)).await?;
             tx.commit().await?;
             if !report.applied.is_empty() {
                 tracing::info!(component, applied = ?report.applied, "migrations applied");
@@ -116,6 +102,50 @@ pub async fn migrate(
         })
     })
     .await
+}
+
+/// Applies the migrations of one component not yet applied, inside `tx`.
+async fn apply_set(
+    tx: &RawTx<'_>,
+    component: &'static str,
+    migrations: &'static [Migration],
+    mut report: Option<&mut MigrationReport>,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = tx
+        .query(
+            "SELECT version, checksum FROM failover_core_migrations WHERE component = $1",
+            &[&component],
+        )
+        .await?;
+    let done: Vec<(i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    for m in migrations {
+        match done.iter().find(|(v, _)| *v == m.version) {
+            Some((_, sum)) => {
+                if *sum != m.checksum() {
+                    tracing::error!(
+                        component,
+                        version = m.version,
+                        "applied migration was edited afterwards"
+                    );
+                }
+                if let Some(report) = report.as_deref_mut() {
+                    report.already_applied.push(m.version);
+                }
+            }
+            None => {
+                tx.batch_execute(m.sql).await?;
+                tx.execute(
+                            "INSERT INTO failover_core_migrations (component, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                            &[&component, &m.version, &m.name, &m.checksum()],
+                        )
+                        .await?;
+                if let Some(report) = report.as_deref_mut() {
+                    report.applied.push(m.version);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Begins a transaction on a shared pooled client (`&Object`):

@@ -9,16 +9,18 @@ mod manager;
 mod migrate;
 mod pool;
 mod settings;
+mod store;
 mod switchover;
 mod tls;
 
 pub use crate::errors::{ConfigError, DbError, DbErrorKind};
+pub use connect::DedicatedConnection;
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
 pub use listen::{ListenEvent, ListenOptions, Listener};
-pub use migrate::{migrate, Migration, MigrationReport};
-pub use connect::DedicatedConnection;
+pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS};
 pub use pool::{PgClient, PgPool};
 pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};
+pub use store::{reload_when_newer, Interpret, Notified, PgChangeFeed, PgStore, Reload};
 pub use switchover::{
     emergency_failover, parse_lsn, planned_switchover, Candidate, FailoverReport, Phase,
     SwitchoverError, SwitchoverReport,

@@ -102,8 +102,10 @@ pub(crate) fn cause_of(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let word = if lower.contains("connection refused") {
         "connection refused"
-    } else if lower.starts_with("no writable host") || lower.contains("does not allow writes")
-        || lower.contains("read-only") || lower.contains("standby")
+    } else if lower.starts_with("no writable host")
+        || lower.contains("does not allow writes")
+        || lower.contains("read-only")
+        || lower.contains("standby")
     {
         "no writable host"
     } else if lower.contains("timed out") || lower.contains("no answer within") {
@@ -172,7 +174,10 @@ impl PgPool {
     /// since. The text starts with the cause, e.g. "connection refused: …",
     /// "no writable host: …", "timed out after 2s". `None` while reachable.
     pub fn unreachable(&self) -> Option<String> {
-        lock(&self.inner.link).failing.as_ref().map(|(_, t)| t.clone())
+        lock(&self.inner.link)
+            .failing
+            .as_ref()
+            .map(|(_, t)| t.clone())
     }
 
     /// Records an attempt that reached a writable server.
@@ -189,7 +194,10 @@ impl PgPool {
         let cause = cause_of(text);
         let mut link = lock(&self.inner.link);
         let first = link.failing.is_none();
-        let since = link.failing.as_ref().map_or_else(Instant::now, |(at, _)| *at);
+        let since = link
+            .failing
+            .as_ref()
+            .map_or_else(Instant::now, |(at, _)| *at);
         link.failing = Some((since, cause.clone()));
         if first || link.warnings.allow() {
             if first {
@@ -538,7 +546,12 @@ impl PgPool {
             }
             Err(e) => {
                 self.not_reached(&format!("no writable host: {e}"));
-                Err(DbError::new(DbErrorKind::Unavailable, "pool.connect_dedicated", None, e))
+                Err(DbError::new(
+                    DbErrorKind::Unavailable,
+                    "pool.connect_dedicated",
+                    None,
+                    e,
+                ))
             }
         }
     }

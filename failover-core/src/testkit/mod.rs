@@ -30,6 +30,7 @@ mod error;
 mod fixtures;
 mod node;
 mod process;
+pub mod suite;
 mod tls;
 
 pub use binaries::PgBinaries;

@@ -38,8 +38,9 @@ use crate::{
 };
 use failover_core::postgres::{
     db_error, migrate as apply, tokio_postgres::types::Type, Migration, MigrationReport, PgPool,
-    PgSettings,
 };
+
+pub use failover_core::postgres::PgStore;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::Transaction;
@@ -70,24 +71,26 @@ pub const MIGRATIONS: &[Migration] = &[
 const COMPONENT: &str = "fencing";
 
 const ACQUIRE: &str =
-    "SELECT o_granted, o_holder, o_token, o_expires_in_us FROM fencing_acquire($1, $2, $3)";
-const RENEW: &str =
-    "SELECT o_renewed, o_holder, o_token, o_expired FROM fencing_renew($1, $2, $3, $4)";
+    "SELECT o_granted AS granted, o_holder AS holder, o_token AS token, o_expires_in_us AS expires_in_us \
+     FROM fencing_acquire($1, $2, $3)";
+const RENEW: &str = "SELECT o_renewed AS renewed, o_holder AS holder, o_token AS token \
+     FROM fencing_renew($1, $2, $3, $4)";
 const RELEASE: &str = "SELECT fencing_release($1, $2, $3)";
 const CURRENT: &str = "SELECT holder, token, \
-     (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::BIGINT \
+     (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::BIGINT AS expires_in_us \
      FROM fencing_leases \
      WHERE resource = $1 AND holder IS NOT NULL AND expires_at > clock_timestamp()";
 const CHECK: &str = "SELECT fencing_check($1, $2)";
 
-/// The WAL timeline a token was issued on.
+/// The WAL timeline a token was issued on (a token is a
+/// [`Position`](failover_core::Position)).
 pub fn token_timeline(token: u64) -> u64 {
-    token >> TOKEN_COUNTER_BITS
+    failover_core::Position(token).timeline()
 }
 
 /// The per-timeline counter of a token.
 pub fn token_counter(token: u64) -> u64 {
-    token & ((1 << TOKEN_COUNTER_BITS) - 1)
+    failover_core::Position(token).counter()
 }
 
 /// Applies the embedded migrations (leases and fenced writes) on `pool`'s database:
@@ -153,30 +156,26 @@ pub struct PostgresLeaseFencer {
     safety_margin: f64,
 }
 
-impl PostgresLeaseFencer {
-    /// A store with settings from `TRADEPULSE_FENCING_POSTGRES__*`.
-    pub fn from_env() -> Result<Self, Error> {
-        Self::new(PgSettings::from_env(ENV_PREFIX)?)
-    }
+impl PgStore for PostgresLeaseFencer {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const COMPONENT: &'static str = COMPONENT;
+    const MIGRATION_SET: &'static str = COMPONENT;
+    const MIGRATIONS: &'static [Migration] = MIGRATIONS;
+    type Error = Error;
 
-    /// Like [`from_env`](Self::from_env) with a custom lookup of the same variable names.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        Self::new(PgSettings::from_lookup(ENV_PREFIX, lookup)?)
-    }
-
-    /// A store with these settings. Does not connect; the first call does.
-    pub fn new(settings: PgSettings) -> Result<Self, Error> {
-        Ok(Self::from_pool(PgPool::new(COMPONENT, settings)?))
-    }
-
-    /// A store over an existing pool (shared with other stores of the process).
-    pub fn from_pool(pool: PgPool) -> Self {
+    fn from_pool(pool: PgPool) -> Self {
         Self {
             pool,
             safety_margin: DEFAULT_SAFETY_MARGIN,
         }
     }
 
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl PostgresLeaseFencer {
     /// Sets the share of the ttl by which a lease's local deadline precedes its expiry
     /// (default [`DEFAULT_SAFETY_MARGIN`], clamped to 0.0..=0.5). Widen it when the
     /// database host's clock may run fast against this host's.
@@ -184,21 +183,6 @@ impl PostgresLeaseFencer {
     pub fn with_safety_margin(mut self, share: f64) -> Self {
         self.safety_margin = clamp_margin(share);
         self
-    }
-
-    /// Applies the embedded migrations (idempotent, safe under concurrent start).
-    pub async fn migrate(&self) -> Result<MigrationReport, Error> {
-        migrate(&self.pool).await
-    }
-
-    /// The pool, e.g. to share it or read its settings.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Points the store at another DSN (a promoted replica) without a restart.
-    pub fn swap_dsn(&self, dsn: &str) -> Result<(), Error> {
-        Ok(self.pool.swap_dsn(dsn)?)
     }
 }
 
@@ -216,23 +200,15 @@ impl LeaseFencer for PostgresLeaseFencer {
         let sent_at = Instant::now();
         let row = self
             .pool
-            .run("fencing.acquire", |c| {
-                // Owned copies: the statement may be sent again on a retry.
-                let (resource, holder) = (resource.to_owned(), holder.to_owned());
-                Box::pin(async move {
-                    let statement = c.prepare_cached(ACQUIRE).await?;
-                    c.query_one(&statement, &[&resource, &holder, &ttl_us])
-                        .await
-                })
-            })
+            .query_one("fencing.acquire", ACQUIRE, &[&resource, &holder, &ttl_us])
             .await?;
-        let token = row.get::<_, i64>(2) as u64;
-        if !row.get::<_, bool>(0) {
+        let token = row.get::<_, i64>("token") as u64;
+        if !row.get::<_, bool>("granted") {
             return Err(Error::Held {
                 resource: resource.to_owned(),
-                holder: row.get(1),
+                holder: row.get("holder"),
                 token,
-                expires_in: Duration::from_micros(row.get::<_, i64>(3).max(0) as u64),
+                expires_in: Duration::from_micros(row.get::<_, i64>("expires_in_us").max(0) as u64),
             });
         }
         Ok(Lease::issued(
@@ -252,16 +228,13 @@ impl LeaseFencer for PostgresLeaseFencer {
         let sent_at = Instant::now();
         let row = self
             .pool
-            .run("fencing.renew", |c| {
-                let (resource, holder) = (resource.to_owned(), holder.to_owned());
-                Box::pin(async move {
-                    let statement = c.prepare_cached(RENEW).await?;
-                    c.query_one(&statement, &[&resource, &holder, &token, &ttl_us])
-                        .await
-                })
-            })
+            .query_one(
+                "fencing.renew",
+                RENEW,
+                &[&resource, &holder, &token, &ttl_us],
+            )
             .await?;
-        if row.get::<_, bool>(0) {
+        if row.get::<_, bool>("renewed") {
             return Ok(Lease::issued(
                 resource,
                 holder,
@@ -271,8 +244,8 @@ impl LeaseFencer for PostgresLeaseFencer {
                 self.safety_margin,
             ));
         }
-        let current_holder: Option<String> = row.get(1);
-        let current_token = row.get::<_, i64>(2) as u64;
+        let current_holder: Option<String> = row.get("holder");
+        let current_token = row.get::<_, i64>("token") as u64;
         let reason = if current_token > lease.token() {
             LostReason::Superseded {
                 token: current_token,
@@ -297,13 +270,7 @@ impl LeaseFencer for PostgresLeaseFencer {
         let (resource, holder) = (lease.resource(), lease.holder());
         let token = lease.token() as i64;
         self.pool
-            .run("fencing.release", |c| {
-                let (resource, holder) = (resource.to_owned(), holder.to_owned());
-                Box::pin(async move {
-                    let statement = c.prepare_cached(RELEASE).await?;
-                    c.execute(&statement, &[&resource, &holder, &token]).await
-                })
-            })
+            .execute("fencing.release", RELEASE, &[&resource, &holder, &token])
             .await?;
         Ok(())
     }
@@ -312,19 +279,13 @@ impl LeaseFencer for PostgresLeaseFencer {
         check_name("resource", resource)?;
         let row = self
             .pool
-            .run("fencing.current", |c| {
-                let resource = resource.to_owned();
-                Box::pin(async move {
-                    let statement = c.prepare_cached(CURRENT).await?;
-                    c.query_opt(&statement, &[&resource]).await
-                })
-            })
+            .query_opt("fencing.current", CURRENT, &[&resource])
             .await?;
         Ok(row.map(|r| CurrentLease {
             resource: resource.to_owned(),
-            holder: r.get(0),
-            token: r.get::<_, i64>(1) as u64,
-            expires_in: Duration::from_micros(r.get::<_, i64>(2).max(0) as u64),
+            holder: r.get("holder"),
+            token: r.get::<_, i64>("token") as u64,
+            expires_in: Duration::from_micros(r.get::<_, i64>("expires_in_us").max(0) as u64),
         }))
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 use failover_core::postgres::PgPool;
+use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
 use fencing::conformance::FencedLog;
 use fencing::{Error, PostgresLeaseFencer};

@@ -1,6 +1,7 @@
 //! Shared setup of the Postgres tests: real throw-away clusters from the testkit.
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
+use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
 use killswitch::PostgresKillSwitchStore;
 use std::time::Duration;

@@ -12,10 +12,12 @@
 //!   against the sets of allowed source modes this library passes (the rules live in
 //!   one place: [`SymbolMode::transition_to`]), bumps the version, writes the state
 //!   and the audit row, and sends `NOTIFY symbol_mode_changed` (and
-//!   `symbol_mode_cancel_all` for a `CancelAll`).
+//!   `symbol_mode_cancel_all` for a `CancelAll`), both with the command's position
+//!   (`failover_next_position`: above every position of an older timeline).
 //! * [`changes_since`](crate::SymbolModeStore::changes_since) is one statement, so it
 //!   reads one consistent snapshot; an idle poll returns a single row.
-//! * Settings from `TRADEPULSE_SYMBOL_MODE_POSTGRES__*` ([`PostgresSymbolModeStore::from_env`]).
+//! * Settings from `TRADEPULSE_SYMBOL_MODE_POSTGRES__*` (`from_env`, from [`PgStore`],
+//!   which also gives `new`, `from_lookup`, `migrate` and `swap_dsn`).
 
 use crate::subscription::CancelAllFeed;
 use crate::{
@@ -24,72 +26,71 @@ use crate::{
     SymbolState, Transition, VenueState,
 };
 use failover_core::postgres::{
-    migrate, ListenEvent, ListenOptions, Listener, Migration, MigrationReport, PgPool, PgSettings,
+    ListenEvent, ListenOptions, Listener, Migration, Notified, PgChangeFeed, PgPool, Reload,
 };
-use failover_core::{DbError, DbErrorKind};
-use std::sync::Mutex;
+use failover_core::{DbError, DbErrorKind, Position};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_postgres::Row;
 use uuid::Uuid;
+
+pub use failover_core::postgres::PgStore;
 
 /// The env prefix of the store's settings: `TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN` …
 pub const ENV_PREFIX: &str = "TRADEPULSE_SYMBOL_MODE";
 
-/// The NOTIFY channel of every accepted command; the payload is the new version.
+/// The NOTIFY channel of every accepted command; the payload is the new position.
 pub const CHANNEL: &str = "symbol_mode_changed";
 
-/// The NOTIFY channel of `CancelAll` commands; the payload is the command's `seq`.
+/// The NOTIFY channel of `CancelAll` commands; the payload is the command's `seq` (its position).
 pub const CANCEL_ALL_CHANNEL: &str = "symbol_mode_cancel_all";
 
 /// The embedded migrations of this crate (`symbol-mode/migrations/postgres/`).
-pub const MIGRATIONS: &[Migration] = &[Migration::new(
-    1,
-    "symbol_mode",
-    include_str!("../../migrations/postgres/0001_symbol_mode.sql"),
-)];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration::new(
+        1,
+        "symbol_mode",
+        include_str!("../../migrations/postgres/0001_symbol_mode.sql"),
+    ),
+    Migration::new(
+        2,
+        "positions",
+        include_str!("../../migrations/postgres/0002_positions.sql"),
+    ),
+];
 
-const COMPONENT: &str = "symbol_mode";
-
-const VENUE: &str =
-    "SELECT global_mode, withdrawals_halted, version FROM symbol_mode_state WHERE id = 1";
+const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position \
+                     FROM symbol_mode_state WHERE id = 1";
 const SYMBOL: &str = "SELECT symbol, mode, version, updated_by, reason, ticket, updated_at \
                       FROM symbol_modes WHERE symbol = $1";
 /// One statement, one snapshot: the state row, the ids of the events at `$1` and at
 /// the head, and every symbol set after `$1` (none: one row of NULLs).
-const CHANGES: &str = "SELECT s.version, s.global_mode, s.withdrawals_halted, \
-       (SELECT request_id FROM symbol_mode_events WHERE version = $1), \
-       (SELECT request_id FROM symbol_mode_events WHERE version = s.version), \
+const CHANGES: &str = "SELECT s.version, s.position, s.global_mode, s.withdrawals_halted, \
+       (SELECT request_id FROM symbol_mode_events WHERE version = $1) AS since_event, \
+       (SELECT request_id FROM symbol_mode_events WHERE version = s.version) AS head_event, \
        m.symbol, m.mode \
      FROM symbol_mode_state s LEFT JOIN symbol_modes m ON m.version > $1 \
      WHERE s.id = 1";
-const APPLY: &str = "SELECT o_status, o_version, o_request_id, o_command, o_symbol, o_from, o_to, \
-       o_withdrawals, o_reason, o_actor, o_ticket, o_at \
+const APPLY: &str = "SELECT o_status AS status, o_version AS version, o_position AS position, \
+       o_request_id AS request_id, o_command AS command, o_symbol AS symbol, \
+       o_from AS from_mode, o_to AS to_mode, o_withdrawals AS withdrawals_halted, \
+       o_reason AS reason, o_actor AS actor, o_ticket AS ticket, o_at AS at \
      FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-const HISTORY: &str = "SELECT version, request_id, command, symbol, from_mode, to_mode, \
+const HISTORY: &str = "SELECT version, position, request_id, command, symbol, from_mode, to_mode, \
        withdrawals_halted, reason, actor, ticket, at \
-     FROM symbol_mode_events ORDER BY version DESC LIMIT $1";
-const CANCEL_ALL_AFTER: &str = "SELECT version, request_id, command, symbol, from_mode, to_mode, \
-       withdrawals_halted, reason, actor, ticket, at \
-     FROM symbol_mode_events WHERE command = 'CancelAll' AND version > $1 ORDER BY version LIMIT 1000";
+     FROM symbol_mode_events ORDER BY position DESC LIMIT $1";
+const CANCEL_ALL_AFTER: &str = "SELECT version, position, request_id, command, symbol, from_mode, \
+       to_mode, withdrawals_halted, reason, actor, ticket, at \
+     FROM symbol_mode_events WHERE command = 'CancelAll' AND position > $1 ORDER BY position LIMIT 1000";
+const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM symbol_mode_events WHERE position = $1)";
 
 /// Symbol modes in PostgreSQL.
 #[derive(Debug)]
 pub struct PostgresSymbolModeStore {
     pool: PgPool,
-    changes: watch::Sender<u64>,
-    listener: Mutex<Option<JoinHandle<()>>>,
+    changes: PgChangeFeed<Position>,
     listen_options: ListenOptions,
     cancel_all_poll: Duration,
-}
-
-impl Drop for PostgresSymbolModeStore {
-    fn drop(&mut self) {
-        if let Some(task) = self.listener.get_mut().ok().and_then(Option::take) {
-            task.abort();
-        }
-    }
 }
 
 fn corrupt(op: &'static str, what: String) -> Error {
@@ -111,14 +112,14 @@ fn since_param(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// An audit event from the columns `version, request_id, command, symbol, from, to,
-/// withdrawals, reason, actor, ticket, at` starting at `offset`.
-fn event_from(op: &'static str, row: &Row, offset: usize) -> Result<AuditEvent, Error> {
-    let kind: String = row.get(offset + 2);
-    let symbol: Option<String> = row.get(offset + 3);
-    let from: Option<String> = row.get(offset + 4);
-    let to: Option<String> = row.get(offset + 5);
-    let on: Option<bool> = row.get(offset + 6);
+/// An audit event from the columns `version, position, request_id, command, symbol,
+/// from_mode, to_mode, withdrawals_halted, reason, actor, ticket, at`.
+fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
+    let kind: String = row.get("command");
+    let symbol: Option<String> = row.get("symbol");
+    let from: Option<String> = row.get("from_mode");
+    let to: Option<String> = row.get("to_mode");
+    let on: Option<bool> = row.get("withdrawals_halted");
     let missing = || corrupt(op, format!("audit event of {kind} lacks a column"));
     let command = match CommandKind::parse(&kind) {
         Some(CommandKind::SetSymbolMode) => Command::SetSymbolMode {
@@ -139,89 +140,90 @@ fn event_from(op: &'static str, row: &Row, offset: usize) -> Result<AuditEvent, 
         None => return Err(corrupt(op, format!("unknown command {kind:?}"))),
     };
     Ok(AuditEvent {
-        version: version(row.get(offset)),
-        request_id: row.get(offset + 1),
+        version: version(row.get("version")),
+        position: Position::from_i64(row.get("position")),
+        request_id: row.get("request_id"),
         command,
-        reason: row.get(offset + 7),
-        actor: row.get(offset + 8),
-        ticket: row.get(offset + 9),
-        at: row.get(offset + 10),
+        reason: row.get("reason"),
+        actor: row.get("actor"),
+        ticket: row.get("ticket"),
+        at: row.get("at"),
     })
+}
+
+fn schema_missing(op: &'static str) -> DbError {
+    DbError::new(
+        DbErrorKind::SchemaMissing,
+        op,
+        None,
+        "symbol_mode_state has no row id = 1".into(),
+    )
 }
 
 async fn venue(pool: &PgPool) -> Result<VenueState, Error> {
-    let row = pool
-        .run("symbol_mode.venue", |c| {
-            Box::pin(async move {
-                let statement = c.prepare_cached(VENUE).await?;
-                c.query_opt(&statement, &[]).await
-            })
-        })
-        .await?;
+    let op = "symbol_mode.venue";
+    let row = pool.query_opt(op, VENUE, &[]).await?;
     // The migration inserts the row; its absence means the schema is incomplete.
-    let row = row.ok_or_else(|| Error::SchemaMissing {
-        source: DbError::new(
-            DbErrorKind::SchemaMissing,
-            "symbol_mode.venue",
-            None,
-            "symbol_mode_state has no row id = 1".into(),
-        ),
-    })?;
+    let row = row.ok_or_else(|| schema_missing(op))?;
     Ok(VenueState {
-        global: mode("symbol_mode.venue", row.get(0))?,
-        withdrawals_halted: row.get(1),
-        version: version(row.get(2)),
+        global: mode(op, row.get("global_mode"))?,
+        withdrawals_halted: row.get("withdrawals_halted"),
+        version: version(row.get("version")),
+        position: Position::from_i64(row.get("position")),
     })
 }
 
-/// Publishes `version` when it is newer than what subscribers have.
-fn publish(changes: &watch::Sender<u64>, version: u64) {
-    changes.send_if_modified(|current| {
-        if version > *current {
-            *current = version;
-            true
-        } else {
-            false
-        }
-    });
+async fn position(pool: &PgPool) -> Result<Position, DbError> {
+    let row = pool
+        .query_opt(
+            "symbol_mode.position",
+            "SELECT position FROM symbol_mode_state WHERE id = 1",
+            &[],
+        )
+        .await?;
+    row.map(|r| Position::from_i64(r.get(0)))
+        .ok_or_else(|| schema_missing("symbol_mode.position"))
 }
 
 fn names(modes: Vec<SymbolMode>) -> Vec<&'static str> {
     modes.into_iter().map(SymbolMode::as_str).collect()
 }
 
-impl PostgresSymbolModeStore {
-    /// A store with settings from `TRADEPULSE_SYMBOL_MODE_POSTGRES__*`.
-    pub fn from_env() -> Result<Self, Error> {
-        Self::new(PgSettings::from_env(ENV_PREFIX)?)
-    }
+impl PgStore for PostgresSymbolModeStore {
+    const ENV_PREFIX: &'static str = ENV_PREFIX;
+    const COMPONENT: &'static str = crate::HEALTH_COMPONENT;
+    const MIGRATION_SET: &'static str = "symbol_mode";
+    const MIGRATIONS: &'static [Migration] = MIGRATIONS;
+    type Error = Error;
 
-    /// Like [`from_env`](Self::from_env) with a custom lookup of the same variable
-    /// names (a config map, a secret store, tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        Self::new(PgSettings::from_lookup(ENV_PREFIX, lookup)?)
-    }
-
-    /// A store with these settings. Does not connect; the first call does.
-    pub fn new(settings: PgSettings) -> Result<Self, Error> {
-        Ok(Self::from_pool(PgPool::new(COMPONENT, settings)?))
-    }
-
-    /// A store over an existing pool (shared with other stores of the process).
-    pub fn from_pool(pool: PgPool) -> Self {
-        let (changes, _) = watch::channel(0);
+    fn from_pool(pool: PgPool) -> Self {
+        let reload: Reload<Position> =
+            Arc::new(|pool| Box::pin(async move { position(&pool).await }));
+        // The payload is the position itself: no read per notification.
+        let interpret = Arc::new(
+            |payload: &str, _held: Position| match payload.parse::<u64>() {
+                Ok(p) => Notified::Item(Position(p)),
+                Err(_) => Notified::Reload,
+            },
+        );
         Self {
             pool,
-            changes,
-            listener: Mutex::new(None),
+            changes: PgChangeFeed::new(CHANNEL, reload, interpret),
             listen_options: ListenOptions::default(),
             cancel_all_poll: Duration::from_secs(1),
         }
     }
 
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+impl PostgresSymbolModeStore {
     /// Sets how change listeners probe and reconnect.
     #[must_use]
     pub fn with_listen_options(mut self, options: ListenOptions) -> Self {
+        self.changes.set_listen_options(options.clone());
         self.listen_options = options;
         self
     }
@@ -232,21 +234,6 @@ impl PostgresSymbolModeStore {
     pub fn with_cancel_all_poll(mut self, interval: Duration) -> Self {
         self.cancel_all_poll = interval;
         self
-    }
-
-    /// Applies the embedded migrations (idempotent, safe under concurrent start).
-    pub async fn migrate(&self) -> Result<MigrationReport, Error> {
-        Ok(migrate(&self.pool, COMPONENT, MIGRATIONS).await?)
-    }
-
-    /// The pool, e.g. to share it or read its settings.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Points the store at another DSN (a promoted replica) without a restart.
-    pub fn swap_dsn(&self, dsn: &str) -> Result<(), Error> {
-        Ok(self.pool.swap_dsn(dsn)?)
     }
 
     async fn apply(
@@ -290,96 +277,50 @@ impl PostgresSymbolModeStore {
         };
         let request_id = audit.request_id();
         let (allowed, relax, noop) = (names(allowed), names(relax), names(noop));
-        let symbol_param = symbol.map(str::to_owned);
-        let to_param = to.map(SymbolMode::as_str);
-        let (reason, actor) = (audit.reason().to_owned(), audit.actor().to_owned());
-        let ticket = audit.ticket().map(str::to_owned);
+        // Safe to send again on a retry: the request id makes it idempotent.
         let row = self
             .pool
-            .run(op, |c| {
-                // Owned copies: the statement may be sent again on a retry, which
-                // is safe because the request id makes it idempotent.
-                let (symbol, reason, actor, ticket) = (
-                    symbol_param.clone(),
-                    reason.clone(),
-                    actor.clone(),
-                    ticket.clone(),
-                );
-                let (allowed, relax, noop) = (allowed.clone(), relax.clone(), noop.clone());
-                Box::pin(async move {
-                    let statement = c.prepare_cached(APPLY).await?;
-                    c.query_one(
-                        &statement,
-                        &[
-                            &request_id,
-                            &kind.as_str(),
-                            &symbol,
-                            &to_param,
-                            &withdrawals,
-                            &allowed,
-                            &relax,
-                            &noop,
-                            &reason,
-                            &actor,
-                            &ticket,
-                        ],
-                    )
-                    .await
-                })
-            })
-            .await?;
-        let status: String = row.get(0);
+            .query_one(
+                op,
+                APPLY,
+                &[
+                    &request_id,
+                    &kind.as_str(),
+                    &symbol,
+                    &to.map(SymbolMode::as_str),
+                    &withdrawals,
+                    &allowed,
+                    &relax,
+                    &noop,
+                    &audit.reason(),
+                    &audit.actor(),
+                    &audit.ticket(),
+                ],
+            )
+            .await
+            .map_err(|e| Error::from(e.during_write()))?;
+        let status: String = row.get("status");
         match status.as_str() {
             "applied" | "replayed" => {
-                let event = event_from(op, &row, 1)?;
+                let event = event_from(op, &row)?;
                 if status == "replayed" && !request.matches(&event.command) {
                     return Err(Error::RequestReused {
                         request_id,
                         previous: event.command.kind(),
                     });
                 }
-                publish(&self.changes, event.version);
+                self.changes.feed().publish(event.position);
                 Ok(Some(event))
             }
             "unchanged" => Ok(None),
             "forbidden" | "ticket_required" => {
-                let from = mode(op, row.get::<_, &str>(5))?;
+                let from = mode(op, row.get::<_, &str>("from_mode"))?;
                 let to = to.unwrap_or_default();
                 Err(transition_refusal(symbol, from, to, audit.ticket())
                     .unwrap_or_else(|| corrupt(op, format!("the database refused {from} -> {to} ({status}) but the rules allow it"))))
             }
             other => Err(corrupt(op, format!("unexpected status {other:?}"))),
         }
-    }
-
-    fn ensure_listener(&self) {
-        let mut slot = self.listener.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
-            return;
-        }
-        let pool = self.pool.clone();
-        let changes = self.changes.clone();
-        let mut listener = Listener::start(pool.clone(), &[CHANNEL], self.listen_options.clone());
-        *slot = Some(tokio::spawn(async move {
-            while let Some(event) = listener.recv().await {
-                match event {
-                    ListenEvent::Notification { payload, .. } => match payload.parse::<u64>() {
-                        Ok(v) => publish(&changes, v),
-                        Err(_) => tracing::warn!(payload, "unexpected symbol mode notification"),
-                    },
-                    // Notifications may have been missed while disconnected.
-                    ListenEvent::Connected => match venue(&pool).await {
-                        Ok(state) => publish(&changes, state.version),
-                        Err(error) => {
-                            tracing::warn!(%error, "symbol mode reload after reconnect failed")
-                        }
-                    },
-                    ListenEvent::Disconnected { error } => {
-                        tracing::warn!(%error, "symbol mode change listener disconnected");
-                    }
-                }
-            }
-        }));
     }
 
     async fn finish(&self, request: Request<'_>, audit: &Audit) -> Result<AuditEvent, Error> {
@@ -396,73 +337,49 @@ impl PostgresSymbolModeStore {
 impl SymbolModeStore for PostgresSymbolModeStore {
     async fn venue(&self) -> Result<VenueState, Error> {
         let state = venue(&self.pool).await?;
-        publish(&self.changes, state.version);
+        self.changes.feed().publish(state.position);
         Ok(state)
     }
 
     async fn symbol_state(&self, symbol: &str) -> Result<Option<SymbolState>, Error> {
         crate::validate_symbol(symbol)?;
-        let symbol = symbol.to_owned();
-        let row = self
-            .pool
-            .run("symbol_mode.symbol_state", |c| {
-                let symbol = symbol.clone();
-                Box::pin(async move {
-                    let statement = c.prepare_cached(SYMBOL).await?;
-                    c.query_opt(&statement, &[&symbol]).await
-                })
-            })
-            .await?;
+        let op = "symbol_mode.symbol_state";
+        let row = self.pool.query_opt(op, SYMBOL, &[&symbol]).await?;
         row.map(|r| {
             Ok(SymbolState {
-                symbol: r.get(0),
-                mode: mode("symbol_mode.symbol_state", r.get(1))?,
-                version: version(r.get(2)),
-                updated_by: r.get(3),
-                reason: r.get(4),
-                ticket: r.get(5),
-                updated_at: r.get(6),
+                symbol: r.get("symbol"),
+                mode: mode(op, r.get("mode"))?,
+                version: version(r.get("version")),
+                updated_by: r.get("updated_by"),
+                reason: r.get("reason"),
+                ticket: r.get("ticket"),
+                updated_at: r.get("updated_at"),
             })
         })
         .transpose()
     }
 
     async fn changes_since(&self, since: u64) -> Result<ModeDelta, Error> {
-        let param = since_param(since);
-        let rows = self
-            .pool
-            .run("symbol_mode.changes_since", |c| {
-                Box::pin(async move {
-                    let statement = c.prepare_cached(CHANGES).await?;
-                    c.query(&statement, &[&param]).await
-                })
-            })
-            .await?;
         let op = "symbol_mode.changes_since";
-        let first = rows.first().ok_or_else(|| Error::SchemaMissing {
-            source: DbError::new(
-                DbErrorKind::SchemaMissing,
-                op,
-                None,
-                "symbol_mode_state has no row id = 1".into(),
-            ),
-        })?;
+        let rows = self.pool.query(op, CHANGES, &[&since_param(since)]).await?;
+        let first = rows.first().ok_or_else(|| schema_missing(op))?;
         let mut symbols = Vec::with_capacity(rows.len());
         for row in &rows {
-            if let Some(symbol) = row.get::<_, Option<String>>(5) {
-                symbols.push((symbol, mode(op, row.get(6))?));
+            if let Some(symbol) = row.get::<_, Option<String>>("symbol") {
+                symbols.push((symbol, mode(op, row.get("mode"))?));
             }
         }
         let delta = ModeDelta {
             since,
-            since_event: first.get::<_, Option<Uuid>>(3),
-            version: version(first.get(0)),
-            head_event: first.get::<_, Option<Uuid>>(4),
-            global: mode(op, first.get(1))?,
-            withdrawals_halted: first.get(2),
+            since_event: first.get::<_, Option<Uuid>>("since_event"),
+            version: version(first.get("version")),
+            position: Position::from_i64(first.get("position")),
+            head_event: first.get::<_, Option<Uuid>>("head_event"),
+            global: mode(op, first.get("global_mode"))?,
+            withdrawals_halted: first.get("withdrawals_halted"),
             symbols,
         };
-        publish(&self.changes, delta.version);
+        self.changes.feed().publish(delta.position);
         Ok(delta)
     }
 
@@ -514,26 +431,33 @@ impl SymbolModeStore for PostgresSymbolModeStore {
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {
+        let op = "symbol_mode.history";
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self
+        let rows = self.pool.query(op, HISTORY, &[&limit]).await?;
+        rows.iter().map(|r| event_from(op, r)).collect()
+    }
+
+    async fn contains(&self, position: Position) -> Result<bool, Error> {
+        if position == Position::ZERO {
+            return Ok(true);
+        }
+        let row = self
             .pool
-            .run("symbol_mode.history", |c| {
-                Box::pin(async move {
-                    let statement = c.prepare_cached(HISTORY).await?;
-                    c.query(&statement, &[&limit]).await
-                })
-            })
+            .query_one("symbol_mode.contains", CONTAINS, &[&position.as_i64()])
             .await?;
-        rows.iter()
-            .map(|r| event_from("symbol_mode.history", r, 0))
-            .collect()
+        Ok(row.get(0))
     }
 
     async fn subscribe(&self) -> Result<Subscription, Error> {
-        self.ensure_listener();
-        let rx = self.changes.subscribe();
-        SymbolModeStore::venue(self).await?;
-        Ok(Subscription::new(rx))
+        Ok(self.changes.subscribe(&self.pool).await?)
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.pool.unreachable()
+    }
+
+    fn retry_budget(&self) -> Option<std::time::Duration> {
+        Some(self.pool.settings().retry_policy().budget)
     }
 
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error> {
@@ -545,7 +469,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
             self.listen_options.clone(),
         );
         let cursor = match start {
-            StartAt::Now => venue(&self.pool).await?.version,
+            StartAt::Now => venue(&self.pool).await?.position.0,
             StartAt::After(seq) => seq,
         };
         let mut poll = tokio::time::interval(self.cancel_all_poll);
@@ -571,20 +495,13 @@ struct PgFeed {
 impl CancelAllFeed for PgFeed {
     async fn fetch_after(&self, after: u64) -> Result<Vec<CancelAllCommand>, Error> {
         let op = "symbol_mode.cancel_all_after";
-        let param = since_param(after);
         let rows = self
             .pool
-            .run(op, |c| {
-                Box::pin(async move {
-                    let statement = c.prepare_cached(CANCEL_ALL_AFTER).await?;
-                    c.query(&statement, &[&param]).await
-                })
-            })
+            .query(op, CANCEL_ALL_AFTER, &[&since_param(after)])
             .await?;
         let mut commands = Vec::with_capacity(rows.len());
         for row in &rows {
-            let event = event_from(op, row, 0)?;
-            commands.extend(CancelAllCommand::from_event(&event));
+            commands.extend(CancelAllCommand::from_event(&event_from(op, row)?));
         }
         Ok(commands)
     }

@@ -1,0 +1,227 @@
+//! The skeleton every PostgreSQL store shares, so that copies cannot drift:
+//!
+//! * [`PgStore`]: a store names its env prefix, pool component, migrations and how it
+//!   wraps a pool; it is given `from_env`, `from_lookup`, `new`, `migrate` and
+//!   `swap_dsn` (the shape of object_store's `GetClient` + `GetClientExt`).
+//! * [`PgChangeFeed`]: the store's side of the [change feed](crate::feed): a LISTEN
+//!   connection started lazily by the first subscription, that follows the primary
+//!   ([`Listener`]), publishes every newer position, resyncs its subscribers after
+//!   every (re)connect — the moment a promoted replica's history may have lost the
+//!   newest positions — and records whether push works.
+
+use super::listen::{ListenEvent, ListenOptions, Listener};
+use super::migrate::{migrate, Migration, MigrationReport};
+use super::pool::PgPool;
+use super::settings::PgSettings;
+use crate::errors::{ConfigError, DbError};
+use crate::feed::{ChangeFeed, FeedSubscription, PushStatus};
+use crate::position::{Position, Positioned};
+use futures_util::future::BoxFuture;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// A PostgreSQL store: what it is made of. Implement this and the constructors,
+/// migrations and DSN swap come with [`PgStore`]'s provided methods.
+pub trait PgStore: Sized + Send + Sync {
+    /// The env prefix of the store's settings, e.g. `TRADEPULSE_KILL_SWITCH`
+    /// (variables `TRADEPULSE_KILL_SWITCH_POSTGRES__DSN`, …).
+    const ENV_PREFIX: &'static str;
+    /// The pool's component: metrics label and `application_name`, spelled like the
+    /// health component (`kill_switch`, `symbol_mode`, `fencing`).
+    const COMPONENT: &'static str;
+    /// The key under which the store's migrations are recorded.
+    const MIGRATION_SET: &'static str;
+    /// The store's embedded migrations.
+    const MIGRATIONS: &'static [Migration];
+    /// The store's error type.
+    type Error: From<ConfigError> + From<DbError> + Send;
+
+    /// A store over an existing pool (shared with other stores of the process).
+    fn from_pool(pool: PgPool) -> Self;
+
+    /// The store's pool.
+    fn pool(&self) -> &PgPool;
+
+    /// A store with settings from `<ENV_PREFIX>_POSTGRES__*`.
+    fn from_env() -> Result<Self, Self::Error> {
+        Self::new(PgSettings::from_env(Self::ENV_PREFIX)?)
+    }
+
+    /// Like [`from_env`](Self::from_env) with a custom lookup of the same variable
+    /// names (a config map, a secret store, tests).
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Self::Error> {
+        Self::new(PgSettings::from_lookup(Self::ENV_PREFIX, lookup)?)
+    }
+
+    /// A store with these settings. Does not connect; the first call does.
+    fn new(settings: PgSettings) -> Result<Self, Self::Error> {
+        Ok(Self::from_pool(PgPool::new(Self::COMPONENT, settings)?))
+    }
+
+    /// Applies the embedded migrations (idempotent, safe under concurrent start).
+    fn migrate(&self) -> impl Future<Output = Result<MigrationReport, Self::Error>> + Send {
+        async move { Ok(migrate(self.pool(), Self::MIGRATION_SET, Self::MIGRATIONS).await?) }
+    }
+
+    /// Points the store at another DSN (a promoted replica) without a restart; the
+    /// store's LISTEN connection follows.
+    fn swap_dsn(&self, dsn: &str) -> Result<(), Self::Error> {
+        Ok(self.pool().swap_dsn(dsn)?)
+    }
+}
+
+/// What a notification's payload means to a store.
+#[derive(Debug)]
+pub enum Notified<T> {
+    /// The payload carries the item itself: publish it.
+    Item(T),
+    /// Something newer than the feed holds: read the store and publish.
+    Reload,
+    /// Nothing new.
+    Skip,
+}
+
+/// Reads the store's current item (after a reconnect, or when a payload is not enough).
+pub type Reload<T> = Arc<dyn Fn(PgPool) -> BoxFuture<'static, Result<T, DbError>> + Send + Sync>;
+/// Interprets a payload, given the feed's current position.
+pub type Interpret<T> = Arc<dyn Fn(&str, Position) -> Notified<T> + Send + Sync>;
+
+/// A store's change feed over LISTEN/NOTIFY (see the module docs).
+pub struct PgChangeFeed<T> {
+    feed: ChangeFeed<T>,
+    channel: &'static str,
+    options: ListenOptions,
+    reload: Reload<T>,
+    interpret: Interpret<T>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<T> std::fmt::Debug for PgChangeFeed<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgChangeFeed")
+            .field("channel", &self.channel)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Drop for PgChangeFeed<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+    }
+}
+
+/// The payload as a position (`NOTIFY channel, '<position>'`): reload when newer.
+pub fn reload_when_newer<T>(payload: &str, held: Position) -> Notified<T> {
+    match payload.parse::<u64>() {
+        Ok(p) if Position(p) <= held => Notified::Skip,
+        _ => Notified::Reload,
+    }
+}
+
+impl<T: Positioned + Clone + Send + Sync + 'static> PgChangeFeed<T> {
+    /// A feed over `channel`; nothing starts until the first subscription.
+    pub fn new(channel: &'static str, reload: Reload<T>, interpret: Interpret<T>) -> Self {
+        let feed = ChangeFeed::new();
+        feed.set_push_status(PushStatus::Unavailable("not listening yet".into()));
+        Self {
+            feed,
+            channel,
+            options: ListenOptions::default(),
+            reload,
+            interpret,
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Sets how the LISTEN connection probes and reconnects.
+    pub fn set_listen_options(&mut self, options: ListenOptions) {
+        self.options = options;
+    }
+
+    /// The feed (publish what the store itself wrote or read).
+    pub fn feed(&self) -> &ChangeFeed<T> {
+        &self.feed
+    }
+
+    /// Starts listening (once), subscribes, and reads the current item so that the
+    /// subscription starts from the store's state.
+    pub async fn subscribe(&self, pool: &PgPool) -> Result<FeedSubscription<T>, DbError> {
+        self.ensure_started(pool);
+        let subscription = self.feed.subscribe();
+        let item = (self.reload)(pool.clone()).await?;
+        self.feed.publish(item);
+        Ok(subscription)
+    }
+
+    fn ensure_started(&self, pool: &PgPool) {
+        let mut slot = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let mut listener = Listener::start(pool.clone(), &[self.channel], self.options.clone());
+        let (pool, feed) = (pool.clone(), self.feed.clone());
+        let (reload, interpret) = (self.reload.clone(), self.interpret.clone());
+        *slot = Some(tokio::spawn(async move {
+            while let Some(event) = listener.recv().await {
+                match event {
+                    ListenEvent::Connected => {
+                        // Notifications were missed, and the server may be a promoted
+                        // replica whose history lost the newest positions: every
+                        // subscriber re-reads, whatever the position.
+                        match reload_bounded(&reload, &pool).await {
+                            Ok(item) => {
+                                feed.resync(item);
+                                feed.set_push_status(PushStatus::Working);
+                            }
+                            Err(error) => feed.set_push_status(PushStatus::Unavailable(format!(
+                                "reading the store after reconnecting failed: {error}"
+                            ))),
+                        }
+                    }
+                    ListenEvent::Notification { payload, .. } => {
+                        match interpret(&payload, feed.position()) {
+                            Notified::Item(item) => {
+                                feed.publish(item);
+                            }
+                            Notified::Reload => match reload(pool.clone()).await {
+                                Ok(item) => {
+                                    feed.publish(item);
+                                }
+                                Err(error) => {
+                                    tracing::debug!(%error, "reading the store after a notification failed; polling catches up")
+                                }
+                            },
+                            Notified::Skip => {}
+                        }
+                    }
+                    ListenEvent::Disconnected { error } => {
+                        feed.set_push_status(PushStatus::Unavailable(format!(
+                            "LISTEN connection lost: {error}"
+                        )));
+                    }
+                }
+            }
+        }));
+    }
+}
+
+/// A reload after a reconnect, retried a few times: the new primary may still be
+/// settling.
+async fn reload_bounded<T>(reload: &Reload<T>, pool: &PgPool) -> Result<T, DbError> {
+    let mut wait = Duration::from_millis(50);
+    let mut last = None;
+    for _ in 0..4 {
+        match reload(pool.clone()).await {
+            Ok(item) => return Ok(item),
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    Err(last.expect("at least one attempt"))
+}
