@@ -140,3 +140,74 @@ fn kind_of_code(code: Option<&str>, give_up: GiveUp) -> (DbErrorKind, Option<Str
     };
     (kind, code.map(str::to_owned))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_classify_as_the_design_says() {
+        let table: &[(&str, ErrorClass, &str)] = &[
+            ("08006", ErrorClass::Retryable, "connection failure"),
+            ("08001", ErrorClass::Retryable, "cannot connect"),
+            ("57P01", ErrorClass::Retryable, "admin shutdown"),
+            ("57P02", ErrorClass::Retryable, "crash shutdown"),
+            ("57P03", ErrorClass::Retryable, "cannot connect now"),
+            ("25006", ErrorClass::Retryable, "read-only: a standby or demoted primary"),
+            ("40001", ErrorClass::Retryable, "serialization failure"),
+            ("40P01", ErrorClass::Retryable, "deadlock"),
+            ("53300", ErrorClass::Retryable, "too many connections"),
+            ("42P01", ErrorClass::Permanent, "undefined table: run migrations"),
+            ("42883", ErrorClass::Permanent, "undefined function"),
+            ("23505", ErrorClass::Permanent, "unique violation"),
+            ("42501", ErrorClass::Permanent, "permission denied"),
+            ("28P01", ErrorClass::Permanent, "bad password"),
+            ("P0001", ErrorClass::Permanent, "raised by a trigger"),
+            ("26000", ErrorClass::Permanent, "prepared statement missing"),
+        ];
+        for (code, class, what) in table {
+            assert_eq!(
+                classify_sqlstate(&SqlState::from_code(code)),
+                *class,
+                "{code} ({what})"
+            );
+        }
+    }
+
+    #[test]
+    fn sqlstates_map_to_the_kinds_stores_turn_into_typed_errors() {
+        let table: &[(Option<&str>, GiveUp, DbErrorKind)] = &[
+            (None, GiveUp::BudgetExhausted, DbErrorKind::Unavailable),
+            (Some("25006"), GiveUp::BudgetExhausted, DbErrorKind::Unavailable),
+            (Some("42P01"), GiveUp::Permanent, DbErrorKind::SchemaMissing),
+            (Some("42883"), GiveUp::Permanent, DbErrorKind::SchemaMissing),
+            (Some("3F000"), GiveUp::Permanent, DbErrorKind::SchemaMissing),
+            (Some("23505"), GiveUp::Permanent, DbErrorKind::Rejected),
+            (Some("P0001"), GiveUp::Permanent, DbErrorKind::Rejected),
+            (Some("42501"), GiveUp::Permanent, DbErrorKind::Permanent),
+        ];
+        for (code, give_up, kind) in table {
+            assert_eq!(kind_of_code(*code, *give_up).0, *kind, "{code:?} {give_up:?}");
+        }
+    }
+
+    #[test]
+    fn health_causes_start_with_the_word_operators_grep_for() {
+        use crate::postgres::pool::cause_of;
+        let table = [
+            (
+                "no writable host: 127.0.0.1:5432: error connecting to server: Connection refused (os error 111)",
+                "connection refused: ",
+            ),
+            (
+                "no writable host: 127.0.0.1:5433: server does not allow writes",
+                "no writable host: ",
+            ),
+            ("timed out after 2s", "timed out after 2s"),
+            ("connection closed", "connection lost: "),
+        ];
+        for (text, start) in table {
+            assert!(cause_of(text).starts_with(start), "{text} -> {}", cause_of(text));
+        }
+    }
+}

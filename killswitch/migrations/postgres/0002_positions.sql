@@ -30,15 +30,15 @@ CREATE FUNCTION kill_switch_apply(
     p_actor      TEXT,
     p_ticket     TEXT
 ) RETURNS TABLE (
-    engaged      BOOLEAN,
-    reason       TEXT,
-    updated_at   TIMESTAMPTZ,
-    updated_by   TEXT,
-    ticket       TEXT,
-    version      BIGINT,
-    position     BIGINT,
-    replayed     BOOLEAN,
-    prior_action TEXT
+    o_engaged      BOOLEAN,
+    o_reason       TEXT,
+    o_updated_at   TIMESTAMPTZ,
+    o_updated_by   TEXT,
+    o_ticket       TEXT,
+    o_version      BIGINT,
+    o_position     BIGINT,
+    o_replayed     BOOLEAN,
+    o_prior_action TEXT
 )
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -50,17 +50,17 @@ BEGIN
         RAISE EXCEPTION 'kill_switch_state row id = 1 is missing: run killswitch migrations'
             USING ERRCODE = '42P01';
     END IF;
-    SELECT * INTO e FROM kill_switch_events ev WHERE ev.request_id = p_request_id;
+    SELECT * INTO e FROM kill_switch_events WHERE request_id = p_request_id;
     IF FOUND THEN
         RETURN QUERY SELECT e.engaged, e.reason, e.at, e.actor, e.ticket, e.version, e.position,
             TRUE, e.action;
         RETURN;
     END IF;
-    UPDATE kill_switch_state st
+    UPDATE kill_switch_state
        SET engaged = (p_action = 'engage'), reason = p_reason, updated_at = now(),
            updated_by = p_actor, ticket = p_ticket, version = s.version + 1,
            position = failover_next_position(s.position)
-     WHERE st.id = 1
+     WHERE id = 1
     RETURNING * INTO s;
     INSERT INTO kill_switch_events (version, position, request_id, action, engaged, reason, actor, ticket, at)
     VALUES (s.version, s.position, p_request_id, p_action, s.engaged, p_reason, p_actor, p_ticket, s.updated_at);

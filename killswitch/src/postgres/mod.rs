@@ -47,8 +47,10 @@ pub const MIGRATIONS: &[Migration] = &[
 
 const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, version, position \
                     FROM kill_switch_state WHERE id = 1";
-const APPLY: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, version, position, \
-                     replayed, prior_action FROM kill_switch_apply($1, $2, $3, $4, $5)";
+const APPLY: &str = "SELECT o_engaged AS engaged, o_reason AS reason, o_updated_at AS updated_at, \
+                     o_updated_by AS updated_by, o_ticket AS ticket, o_version AS version, \
+                     o_position AS position, o_replayed AS replayed, o_prior_action AS prior_action \
+                     FROM kill_switch_apply($1, $2, $3, $4, $5)";
 const HISTORY: &str =
     "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at \
                        FROM kill_switch_events ORDER BY position DESC LIMIT $1";
