@@ -108,66 +108,6 @@ async fn the_lease_log_records_grants_and_releases_and_refuses_edits() {
     }
 }
 
-#[tokio::test]
-async fn the_store_is_configured_from_env_and_names_a_missing_variable() {
-    let (cluster, db) = support::shared_primary().await;
-    let dsn = cluster.primary().dsn(&db);
-    let store = PostgresLeaseFencer::from_lookup(|k| {
-        (k == "TRADEPULSE_FENCING_POSTGRES__DSN").then(|| format!("{dsn} password=hunter2-secret"))
-    })
-    .unwrap();
-    store.migrate().await.unwrap();
-    store.acquire("btc-usd", "engine-a", LONG).await.unwrap();
-    assert!(!format!("{store:?}").contains("hunter2"));
-    let err = PostgresLeaseFencer::from_lookup(|_| None).unwrap_err();
-    assert!(matches!(err, Error::Config(_)), "{err:?}");
-    assert!(
-        err.to_string().contains("TRADEPULSE_FENCING_POSTGRES__DSN"),
-        "{err}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_apply_once_and_an_unmigrated_database_says_to_run_them() {
-    let (cluster, db) = support::shared_primary().await;
-    let dsn = cluster.primary().dsn(&db);
-    let bare = PostgresLeaseFencer::new(support::settings(&dsn).build().unwrap()).unwrap();
-    let start = Instant::now();
-    let err = bare
-        .acquire("btc-usd", "engine-a", LONG)
-        .await
-        .expect_err("no schema");
-    assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
-    assert!(err.to_string().contains("run fencing migrations"), "{err}");
-    let mut client = bare.pool().get().await.unwrap();
-    let tx = client.transaction().await.unwrap();
-    let err = fence(&tx, "btc-usd", 1).await.expect_err("no schema");
-    assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
-    drop(tx);
-    drop(client);
-    assert!(start.elapsed() < Duration::from_secs(2), "not retried");
-
-    let tasks: Vec<_> = (0..3)
-        .map(|_| {
-            let dsn = dsn.clone();
-            tokio::spawn(async move { support::store(&dsn).await.migrate().await })
-        })
-        .collect();
-    for task in tasks {
-        let report = task.await.unwrap().unwrap();
-        assert!(report.applied.is_empty(), "support::store migrated first");
-    }
-    let rows = cluster
-        .primary()
-        .query(
-            &db,
-            "SELECT count(*) FROM failover_core_migrations WHERE component = 'fencing'",
-        )
-        .await
-        .unwrap();
-    assert_eq!(rows[0][0].as_deref(), Some("2"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_writer_queued_behind_a_newer_one_is_refused_once_the_newer_commits() {
     let (cluster, db) = support::shared_primary().await;

@@ -7,13 +7,12 @@ mod support;
 
 use failover_core::postgres::PgStore;
 use failover_core::{ComponentStatus, HealthRegistry};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::wait_until;
 use symbol_mode::{
-    Audit, Cause, Error, PostgresSymbolModeStore, SnapshotState, StartAt, SymbolMode,
-    SymbolModeStore, SymbolModes, SymbolModesConfig, TradingAction,
+    Audit, Cause, PostgresSymbolModeStore, SnapshotState, StartAt, SymbolMode, SymbolModeStore,
+    SymbolModes, SymbolModesConfig, TradingAction,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -107,144 +106,6 @@ async fn runbook_names_are_stored_verbatim_in_the_database() {
     );
 }
 
-#[tokio::test]
-async fn store_is_configured_from_the_env_variable_and_never_shows_the_password() {
-    let (cluster, db) = support::primary().await;
-    let env: HashMap<String, String> = [
-        (
-            "TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN".to_string(),
-            format!("{} password=hunter2-secret", cluster.primary().dsn(&db)),
-        ),
-        (
-            "TRADEPULSE_SYMBOL_MODE_POSTGRES__RETRY_BUDGET".to_string(),
-            "2s".to_string(),
-        ),
-    ]
-    .into();
-    let store = PostgresSymbolModeStore::from_lookup(|k| env.get(k).cloned()).expect("store");
-    assert_eq!(
-        store.pool().settings().retry_policy().budget,
-        Duration::from_secs(2)
-    );
-    store.migrate().await.expect("migrate");
-    store
-        .set_symbol_mode("BTC-USD", SymbolMode::SoftHalt, &Audit::new("ops", "env"))
-        .await
-        .expect("set");
-    assert!(!format!("{store:?}").contains("hunter2"));
-
-    let err = PostgresSymbolModeStore::from_lookup(|_| None).unwrap_err();
-    assert!(matches!(err, Error::Config(_)), "{err:?}");
-    assert!(
-        err.to_string()
-            .contains("TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN"),
-        "{err}"
-    );
-
-    // A dead server: a typed, password-free "unavailable" within the budget.
-    let dead = format!("host=127.0.0.1 port=1 user=postgres password=hunter2-secret dbname={db}");
-    let store = PostgresSymbolModeStore::new(
-        support::settings(&dead)
-            .with_retry_budget(Duration::from_millis(300))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let err = store
-        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "x"))
-        .await
-        .expect_err("nothing listens on port 1");
-    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
-    let text = format!("{err} {err:?}");
-    assert!(text.to_lowercase().contains("refused"), "{text}");
-    assert!(text.contains("retry with the same Audit"), "{text}");
-    assert!(!text.contains("hunter2"), "{text}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrations_from_four_tasks_apply_once_and_rerun_is_a_no_op() {
-    let (cluster, db) = support::primary().await;
-    let dsn = cluster.primary().dsn(&db);
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let settings = support::settings(&dsn).build().unwrap();
-        tasks.push(tokio::spawn(async move {
-            PostgresSymbolModeStore::new(settings)
-                .unwrap()
-                .migrate()
-                .await
-        }));
-    }
-    let mut applied = 0;
-    for t in tasks {
-        applied += t.await.unwrap().expect("migrate").applied.len();
-    }
-    assert_eq!(applied, 1, "exactly one task applied the migration");
-    let again = support::store(&dsn).await.migrate().await.expect("rerun");
-    assert!(again.applied.is_empty());
-    assert_eq!(again.already_applied, vec![1]);
-}
-
-#[tokio::test]
-async fn an_unmigrated_database_says_to_run_migrations() {
-    let (cluster, db) = support::primary().await;
-    let store = PostgresSymbolModeStore::new(
-        support::settings(&cluster.primary().dsn(&db))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let start = Instant::now();
-    let err = store.venue().await.expect_err("no schema");
-    assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("run symbol-mode migrations"),
-        "{err}"
-    );
-    let err = store
-        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "stop"))
-        .await
-        .expect_err("no schema");
-    assert!(matches!(err, Error::SchemaMissing { .. }), "{err:?}");
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "a permanent error is not retried"
-    );
-}
-
-#[tokio::test]
-async fn the_database_refuses_update_delete_and_truncate_of_the_audit_trail() {
-    let (cluster, db) = support::primary().await;
-    let store = support::store(&cluster.primary().dsn(&db)).await;
-    store
-        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "stop"))
-        .await
-        .unwrap();
-    for sql in [
-        "UPDATE symbol_mode_events SET reason = 'forged'",
-        "DELETE FROM symbol_mode_events",
-        "TRUNCATE symbol_mode_events",
-    ] {
-        let err = cluster.primary().execute(&db, sql).await.expect_err(sql);
-        assert!(format!("{err:?}").contains("append-only"), "{sql}: {err:?}");
-    }
-    // A relaxation without a ticket cannot be written behind the library's back either.
-    let err = cluster
-        .primary()
-        .execute(
-            &db,
-            "INSERT INTO symbol_mode_events (version, request_id, command, symbol, from_mode, to_mode, \
-             relaxes, reason, actor, ticket, at) VALUES (99, gen_random_uuid(), 'SetSymbolMode', \
-             'BTC-USD', 'HARD_HALT', 'CANCEL_ONLY', TRUE, 'r', 'a', NULL, now())",
-        )
-        .await
-        .expect_err("a relaxing row needs a ticket");
-    assert!(format!("{err:?}").contains("check"), "{err:?}");
-    let history = store.history(10).await.unwrap();
-    assert_eq!(history.len(), 1);
-    assert_eq!(history[0].reason, "stop");
-}
-
 fn mode_of(i: usize) -> SymbolMode {
     SymbolMode::ALL[i % 4]
 }
@@ -330,34 +191,6 @@ async fn ten_thousand_symbols_reload_from_postgres_and_then_follow_single_change
     assert_eq!(modes.snapshot().restricted_symbols(), 7_501);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_change_reaches_another_process_handle_through_notify() {
-    let (cluster, db) = support::primary().await;
-    let dsn = cluster.primary().dsn(&db);
-    let writer = support::store(&dsn).await;
-    let reader: Arc<dyn SymbolModeStore> = Arc::new(support::store(&dsn).await);
-    let modes = SymbolModes::spawn(
-        reader,
-        SymbolModesConfig::default().with_poll_interval(Duration::from_secs(3600)),
-    );
-    assert!(modes.ready(WAIT).await);
-    assert_eq!(modes.mode("BTC-USD"), SymbolMode::Normal);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start = Instant::now();
-    let event = writer
-        .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &Audit::new("ops", "push"))
-        .await
-        .unwrap();
-    assert!(
-        modes
-            .wait_for_version(event.version, Duration::from_secs(5))
-            .await,
-        "pushed within 5 s although polling is off"
-    );
-    eprintln!("SetSymbolMode -> other handle in {:?}", start.elapsed());
-    assert_eq!(modes.mode("BTC-USD"), SymbolMode::HardHalt);
-}
-
 async fn next(sub: &mut symbol_mode::CancelAllSubscription) -> symbol_mode::CancelAllCommand {
     tokio::time::timeout(WAIT, sub.next())
         .await
@@ -438,7 +271,7 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outage_degrades_then_fails_closed_as_soft_halt_and_recovers_without_restart() {
+async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers_without_restart() {
     let (cluster, db) = support::primary().await;
     let store = PostgresSymbolModeStore::new(
         support::settings(&cluster.primary().dsn(&db))
@@ -466,8 +299,9 @@ async fn outage_degrades_then_fails_closed_as_soft_halt_and_recovers_without_res
     assert!(!modes.withdrawals_halted());
 
     cluster.primary().stop_immediate().await.unwrap();
-    wait_until("degraded", Duration::from_secs(5), || {
-        modes.health().status == ComponentStatus::Degraded
+    // Health says `failed` at once (the store cannot be reached now)…
+    wait_until("failed", Duration::from_secs(1), || {
+        modes.health().status == ComponentStatus::Failed
     })
     .await;
     let details = modes.health().details.unwrap_or_default().to_lowercase();
@@ -475,7 +309,7 @@ async fn outage_degrades_then_fails_closed_as_soft_halt_and_recovers_without_res
     assert_eq!(
         modes.mode("OPEN"),
         SymbolMode::Normal,
-        "within the window the last snapshot still serves"
+        "…while within the window the last snapshot still serves"
     );
 
     wait_until("failed closed", Duration::from_secs(8), || {

@@ -153,11 +153,19 @@ mod tests {
             ("57P01", ErrorClass::Retryable, "admin shutdown"),
             ("57P02", ErrorClass::Retryable, "crash shutdown"),
             ("57P03", ErrorClass::Retryable, "cannot connect now"),
-            ("25006", ErrorClass::Retryable, "read-only: a standby or demoted primary"),
+            (
+                "25006",
+                ErrorClass::Retryable,
+                "read-only: a standby or demoted primary",
+            ),
             ("40001", ErrorClass::Retryable, "serialization failure"),
             ("40P01", ErrorClass::Retryable, "deadlock"),
             ("53300", ErrorClass::Retryable, "too many connections"),
-            ("42P01", ErrorClass::Permanent, "undefined table: run migrations"),
+            (
+                "42P01",
+                ErrorClass::Permanent,
+                "undefined table: run migrations",
+            ),
             ("42883", ErrorClass::Permanent, "undefined function"),
             ("23505", ErrorClass::Permanent, "unique violation"),
             ("42501", ErrorClass::Permanent, "permission denied"),
@@ -178,7 +186,11 @@ mod tests {
     fn sqlstates_map_to_the_kinds_stores_turn_into_typed_errors() {
         let table: &[(Option<&str>, GiveUp, DbErrorKind)] = &[
             (None, GiveUp::BudgetExhausted, DbErrorKind::Unavailable),
-            (Some("25006"), GiveUp::BudgetExhausted, DbErrorKind::Unavailable),
+            (
+                Some("25006"),
+                GiveUp::BudgetExhausted,
+                DbErrorKind::Unavailable,
+            ),
             (Some("42P01"), GiveUp::Permanent, DbErrorKind::SchemaMissing),
             (Some("42883"), GiveUp::Permanent, DbErrorKind::SchemaMissing),
             (Some("3F000"), GiveUp::Permanent, DbErrorKind::SchemaMissing),
@@ -187,7 +199,11 @@ mod tests {
             (Some("42501"), GiveUp::Permanent, DbErrorKind::Permanent),
         ];
         for (code, give_up, kind) in table {
-            assert_eq!(kind_of_code(*code, *give_up).0, *kind, "{code:?} {give_up:?}");
+            assert_eq!(
+                kind_of_code(*code, *give_up).0,
+                *kind,
+                "{code:?} {give_up:?}"
+            );
         }
     }
 
@@ -207,7 +223,11 @@ mod tests {
             ("connection closed", "connection lost: "),
         ];
         for (text, start) in table {
-            assert!(cause_of(text).starts_with(start), "{text} -> {}", cause_of(text));
+            assert!(
+                cause_of(text).starts_with(start),
+                "{text} -> {}",
+                cause_of(text)
+            );
         }
     }
 }

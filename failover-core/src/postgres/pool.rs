@@ -338,7 +338,7 @@ impl PgPool {
                     let object = match self.checkout().await {
                         Ok(object) => object,
                         Err(failure) => {
-                            if failure.class() == ErrorClass::Retryable {
+                            if self.is_connect_failure(&failure) {
                                 self.not_reached(&failure.to_string());
                             }
                             return Err(failure);
@@ -442,11 +442,11 @@ impl PgPool {
                 async move {
                     metrics::counter!("failover_pg_attempts_total", "component" => component, "op" => op).increment(1);
                     let object = self.checkout().await.map_err(|f| {
+                        if self.is_connect_failure(&f) {
+                            self.not_reached(&f.to_string());
+                        }
                         let kind = match f.class() {
-                            ErrorClass::Retryable => {
-                                self.not_reached(&f.to_string());
-                                DbErrorKind::Unavailable
-                            }
+                            ErrorClass::Retryable => DbErrorKind::Unavailable,
                             ErrorClass::Permanent => DbErrorKind::Permanent,
                         };
                         E::from(DbError::new(kind, op, None, f.to_string()))
@@ -492,6 +492,18 @@ impl PgPool {
             };
             DbError::new(kind, "pool.get", None, f.to_string())
         })
+    }
+
+    /// A checkout failure that says the database cannot be reached (a failed connect),
+    /// as opposed to a busy pool or a pool replaced by a DSN swap.
+    fn is_connect_failure(&self, failure: &PgFailure) -> bool {
+        match failure {
+            PgFailure::Query(e) => super::error::classify(e) == ErrorClass::Retryable,
+            PgFailure::Pool(text, ErrorClass::Retryable) => {
+                text.starts_with("no writable host") || self.last_connect_error().is_some()
+            }
+            PgFailure::Pool(_, ErrorClass::Permanent) => false,
+        }
     }
 
     /// A retryable failure may mean a failover: verify every pooled connection
