@@ -59,7 +59,12 @@ async fn outage_fails_health_at_once_then_fails_closed_and_recovers_without_rest
     let registry = HealthRegistry::new();
     registry.register("kill_switch", switch.health_source());
     assert_eq!(switch.ready(Duration::from_secs(5)).await, Trading::Allowed);
-    assert_eq!(switch.health().status, ComponentStatus::Operational);
+    wait_until(
+        "operational: reads and push work",
+        Duration::from_secs(5),
+        || switch.health().status == ComponentStatus::Operational,
+    )
+    .await;
 
     cluster.primary().stop_immediate().await.unwrap();
     // Health says `failed` at once (the store cannot be reached now)…

@@ -969,7 +969,16 @@ pub async fn handle_follows_the_store(store: Arc<dyn SymbolModeStore>) {
     let status = handle.status();
     assert_eq!(status.version, event.version);
     assert_eq!(status.restricted_symbols, 0);
-    assert_eq!(handle.health().status, crate::ComponentStatus::Operational);
+    // `operational` once reads and push both work.
+    let deadline = std::time::Instant::now() + WAIT;
+    while handle.health().status != crate::ComponentStatus::Operational {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never operational: {:?}",
+            handle.health()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(handle.health().name, crate::HEALTH_COMPONENT);
 }
 
@@ -1256,6 +1265,15 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                 // Only the addressed entry changed.
                 let mut expected = before.clone();
                 expected.0.version += 1;
+                assert!(
+                    after.0.position > before.0.position,
+                    "step {step}: the position moved forward"
+                );
+                assert_eq!(
+                    after.0.position, event.position,
+                    "step {step}: the event is identified by the new position"
+                );
+                expected.0.position = event.position;
                 expected.2 += 1;
                 match &event.command {
                     Command::SetSymbolMode { symbol, to, .. } => {

@@ -19,7 +19,7 @@ pub use memory::MemorySymbolModeStore;
 pub use mode::{ParseModeError, SymbolMode, TradingAction, Transition, ACTION_MATRIX, RELAX_TO};
 pub use policy::{LagOutcome, LagVerdict, PolicyError, SettlementLagPolicy, POLICY_ACTOR};
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresSymbolModeStore;
+pub use postgres::{PgStore, PostgresSymbolModeStore};
 pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};
 pub use symbol::{validate_symbol, SymbolError, MAX_SYMBOL_CHARS};

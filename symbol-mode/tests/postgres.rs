@@ -294,7 +294,12 @@ async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers
     let registry = HealthRegistry::new();
     registry.register("symbol_mode", modes.health_source());
     assert!(modes.ready(WAIT).await);
-    assert_eq!(modes.health().status, ComponentStatus::Operational);
+    wait_until(
+        "operational: reads and push work",
+        Duration::from_secs(5),
+        || modes.health().status == ComponentStatus::Operational,
+    )
+    .await;
     assert_eq!(modes.mode("OPEN"), SymbolMode::Normal);
     assert!(!modes.withdrawals_halted());
 

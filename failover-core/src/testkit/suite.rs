@@ -5,7 +5,7 @@
 //! A store's tests implement [`SuiteStore`] (and [`SuiteHandleStore`] when the store
 //! has a hot-path handle) and expand the macros:
 //!
-//! ```ignore
+//! ```text
 //! failover_core::pg_store_suite!(KillSwitchSuite);
 //! failover_core::pg_handle_suite!(KillSwitchSuite);
 //! ```
