@@ -208,6 +208,12 @@ impl KillSwitchStore for PollOnly {
     ) -> Result<Vec<killswitch::KillSwitchEvent>, killswitch::Error> {
         self.0.history(n).await
     }
+}
+
+#[async_trait::async_trait]
+impl killswitch::FeedSource for PollOnly {
+    type Item = killswitch::KillSwitchState;
+    type Error = killswitch::Error;
     async fn contains(&self, p: killswitch::Position) -> Result<bool, killswitch::Error> {
         self.0.contains(p).await
     }

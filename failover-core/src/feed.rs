@@ -18,7 +18,41 @@
 
 use crate::position::{Position, Positioned};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
+
+/// What every store offers its readers, whatever the control: a change feed, a way
+/// to tell whether its history still holds a position, and whether it can be reached
+/// now. Each store trait of the family (`KillSwitchStore`, `SymbolModeStore`) builds
+/// on it, and the [watcher](crate::watcher) needs nothing else from a store.
+///
+/// # Contract
+/// * `subscribe` delivers every newer item (skipping to the newest when behind), and
+///   after a reconnect the store's item whatever its position.
+/// * `contains(p)` is true when the history holds the change at position `p` — and
+///   for [`Position::ZERO`] — and false for a position lost in a failover.
+#[async_trait::async_trait]
+pub trait FeedSource: Send + Sync {
+    /// What the feed carries: a whole state, or a position.
+    type Item: Positioned + Clone + Send + Sync + 'static;
+    /// The store's error.
+    type Error: std::fmt::Display + Send + 'static;
+
+    /// A stream of changes, starting with the store's item at the time of the call.
+    async fn subscribe(&self) -> Result<FeedSubscription<Self::Item>, Self::Error>;
+    /// Whether the history holds the change at `position` (false: lost in a failover).
+    async fn contains(&self, position: Position) -> Result<bool, Self::Error>;
+    /// Why the store cannot be reached **now** (its last attempt failed), if so —
+    /// e.g. "connection refused: …". Health says `failed` at once with it.
+    fn unreachable(&self) -> Option<String> {
+        None
+    }
+    /// The store's retry budget, when it has one: a handle refuses a staleness window
+    /// that a single failed read could outlast.
+    fn retry_budget(&self) -> Option<Duration> {
+        None
+    }
+}
 
 /// Whether pushed changes reach this process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +182,7 @@ pub struct FeedSubscription<T> {
     epoch: Option<u64>,
 }
 
-impl<T: Positioned + Clone> FeedSubscription<T> {
+impl<T: Positioned + Clone + Send + Sync> FeedSubscription<T> {
     /// Waits for an item newer than the last one returned, or for a resync (the
     /// first call returns the current item). `None` when the store is gone.
     pub async fn next(&mut self) -> Option<T> {

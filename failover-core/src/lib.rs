@@ -19,7 +19,7 @@ pub mod testkit;
 
 pub use audit::{Audit, AuditError, Safety};
 pub use errors::{ConfigError, DbError, DbErrorKind};
-pub use feed::{ChangeFeed, FeedSubscription, PushStatus};
+pub use feed::{ChangeFeed, FeedSource, FeedSubscription, PushStatus};
 pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};
 pub use position::{Position, Positioned};
 pub use retry::{ErrorClass, RetryError, RetryPolicy};

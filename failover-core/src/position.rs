@@ -104,6 +104,13 @@ impl Positioned for Position {
     }
 }
 
+/// Whether a history sorted by position holds `position` ([`Position::ZERO`], "before
+/// any change", always counts as held): what an in-memory store answers to
+/// [`FeedSource::contains`](crate::feed::FeedSource::contains).
+pub fn history_holds<T>(history: &[T], position: Position, key: impl Fn(&T) -> Position) -> bool {
+    position == Position::ZERO || history.binary_search_by_key(&position, key).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

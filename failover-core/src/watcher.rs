@@ -29,11 +29,10 @@
 //!   1s: …"), or the history diverged recently.
 //! * `operational` — reads and push both work.
 
-use crate::feed::{FeedSubscription, PushProbe, PushStatus};
+use crate::feed::{FeedSource, FeedSubscription, PushProbe, PushStatus};
 use crate::health::{ComponentHealth, ComponentStatus};
 use crate::log::Throttle;
 use crate::position::{Position, Positioned};
-use std::fmt::Display;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
@@ -117,25 +116,17 @@ impl WatchConfig {
 /// over its store.
 #[async_trait::async_trait]
 pub trait Watched: Send + Sync + 'static {
+    /// The store (its change feed, history and reachability).
+    type Store: FeedSource + ?Sized;
     /// A read of the store (a whole state, or a delta after what the handle holds).
     type State: Positioned + Send + 'static;
-    /// What the store's change feed carries.
-    type Pushed: Positioned + Clone + Send + Sync + 'static;
-    /// The store's error.
-    type Error: Display + Send + 'static;
 
+    /// The store.
+    fn store(&self) -> &Self::Store;
     /// Reads the store now (bounded by the store's retry budget).
-    async fn read(&self) -> Result<Self::State, Self::Error>;
+    async fn read(&self) -> Result<Self::State, Error<Self>>;
     /// Turns a pushed item into a state to observe (`None`: nothing to do).
-    async fn resolve(&self, pushed: Self::Pushed) -> Result<Option<Self::State>, Self::Error>;
-    /// Subscribes to the store's change feed.
-    async fn subscribe(&self) -> Result<FeedSubscription<Self::Pushed>, Self::Error>;
-    /// Whether the store's history still contains `position`.
-    async fn contains(&self, position: Position) -> Result<bool, Self::Error>;
-    /// Why the store cannot be reached now (its last attempt failed), if so.
-    fn unreachable(&self) -> Option<String> {
-        None
-    }
+    async fn resolve(&self, pushed: Item<Self>) -> Result<Option<Self::State>, Error<Self>>;
     /// The position the handle holds; `None` before the first load.
     fn held(&self) -> Option<Position>;
     /// Adopt a read (also ends a fail-closed state).
@@ -143,6 +134,11 @@ pub trait Watched: Send + Sync + 'static {
     /// Fail closed: the state is stale.
     fn fail_closed(&self);
 }
+
+/// The error of a watched store.
+pub type Error<W> = <<W as Watched>::Store as FeedSource>::Error;
+/// What a watched store's feed carries.
+pub type Item<W> = <<W as Watched>::Store as FeedSource>::Item;
 
 #[derive(Debug)]
 struct Detail {
@@ -342,7 +338,7 @@ impl Watcher {
 pub fn spawn<W: Watched>(name: &'static str, config: WatchConfig, watched: Arc<W>) -> Watcher {
     let unreachable: Unreachable = {
         let watched = watched.clone();
-        Box::new(move || watched.unreachable())
+        Box::new(move || watched.store().unreachable())
     };
     let freshness = Arc::new(Freshness {
         name,
@@ -387,7 +383,7 @@ async fn pending_or<T>(f: &mut Pending<T>) -> T {
     }
 }
 
-async fn next_or_pending<T: Positioned + Clone>(
+async fn next_or_pending<T: Positioned + Clone + Send + Sync>(
     sub: &mut Option<FeedSubscription<T>>,
 ) -> Option<T> {
     match sub.as_mut() {
@@ -410,9 +406,9 @@ impl<W: Watched> Loop<W> {
         let mut next_subscribe = Instant::now();
         // A first load that failed is retried with backoff, not after a poll interval.
         let mut load_backoff = Duration::from_millis(100);
-        let mut load: Pending<Result<W::State, W::Error>> = None;
-        let mut subscribing: Pending<Result<FeedSubscription<W::Pushed>, W::Error>> = None;
-        let mut feed: Option<FeedSubscription<W::Pushed>> = None;
+        let mut load: Pending<Result<W::State, Error<W>>> = None;
+        let mut subscribing: Pending<Result<FeedSubscription<Item<W>>, Error<W>>> = None;
+        let mut feed: Option<FeedSubscription<Item<W>>> = None;
         loop {
             let now = Instant::now();
             if load.is_none() && now >= next_poll {
@@ -421,7 +417,7 @@ impl<W: Watched> Loop<W> {
             }
             if feed.is_none() && subscribing.is_none() && now >= next_subscribe {
                 let watched = self.watched.clone();
-                subscribing = Some(Box::pin(async move { watched.subscribe().await }));
+                subscribing = Some(Box::pin(async move { watched.store().subscribe().await }));
             }
             tokio::select! {
                 result = pending_or(&mut load) => {
@@ -495,7 +491,7 @@ impl<W: Watched> Loop<W> {
         let held = self.watched.held();
         match held {
             Some(held) if position < held || (position > held && crosses(held, position)) => {
-                match self.watched.contains(held).await {
+                match self.watched.store().contains(held).await {
                     Ok(true) if position < held => {
                         // A late answer: the handle already holds a newer change that
                         // the store still has.
@@ -559,10 +555,27 @@ mod tests {
     }
 
     #[async_trait::async_trait]
-    impl Watched for Fake {
-        type State = Position;
-        type Pushed = Position;
+    impl FeedSource for Fake {
+        type Item = Position;
         type Error = String;
+        async fn subscribe(&self) -> Result<FeedSubscription<Position>, String> {
+            Ok(self.feed.subscribe())
+        }
+        async fn contains(&self, p: Position) -> Result<bool, String> {
+            Ok(self.store.lock().unwrap().1.contains(&p))
+        }
+        fn unreachable(&self) -> Option<String> {
+            (!self.up.load(Ordering::SeqCst)).then(|| "connection refused".into())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Watched for Fake {
+        type Store = Self;
+        type State = Position;
+        fn store(&self) -> &Self {
+            self
+        }
         async fn read(&self) -> Result<Position, String> {
             if self.up.load(Ordering::SeqCst) {
                 Ok(self.store.lock().unwrap().0)
@@ -572,15 +585,6 @@ mod tests {
         }
         async fn resolve(&self, p: Position) -> Result<Option<Position>, String> {
             Ok(Some(p))
-        }
-        async fn subscribe(&self) -> Result<FeedSubscription<Position>, String> {
-            Ok(self.feed.subscribe())
-        }
-        async fn contains(&self, p: Position) -> Result<bool, String> {
-            Ok(self.store.lock().unwrap().1.contains(&p))
-        }
-        fn unreachable(&self) -> Option<String> {
-            (!self.up.load(Ordering::SeqCst)).then(|| "connection refused".into())
         }
         fn held(&self) -> Option<Position> {
             *self.held.lock().unwrap()

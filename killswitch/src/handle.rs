@@ -257,9 +257,12 @@ struct Source {
 
 #[async_trait::async_trait]
 impl Watched for Source {
+    type Store = dyn KillSwitchStore;
     type State = KillSwitchState;
-    type Pushed = KillSwitchState;
-    type Error = Error;
+
+    fn store(&self) -> &dyn KillSwitchStore {
+        &*self.store
+    }
 
     async fn read(&self) -> Result<KillSwitchState, Error> {
         self.store.load().await
@@ -267,18 +270,6 @@ impl Watched for Source {
 
     async fn resolve(&self, pushed: KillSwitchState) -> Result<Option<KillSwitchState>, Error> {
         Ok(Some(pushed))
-    }
-
-    async fn subscribe(&self) -> Result<crate::Subscription, Error> {
-        self.store.subscribe().await
-    }
-
-    async fn contains(&self, position: Position) -> Result<bool, Error> {
-        self.store.contains(position).await
-    }
-
-    fn unreachable(&self) -> Option<String> {
-        self.store.unreachable()
     }
 
     fn held(&self) -> Option<Position> {

@@ -12,7 +12,7 @@ pub use memory::MemoryKillSwitchStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PgStore, PostgresKillSwitchStateStore, PostgresKillSwitchStore};
 
-pub use failover_core::{Position, Positioned};
+pub use failover_core::{FeedSource, Position, Positioned};
 
 use failover_core::{ConfigError, DbError, DbErrorKind};
 use serde::{Deserialize, Serialize};
@@ -207,16 +207,19 @@ pub type Subscription = failover_core::FeedSubscription<KillSwitchState>;
 ///   by one, takes a new, greater `position`, updates reason/updated_by/ticket/
 ///   updated_at and appends exactly one audit event (identified by the position),
 ///   atomically.
-/// * `contains(p)` is true when the history holds an event at position `p` (and for
-///   [`Position::ZERO`]); false for a position lost in a failover.
+/// * From [`FeedSource`]: `subscribe` delivers every newer state (skipping to the
+///   newest when behind); `contains(p)` is true when the history holds an event at
+///   position `p` (and for [`Position::ZERO`]), false for a position lost in a
+///   failover.
 /// * Submitting the same `Audit` (same request id) again returns the state that
 ///   request produced and changes nothing (safe retry after an unknown outcome);
 ///   reusing it for the other action is [`Error::RequestReused`].
 /// * `history(limit)` returns at most `limit` events, newest (greatest position) first.
-/// * `subscribe` delivers every newer state (skipping to the newest when behind).
 /// * Text (reason, actor, ticket) is stored and returned verbatim.
 #[async_trait::async_trait]
-pub trait KillSwitchStore: Send + Sync + std::fmt::Debug + 'static {
+pub trait KillSwitchStore:
+    FeedSource<Item = KillSwitchState, Error = Error> + std::fmt::Debug + 'static
+{
     /// The current state.
     async fn load(&self) -> Result<KillSwitchState, Error>;
     /// Stops trading.
@@ -225,20 +228,6 @@ pub trait KillSwitchStore: Send + Sync + std::fmt::Debug + 'static {
     async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error>;
     /// Audit events, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<KillSwitchEvent>, Error>;
-    /// Whether the history holds the change at `position` (false: lost in a failover).
-    async fn contains(&self, position: Position) -> Result<bool, Error>;
-    /// A stream of changes, starting with the state at the time of the call.
-    async fn subscribe(&self) -> Result<Subscription, Error>;
-    /// Why the store cannot be reached **now** (its last attempt failed), if so —
-    /// e.g. "connection refused: …". Health says `failed` at once with it.
-    fn unreachable(&self) -> Option<String> {
-        None
-    }
-    /// The store's retry budget, when it has one: a handle refuses a staleness window
-    /// that a single failed read could outlast.
-    fn retry_budget(&self) -> Option<std::time::Duration> {
-        None
-    }
 }
 
 /// Validates an audit for `action`, the one rule set every store applies.

@@ -8,7 +8,7 @@
 use crate::{
     validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Subscription,
 };
-use failover_core::{ChangeFeed, Position};
+use failover_core::{ChangeFeed, FeedSource, Position};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use uuid::Uuid;
@@ -158,17 +158,23 @@ impl KillSwitchStore for MemoryKillSwitchStore {
             .cloned()
             .collect())
     }
+}
 
-    async fn contains(&self, position: Position) -> Result<bool, Error> {
-        let inner = self.lock();
-        Ok(position == Position::ZERO
-            || inner
-                .events
-                .binary_search_by_key(&position, |e| e.position)
-                .is_ok())
-    }
+#[async_trait::async_trait]
+impl FeedSource for MemoryKillSwitchStore {
+    type Item = KillSwitchState;
+    type Error = Error;
 
     async fn subscribe(&self) -> Result<Subscription, Error> {
         Ok(self.feed.subscribe())
+    }
+
+    async fn contains(&self, position: Position) -> Result<bool, Error> {
+        let inner = self.lock();
+        Ok(failover_core::position::history_holds(
+            &inner.events,
+            position,
+            |e| e.position,
+        ))
     }
 }

@@ -3,7 +3,7 @@
 
 use failover_core::{ComponentStatus, DbError, DbErrorKind};
 use killswitch::{
-    Audit, Error, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
+    Audit, Error, FeedSource, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
     KillSwitchStore, MemoryKillSwitchStore, Position, Subscription, Trading,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +49,12 @@ impl KillSwitchStore for Unreachable {
         self.check()?;
         self.inner.history(limit).await
     }
+}
+
+#[async_trait::async_trait]
+impl FeedSource for Unreachable {
+    type Item = KillSwitchState;
+    type Error = Error;
     async fn contains(&self, position: Position) -> Result<bool, Error> {
         self.check()?;
         self.inner.contains(position).await

@@ -447,9 +447,12 @@ struct Source {
 
 #[async_trait::async_trait]
 impl Watched for Source {
+    type Store = dyn SymbolModeStore;
     type State = ModeDelta;
-    type Pushed = Position;
-    type Error = Error;
+
+    fn store(&self) -> &dyn SymbolModeStore {
+        &*self.store
+    }
 
     async fn read(&self) -> Result<ModeDelta, Error> {
         fetch(&*self.store, &self.shared).await
@@ -462,18 +465,6 @@ impl Watched for Source {
         // Newer, or a resync after a reconnect: read what changed after the snapshot
         // (everything, when the store's history no longer continues it).
         fetch(&*self.store, &self.shared).await.map(Some)
-    }
-
-    async fn subscribe(&self) -> Result<crate::Subscription, Error> {
-        self.store.subscribe().await
-    }
-
-    async fn contains(&self, position: Position) -> Result<bool, Error> {
-        self.store.contains(position).await
-    }
-
-    fn unreachable(&self) -> Option<String> {
-        self.store.unreachable()
     }
 
     fn held(&self) -> Option<Position> {

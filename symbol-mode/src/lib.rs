@@ -24,7 +24,7 @@ pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};
 pub use symbol::{validate_symbol, SymbolError, MAX_SYMBOL_CHARS};
 
-pub use failover_core::{Position, Positioned};
+pub use failover_core::{FeedSource, Position, Positioned};
 
 use failover_core::{ConfigError, DbError, DbErrorKind, Safety};
 use serde::{Deserialize, Serialize};
@@ -397,20 +397,22 @@ impl From<DbError> for Error {
 /// * Every accepted command bumps the version by exactly one, takes a new, greater
 ///   position and appends exactly one [`AuditEvent`] (actor, reason, ticket;
 ///   identified by the position) atomically with the change.
-/// * [`contains`](Self::contains) is true when the history holds a command at that
-///   position (and for [`Position::ZERO`]); false for one lost in a failover.
+/// * From [`FeedSource`]: `contains` is true when the history holds a command at
+///   that position (and for [`Position::ZERO`]), false for one lost in a failover;
+///   `subscribe` delivers each newer position (skipping to the newest when behind).
 /// * Submitting the same `Audit` (same request id) again with the same command
 ///   returns the event that request produced and changes nothing (safe retry after
 ///   an unknown outcome); with a different command it is [`Error::RequestReused`].
 /// * [`history`](Self::history) returns at most `limit` events, newest (greatest
 ///   position) first.
-/// * [`subscribe`](Self::subscribe) delivers each newer position (skipping to the
-///   newest when behind); [`subscribe_cancel_all`](Self::subscribe_cancel_all)
+/// * [`subscribe_cancel_all`](Self::subscribe_cancel_all)
 ///   delivers every `CancelAll` after its start exactly once per subscription, in
 ///   order, also across lost connections.
 /// * Text (symbol, reason, actor, ticket) is stored and returned verbatim.
 #[async_trait::async_trait]
-pub trait SymbolModeStore: Send + Sync + std::fmt::Debug + 'static {
+pub trait SymbolModeStore:
+    FeedSource<Item = Position, Error = Error> + std::fmt::Debug + 'static
+{
     /// The global mode, withdrawals and version (one small read).
     async fn venue(&self) -> Result<VenueState, Error>;
     /// A symbol's own entry; `None` when it was never set (it is then `NORMAL`).
@@ -439,22 +441,8 @@ pub trait SymbolModeStore: Send + Sync + std::fmt::Debug + 'static {
     async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error>;
     /// Audit events, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error>;
-    /// Whether the history holds the command at `position` (false: lost in a failover).
-    async fn contains(&self, position: Position) -> Result<bool, Error>;
-    /// A stream of positions, starting with the position at the time of the call.
-    async fn subscribe(&self) -> Result<Subscription, Error>;
     /// A stream of `CancelAll` commands after `start`, each exactly once.
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error>;
-    /// Why the store cannot be reached **now** (its last attempt failed), if so —
-    /// e.g. "connection refused: …". Health says `failed` at once with it.
-    fn unreachable(&self) -> Option<String> {
-        None
-    }
-    /// The store's retry budget, when it has one: a handle refuses a staleness window
-    /// that a single failed read could outlast.
-    fn retry_budget(&self) -> Option<std::time::Duration> {
-        None
-    }
 }
 
 /// What a store is asked to write; shared by every backend so the rules are applied

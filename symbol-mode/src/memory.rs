@@ -10,7 +10,7 @@ use crate::{
     ModeDelta, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState,
     VenueState,
 };
-use failover_core::{ChangeFeed, FeedSubscription, Position};
+use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -309,19 +309,6 @@ impl SymbolModeStore for MemorySymbolModeStore {
             .collect())
     }
 
-    async fn contains(&self, position: Position) -> Result<bool, Error> {
-        let inner = self.lock();
-        Ok(position == Position::ZERO
-            || inner
-                .events
-                .binary_search_by_key(&position, |e| e.position)
-                .is_ok())
-    }
-
-    async fn subscribe(&self) -> Result<Subscription, Error> {
-        Ok(self.shared.feed.subscribe())
-    }
-
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error> {
         // Subscribe before reading the cursor: nothing accepted in between is missed.
         let mut rx = self.shared.feed.subscribe();
@@ -335,6 +322,25 @@ impl SymbolModeStore for MemorySymbolModeStore {
             rx,
         };
         Ok(CancelAllSubscription::new(Box::new(feed), cursor))
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedSource for MemorySymbolModeStore {
+    type Item = Position;
+    type Error = Error;
+
+    async fn subscribe(&self) -> Result<Subscription, Error> {
+        Ok(self.shared.feed.subscribe())
+    }
+
+    async fn contains(&self, position: Position) -> Result<bool, Error> {
+        let inner = self.lock();
+        Ok(failover_core::position::history_holds(
+            &inner.events,
+            position,
+            |e| e.position,
+        ))
     }
 }
 

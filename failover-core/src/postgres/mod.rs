@@ -20,7 +20,9 @@ pub use listen::{ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS};
 pub use pool::{PgClient, PgPool};
 pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};
-pub use store::{reload_when_newer, Interpret, Notified, PgChangeFeed, PgStore, Reload};
+pub use store::{
+    reload_when_newer, Interpret, Notified, PgChangeFeed, PgFeedStore, PgStore, Reload,
+};
 pub use switchover::{
     emergency_failover, parse_lsn, planned_switchover, Candidate, FailoverReport, Phase,
     SwitchoverError, SwitchoverReport,

@@ -14,7 +14,7 @@ use super::migrate::{migrate, Migration, MigrationReport};
 use super::pool::PgPool;
 use super::settings::PgSettings;
 use crate::errors::{ConfigError, DbError};
-use crate::feed::{ChangeFeed, FeedSubscription, PushStatus};
+use crate::feed::{ChangeFeed, FeedSource, FeedSubscription, PushStatus};
 use crate::position::{Position, Positioned};
 use futures_util::future::BoxFuture;
 use std::future::Future;
@@ -72,6 +72,41 @@ pub trait PgStore: Sized + Send + Sync {
     }
 }
 
+/// A PostgreSQL store with a change feed: name the feed and its audit table, and
+/// [`FeedSource`] — subscribe, contains, unreachable, retry budget — comes with it.
+pub trait PgFeedStore: PgStore {
+    /// What the store's feed carries.
+    type Item: Positioned + Clone + Send + Sync + 'static;
+    /// The store's change feed.
+    fn changes(&self) -> &PgChangeFeed<Self::Item>;
+}
+
+#[async_trait::async_trait]
+impl<T> FeedSource for T
+where
+    T: PgFeedStore,
+    <T as PgStore>::Error: std::fmt::Display + 'static,
+{
+    type Item = <T as PgFeedStore>::Item;
+    type Error = <T as PgStore>::Error;
+
+    async fn subscribe(&self) -> Result<FeedSubscription<Self::Item>, Self::Error> {
+        Ok(self.changes().subscribe(self.pool()).await?)
+    }
+
+    async fn contains(&self, position: Position) -> Result<bool, Self::Error> {
+        Ok(self.changes().contains(self.pool(), position).await?)
+    }
+
+    fn unreachable(&self) -> Option<String> {
+        self.pool().unreachable()
+    }
+
+    fn retry_budget(&self) -> Option<Duration> {
+        Some(self.pool().settings().retry_policy().budget)
+    }
+}
+
 /// What a notification's payload means to a store.
 #[derive(Debug)]
 pub enum Notified<T> {
@@ -92,6 +127,7 @@ pub type Interpret<T> = Arc<dyn Fn(&str, Position) -> Notified<T> + Send + Sync>
 pub struct PgChangeFeed<T> {
     feed: ChangeFeed<T>,
     channel: &'static str,
+    contains_sql: String,
     options: ListenOptions,
     reload: Reload<T>,
     interpret: Interpret<T>,
@@ -124,13 +160,22 @@ pub fn reload_when_newer<T>(payload: &str, held: Position) -> Notified<T> {
 }
 
 impl<T: Positioned + Clone + Send + Sync + 'static> PgChangeFeed<T> {
-    /// A feed over `channel`; nothing starts until the first subscription.
-    pub fn new(channel: &'static str, reload: Reload<T>, interpret: Interpret<T>) -> Self {
+    /// A feed over `channel` whose changes are the rows of `audit_table` (identified
+    /// by its `position` column); nothing starts until the first subscription.
+    pub fn new(
+        channel: &'static str,
+        audit_table: &'static str,
+        reload: Reload<T>,
+        interpret: Interpret<T>,
+    ) -> Self {
         let feed = ChangeFeed::new();
         feed.set_push_status(PushStatus::Unavailable("not listening yet".into()));
         Self {
             feed,
             channel,
+            contains_sql: format!(
+                "SELECT EXISTS (SELECT 1 FROM {audit_table} WHERE position = $1)"
+            ),
             options: ListenOptions::default(),
             reload,
             interpret,
@@ -146,6 +191,18 @@ impl<T: Positioned + Clone + Send + Sync + 'static> PgChangeFeed<T> {
     /// The feed (publish what the store itself wrote or read).
     pub fn feed(&self) -> &ChangeFeed<T> {
         &self.feed
+    }
+
+    /// Whether the audit table holds the change at `position` (and true for
+    /// [`Position::ZERO`]).
+    pub async fn contains(&self, pool: &PgPool, position: Position) -> Result<bool, DbError> {
+        if position == Position::ZERO {
+            return Ok(true);
+        }
+        let row = pool
+            .query_one("feed.contains", &self.contains_sql, &[&position.as_i64()])
+            .await?;
+        Ok(row.get(0))
     }
 
     /// Starts listening (once), subscribes, and reads the current item so that the

@@ -15,10 +15,9 @@
 
 use crate::{
     validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Position,
-    Subscription,
 };
 use failover_core::postgres::{
-    reload_when_newer, ListenOptions, Migration, PgChangeFeed, PgPool, Reload,
+    reload_when_newer, ListenOptions, Migration, PgChangeFeed, PgFeedStore, PgPool, Reload,
 };
 use std::sync::Arc;
 use tokio_postgres::Row;
@@ -54,7 +53,6 @@ const APPLY: &str = "SELECT o_engaged AS engaged, o_reason AS reason, o_updated_
 const HISTORY: &str =
     "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at \
                        FROM kill_switch_events ORDER BY position DESC LIMIT $1";
-const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM kill_switch_events WHERE position = $1)";
 
 /// The kill switch in PostgreSQL.
 #[derive(Debug)]
@@ -100,12 +98,25 @@ impl PgStore for PostgresKillSwitchStore {
             Arc::new(|pool| Box::pin(async move { load(&pool).await }));
         Self {
             pool,
-            changes: PgChangeFeed::new(CHANNEL, reload, Arc::new(reload_when_newer)),
+            changes: PgChangeFeed::new(
+                CHANNEL,
+                "kill_switch_events",
+                reload,
+                Arc::new(reload_when_newer),
+            ),
         }
     }
 
     fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+impl PgFeedStore for PostgresKillSwitchStore {
+    type Item = KillSwitchState;
+
+    fn changes(&self) -> &PgChangeFeed<KillSwitchState> {
+        &self.changes
     }
 }
 
@@ -193,28 +204,5 @@ impl KillSwitchStore for PostgresKillSwitchStore {
                 at: r.get("at"),
             })
             .collect())
-    }
-
-    async fn contains(&self, position: Position) -> Result<bool, Error> {
-        if position == Position::ZERO {
-            return Ok(true);
-        }
-        let row = self
-            .pool
-            .query_one("kill_switch.contains", CONTAINS, &[&position.as_i64()])
-            .await?;
-        Ok(row.get(0))
-    }
-
-    async fn subscribe(&self) -> Result<Subscription, Error> {
-        Ok(self.changes.subscribe(&self.pool).await?)
-    }
-
-    fn unreachable(&self) -> Option<String> {
-        self.pool.unreachable()
-    }
-
-    fn retry_budget(&self) -> Option<std::time::Duration> {
-        Some(self.pool.settings().retry_policy().budget)
     }
 }

@@ -22,11 +22,12 @@
 use crate::subscription::CancelAllFeed;
 use crate::{
     transition_refusal, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Command,
-    CommandKind, Error, ModeDelta, Request, StartAt, Subscription, SymbolMode, SymbolModeStore,
-    SymbolState, Transition, VenueState,
+    CommandKind, Error, ModeDelta, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState,
+    Transition, VenueState,
 };
 use failover_core::postgres::{
-    ListenEvent, ListenOptions, Listener, Migration, Notified, PgChangeFeed, PgPool, Reload,
+    ListenEvent, ListenOptions, Listener, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool,
+    Reload,
 };
 use failover_core::{DbError, DbErrorKind, Position};
 use std::sync::Arc;
@@ -82,7 +83,6 @@ const HISTORY: &str = "SELECT version, position, request_id, command, symbol, fr
 const CANCEL_ALL_AFTER: &str = "SELECT version, position, request_id, command, symbol, from_mode, \
        to_mode, withdrawals_halted, reason, actor, ticket, at \
      FROM symbol_mode_events WHERE command = 'CancelAll' AND position > $1 ORDER BY position LIMIT 1000";
-const CONTAINS: &str = "SELECT EXISTS (SELECT 1 FROM symbol_mode_events WHERE position = $1)";
 
 /// Symbol modes in PostgreSQL.
 #[derive(Debug)]
@@ -208,7 +208,7 @@ impl PgStore for PostgresSymbolModeStore {
         );
         Self {
             pool,
-            changes: PgChangeFeed::new(CHANNEL, reload, interpret),
+            changes: PgChangeFeed::new(CHANNEL, "symbol_mode_events", reload, interpret),
             listen_options: ListenOptions::default(),
             cancel_all_poll: Duration::from_secs(1),
         }
@@ -216,6 +216,14 @@ impl PgStore for PostgresSymbolModeStore {
 
     fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+impl PgFeedStore for PostgresSymbolModeStore {
+    type Item = Position;
+
+    fn changes(&self) -> &PgChangeFeed<Position> {
+        &self.changes
     }
 }
 
@@ -435,29 +443,6 @@ impl SymbolModeStore for PostgresSymbolModeStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.pool.query(op, HISTORY, &[&limit]).await?;
         rows.iter().map(|r| event_from(op, r)).collect()
-    }
-
-    async fn contains(&self, position: Position) -> Result<bool, Error> {
-        if position == Position::ZERO {
-            return Ok(true);
-        }
-        let row = self
-            .pool
-            .query_one("symbol_mode.contains", CONTAINS, &[&position.as_i64()])
-            .await?;
-        Ok(row.get(0))
-    }
-
-    async fn subscribe(&self) -> Result<Subscription, Error> {
-        Ok(self.changes.subscribe(&self.pool).await?)
-    }
-
-    fn unreachable(&self) -> Option<String> {
-        self.pool.unreachable()
-    }
-
-    fn retry_budget(&self) -> Option<std::time::Duration> {
-        Some(self.pool.settings().retry_policy().budget)
     }
 
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error> {
