@@ -26,6 +26,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tradepulse_examples::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = DrillConfig {
         synchronous: args.iter().any(|a| a == "--sync"),

@@ -11,6 +11,9 @@ pub mod watcher;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+#[cfg(feature = "http")]
+pub mod http;
+
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

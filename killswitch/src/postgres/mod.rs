@@ -35,7 +35,10 @@ pub const MIGRATIONS: &[Migration] = &[Migration::new(
     include_str!("../../migrations/postgres/0001_kill_switch.sql"),
 )];
 
-const COMPONENT: &str = "killswitch";
+/// The pool's metrics label: the health component's spelling.
+const COMPONENT: &str = crate::HEALTH_COMPONENT;
+/// The key of this crate's migrations in the ledger (unchanged since the first release).
+const MIGRATION_KEY: &str = "killswitch";
 
 const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, version \
                     FROM kill_switch_state WHERE id = 1";
@@ -141,7 +144,7 @@ impl PostgresKillSwitchStore {
 
     /// Applies the embedded migrations (idempotent, safe under concurrent start).
     pub async fn migrate(&self) -> Result<MigrationReport, Error> {
-        Ok(migrate(&self.pool, COMPONENT, MIGRATIONS).await?)
+        Ok(migrate(&self.pool, MIGRATION_KEY, MIGRATIONS).await?)
     }
 
     /// The pool, e.g. to share it or read its settings.
