@@ -88,6 +88,8 @@ pub struct DrillReport {
     pub promotion: Duration,
     /// Per control.
     pub controls: Vec<ControlReport>,
+    /// What happened when, from the start of the drill.
+    pub timeline: Vec<(Duration, String)>,
 }
 
 impl DrillReport {
@@ -112,6 +114,80 @@ impl DrillReport {
     /// True when RPO and RTO meet the runbook's objectives.
     pub fn objectives_met(&self) -> bool {
         self.rpo() <= RPO_OBJECTIVE && self.rto() <= RTO_OBJECTIVE
+    }
+
+    /// `failover-sync` or `failover-async`: the evidence files' kind.
+    pub fn kind(&self) -> &'static str {
+        if self.synchronous {
+            "failover-sync"
+        } else {
+            "failover-async"
+        }
+    }
+
+    /// The report as JSON (durations in milliseconds).
+    pub fn to_json(&self) -> serde_json::Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        serde_json::json!({
+            "kind": self.kind(),
+            "generated_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "replication": if self.synchronous { "synchronous" } else { "asynchronous" },
+            "rpo_ms": ms(self.rpo()),
+            "rto_ms": ms(self.rto()),
+            "objectives": { "rpo_ms": ms(RPO_OBJECTIVE), "rto_ms": ms(RTO_OBJECTIVE), "met": self.objectives_met() },
+            "detection_ms": ms(self.detection),
+            "promotion_ms": ms(self.promotion),
+            "controls": self.controls.iter().map(|c| serde_json::json!({
+                "control": c.control,
+                "acked_before_kill": c.acked_before_kill,
+                "writes_lost": c.lost,
+                "loss_window_ms": ms(c.loss_window),
+                "first_write_after_promotion_ms": ms(c.first_write_after_promotion),
+                "recovery_gap_ms": ms(c.recovery_gap),
+            })).collect::<Vec<_>>(),
+            "timeline": self.timeline.iter().map(|(at, what)| serde_json::json!({"at_ms": ms(*at), "event": what})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The report as Markdown, for people.
+    pub fn to_markdown(&self) -> String {
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        let mut md = format!(
+            "# Failover drill ({})\n\nGenerated {} (UTC).\n\n| objective | measured | target | |\n|---|---|---|---|\n| RPO | {} | <= 60 s | {} |\n| RTO | {} | <= 10 min | {} |\n| detection | {} | <= {} | |\n| promotion | {} | | |\n\n## Per control\n\n| control | acked before kill | writes lost | loss window | first write after promotion | recovery gap |\n|---|---|---|---|---|---|\n",
+            if self.synchronous { "synchronous replication" } else { "asynchronous replication" },
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+            ms(self.rpo()),
+            if self.rpo() <= RPO_OBJECTIVE { "met" } else { "MISSED" },
+            ms(self.rto()),
+            if self.rto() <= RTO_OBJECTIVE { "met" } else { "MISSED" },
+            ms(self.detection),
+            ms(DETECTION_TARGET),
+            ms(self.promotion),
+        );
+        for c in &self.controls {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                c.control,
+                c.acked_before_kill,
+                c.lost,
+                ms(c.loss_window),
+                ms(c.first_write_after_promotion),
+                ms(c.recovery_gap)
+            ));
+        }
+        md.push_str("\n## Timeline\n\n| at | event |\n|---|---|\n");
+        for (at, what) in &self.timeline {
+            md.push_str(&format!("| +{} | {} |\n", ms(*at), what));
+        }
+        md
+    }
+
+    /// Writes `<UTC date>-<kind>.json`, `.md` and `.sha256` into `dir`.
+    pub fn write_evidence(
+        &self,
+        dir: &std::path::Path,
+    ) -> std::io::Result<crate::evidence::Evidence> {
+        crate::evidence::write(dir, self.kind(), &self.to_json(), &self.to_markdown())
     }
 
     /// The table the example prints.
@@ -181,8 +257,14 @@ impl Acks {
 /// Runs the drill; `out` receives progress lines.
 pub async fn run(
     config: DrillConfig,
-    mut out: impl FnMut(String),
+    mut progress: impl FnMut(String),
 ) -> Result<DrillReport, BoxError> {
+    let started = Instant::now();
+    let mut timeline: Vec<(Duration, String)> = Vec::new();
+    let mut out = |line: String| {
+        timeline.push((started.elapsed(), line.clone()));
+        progress(line);
+    };
     let cluster = Cluster::builder()
         .replica(true)
         .synchronous(config.synchronous)
@@ -333,6 +415,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    out("every control wrote on the new timeline; load stopped".into());
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         let _ = w.await;
@@ -395,6 +478,7 @@ pub async fn run(
         detection,
         promotion,
         controls,
+        timeline,
     })
 }
 
