@@ -6,6 +6,10 @@
 //!   cargo run --example failover-drill -- --sync       # synchronous: RPO must be 0
 //!   cargo run --example failover-drill -- --runs 5     # median of five drills
 //!   cargo run --example failover-drill -- --cut-replication 500   # provoke loss (async)
+//!   cargo run --example failover-drill -- --report-dir DIR        # evidence folder
+//!
+//! Each drill writes `<UTC date>-failover-<sync|async>.json`, `.md` and `.sha256` into
+//! `reports/disaster-recovery/` (or `--report-dir`).
 //!
 //! Needs PostgreSQL's server binaries (Debian's `postgresql` package).
 
@@ -26,6 +30,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tradepulse_examples::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let config = DrillConfig {
         synchronous: args.iter().any(|a| a == "--sync"),
@@ -38,6 +43,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!("== drill {i}/{runs}");
         let report = run(config.clone(), |line| println!("   {line}")).await?;
         println!("{}", report.table());
+        let dir = args
+            .iter()
+            .position(|a| a == "--report-dir")
+            .and_then(|i| args.get(i + 1))
+            .map_or(safetyctl::evidence::DEFAULT_DIR, String::as_str);
+        let evidence = report.write_evidence(std::path::Path::new(dir))?;
+        println!(
+            "evidence: {} and {} (sha256 in {})",
+            evidence.json.display(),
+            evidence.markdown.display(),
+            evidence.checksums.display()
+        );
         reports.push(report);
     }
     if runs > 1 {

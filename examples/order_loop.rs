@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tradepulse_examples::logging::init();
     let postgres = std::env::args().any(|a| a == "--postgres");
     let store: Arc<dyn KillSwitchStore> = if postgres {
         let store = killswitch::PostgresKillSwitchStore::from_env()?;

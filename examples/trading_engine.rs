@@ -13,6 +13,7 @@ use tradepulse_examples::trading_engine::{run, Stores};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    tradepulse_examples::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let stores = match args.iter().position(|a| a == "--postgres") {
         None => {

@@ -1,33 +1,37 @@
-//! The admin HTTP API an operator uses during an incident (axum).
+//! The admin HTTP API an operator uses during an incident: a thin composition of the
+//! routes the crates offer behind their `http` feature.
 //!
-//! | route | what |
-//! |---|---|
-//! | `GET /healthz` | readiness with every component (`kill_switch` …); 200 when ready, 503 when any component failed |
-//! | `GET /admin/kill-switch` | the persisted kill switch state, read from the store, plus what the hot path answers |
-//! | `POST /admin/kill-switch/engage` | body `{"actor", "reason", "ticket"?, "request_id"?}` |
-//! | `POST /admin/kill-switch/disengage` | same body; `ticket` required |
-//! | `GET /admin/symbols/{symbol}/mode` | the symbol's own, global and effective mode |
-//! | `PUT /admin/symbols/{symbol}/mode` | `SetSymbolMode`: body `{"mode", "actor", "reason", "ticket"?, "request_id"?}` |
-//! | `POST /admin/symbols/{symbol}/cancel-all` | `CancelAll(symbol)`: audit body |
-//! | `POST /admin/withdrawals/halt` | `WithdrawalsHalt`: body `{"on", "actor", "reason", "ticket"?}`; lifting needs a ticket |
-//! | `GET /metrics` | Prometheus text of every metric the crates record |
+//! | route | role | from |
+//! |---|---|---|
+//! | `GET /healthz`, `/health`, `/ready` | open | readiness of every component (`kill_switch` …): 200 when ready, 503 when any component failed |
+//! | `GET /livez`, `GET /metrics` | open | liveness; Prometheus text |
+//! | `GET /admin/kill-switch`, `…/history` | viewer | [`killswitch::http`] |
+//! | `POST /admin/kill-switch/engage` / `…/disengage` | operator / supervisor | body `{"reason", "ticket"?, "request_id"?}` |
+//! | `GET`/`PUT /admin/symbols/{symbol}/mode`, `POST …/cancel-all`, `GET`/`PUT /admin/global-mode`, `POST /admin/withdrawals/halt`, `GET /admin/symbol-modes/history` | viewer / operator (tighten) / supervisor (relax) | [`symbol_mode::http`] |
+//! | `GET /admin/leases/{resource}`, `…/history` | viewer | [`fencing::http`] |
 //!
-//! A bad request gets a 4xx with `{"error": {"code", "message"}}` naming the problem,
-//! and changes nothing. A store that cannot be reached gives 503.
+//! The audit actor is the authenticated caller (bearer token or client
+//! certificate); a body `actor` is refused with 400 `actor_not_accepted`. A bad
+//! request gets a 4xx with `{"error": {"code", "message"}}` naming the problem and
+//! changes nothing. A store that cannot be reached gives 503.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
-use failover_core::{Audit, HealthRegistry};
-use killswitch::{KillSwitch, KillSwitchStore, Trading};
+use failover_core::http::metrics::pool_gauges;
+use failover_core::http::{Authenticator, Ops, Role};
+use failover_core::postgres::PgPool;
+use failover_core::HealthRegistry;
+use fencing::LeaseFencer;
+use killswitch::{KillSwitch, KillSwitchStore};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use symbol_mode::{SymbolMode, SymbolModeStore, SymbolModes};
-use uuid::Uuid;
+use symbol_mode::{SymbolModeStore, SymbolModes};
+
+/// The lease store and, for PostgreSQL, the same store for its trail.
+pub type Leases = (
+    Arc<dyn LeaseFencer>,
+    Option<Arc<fencing::PostgresLeaseFencer>>,
+);
 
 /// What the routes need.
 #[derive(Clone)]
@@ -40,328 +44,122 @@ pub struct AdminState {
     pub mode_store: Arc<dyn SymbolModeStore>,
     /// The hot-path symbol mode snapshot.
     pub modes: SymbolModes,
+    /// The lease store and, for PostgreSQL, its trail.
+    pub leases: Option<Leases>,
     /// Every component's health.
     pub health: HealthRegistry,
     /// Renders `/metrics`; `None` when no recorder is installed.
     pub prometheus: Option<PrometheusHandle>,
+    /// Who may call the admin routes.
+    pub auth: Authenticator,
+    /// PostgreSQL pools by health component name (`kill_switch`, `symbol_mode`,
+    /// `fencing`), for the `pg_pool_*` gauges and "which server answered".
+    pub pools: Vec<(&'static str, PgPool)>,
 }
 
-/// The request body of every audited action.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditBody {
-    /// Who acts, e.g. `ops:alice`.
-    pub actor: String,
-    /// Why.
-    pub reason: String,
-    /// Incident or change ticket; required to relax safety.
-    #[serde(default)]
-    pub ticket: Option<String>,
-    /// Idempotency key: resending the same id is applied once.
-    #[serde(default)]
-    pub request_id: Option<Uuid>,
-}
-
-/// Body of `PUT /admin/symbols/{symbol}/mode`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModeBody {
-    /// `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or `HARD_HALT`.
-    pub mode: SymbolMode,
-    /// Who acts.
-    pub actor: String,
-    /// Why.
-    pub reason: String,
-    /// Ticket; required to relax safety.
-    #[serde(default)]
-    pub ticket: Option<String>,
-    /// Idempotency key.
-    #[serde(default)]
-    pub request_id: Option<Uuid>,
-}
-
-/// Body of `POST /admin/withdrawals/halt`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WithdrawalsBody {
-    /// `true` halts withdrawals, `false` lifts the halt (ticket required).
-    pub on: bool,
-    /// Who acts.
-    pub actor: String,
-    /// Why.
-    pub reason: String,
-    /// Ticket; required to lift the halt.
-    #[serde(default)]
-    pub ticket: Option<String>,
-    /// Idempotency key.
-    #[serde(default)]
-    pub request_id: Option<Uuid>,
-}
-
-fn audit_of(actor: &str, reason: &str, ticket: &Option<String>, request_id: Option<Uuid>) -> Audit {
-    let mut audit = Audit::new(actor, reason);
-    if let Some(t) = ticket {
-        audit = audit.with_ticket(t);
-    }
-    if let Some(id) = request_id {
-        audit = audit.with_request_id(id);
-    }
-    audit
-}
-
-impl AuditBody {
-    fn audit(&self) -> Audit {
-        audit_of(&self.actor, &self.reason, &self.ticket, self.request_id)
-    }
-}
-
-/// A JSON error answer.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, axum::Json(body)).into_response()
-    }
-}
-
-impl From<killswitch::Error> for ApiError {
-    fn from(e: killswitch::Error) -> Self {
-        use killswitch::Error as E;
-        let (status, code) = match &e {
-            E::InvalidAudit(failover_core::AuditError::TicketRequired { .. }) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "ticket_required")
-            }
-            E::InvalidAudit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_audit"),
-            E::RequestReused { .. } => (StatusCode::CONFLICT, "request_reused"),
-            E::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            E::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-        };
-        Self::new(status, code, e.to_string())
-    }
-}
-
-impl From<symbol_mode::Error> for ApiError {
-    fn from(e: symbol_mode::Error) -> Self {
-        use symbol_mode::Error as E;
-        let (status, code) = match &e {
-            E::InvalidSymbol(_) => (StatusCode::BAD_REQUEST, "invalid_symbol"),
-            E::InvalidAudit(failover_core::AuditError::TicketRequired { .. }) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "ticket_required")
-            }
-            E::InvalidAudit(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_audit"),
-            E::TransitionForbidden { .. } => (StatusCode::CONFLICT, "transition_forbidden"),
-            E::RequestReused { .. } => (StatusCode::CONFLICT, "request_reused"),
-            E::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            E::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-        };
-        Self::new(status, code, e.to_string())
-    }
-}
-
-/// `Json<T>` whose rejection is a JSON 400 that names the problem.
-pub struct JsonBody<T>(pub T);
-
-impl<S, T> FromRequest<S> for JsonBody<T>
-where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!(
-                    "{}; send a JSON body like {{\"actor\":\"ops:alice\",\"reason\":\"…\",\"ticket\":\"INC-1\"}}",
-                    rejection.body_text()
-                ),
-            )),
-        }
-    }
-}
-
-/// The router with every route.
+/// The router with every route: admin routes behind authentication, probes and
+/// metrics open.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/admin/kill-switch", get(kill_switch_get))
-        .route(
-            "/admin/kill-switch/engage",
-            post(
-                |State(s): State<AdminState>, JsonBody(b): JsonBody<AuditBody>| {
-                    kill_switch_change(s, b, killswitch::Action::Engage)
-                },
-            ),
-        )
-        .route(
-            "/admin/kill-switch/disengage",
-            post(
-                |State(s): State<AdminState>, JsonBody(b): JsonBody<AuditBody>| {
-                    kill_switch_change(s, b, killswitch::Action::Disengage)
-                },
-            ),
-        )
-        .route(
-            "/admin/symbols/{symbol}/mode",
-            get(symbol_mode_get).put(symbol_mode_put),
-        )
-        .route(
-            "/admin/symbols/{symbol}/cancel-all",
-            post(symbol_cancel_all),
-        )
-        .route("/admin/withdrawals/halt", post(withdrawals_halt))
-        .route("/metrics", get(metrics_text))
-        .with_state(state)
-}
-
-async fn healthz(State(state): State<AdminState>) -> Response {
-    let readiness = state.health.readiness();
-    let status = if readiness.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let pool_of = |name: &str| {
+        state
+            .pools
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, p)| p.clone())
     };
-    (status, axum::Json(readiness)).into_response()
-}
-
-fn trading_words(t: Trading) -> (&'static str, Option<String>) {
-    match t {
-        Trading::Allowed => ("allowed", None),
-        Trading::Halted(h) => ("halted", Some(h.to_string())),
+    let mut kill = killswitch::http::KillSwitchRoutes::new(state.kill_store.clone())
+        .with_handle(state.kill_switch.clone());
+    if let Some(pool) = pool_of(killswitch::HEALTH_COMPONENT) {
+        kill = kill.with_pool(pool);
     }
-}
-
-async fn kill_switch_get(State(state): State<AdminState>) -> Result<Response, ApiError> {
-    let persisted = state.kill_store.load().await?;
-    let (trading, halt) = trading_words(state.kill_switch.trading());
-    let body = serde_json::json!({
-        "state": persisted,
-        "hot_path": { "trading": trading, "halt": halt },
-        "health": state.kill_switch.health(),
-    });
-    Ok(axum::Json(body).into_response())
-}
-
-async fn kill_switch_change(
-    state: AdminState,
-    body: AuditBody,
-    action: killswitch::Action,
-) -> Result<Response, ApiError> {
-    let audit = body.audit();
-    let s = match action {
-        killswitch::Action::Engage => state.kill_store.engage(&audit).await?,
-        killswitch::Action::Disengage => state.kill_store.disengage(&audit).await?,
-    };
-    tracing::warn!(%action, actor = %body.actor, reason = %body.reason, version = s.version, "kill switch changed via admin API");
-    Ok(axum::Json(s).into_response())
-}
-
-async fn symbol_mode_get(
-    State(state): State<AdminState>,
-    Path(symbol): Path<String>,
-) -> Result<Response, ApiError> {
-    symbol_mode::validate_symbol(&symbol).map_err(symbol_mode::Error::from)?;
-    let own = state.mode_store.symbol_state(&symbol).await?;
-    let venue = state.mode_store.venue().await?;
-    let own_mode = own.as_ref().map_or(SymbolMode::Normal, |s| s.mode);
-    let body = serde_json::json!({
-        "symbol": symbol,
-        "mode": own_mode,
-        "global": venue.global,
-        "effective": SymbolMode::effective(venue.global, own_mode),
-        "hot_path": state.modes.mode(&symbol),
-        "last_change": own,
-    });
-    Ok(axum::Json(body).into_response())
-}
-
-async fn symbol_mode_put(
-    State(state): State<AdminState>,
-    Path(symbol): Path<String>,
-    JsonBody(body): JsonBody<ModeBody>,
-) -> Result<Response, ApiError> {
-    let event = state
-        .mode_store
-        .set_symbol_mode(
-            &symbol,
-            body.mode,
-            &audit_of(&body.actor, &body.reason, &body.ticket, body.request_id),
-        )
-        .await?;
-    tracing::warn!(%symbol, mode = %body.mode, actor = %body.actor, "SetSymbolMode via admin API");
-    Ok(axum::Json(event).into_response())
-}
-
-async fn symbol_cancel_all(
-    State(state): State<AdminState>,
-    Path(symbol): Path<String>,
-    JsonBody(body): JsonBody<AuditBody>,
-) -> Result<Response, ApiError> {
-    let command = state.mode_store.cancel_all(&symbol, &body.audit()).await?;
-    tracing::warn!(%symbol, actor = %body.actor, seq = command.seq, "CancelAll via admin API");
-    Ok(axum::Json(command).into_response())
-}
-
-async fn withdrawals_halt(
-    State(state): State<AdminState>,
-    JsonBody(body): JsonBody<WithdrawalsBody>,
-) -> Result<Response, ApiError> {
-    let event = state
-        .mode_store
-        .withdrawals_halt(
-            body.on,
-            &audit_of(&body.actor, &body.reason, &body.ticket, body.request_id),
-        )
-        .await?;
-    tracing::warn!(on = body.on, actor = %body.actor, "WithdrawalsHalt via admin API");
-    Ok(axum::Json(event).into_response())
-}
-
-async fn metrics_text(State(state): State<AdminState>) -> Response {
-    match &state.prometheus {
-        Some(handle) => (
-            [("content-type", "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
-        None => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "metrics_disabled",
-            "no metrics recorder installed",
-        )
-        .into_response(),
+    let mut admin = Router::new().merge(kill.router()).merge(
+        symbol_mode::http::SymbolModeRoutes::new(state.mode_store.clone())
+            .with_handle(state.modes.clone())
+            .router(),
+    );
+    if let Some((fencer, trail)) = &state.leases {
+        let mut routes = fencing::http::LeaseRoutes::new(fencer.clone());
+        if let Some(trail) = trail {
+            routes = routes.with_history(trail.clone());
+        }
+        admin = admin.merge(routes.router());
     }
+    let mut ops = Ops::new(state.health.clone())
+        .with_prometheus(state.prometheus.clone())
+        .with_collector(killswitch::http::gauges(state.kill_switch.clone()))
+        .with_collector(symbol_mode::http::gauges(state.modes.clone()));
+    for (name, pool) in &state.pools {
+        ops = ops.with_collector(pool_gauges(name, pool.clone()));
+    }
+    state.auth.clone().protect(admin).merge(ops.router())
 }
 
-/// Installs the process-wide Prometheus recorder once; later calls return the same handle.
+/// Installs the process-wide Prometheus recorder once (histograms in seconds, `# HELP`
+/// for every metric); later calls return the same handle.
 pub fn prometheus() -> Option<PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .ok()
-        })
-        .clone()
+    let handle = failover_core::http::metrics::install_prometheus();
+    killswitch::http::describe_metrics();
+    symbol_mode::http::describe_metrics();
+    describe_fencing_metrics();
+    handle
+}
+
+fn describe_fencing_metrics() {
+    metrics::describe_counter!(
+        "fencing_writes_refused_total",
+        "Fenced writes refused with FENCING_TOKEN (a stale leader)"
+    );
+    metrics::describe_counter!(
+        "fencing_split_brain_anomalies_total",
+        "Split-brain anomalies flagged by the detector"
+    );
+    metrics::describe_counter!(
+        "fencing_elector_transitions_total",
+        "Leader elector transitions, by target state"
+    );
+    metrics::counter!("fencing_writes_refused_total").absolute(0);
+    metrics::counter!("fencing_split_brain_anomalies_total").absolute(0);
+}
+
+/// How the example authenticates callers, decided from the environment.
+#[derive(Debug)]
+pub struct AuthSetup {
+    /// The authenticator.
+    pub auth: Authenticator,
+    /// A development token generated for a loopback address (print it once).
+    pub development_token: Option<String>,
+}
+
+/// Principals from `ADMIN_TOKENS_FILE` / `ADMIN_TOKENS`; when neither is set and
+/// `tls_client_certs` is false, a loopback `addr` gets a generated development token
+/// (supervisor, actor `dev:<user>`) and any other address is refused with an error
+/// saying what to configure.
+pub fn auth_setup(addr: SocketAddr, tls_client_certs: bool) -> Result<AuthSetup, String> {
+    if let Some(auth) = Authenticator::from_env() {
+        return Ok(AuthSetup {
+            auth,
+            development_token: None,
+        });
+    }
+    if tls_client_certs {
+        return Err(
+            "client certificates map to identities through `cn:` lines of the principals file: set ADMIN_TOKENS_FILE".into(),
+        );
+    }
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "refusing to listen on {addr} without authentication: set ADMIN_TOKENS_FILE (lines `ROLE ACTOR SHA256HEX`, ROLE viewer|operator|supervisor) or ADMIN_TOKENS, or listen on 127.0.0.1"
+        ));
+    }
+    let (auth, token) = Authenticator::development(
+        Role::Supervisor,
+        &format!(
+            "dev:{}",
+            whoami::username().unwrap_or_else(|_| "local".into())
+        ),
+    );
+    Ok(AuthSetup {
+        auth,
+        development_token: Some(token),
+    })
 }

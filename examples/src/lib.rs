@@ -3,5 +3,6 @@
 
 pub mod admin_http;
 pub mod drill;
+pub mod logging;
 pub mod order_loop;
 pub mod trading_engine;

@@ -1,56 +1,98 @@
 //! The admin API on a loopback port against a real PostgreSQL, driven by a real HTTP
-//! client — including the runbook's check that `/healthz` shows `kill_switch` `failed`
-//! with the cause while the database is down and `operational` after it returns.
+//! client: authentication and roles (bearer tokens from a file rotated without a
+//! restart, mTLS client certificates), the runbook's probes (`/healthz`, `/health`,
+//! `/ready` answer 503 with `kill_switch` `failed` and the cause while the database is
+//! down), `/metrics`, and every control's routes.
 
+use failover_core::http::auth::token_sha256_hex;
+use failover_core::http::tls::{serve_tls, server_config, ClientAuth};
+use failover_core::http::Authenticator;
 use failover_core::postgres::PgSettings;
 use failover_core::postgres::PgStore;
-use failover_core::testkit::Cluster;
+use failover_core::testkit::{shared_primary, Cluster};
 use failover_core::HealthRegistry;
+use fencing::LeaseFencer;
 use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
 use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use symbol_mode::{PostgresSymbolModeStore, SymbolModeStore, SymbolModes, SymbolModesConfig};
 use tradepulse_examples::admin_http::{prometheus, router, AdminState};
 
+const VIEWER: &str = "viewer-token-1";
+const OPERATOR: &str = "operator-token-1";
+const SUPERVISOR: &str = "supervisor-token-1";
+
+fn principals() -> String {
+    format!(
+        "# role actor sha256\nviewer ops:carol {}\noperator ops:alice {}\nsupervisor ops:bob sha256:{}\noperator ops:alice-cert cn:alice.ops.example\n",
+        token_sha256_hex(VIEWER),
+        token_sha256_hex(OPERATOR),
+        token_sha256_hex(SUPERVISOR)
+    )
+}
+
 struct Api {
     base: String,
     client: reqwest::Client,
+    tokens_file: PathBuf,
+    _dir: tempfile::TempDir,
     _server: tokio::task::JoinHandle<()>,
 }
 
 impl Api {
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
+        self.send(reqwest::Method::GET, path, None, Some(VIEWER))
             .await
-            .unwrap();
+    }
+    async fn get_open(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None, None).await
+    }
+    async fn post(&self, token: &str, path: &str, body: &str) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body), Some(token))
+            .await
+    }
+    async fn put(&self, token: &str, path: &str, body: &str) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body), Some(token))
+            .await
+    }
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut r = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        if let Some(token) = token {
+            r = r.bearer_auth(token);
+        }
+        let r = r.send().await.unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
-    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, body).await
-    }
-    async fn put(&self, path: &str, body: &str) -> (u16, Value) {
-        self.send(reqwest::Method::PUT, path, body).await
-    }
-    async fn send(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+    async fn text(&self, path: &str) -> String {
+        let r = self.client.get(format!("{}{path}", self.base));
+        r.send().await.unwrap().text().await.unwrap()
     }
 }
 
-async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore>) {
+struct Setup {
+    app: axum::Router,
+    kill: Arc<PostgresKillSwitchStore>,
+    modes: Arc<PostgresSymbolModeStore>,
+    tokens_file: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+async fn setup(dsn: &str, window: Duration) -> Setup {
+    let prometheus = prometheus();
     let settings = PgSettings::builder()
         .with_dsn(dsn)
         .with_connect_timeout(Duration::from_millis(500))
@@ -58,10 +100,13 @@ async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore
         .with_retry_budget(Duration::from_millis(600))
         .build()
         .unwrap();
-    let store = Arc::new(PostgresKillSwitchStore::new(settings.clone()).unwrap());
-    let mode_store = PostgresSymbolModeStore::new(settings).unwrap();
-    mode_store.migrate().await.unwrap();
-    let mode_store: Arc<dyn SymbolModeStore> = Arc::new(mode_store);
+    let kill = Arc::new(PostgresKillSwitchStore::new(settings.clone()).unwrap());
+    kill.migrate().await.unwrap();
+    let modes_store = Arc::new(PostgresSymbolModeStore::new(settings.clone()).unwrap());
+    modes_store.migrate().await.unwrap();
+    let fencer = Arc::new(fencing::PostgresLeaseFencer::new(settings).unwrap());
+    fencer.migrate().await.unwrap();
+    let mode_store: Arc<dyn SymbolModeStore> = modes_store.clone();
     let modes = SymbolModes::spawn(
         mode_store.clone(),
         SymbolModesConfig::default()
@@ -69,8 +114,7 @@ async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore
             .with_poll_interval(Duration::from_millis(200)),
     );
     modes.ready(Duration::from_secs(5)).await;
-    store.migrate().await.unwrap();
-    let kill_store: Arc<dyn KillSwitchStore> = store.clone();
+    let kill_store: Arc<dyn KillSwitchStore> = kill.clone();
     let kill_switch = KillSwitch::spawn(
         kill_store.clone(),
         KillSwitchConfig::default()
@@ -81,16 +125,39 @@ async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore
     let health = HealthRegistry::new();
     health.register("kill_switch", kill_switch.health_source());
     health.register("symbol_mode", modes.health_source());
+    let dir = tempfile::tempdir().unwrap();
+    let tokens_file = dir.path().join("admin-tokens");
+    std::fs::write(&tokens_file, principals()).unwrap();
+    let dyn_fencer: Arc<dyn LeaseFencer> = fencer.clone();
     let app = router(AdminState {
         kill_store,
         kill_switch,
         mode_store,
         modes,
+        leases: Some((dyn_fencer, Some(fencer.clone()))),
         health,
-        prometheus: prometheus(),
+        prometheus,
+        auth: Authenticator::from_file(&tokens_file),
+        pools: vec![
+            ("kill_switch", kill.pool().clone()),
+            ("symbol_mode", modes_store.pool().clone()),
+            ("fencing", fencer.pool().clone()),
+        ],
     });
+    Setup {
+        app,
+        kill,
+        modes: modes_store,
+        tokens_file,
+        dir,
+    }
+}
+
+async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore>) {
+    let s = setup(dsn, window).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = s.app;
     let server = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
@@ -98,13 +165,16 @@ async fn start(dsn: &str, window: Duration) -> (Api, Arc<PostgresKillSwitchStore
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    let _ = &s.modes;
     (
         Api {
             base,
             client,
+            tokens_file: s.tokens_file,
+            _dir: s.dir,
             _server: server,
         },
-        store,
+        s.kill,
     )
 }
 
@@ -117,19 +187,23 @@ async fn eventually(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_shows_kill_switch_failed_with_the_cause_while_the_database_is_down() {
+async fn probes_answer_503_with_kill_switch_failed_and_the_cause_while_the_database_is_down() {
     let cluster = Cluster::start().await.unwrap();
     let db = cluster.create_database().await.unwrap();
     let (api, _store) = start(&cluster.primary().dsn(&db), Duration::from_secs(2)).await;
 
     // `operational` once reads and push both work (push connects right after start).
     eventually("operational", Duration::from_secs(5), async || {
-        api.get("/healthz").await.1["components"][0]["status"] == "operational"
+        api.get_open("/healthz").await.1["components"][0]["status"] == "operational"
     })
     .await;
-    let (status, body) = api.get("/healthz").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["components"][0]["name"], "kill_switch");
+    for probe in ["/healthz", "/health", "/ready"] {
+        let (status, body) = api.get_open(probe).await;
+        assert_eq!(status, 200, "{probe}: {body}");
+        assert_eq!(body["components"][0]["name"], "kill_switch");
+        assert_eq!(body["components"][0]["status"], "operational");
+    }
+    assert_eq!(api.get_open("/livez").await.0, 200);
 
     cluster.primary().stop_immediate().await.unwrap();
     let mut last = Value::Null;
@@ -137,7 +211,7 @@ async fn healthz_shows_kill_switch_failed_with_the_cause_while_the_database_is_d
         "kill_switch failed in /healthz",
         Duration::from_secs(10),
         async || {
-            let (status, body) = api.get("/healthz").await;
+            let (status, body) = api.get_open("/healthz").await;
             last = body.clone();
             status == 503 && body["components"][0]["status"] == "failed"
         },
@@ -148,6 +222,19 @@ async fn healthz_shows_kill_switch_failed_with_the_cause_while_the_database_is_d
         .unwrap()
         .to_lowercase();
     assert!(details.contains("connection refused"), "{last}");
+    for probe in ["/health", "/ready"] {
+        assert_eq!(api.get_open(probe).await.0, 503, "{probe}");
+    }
+    assert_eq!(
+        api.get_open("/livez").await.0,
+        200,
+        "the process still lives"
+    );
+    let metrics = api.text("/metrics").await;
+    assert!(
+        metrics.contains("health_status{component=\"kill_switch\"} 2"),
+        "{metrics}"
+    );
     let (status, body) = api.get("/admin/kill-switch").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "store_unavailable");
@@ -157,7 +244,7 @@ async fn healthz_shows_kill_switch_failed_with_the_cause_while_the_database_is_d
         "kill_switch operational again",
         Duration::from_secs(10),
         async || {
-            let (status, body) = api.get("/healthz").await;
+            let (status, body) = api.get_open("/ready").await;
             status == 200 && body["components"][0]["status"] == "operational"
         },
     )
@@ -165,49 +252,225 @@ async fn healthz_shows_kill_switch_failed_with_the_cause_while_the_database_is_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn engage_and_disengage_through_the_api_are_audited_and_bad_requests_change_nothing() {
-    let cluster = Cluster::start().await.unwrap();
-    let db = cluster.create_database().await.unwrap();
-    let (api, store) = start(&cluster.primary().dsn(&db), Duration::from_secs(300)).await;
+async fn only_authenticated_callers_with_the_right_role_change_anything() {
+    let (_cluster, db) = shared_primary().await.unwrap();
+    let (api, store) = start(&_cluster.primary().dsn(&db), Duration::from_secs(300)).await;
+    let engage = r#"{"reason":"runaway algo"}"#;
 
+    // No credentials, a wrong token, a malformed header: 401, nothing changed.
+    let (status, body) = api
+        .send(
+            reqwest::Method::POST,
+            "/admin/kill-switch/engage",
+            Some(engage),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{body}"
+    );
+    assert_eq!(
+        api.post("nope", "/admin/kill-switch/engage", engage)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        api.send(reqwest::Method::GET, "/admin/kill-switch", None, None)
+            .await
+            .0,
+        401,
+        "reads need a viewer"
+    );
+    // A viewer reads but may not engage.
+    let (status, body) = api.post(VIEWER, "/admin/kill-switch/engage", engage).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    assert!(
+        !store.load().await.unwrap().engaged,
+        "refusals changed nothing"
+    );
+    assert!(store.history(10).await.unwrap().is_empty());
+
+    // A body actor is refused: the actor is the caller.
     let (status, body) = api
         .post(
+            OPERATOR,
             "/admin/kill-switch/engage",
-            r#"{"actor":"ops:alice","reason":"runaway algo"}"#,
+            r#"{"actor":"anyone:mallory","reason":"x"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("actor_not_accepted")),
+        "{body}"
+    );
+
+    // An operator engages; the audit actor is the token's identity.
+    let (status, body) = api
+        .post(OPERATOR, "/admin/kill-switch/engage", engage)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["updated_by"], "ops:alice");
+    let history = store.history(10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].actor, "ops:alice");
+
+    // The operator may not relax; the supervisor needs a ticket.
+    let relax = r#"{"reason":"fixed","ticket":"INC-7"}"#;
+    let (status, body) = api
+        .post(OPERATOR, "/admin/kill-switch/disengage", relax)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(
+            SUPERVISOR,
+            "/admin/kill-switch/disengage",
+            r#"{"reason":"fixed"}"#,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("ticket_required")),
+        "{body}"
+    );
+    assert!(
+        store.load().await.unwrap().engaged,
+        "refusals changed nothing"
+    );
+    let (status, body) = api
+        .post(SUPERVISOR, "/admin/kill-switch/disengage", relax)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["updated_by"], "ops:bob");
+    assert_eq!(body["engaged"], false);
+
+    // The state route shows which server answered and the hot path's age.
+    let (status, body) = api.get("/admin/kill-switch").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["answered_by"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", _cluster.primary().port())),
+        "{body}"
+    );
+    assert!(
+        body["hot_path"]["last_read_age_seconds"].as_f64().unwrap() < 60.0,
+        "{body}"
+    );
+
+    // History with a cursor: newest first, pages do not overlap.
+    let (_, page1) = api.get("/admin/kill-switch/history?limit=1").await;
+    assert_eq!(page1["events"][0]["action"], "disengage", "{page1}");
+    let next = page1["next"].as_u64().expect("a next cursor");
+    let (_, page2) = api
+        .get(&format!("/admin/kill-switch/history?limit=1&before={next}"))
+        .await;
+    assert_eq!(page2["events"][0]["action"], "engage", "{page2}");
+    assert_eq!(page2["next"], Value::Null);
+
+    // Rotation without restart: the operator's line removed from the file → 401.
+    let without_operator: String = principals()
+        .lines()
+        .filter(|l| !l.starts_with("operator ops:alice "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&api.tokens_file, without_operator).unwrap();
+    let (status, body) = api
+        .post(OPERATOR, "/admin/kill-switch/engage", engage)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthenticated")),
+        "{body}"
+    );
+    assert!(!store.load().await.unwrap().engaged);
+    assert_eq!(
+        api.get("/admin/kill-switch").await.0,
+        200,
+        "other tokens still work"
+    );
+
+    // Refusals are counted; every metric has # HELP; pool gauges per store.
+    let metrics = api.text("/metrics").await;
+    for needle in [
+        "admin_auth_refusals_total{reason=\"forbidden\"}",
+        "admin_auth_refusals_total{reason=\"unknown_token\"}",
+        "pg_pool_size{store=\"kill_switch\"}",
+        "pg_pool_available{store=\"symbol_mode\"}",
+        "pg_pool_waiting{store=\"kill_switch\"}",
+        "pg_pool_max{store=\"fencing\"} 8",
+        "failover_pg_operation_seconds_bucket{",
+        "kill_switch_engaged 0",
+        "kill_switch_state_age_seconds",
+        "symbol_mode_effective_symbols{mode=\"NORMAL\"}",
+        "failover_pg_attempts_total{component=\"kill_switch\"",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("component=\"killswitch\""),
+        "one label spelling"
+    );
+    assert!(!metrics.contains(OPERATOR) && !metrics.contains(SUPERVISOR));
+    let helped: std::collections::HashSet<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| helped.contains(b)))
+            .unwrap_or(name);
+        assert!(helped.contains(base), "no # HELP for {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_change_nothing_and_a_resent_request_is_applied_once() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let (api, store) = start(&cluster.primary().dsn(&db), Duration::from_secs(300)).await;
+    let (status, body) = api
+        .post(
+            OPERATOR,
+            "/admin/kill-switch/engage",
+            r#"{"reason":"runaway algo"}"#,
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["engaged"], true);
-    assert_eq!(body["version"], 1);
-
-    let (status, body) = api.get("/admin/kill-switch").await;
-    assert_eq!(status, 200);
-    assert_eq!(body["state"]["engaged"], true);
-    assert_eq!(body["state"]["reason"], "runaway algo");
-
-    // Bad requests: 4xx with a JSON error that names the problem; nothing changes.
     let bad = [
+        (r#"{"reason":"","ticket":"INC-1"}"#, 422, "invalid_audit"),
+        (r#"{"reason":"x""#, 400, "bad_request"),
         (
-            r#"{"actor":"ops:alice","reason":"fixed"}"#,
-            422,
-            "ticket_required",
-        ),
-        (
-            r#"{"actor":"ops:alice","reason":"","ticket":"INC-1"}"#,
-            422,
-            "invalid_audit",
-        ),
-        (r#"{"actor":"ops:alice""#, 400, "bad_request"),
-        (
-            r#"{"actor":"ops:alice","reason":"x","ticket":"INC-1","colour":"red"}"#,
+            r#"{"reason":"x","ticket":"INC-1","colour":"red"}"#,
             400,
             "bad_request",
         ),
     ];
     for (payload, want_status, want_code) in bad {
-        let (status, body) = api.post("/admin/kill-switch/disengage", payload).await;
-        assert_eq!(status, want_status, "{payload}: {body}");
-        assert_eq!(body["error"]["code"], want_code, "{payload}: {body}");
+        let (status, body) = api
+            .post(SUPERVISOR, "/admin/kill-switch/disengage", payload)
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (want_status, Some(want_code)),
+            "{payload}: {body}"
+        );
         assert!(!body["error"]["message"].as_str().unwrap().is_empty());
     }
     assert!(
@@ -215,43 +478,28 @@ async fn engage_and_disengage_through_the_api_are_audited_and_bad_requests_chang
         "refused requests changed nothing"
     );
     assert_eq!(store.history(10).await.unwrap().len(), 1);
-
     let request_id = uuid::Uuid::new_v4();
-    let payload =
-        json!({"actor":"ops:bob","reason":"fixed","ticket":"INC-7","request_id":request_id})
-            .to_string();
+    let payload = json!({"reason":"fixed","ticket":"INC-7","request_id":request_id}).to_string();
+    let mut versions = Vec::new();
     for _ in 0..2 {
-        let (status, body) = api.post("/admin/kill-switch/disengage", &payload).await;
+        let (status, body) = api
+            .post(SUPERVISOR, "/admin/kill-switch/disengage", &payload)
+            .await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["version"], 2, "a resent request is applied once");
+        versions.push(body["version"].as_u64().unwrap());
     }
-    let history = store.history(10).await.unwrap();
-    assert_eq!(history.len(), 2);
-    assert_eq!(history[0].ticket.as_deref(), Some("INC-7"));
-
-    let text = api
-        .client
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.contains("failover_pg_attempts_total"), "{text}");
+    assert_eq!(versions[0], versions[1], "a resent request is applied once");
+    assert_eq!(store.history(10).await.unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn symbol_modes_cancel_all_and_withdrawals_through_the_api() {
-    let cluster = Cluster::start().await.unwrap();
-    let db = cluster.create_database().await.unwrap();
+async fn symbol_modes_global_mode_cancel_all_withdrawals_and_leases_through_the_api() {
+    let (cluster, db) = shared_primary().await.unwrap();
     let (api, _store) = start(&cluster.primary().dsn(&db), Duration::from_secs(300)).await;
 
-    let (status, body) = api.get("/healthz").await;
+    let (status, body) = api.get_open("/healthz").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["components"][1]["name"], "symbol_mode");
-    assert_eq!(body["components"][1]["status"], "operational");
-
     let (status, body) = api.get("/admin/symbols/BTC-USD/mode").await;
     assert_eq!(
         (status, body["mode"].as_str()),
@@ -261,50 +509,65 @@ async fn symbol_modes_cancel_all_and_withdrawals_through_the_api() {
 
     let (status, body) = api
         .put(
+            OPERATOR,
             "/admin/symbols/BTC-USD/mode",
-            r#"{"mode":"HARD_HALT","actor":"ops:alice","reason":"bad prints"}"#,
+            r#"{"mode":"HARD_HALT","reason":"bad prints"}"#,
         )
         .await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["actor"], "ops:alice", "{body}");
     let (_, body) = api.get("/admin/symbols/BTC-USD/mode").await;
-    assert_eq!(body["mode"], "HARD_HALT");
-    assert_eq!(body["effective"], "HARD_HALT");
+    assert_eq!(
+        (body["mode"].as_str(), body["effective"].as_str()),
+        (Some("HARD_HALT"), Some("HARD_HALT"))
+    );
 
-    // The runbook's resume order: HARD_HALT -> NORMAL is refused, via CANCEL_ONLY it works.
     let bad = [
         (
+            OPERATOR,
             "/admin/symbols/BTC-USD/mode",
-            r#"{"mode":"NORMAL","actor":"ops","reason":"resume","ticket":"INC-1"}"#,
+            r#"{"mode":"CANCEL_ONLY","reason":"resume","ticket":"INC-1"}"#,
+            403,
+            "forbidden",
+        ),
+        (
+            SUPERVISOR,
+            "/admin/symbols/BTC-USD/mode",
+            r#"{"mode":"NORMAL","reason":"resume","ticket":"INC-1"}"#,
             409,
             "transition_forbidden",
         ),
         (
+            SUPERVISOR,
             "/admin/symbols/BTC-USD/mode",
-            r#"{"mode":"CANCEL_ONLY","actor":"ops","reason":"resume"}"#,
+            r#"{"mode":"CANCEL_ONLY","reason":"resume"}"#,
             422,
             "ticket_required",
         ),
         (
+            OPERATOR,
             "/admin/symbols/BTC-USD/mode",
-            r#"{"mode":"HALTED","actor":"ops","reason":"x"}"#,
+            r#"{"mode":"HALTED","reason":"x"}"#,
             400,
             "bad_request",
         ),
         (
-            "/admin/symbols/BTC-USD/mode",
-            r#"{"mode":"SOFT_HALT","actor":"ops","reason":"x","colour":"red"}"#,
-            400,
-            "bad_request",
-        ),
-        (
+            OPERATOR,
             "/admin/symbols/BTC%20USD/mode",
-            r#"{"mode":"SOFT_HALT","actor":"ops","reason":"x"}"#,
+            r#"{"mode":"SOFT_HALT","reason":"x"}"#,
             400,
             "invalid_symbol",
         ),
+        (
+            VIEWER,
+            "/admin/symbols/ETH-USD/mode",
+            r#"{"mode":"SOFT_HALT","reason":"x"}"#,
+            403,
+            "forbidden",
+        ),
     ];
-    for (path, payload, want_status, want_code) in bad {
-        let (status, body) = api.put(path, payload).await;
+    for (token, path, payload, want_status, want_code) in bad {
+        let (status, body) = api.put(token, path, payload).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
             (want_status, Some(want_code)),
@@ -317,32 +580,75 @@ async fn symbol_modes_cancel_all_and_withdrawals_through_the_api() {
         "refused requests changed nothing"
     );
     for (mode, ticket) in [("CANCEL_ONLY", "INC-1"), ("NORMAL", "INC-2")] {
-        let payload =
-            json!({"mode": mode, "actor": "ops", "reason": "resume", "ticket": ticket}).to_string();
-        let (status, body) = api.put("/admin/symbols/BTC-USD/mode", &payload).await;
+        let payload = json!({"mode": mode, "reason": "resume", "ticket": ticket}).to_string();
+        let (status, body) = api
+            .put(SUPERVISOR, "/admin/symbols/BTC-USD/mode", &payload)
+            .await;
         assert_eq!(status, 200, "{body}");
     }
 
+    // Global mode: an operator tightens, only a supervisor relaxes.
     let (status, body) = api
-        .post(
-            "/admin/symbols/SOL-USD/cancel-all",
-            r#"{"actor":"ops:alice","reason":"settlement issue"}"#,
+        .put(
+            OPERATOR,
+            "/admin/global-mode",
+            r#"{"mode":"CANCEL_ONLY","reason":"ledger check"}"#,
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["symbol"], "SOL-USD");
-
     let (status, _) = api
-        .post(
-            "/admin/withdrawals/halt",
-            r#"{"on":true,"actor":"ops:alice","reason":"wallet anomaly"}"#,
+        .put(
+            OPERATOR,
+            "/admin/global-mode",
+            r#"{"mode":"NORMAL","reason":"ok","ticket":"INC-4"}"#,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (_, body) = api.get("/admin/global-mode").await;
+    assert_eq!(body["global"], "CANCEL_ONLY", "{body}");
+    let (status, _) = api
+        .put(
+            SUPERVISOR,
+            "/admin/global-mode",
+            r#"{"mode":"NORMAL","reason":"ok","ticket":"INC-4"}"#,
         )
         .await;
     assert_eq!(status, 200);
+
     let (status, body) = api
         .post(
+            OPERATOR,
+            "/admin/symbols/SOL-USD/cancel-all",
+            r#"{"reason":"settlement issue"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["symbol"].as_str(), body["actor"].as_str()),
+        (Some("SOL-USD"), Some("ops:alice"))
+    );
+
+    let (status, _) = api
+        .post(
+            OPERATOR,
             "/admin/withdrawals/halt",
-            r#"{"on":false,"actor":"ops:alice","reason":"fixed"}"#,
+            r#"{"on":true,"reason":"wallet anomaly"}"#,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = api
+        .post(
+            OPERATOR,
+            "/admin/withdrawals/halt",
+            r#"{"on":false,"reason":"fixed","ticket":"INC-3"}"#,
+        )
+        .await;
+    assert_eq!(status, 403, "lifting a halt relaxes: supervisor only");
+    let (status, body) = api
+        .post(
+            SUPERVISOR,
+            "/admin/withdrawals/halt",
+            r#"{"on":false,"reason":"fixed"}"#,
         )
         .await;
     assert_eq!(
@@ -352,9 +658,170 @@ async fn symbol_modes_cancel_all_and_withdrawals_through_the_api() {
     );
     let (status, _) = api
         .post(
+            SUPERVISOR,
             "/admin/withdrawals/halt",
-            r#"{"on":false,"actor":"ops:alice","reason":"fixed","ticket":"INC-3"}"#,
+            r#"{"on":false,"reason":"fixed","ticket":"INC-3"}"#,
         )
         .await;
     assert_eq!(status, 200);
+
+    let (status, body) = api.get("/admin/symbol-modes/history?limit=3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"].as_array().unwrap().len(), 3);
+    assert!(body["next"].is_u64(), "{body}");
+
+    // Leases: free, then held, with its trail.
+    let (status, body) = api.get("/admin/leases/btc-book").await;
+    assert_eq!((status, &body["lease"]), (200, &Value::Null), "{body}");
+    let fencer = fencing::PostgresLeaseFencer::new(
+        PgSettings::builder()
+            .with_dsn(cluster.primary().dsn(&db))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let lease = fencer
+        .acquire("btc-book", "engine-a", Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (_, body) = api.get("/admin/leases/btc-book").await;
+    assert_eq!(body["lease"]["holder"], "engine-a", "{body}");
+    assert_eq!(body["lease"]["token"], lease.token());
+    let (_, body) = api.get("/admin/leases/btc-book/history").await;
+    assert_eq!(body["events"][0]["event"], "acquire", "{body}");
+}
+
+/// A CA, and certificates it signs, as PEM files in `dir`.
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = params.self_signed(&ca_key).unwrap();
+        Self { ca, ca_key }
+    }
+
+    fn issue(&self, cn: &str, server: bool) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans = if server {
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
+        } else {
+            vec![]
+        };
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![if server {
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert, key)
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Sends one raw HTTP/1.1 request over mTLS; `Err` when the TLS layer refuses.
+async fn mtls_request(
+    addr: std::net::SocketAddr,
+    server_ca: &rcgen::Certificate,
+    client: &(rcgen::Certificate, rcgen::KeyPair),
+    request: &str,
+) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server_ca.der().clone()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(client.1.serialize_der().into());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![client.0.der().clone()], key)
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(request.as_bytes()).await?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_client_certificates_map_to_actors_and_an_unknown_ca_is_refused() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let s = setup(&cluster.primary().dsn(&db), Duration::from_secs(300)).await;
+    let trusted = Pki::new("ops-ca");
+    let stranger = Pki::new("mallory-ca");
+    let server = trusted.issue("localhost", true);
+    let dir = s.dir.path();
+    let config = server_config(
+        &write(dir, "server.pem", &server.0.pem()),
+        &write(dir, "server.key", &server.1.serialize_pem()),
+        Some(&write(dir, "ca.pem", &trusted.ca.pem())),
+        ClientAuth::Required,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = s.app.clone();
+    let _server = tokio::spawn(async move { serve_tls(listener, config, app).await });
+
+    let body = r#"{"reason":"mtls engage"}"#;
+    let engage = format!(
+        "POST /admin/kill-switch/engage HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A certificate from another CA with the listed common name: refused by TLS.
+    let forged = stranger.issue("alice.ops.example", false);
+    let answer = mtls_request(addr, &trusted.ca, &forged, &engage).await;
+    assert!(
+        answer
+            .as_ref()
+            .map_or(true, |a| !a.starts_with("HTTP/1.1 200")),
+        "an unknown CA must be refused: {answer:?}"
+    );
+    assert!(
+        s.kill.history(10).await.unwrap().is_empty(),
+        "nothing changed"
+    );
+
+    // A trusted certificate whose CN is not listed: authenticated by TLS, refused 401.
+    let unlisted = trusted.issue("eve.ops.example", false);
+    let answer = mtls_request(addr, &trusted.ca, &unlisted, &engage)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    // The listed CN acts as its actor.
+    let alice = trusted.issue("alice.ops.example", false);
+    let answer = mtls_request(addr, &trusted.ca, &alice, &engage)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let history = s.kill.history(10).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].actor, "ops:alice-cert");
+    let _ = &s.tokens_file;
 }

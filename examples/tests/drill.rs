@@ -26,6 +26,65 @@ async fn synchronous_replication_loses_no_acknowledged_write() {
         );
     }
     assert!(report.objectives_met());
+
+    // The evidence files: JSON and Markdown with RTO, RPO, first write per control,
+    // writes lost and the timeline, and their SHA-256 beside them.
+    let dir = tempfile::tempdir().unwrap();
+    let evidence = report.write_evidence(dir.path()).unwrap();
+    let name = evidence
+        .json
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        name.ends_with("-failover-sync.json")
+            && name.len() == "YYYY-MM-DD-failover-sync.json".len(),
+        "{name}"
+    );
+    let json_text = std::fs::read_to_string(&evidence.json).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(json["rpo_ms"], 0.0, "{json}");
+    assert!(json["rto_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["controls"].as_array().unwrap().len(), 3);
+    for c in json["controls"].as_array().unwrap() {
+        assert_eq!(c["writes_lost"], 0);
+        assert!(c["first_write_after_promotion_ms"].is_number(), "{c}");
+    }
+    let timeline: Vec<&str> = json["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert!(
+        timeline.iter().any(|e| e.contains("kill -9"))
+            && timeline.iter().any(|e| e.starts_with("promoted")),
+        "{timeline:?}"
+    );
+    let md = std::fs::read_to_string(&evidence.markdown).unwrap();
+    for needle in [
+        "| RPO | 0 ms |",
+        "| RTO |",
+        "first write after promotion",
+        "## Timeline",
+        "kill switch",
+    ] {
+        assert!(md.contains(needle), "{needle} missing in:\n{md}");
+    }
+    let sums = std::fs::read_to_string(&evidence.checksums).unwrap();
+    assert!(
+        sums.contains(&format!(
+            "{}  {name}",
+            safetyctl::evidence::sha256_hex(json_text.as_bytes())
+        )),
+        "{sums}"
+    );
+    assert!(
+        sums.contains(&safetyctl::evidence::sha256_hex(md.as_bytes())),
+        "{sums}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

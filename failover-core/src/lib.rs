@@ -14,6 +14,9 @@ pub mod watcher;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
+#[cfg(feature = "http")]
+pub mod http;
+
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

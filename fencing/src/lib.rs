@@ -3,6 +3,8 @@
 pub mod conformance;
 mod elector;
 mod fence;
+#[cfg(feature = "http")]
+pub mod http;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

@@ -2,6 +2,10 @@
 
 pub mod conformance;
 mod handle;
+#[cfg(feature = "postgres")]
+pub mod heartbeat;
+#[cfg(feature = "http")]
+pub mod http;
 mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -29,7 +33,10 @@ pub struct KillSwitchState {
     pub engaged: bool,
     /// Why it was last changed (empty before the first change).
     pub reason: String,
-    /// When it was last changed (database clock for Postgres), microsecond precision.
+    /// When the primary last confirmed this state (database clock for Postgres),
+    /// microsecond precision: the time of the last change, or of the last
+    /// [heartbeat](crate::heartbeat) when one runs (which bumps nothing else). The
+    /// time of each change is in the audit trail ([`KillSwitchEvent::at`]).
     #[serde(with = "failover_core::time::rfc3339")]
     pub updated_at: SystemTime,
     /// Who last changed it (empty before the first change).

@@ -2,6 +2,8 @@
 
 pub mod conformance;
 mod handle;
+#[cfg(feature = "http")]
+pub mod http;
 mod memory;
 mod mode;
 mod policy;

@@ -32,6 +32,9 @@
 //! failover two holders may briefly both hold an unexpired lease (the one the replica
 //! never heard of, and the one it grants); the token keeps their writes apart.
 
+mod history;
+pub use history::LeaseEvent;
+
 use crate::{
     check_name, check_token, check_ttl, clamp_margin, CurrentLease, Error, Lease, LeaseFencer,
     LostReason, DEFAULT_SAFETY_MARGIN,

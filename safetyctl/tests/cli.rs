@@ -1,0 +1,398 @@
+//! `safetyctl` end to end: the built binary against a real PostgreSQL (testkit),
+//! checked with the runbook's own SQL.
+
+use failover_core::postgres::PgStore;
+use failover_core::testkit::{shared_primary, Cluster};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Db {
+    cluster: Arc<Cluster>,
+    db: String,
+    dsn: String,
+}
+
+async fn db() -> Db {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    let lookup = |dsn: String| move |k: &str| k.ends_with("__DSN").then(|| dsn.clone());
+    killswitch::PostgresKillSwitchStore::from_lookup(lookup(dsn.clone()))
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    symbol_mode::PostgresSymbolModeStore::from_lookup(lookup(dsn.clone()))
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    fencing::PostgresLeaseFencer::from_lookup(lookup(dsn.clone()))
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    Db { cluster, db, dsn }
+}
+
+fn safetyctl(dsn: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safetyctl"));
+    for prefix in ["KILL_SWITCH", "SYMBOL_MODE", "FENCING"] {
+        cmd.env(format!("TRADEPULSE_{prefix}_POSTGRES__DSN"), dsn);
+        cmd.env(format!("TRADEPULSE_{prefix}_POSTGRES__RETRY_BUDGET"), "1s");
+        cmd.env(
+            format!("TRADEPULSE_{prefix}_POSTGRES__CONNECT_TIMEOUT"),
+            "300ms",
+        );
+    }
+    cmd.args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Db {
+    async fn runbook_row(&self) -> Vec<Option<String>> {
+        self.cluster
+            .primary()
+            .query(
+                &self.db,
+                "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;",
+            )
+            .await
+            .unwrap()
+            .remove(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engage_is_seen_by_the_runbook_sql_and_disengage_without_ticket_exits_2() {
+    let db = db().await;
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "kill-switch",
+            "engage",
+            "--reason",
+            "runaway algo",
+            "--actor",
+            "ops:alice",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ENGAGED"),
+        "{}",
+        text(&o)
+    );
+    let row = db.runbook_row().await;
+    assert_eq!(row[0].as_deref(), Some("t"), "{row:?}");
+    assert_eq!(row[1].as_deref(), Some("runaway algo"));
+
+    let o = safetyctl(&db.dsn, &["kill-switch", "disengage", "--reason", "fixed"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ticket"),
+        "{}",
+        text(&o)
+    );
+    let again = db.runbook_row().await;
+    assert_eq!(again, row, "a refused disengage changed nothing");
+
+    let o = safetyctl(&db.dsn, &["kill-switch", "engage"]);
+    assert_eq!(o.status.code(), Some(2), "no --reason: {}", text(&o));
+
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "kill-switch",
+            "disengage",
+            "--reason",
+            "fixed",
+            "--ticket",
+            "INC-7",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let state: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(state["engaged"], false);
+    assert!(
+        state["updated_by"].as_str().unwrap().contains('@'),
+        "default actor is user@host: {state}"
+    );
+    assert_eq!(db.runbook_row().await[0].as_deref(), Some("f"));
+
+    let o = safetyctl(&db.dsn, &["kill-switch", "history", "--json"]);
+    let events: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(events.as_array().unwrap().len(), 2, "{events}");
+    assert_eq!(events[1]["actor"], "ops:alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_set_cancel_all_withdrawals_and_a_forbidden_transition() {
+    let db = db().await;
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "mode",
+            "set",
+            "BTC-USD",
+            "HARD_HALT",
+            "--reason",
+            "split brain",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = safetyctl(&db.dsn, &["mode", "show", "BTC-USD", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["effective"], "HARD_HALT", "{shown}");
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "mode", "set", "BTC-USD", "NORMAL", "--reason", "resume", "--ticket", "INC-1",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "HARD_HALT resumes through CANCEL_ONLY: {}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("CANCEL_ONLY"),
+        "{}",
+        text(&o)
+    );
+    let o = safetyctl(
+        &db.dsn,
+        &["mode", "set", "BTC-USD", "BANANA", "--reason", "x"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = safetyctl(
+        &db.dsn,
+        &["cancel-all", "BTC-USD", "--reason", "flatten", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let command: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(command["symbol"], "BTC-USD");
+    let rows = db
+        .cluster
+        .primary()
+        .query(&db.db, "SELECT count(*) FROM symbol_mode_events")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some("2"),
+        "SetSymbolMode + CancelAll audited"
+    );
+    let o = safetyctl(
+        &db.dsn,
+        &["withdrawals", "halt", "--reason", "wallet anomaly"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = safetyctl(&db.dsn, &["withdrawals", "lift", "--reason", "fixed"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = safetyctl(&db.dsn, &["global-mode", "show", "--json"]);
+    let venue: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(venue["withdrawals_halted"], true, "{venue}");
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "global-mode",
+            "set",
+            "SOFT_HALT",
+            "--reason",
+            "unknown scope",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = safetyctl(&db.dsn, &["lease", "show", "btc-book"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("free"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_file() {
+    let db = db().await;
+    for args in [
+        &["kill-switch", "engage", "--reason", "a"][..],
+        &[
+            "kill-switch",
+            "disengage",
+            "--reason",
+            "b",
+            "--ticket",
+            "INC-1",
+        ],
+        &["mode", "set", "ETH-USD", "CANCEL_ONLY", "--reason", "c"],
+        &["cancel-all", "ETH-USD", "--reason", "d, with \"quotes\""],
+    ] {
+        let o = safetyctl(&db.dsn, args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let fencer =
+        fencing::PostgresLeaseFencer::from_lookup(|k| k.ends_with("__DSN").then(|| db.dsn.clone()))
+            .unwrap();
+    fencing::LeaseFencer::acquire(&fencer, "btc-book", "engine-a", Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["jsonl", "csv"] {
+        let out = dir.path().join(format!("audit.{format}"));
+        let o = safetyctl(
+            &db.dsn,
+            &[
+                "audit",
+                "export",
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(
+            summary["sha256"].as_str().unwrap(),
+            safetyctl::evidence::sha256_hex(&bytes)
+        );
+        assert_eq!(summary["events"], 5, "{summary}");
+        let content = String::from_utf8(bytes).unwrap();
+        if format == "jsonl" {
+            let events: Vec<serde_json::Value> = content
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            let keys: std::collections::HashSet<(String, u64)> = events
+                .iter()
+                .map(|e| {
+                    (
+                        e["control"].as_str().unwrap().to_owned(),
+                        e["position"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(keys.len(), 5, "every event once: {content}");
+            for control in ["kill_switch", "symbol_mode", "lease"] {
+                assert!(
+                    events.iter().any(|e| e["control"] == control),
+                    "{control} missing: {content}"
+                );
+            }
+        } else {
+            assert_eq!(content.lines().count(), 6, "header + 5 rows: {content}");
+            assert!(content.contains("\"d, with \"\"quotes\"\"\""), "{content}");
+        }
+    }
+    // Text mode prints the checksum beside the file name; --since in the future exports nothing.
+    let out = dir.path().join("later.jsonl");
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "audit",
+            "export",
+            "--since",
+            "2999-01-01T00:00:00Z",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let printed = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        printed.contains(&safetyctl::evidence::sha256_hex(b"")),
+        "{printed}"
+    );
+    assert!(printed.contains("(0 events"), "{printed}");
+}
+
+#[test]
+fn an_unreachable_server_exits_3_within_the_retry_budget() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dsn = format!("host=127.0.0.1 port={port} user=postgres dbname=postgres");
+    let start = Instant::now();
+    let o = safetyctl(&dsn, &["kill-switch", "engage", "--reason", "x"]);
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        took < Duration::from_secs(6),
+        "took {took:?} with a 1 s budget"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unavailable"),
+        "{}",
+        text(&o)
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_safetyctl"))
+        .env_remove("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN")
+        .args(["kill-switch", "show"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a missing DSN is bad input: {}",
+        text(&o)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_refreshes_updated_at_without_a_version_bump_or_an_audit_row() {
+    let db = db().await;
+    let store = killswitch::PostgresKillSwitchStateStore::from_lookup(|k| {
+        k.ends_with("__DSN").then(|| db.dsn.clone())
+    })
+    .unwrap();
+    let before = killswitch::KillSwitchStore::load(&store).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let at = store.heartbeat().await.unwrap();
+    let after = killswitch::KillSwitchStore::load(&store).await.unwrap();
+    assert!(after.updated_at > before.updated_at);
+    assert_eq!(after.updated_at, at);
+    assert_eq!(
+        (after.version, after.engaged),
+        (before.version, before.engaged)
+    );
+    assert!(killswitch::KillSwitchStore::history(&store, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let age = db
+        .cluster
+        .primary()
+        .query(
+            &db.db,
+            "SELECT extract(epoch FROM now() - updated_at) < 5 FROM kill_switch_state WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        age[0][0].as_deref(),
+        Some("t"),
+        "the runbook's freshness check passes"
+    );
+}

@@ -1,0 +1,314 @@
+//! The symbol-mode admin routes (feature `http`), for a service to mount:
+//!
+//! | route | role | what |
+//! |---|---|---|
+//! | `GET /admin/symbols/{symbol}/mode` | viewer | the symbol's own, global and effective mode |
+//! | `PUT /admin/symbols/{symbol}/mode` | operator to tighten, supervisor to relax | `SetSymbolMode`: body `{"mode", "reason", "ticket"?, "request_id"?}` |
+//! | `POST /admin/symbols/{symbol}/cancel-all` | operator | `CancelAll(symbol)`: body `{"reason", "ticket"?, "request_id"?}` |
+//! | `GET /admin/global-mode` | viewer | global mode, withdrawals halted, version |
+//! | `PUT /admin/global-mode` | operator to tighten, supervisor to relax | body `{"mode", "reason", "ticket"?, "request_id"?}` |
+//! | `POST /admin/withdrawals/halt` | operator to halt, supervisor to lift | `WithdrawalsHalt`: body `{"on", "reason", "ticket"?, "request_id"?}` |
+//! | `GET /admin/symbol-modes/history?limit=&before=` | viewer | audit events newest first; `next` is the cursor of the following page |
+//!
+//! Relaxing needs the supervisor role *and* a ticket. An operator's symbol change
+//! goes through [`SymbolModeStore::tighten_symbol_mode`], which never lowers a mode
+//! even when another change lands first. The audit actor is the authenticated caller;
+//! a body `actor` is refused with 400 `actor_not_accepted`.
+
+use crate::{AuditEvent, Error, SymbolMode, SymbolModeStore, SymbolModes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use failover_core::http::{history_page, ApiError, Caller, HistoryQuery, JsonBody, Role};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Body of `CancelAll`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    /// Why.
+    pub reason: String,
+    /// Ticket (optional: `CancelAll` tightens).
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+}
+
+/// Body of the mode routes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeBody {
+    /// `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or `HARD_HALT`.
+    pub mode: SymbolMode,
+    /// Why.
+    pub reason: String,
+    /// Ticket; required to relax.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+}
+
+/// Body of `POST /admin/withdrawals/halt`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalsBody {
+    /// `true` halts withdrawals, `false` lifts the halt.
+    pub on: bool,
+    /// Why.
+    pub reason: String,
+    /// Ticket; required to lift.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+}
+
+/// What the routes need.
+#[derive(Debug, Clone)]
+pub struct SymbolModeRoutes {
+    store: Arc<dyn SymbolModeStore>,
+    modes: Option<SymbolModes>,
+}
+
+impl SymbolModeRoutes {
+    /// Routes over `store`.
+    pub fn new(store: Arc<dyn SymbolModeStore>) -> Self {
+        Self { store, modes: None }
+    }
+
+    /// Also shows what this process's hot path answers.
+    #[must_use]
+    pub fn with_handle(mut self, modes: SymbolModes) -> Self {
+        self.modes = Some(modes);
+        self
+    }
+
+    /// The router (state applied; merge or nest it).
+    pub fn router(self) -> Router {
+        Router::new()
+            .route(
+                "/admin/symbols/{symbol}/mode",
+                get(symbol_get).put(symbol_put),
+            )
+            .route("/admin/symbols/{symbol}/cancel-all", post(cancel_all))
+            .route("/admin/global-mode", get(global_get).put(global_put))
+            .route("/admin/withdrawals/halt", post(withdrawals))
+            .route("/admin/symbol-modes/history", get(history))
+            .with_state(Arc::new(self))
+    }
+}
+
+/// How a store error answers.
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, code) = match &e {
+            Error::InvalidSymbol(_) => (StatusCode::BAD_REQUEST, "invalid_symbol"),
+            Error::InvalidAudit(a) => return ApiError::from(a.clone()),
+            Error::TransitionForbidden { .. } => (StatusCode::CONFLICT, "transition_forbidden"),
+            Error::RequestReused { .. } => (StatusCode::CONFLICT, "request_reused"),
+            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+type S = State<Arc<SymbolModeRoutes>>;
+
+async fn symbol_get(
+    State(s): S,
+    caller: Caller,
+    Path(symbol): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read a symbol mode")?;
+    crate::validate_symbol(&symbol).map_err(Error::from)?;
+    let own = s.store.symbol_state(&symbol).await?;
+    let venue = s.store.venue().await?;
+    let own_mode = own.as_ref().map_or(SymbolMode::Normal, |s| s.mode);
+    let body = serde_json::json!({
+        "symbol": symbol,
+        "mode": own_mode,
+        "global": venue.global,
+        "effective": SymbolMode::effective(venue.global, own_mode),
+        "hot_path": s.modes.as_ref().map(|m| m.mode(&symbol)),
+        "last_change": own,
+    });
+    Ok(axum::Json(body).into_response())
+}
+
+fn relaxes(from: SymbolMode, to: SymbolMode) -> bool {
+    to.severity() < from.severity()
+}
+
+async fn symbol_put(
+    State(s): S,
+    caller: Caller,
+    Path(symbol): Path<String>,
+    JsonBody(body): JsonBody<ModeBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator, "set a symbol mode")?;
+    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    if caller.role() >= Role::Supervisor {
+        let event = s.store.set_symbol_mode(&symbol, body.mode, &audit).await?;
+        tracing::warn!(%symbol, mode = %body.mode, actor = caller.actor(), "SetSymbolMode via admin API");
+        return Ok(axum::Json(event).into_response());
+    }
+    let current = s
+        .store
+        .symbol_state(&symbol)
+        .await?
+        .map_or(SymbolMode::Normal, |st| st.mode);
+    if relaxes(current, body.mode) {
+        caller.require(
+            Role::Supervisor,
+            &format!("relax {symbol} from {current} to {}", body.mode),
+        )?;
+    }
+    match s
+        .store
+        .tighten_symbol_mode(&symbol, body.mode, &audit)
+        .await?
+    {
+        Some(event) => {
+            tracing::warn!(%symbol, mode = %body.mode, actor = caller.actor(), "SetSymbolMode (tighten) via admin API");
+            Ok(axum::Json(event).into_response())
+        }
+        None => {
+            let state = s.store.symbol_state(&symbol).await?;
+            Ok(axum::Json(serde_json::json!({"unchanged": true, "state": state})).into_response())
+        }
+    }
+}
+
+async fn cancel_all(
+    State(s): S,
+    caller: Caller,
+    Path(symbol): Path<String>,
+    JsonBody(body): JsonBody<CommandBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator, "cancel all orders of a symbol")?;
+    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    let command = s.store.cancel_all(&symbol, &audit).await?;
+    tracing::warn!(%symbol, actor = caller.actor(), seq = command.seq, "CancelAll via admin API");
+    Ok(axum::Json(command).into_response())
+}
+
+async fn global_get(State(s): S, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read the global mode")?;
+    let venue = s.store.venue().await?;
+    Ok(axum::Json(venue).into_response())
+}
+
+async fn global_put(
+    State(s): S,
+    caller: Caller,
+    JsonBody(body): JsonBody<ModeBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator, "set the global mode")?;
+    let current = s.store.venue().await?.global;
+    if relaxes(current, body.mode) {
+        caller.require(
+            Role::Supervisor,
+            &format!("relax the global mode from {current} to {}", body.mode),
+        )?;
+    }
+    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    let event = s.store.set_global_mode(body.mode, &audit).await?;
+    tracing::warn!(mode = %body.mode, actor = caller.actor(), "global mode set via admin API");
+    Ok(axum::Json(event).into_response())
+}
+
+async fn withdrawals(
+    State(s): S,
+    caller: Caller,
+    JsonBody(body): JsonBody<WithdrawalsBody>,
+) -> Result<Response, ApiError> {
+    if body.on {
+        caller.require(Role::Operator, "halt withdrawals")?;
+    } else {
+        caller.require(Role::Supervisor, "lift the withdrawals halt")?;
+    }
+    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    let event = s.store.withdrawals_halt(body.on, &audit).await?;
+    tracing::warn!(
+        on = body.on,
+        actor = caller.actor(),
+        "WithdrawalsHalt via admin API"
+    );
+    Ok(axum::Json(event).into_response())
+}
+
+#[derive(Serialize)]
+struct Page {
+    events: Vec<AuditEvent>,
+    next: Option<u64>,
+}
+
+async fn history(
+    State(s): S,
+    caller: Caller,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read the symbol mode history")?;
+    let (events, next) =
+        history_page(q, |e: &AuditEvent| e.position.0, |n| s.store.history(n)).await?;
+    Ok(axum::Json(Page { events, next }).into_response())
+}
+
+/// `# HELP` of the symbol-mode gauges.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        "symbol_mode_effective_symbols",
+        "Symbols with an own entry, by effective mode (global mode applied)"
+    );
+    metrics::describe_gauge!(
+        "symbol_mode_global",
+        "1 for the global mode in force, else 0, by mode"
+    );
+    metrics::describe_gauge!(
+        "symbol_mode_withdrawals_halted",
+        "1 when withdrawals are halted"
+    );
+    metrics::describe_counter!(
+        "symbol_mode_settlement_lag_verdicts_total",
+        "Settlement-lag policy verdicts, by verdict"
+    );
+}
+
+/// A scrape-time collector of the effective-mode counts per mode, the global mode and
+/// the withdrawals halt, from the hot-path snapshot.
+pub fn gauges(modes: SymbolModes) -> impl Fn() + Send + Sync + 'static {
+    describe_metrics();
+    move || {
+        let snapshot = modes.snapshot();
+        let global = snapshot.global();
+        let mut counts = [0usize; 4];
+        for (_, mode) in snapshot.iter() {
+            counts[SymbolMode::effective(global, mode).severity() as usize] += 1;
+        }
+        for mode in SymbolMode::ALL {
+            metrics::gauge!("symbol_mode_effective_symbols", "mode" => mode.as_str())
+                .set(counts[mode.severity() as usize] as f64);
+            metrics::gauge!("symbol_mode_global", "mode" => mode.as_str()).set(if mode == global {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        metrics::gauge!("symbol_mode_withdrawals_halted").set(if snapshot.withdrawals_halted() {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
