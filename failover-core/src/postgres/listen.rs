@@ -21,7 +21,7 @@ use super::pool::PgPool;
 use crate::log::Throttle;
 use futures_util::StreamExt;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// What a [`Listener`] reports.
@@ -36,6 +36,12 @@ pub enum ListenEvent {
         channel: String,
         /// The payload.
         payload: String,
+    },
+    /// A channel added with [`Listener::listen`] is now listened on the live
+    /// connection: its consumers reload (anything sent before was missed).
+    Joined {
+        /// The channel.
+        channel: String,
     },
     /// The connection was lost or could not be made; a reconnect follows.
     Disconnected {
@@ -71,6 +77,7 @@ impl Default for ListenOptions {
 #[derive(Debug)]
 pub struct Listener {
     events: mpsc::Receiver<ListenEvent>,
+    channels: watch::Sender<Vec<String>>,
     task: JoinHandle<()>,
 }
 
@@ -101,28 +108,82 @@ impl Listener {
                 "LISTEN channel '{c}' must match [a-z0-9_]{{1,63}}"
             );
         }
-        let sql: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+        let (channels, watched) = watch::channel(channels.iter().map(|c| c.to_string()).collect());
         let (tx, events) = mpsc::channel(1024);
-        let task = tokio::spawn(run(pool, sql, options, tx));
-        Self { events, task }
+        let task = tokio::spawn(run(pool, watched, options, tx));
+        Self {
+            events,
+            channels,
+            task,
+        }
     }
 
+    /// Listens on one more channel too (on the live connection at once, reported as
+    /// [`ListenEvent::Joined`], and after every reconnect).
+    ///
+    /// # Panics
+    /// When the channel name is not a plain identifier: that is a programming error.
+    pub fn listen(&self, channel: &str) {
+        self.channels().listen(channel);
+    }
+
+    /// A handle that adds channels, usable while another task receives events.
+    pub fn channels(&self) -> Channels {
+        Channels(self.channels.clone())
+    }
+}
+
+/// Adds channels to a running [`Listener`].
+#[derive(Debug, Clone)]
+pub struct Channels(watch::Sender<Vec<String>>);
+
+impl Channels {
+    /// True when `channel` is among the listener's channels.
+    pub fn is_listening(&self, channel: &str) -> bool {
+        self.0.borrow().iter().any(|c| c == channel)
+    }
+
+    /// See [`Listener::listen`].
+    ///
+    /// # Panics
+    /// When the channel name is not a plain identifier: that is a programming error.
+    pub fn listen(&self, channel: &str) {
+        assert!(
+            valid_channel(channel),
+            "LISTEN channel '{channel}' must match [a-z0-9_]{{1,63}}"
+        );
+        self.0.send_if_modified(|set| {
+            if set.iter().any(|c| c == channel) {
+                false
+            } else {
+                set.push(channel.to_owned());
+                true
+            }
+        });
+    }
+}
+
+impl Listener {
     /// The next event; `None` only after the listener stopped.
     pub async fn recv(&mut self) -> Option<ListenEvent> {
         self.events.recv().await
     }
 }
 
+fn listen_sql(channels: &[String]) -> String {
+    channels.iter().map(|c| format!("LISTEN {c};")).collect()
+}
+
 async fn run(
     pool: PgPool,
-    listen_sql: String,
+    mut channels: watch::Receiver<Vec<String>>,
     options: ListenOptions,
     tx: mpsc::Sender<ListenEvent>,
 ) {
     let mut wait = options.reconnect_initial;
     let mut warnings = Throttle::default();
     loop {
-        let error = match session(&pool, &listen_sql, &options, &tx, &mut warnings).await {
+        let error = match session(&pool, &mut channels, &options, &tx, &mut warnings).await {
             Session::Closed => return,
             Session::Lost {
                 error,
@@ -161,7 +222,7 @@ const WRITABLE: &str =
 
 async fn session(
     pool: &PgPool,
-    listen_sql: &str,
+    channels: &mut watch::Receiver<Vec<String>>,
     options: &ListenOptions,
     tx: &mpsc::Sender<ListenEvent>,
     warnings: &mut Throttle,
@@ -213,7 +274,8 @@ async fn session(
             )),
         }
     };
-    match tokio::time::timeout(bound, client.batch_execute(listen_sql)).await {
+    let mut listening: Vec<String> = channels.borrow_and_update().clone();
+    match tokio::time::timeout(bound, client.batch_execute(&listen_sql(&listening))).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return lost(super::error::describe(&e), false),
         Err(_) => {
@@ -259,6 +321,26 @@ async fn session(
             changed = generation.changed() => {
                 if changed.is_ok() {
                     return lost("the pool's DSN was swapped".into(), true);
+                }
+            }
+            changed = channels.changed() => {
+                if changed.is_err() {
+                    return Session::Closed;
+                }
+                let now: Vec<String> = channels.borrow_and_update().clone();
+                let added: Vec<String> = now.iter().filter(|c| !listening.contains(c)).cloned().collect();
+                match tokio::time::timeout(bound, client.batch_execute(&listen_sql(&added))).await {
+                    Ok(Ok(())) => {
+                        // Anything sent on a new channel before its LISTEN was missed.
+                        for channel in added {
+                            listening.push(channel.clone());
+                            if tx.send(ListenEvent::Joined { channel }).await.is_err() {
+                                return Session::Closed;
+                            }
+                        }
+                    }
+                    Ok(Err(e)) => return lost(super::error::describe(&e), true),
+                    Err(_) => return lost(format!("LISTEN got no answer within {}", humantime::format_duration(bound)), true),
                 }
             }
             _ = tx.closed() => return Session::Closed,

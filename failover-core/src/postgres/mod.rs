@@ -4,6 +4,7 @@
 
 mod connect;
 mod error;
+pub mod hub;
 mod listen;
 mod manager;
 mod migrate;
@@ -16,7 +17,7 @@ mod tls;
 pub use crate::errors::{ConfigError, DbError, DbErrorKind};
 pub use connect::DedicatedConnection;
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
-pub use listen::{ListenEvent, ListenOptions, Listener};
+pub use listen::{Channels, ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS};
 pub use pool::{PgClient, PgPool};
 pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};

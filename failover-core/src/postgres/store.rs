@@ -9,7 +9,8 @@
 //!   every (re)connect — the moment a promoted replica's history may have lost the
 //!   newest positions — and records whether push works.
 
-use super::listen::{ListenEvent, ListenOptions, Listener};
+use super::hub;
+use super::listen::{ListenEvent, ListenOptions};
 use super::migrate::{migrate, Migration, MigrationReport};
 use super::pool::PgPool;
 use super::settings::PgSettings;
@@ -220,13 +221,14 @@ impl<T: Positioned + Clone + Send + Sync + 'static> PgChangeFeed<T> {
         if slot.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
-        let mut listener = Listener::start(pool.clone(), &[self.channel], self.options.clone());
+        // One LISTEN connection per database per process, shared by every store.
+        let mut listener = hub::subscribe(pool, self.channel, &self.options);
         let (pool, feed) = (pool.clone(), self.feed.clone());
         let (reload, interpret) = (self.reload.clone(), self.interpret.clone());
         *slot = Some(tokio::spawn(async move {
             while let Some(event) = listener.recv().await {
                 match event {
-                    ListenEvent::Connected => {
+                    ListenEvent::Connected | ListenEvent::Joined { .. } => {
                         // Notifications were missed, and the server may be a promoted
                         // replica whose history lost the newest positions: every
                         // subscriber re-reads, whatever the position.

@@ -17,7 +17,8 @@ use crate::{
     validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Position,
 };
 use failover_core::postgres::{
-    reload_when_newer, ListenOptions, Migration, PgChangeFeed, PgFeedStore, PgPool, Reload,
+    reload_when_newer, ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool,
+    Reload,
 };
 use std::sync::Arc;
 use tokio_postgres::Row;
@@ -27,7 +28,8 @@ pub use failover_core::postgres::PgStore;
 /// The env prefix of the store's settings: `TRADEPULSE_KILL_SWITCH_POSTGRES__DSN` …
 pub const ENV_PREFIX: &str = "TRADEPULSE_KILL_SWITCH";
 
-/// The NOTIFY channel; the payload is the new position.
+/// The NOTIFY channel; the payload is the new state as JSON (see [`NotifiedState`]),
+/// or the new position alone when the state would not fit a payload.
 pub const CHANNEL: &str = "kill_switch_changed";
 
 /// The embedded migrations of this crate (`killswitch/migrations/postgres/`).
@@ -41,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         2,
         "positions",
         include_str!("../../migrations/postgres/0002_positions.sql"),
+    ),
+    Migration::new(
+        3,
+        "notify_state",
+        include_str!("../../migrations/postgres/0003_notify_state.sql"),
     ),
 ];
 
@@ -86,6 +93,43 @@ async fn load(pool: &PgPool) -> Result<KillSwitchState, failover_core::DbError> 
     })
 }
 
+/// The state a `kill_switch_changed` notification carries.
+#[derive(Debug, serde::Deserialize)]
+pub struct NotifiedState {
+    position: u64,
+    version: u64,
+    engaged: bool,
+    reason: String,
+    updated_by: String,
+    ticket: Option<String>,
+    updated_at_us: i64,
+}
+
+impl From<NotifiedState> for KillSwitchState {
+    fn from(n: NotifiedState) -> Self {
+        let micros = std::time::Duration::from_micros(n.updated_at_us.max(0) as u64);
+        KillSwitchState {
+            engaged: n.engaged,
+            reason: n.reason,
+            updated_at: std::time::UNIX_EPOCH + micros,
+            updated_by: n.updated_by,
+            ticket: n.ticket,
+            version: n.version,
+            position: Position(n.position),
+        }
+    }
+}
+
+/// A payload with the whole state is published as is; a bare position (or anything
+/// unexpected) means "read the store" when it is newer.
+fn interpret(payload: &str, held: Position) -> Notified<KillSwitchState> {
+    match serde_json::from_str::<NotifiedState>(payload) {
+        Ok(n) if Position(n.position) <= held => Notified::Skip,
+        Ok(n) => Notified::Item(n.into()),
+        Err(_) => reload_when_newer(payload, held),
+    }
+}
+
 impl PgStore for PostgresKillSwitchStore {
     const ENV_PREFIX: &'static str = ENV_PREFIX;
     const COMPONENT: &'static str = crate::HEALTH_COMPONENT;
@@ -98,12 +142,7 @@ impl PgStore for PostgresKillSwitchStore {
             Arc::new(|pool| Box::pin(async move { load(&pool).await }));
         Self {
             pool,
-            changes: PgChangeFeed::new(
-                CHANNEL,
-                "kill_switch_events",
-                reload,
-                Arc::new(reload_when_newer),
-            ),
+            changes: PgChangeFeed::new(CHANNEL, "kill_switch_events", reload, Arc::new(interpret)),
         }
     }
 

@@ -26,8 +26,8 @@ use crate::{
     Transition, VenueState,
 };
 use failover_core::postgres::{
-    ListenEvent, ListenOptions, Listener, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool,
-    Reload,
+    hub, hub::HubSubscription, ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed,
+    PgFeedStore, PgPool, Reload,
 };
 use failover_core::{DbError, DbErrorKind, Position};
 use std::sync::Arc;
@@ -448,11 +448,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error> {
         // Listen before reading the cursor, so nothing accepted in between is missed
         // (the first fetch after `Connected` reads everything after the cursor).
-        let listener = Listener::start(
-            self.pool.clone(),
-            &[CANCEL_ALL_CHANNEL],
-            self.listen_options.clone(),
-        );
+        let listener = hub::subscribe(&self.pool, CANCEL_ALL_CHANNEL, &self.listen_options);
         let cursor = match start {
             StartAt::Now => venue(&self.pool).await?.position.0,
             StartAt::After(seq) => seq,
@@ -468,11 +464,11 @@ impl SymbolModeStore for PostgresSymbolModeStore {
     }
 }
 
-/// One subscription's own LISTEN connection plus a poll tick.
+/// One subscription to the process's shared LISTEN connection plus a poll tick.
 #[derive(Debug)]
 struct PgFeed {
     pool: PgPool,
-    listener: Listener,
+    listener: HubSubscription,
     poll: tokio::time::Interval,
 }
 
@@ -495,7 +491,7 @@ impl CancelAllFeed for PgFeed {
         loop {
             tokio::select! {
                 event = self.listener.recv() => match event {
-                    Some(ListenEvent::Connected | ListenEvent::Notification { .. }) => return true,
+                    Some(ListenEvent::Connected | ListenEvent::Joined { .. } | ListenEvent::Notification { .. }) => return true,
                     Some(ListenEvent::Disconnected { error }) => {
                         tracing::debug!(%error, "CancelAll listener disconnected; will catch up on reconnect");
                     }
