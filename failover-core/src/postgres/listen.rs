@@ -275,7 +275,13 @@ async fn session(
         }
     };
     let mut listening: Vec<String> = channels.borrow_and_update().clone();
-    match tokio::time::timeout(bound, client.batch_execute(&listen_sql(&listening))).await {
+    // Named so that operators (and the fleet test) can tell push connections apart.
+    let setup = format!(
+        "SET application_name = '{}_listen';{}",
+        pool.component(),
+        listen_sql(&listening)
+    );
+    match tokio::time::timeout(bound, client.batch_execute(&setup)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return lost(super::error::describe(&e), false),
         Err(_) => {
