@@ -905,7 +905,7 @@ pub async fn subscribers_see_new_versions(store: &dyn SymbolModeStore) {
         .await
         .expect("in time")
         .expect("open");
-    assert_eq!(first, crate::Position::ZERO);
+    assert_eq!(first.position, crate::Position::ZERO);
     let event = store
         .set_symbol_mode("A", SoftHalt, &ops("push"))
         .await
@@ -914,8 +914,8 @@ pub async fn subscribers_see_new_versions(store: &dyn SymbolModeStore) {
         .await
         .expect("pushed in time")
         .expect("open");
-    assert_eq!(pushed, event.position);
-    assert!(pushed > first);
+    assert_eq!(pushed.position, event.position);
+    assert!(pushed.position > first.position);
 }
 
 /// A [`SymbolModes`] handle loads, follows every kind of change, and answers the

@@ -22,7 +22,9 @@
 //! error), `failed` (stale or never loaded).
 
 use crate::snapshot::ModeSnapshot;
-use crate::{Error, ModeDelta, SymbolMode, SymbolModeStore, TradingAction, HEALTH_COMPONENT};
+use crate::{
+    Error, ModeChange, ModeDelta, SymbolMode, SymbolModeStore, TradingAction, HEALTH_COMPONENT,
+};
 use arc_swap::ArcSwap;
 use failover_core::health::HealthSource;
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
@@ -458,9 +460,16 @@ impl Watched for Source {
         fetch(&*self.store, &self.shared).await
     }
 
-    async fn resolve(&self, pushed: Position) -> Result<Option<ModeDelta>, Error> {
-        if self.held() == Some(pushed) {
+    async fn resolve(&self, pushed: ModeChange) -> Result<Option<ModeDelta>, Error> {
+        if self.held() == Some(pushed.position) {
             return Ok(None);
+        }
+        // The notification's delta continues the snapshot: apply it without a read.
+        if let Some(delta) = pushed.delta {
+            let snapshot = self.shared.snapshot.load();
+            if self.held().is_some() && snapshot.continues(delta.since, delta.since_event) {
+                return Ok(Some(delta));
+            }
         }
         // Newer, or a resync after a reconnect: read what changed after the snapshot
         // (everything, when the store's history no longer continues it).

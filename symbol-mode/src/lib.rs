@@ -106,6 +106,33 @@ impl Positioned for ModeDelta {
     }
 }
 
+/// What the symbol-mode change feed carries: the position of the newest command and,
+/// when it came with the notification, the delta that command made — so a handle
+/// whose snapshot is at the command before applies it without reading the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeChange {
+    /// The position of the newest command.
+    pub position: Position,
+    /// The command's delta after the previous version, when known.
+    pub delta: Option<ModeDelta>,
+}
+
+impl ModeChange {
+    /// A change known only by its position: readers fetch what changed.
+    pub fn at(position: Position) -> Self {
+        Self {
+            position,
+            delta: None,
+        }
+    }
+}
+
+impl Positioned for ModeChange {
+    fn position(&self) -> Position {
+        self.position
+    }
+}
+
 /// The name of an audited command, stored verbatim in the audit trail: the
 /// runbook's `SetSymbolMode`, `CancelAll`, `WithdrawalsHalt`, plus `SetGlobalMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -413,7 +440,7 @@ impl From<DbError> for Error {
 /// * Text (symbol, reason, actor, ticket) is stored and returned verbatim.
 #[async_trait::async_trait]
 pub trait SymbolModeStore:
-    FeedSource<Item = Position, Error = Error> + std::fmt::Debug + 'static
+    FeedSource<Item = ModeChange, Error = Error> + std::fmt::Debug + 'static
 {
     /// The global mode, withdrawals and version (one small read).
     async fn venue(&self) -> Result<VenueState, Error>;

@@ -7,8 +7,8 @@
 use crate::subscription::CancelAllFeed;
 use crate::{
     transition_refusal, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Command, Error,
-    ModeDelta, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState,
-    VenueState,
+    ModeChange, ModeDelta, Request, StartAt, Subscription, SymbolMode, SymbolModeStore,
+    SymbolState, VenueState,
 };
 use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +25,7 @@ pub struct MemorySymbolModeStore {
 #[derive(Debug)]
 struct Shared {
     inner: Mutex<Inner>,
-    feed: ChangeFeed<Position>,
+    feed: ChangeFeed<ModeChange>,
 }
 
 #[derive(Debug)]
@@ -100,7 +100,7 @@ impl MemorySymbolModeStore {
     /// An empty store at version 0.
     pub fn new() -> Self {
         let feed = ChangeFeed::new();
-        feed.publish(Position::ZERO);
+        feed.publish(ModeChange::at(Position::ZERO));
         Self {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner::default()),
@@ -134,7 +134,7 @@ impl MemorySymbolModeStore {
             inner.by_request.insert(event.request_id, i);
         }
         inner.events = events;
-        self.shared.feed.resync(inner.position());
+        self.shared.feed.resync(ModeChange::at(inner.position()));
         gone
     }
 
@@ -201,8 +201,25 @@ impl MemorySymbolModeStore {
         inner.events.push(event.clone());
         let index = inner.events.len() - 1;
         inner.by_request.insert(event.request_id, index);
-        // Published under the lock so subscribers see positions in order.
-        self.shared.feed.publish(event.position);
+        // Published under the lock so subscribers see positions in order, with the
+        // delta the command made (what a PostgreSQL notification carries too).
+        let delta = ModeDelta {
+            since: event.version - 1,
+            since_event: inner.event_id(event.version - 1),
+            version: event.version,
+            position: event.position,
+            head_event: Some(event.request_id),
+            global: inner.global,
+            withdrawals_halted: inner.withdrawals_halted,
+            symbols: match &event.command {
+                Command::SetSymbolMode { symbol, to, .. } => vec![(symbol.clone(), *to)],
+                _ => Vec::new(),
+            },
+        };
+        self.shared.feed.publish(ModeChange {
+            position: event.position,
+            delta: Some(delta),
+        });
         Ok(Some(event))
     }
 }
@@ -327,7 +344,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
 
 #[async_trait::async_trait]
 impl FeedSource for MemorySymbolModeStore {
-    type Item = Position;
+    type Item = ModeChange;
     type Error = Error;
 
     async fn subscribe(&self) -> Result<Subscription, Error> {
@@ -347,7 +364,7 @@ impl FeedSource for MemorySymbolModeStore {
 #[derive(Debug)]
 struct MemoryFeed {
     shared: Arc<Shared>,
-    rx: FeedSubscription<Position>,
+    rx: FeedSubscription<ModeChange>,
 }
 
 #[async_trait::async_trait]

@@ -3,11 +3,11 @@
 use crate::{CancelAllCommand, Error};
 use std::collections::VecDeque;
 use std::time::Duration;
-/// A stream of store positions: every newer position in order (a slow reader skips
-/// to the newest, which is what a watcher needs: it then reads the changes after its
-/// own snapshot), and after a reconnect the store's position whatever it is (see
-/// [`failover_core::feed`]).
-pub type Subscription = failover_core::FeedSubscription<failover_core::Position>;
+/// A stream of store changes: every newer position in order (a slow reader skips to
+/// the newest, which is what a watcher needs: it then applies the change's delta, or
+/// reads the changes after its own snapshot), and after a reconnect the store's
+/// position whatever it is (see [`failover_core::feed`]).
+pub type Subscription = failover_core::FeedSubscription<crate::ModeChange>;
 
 /// Where a [`CancelAllSubscription`] starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -22,8 +22,8 @@
 use crate::subscription::CancelAllFeed;
 use crate::{
     transition_refusal, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Command,
-    CommandKind, Error, ModeDelta, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState,
-    Transition, VenueState,
+    CommandKind, Error, ModeChange, ModeDelta, Request, StartAt, SymbolMode, SymbolModeStore,
+    SymbolState, Transition, VenueState,
 };
 use failover_core::postgres::{
     hub, hub::HubSubscription, ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed,
@@ -40,7 +40,8 @@ pub use failover_core::postgres::PgStore;
 /// The env prefix of the store's settings: `TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN` …
 pub const ENV_PREFIX: &str = "TRADEPULSE_SYMBOL_MODE";
 
-/// The NOTIFY channel of every accepted command; the payload is the new position.
+/// The NOTIFY channel of every accepted command; the payload is the command's delta
+/// as JSON (see [`NotifiedDelta`]).
 pub const CHANNEL: &str = "symbol_mode_changed";
 
 /// The NOTIFY channel of `CancelAll` commands; the payload is the command's `seq` (its position).
@@ -57,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         2,
         "positions",
         include_str!("../../migrations/postgres/0002_positions.sql"),
+    ),
+    Migration::new(
+        3,
+        "notify_delta",
+        include_str!("../../migrations/postgres/0003_notify_delta.sql"),
     ),
 ];
 
@@ -88,7 +94,7 @@ const CANCEL_ALL_AFTER: &str = "SELECT version, position, request_id, command, s
 #[derive(Debug)]
 pub struct PostgresSymbolModeStore {
     pool: PgPool,
-    changes: PgChangeFeed<Position>,
+    changes: PgChangeFeed<ModeChange>,
     listen_options: ListenOptions,
     cancel_all_poll: Duration,
 }
@@ -197,18 +203,11 @@ impl PgStore for PostgresSymbolModeStore {
     type Error = Error;
 
     fn from_pool(pool: PgPool) -> Self {
-        let reload: Reload<Position> =
-            Arc::new(|pool| Box::pin(async move { position(&pool).await }));
-        // The payload is the position itself: no read per notification.
-        let interpret = Arc::new(
-            |payload: &str, _held: Position| match payload.parse::<u64>() {
-                Ok(p) => Notified::Item(Position(p)),
-                Err(_) => Notified::Reload,
-            },
-        );
+        let reload: Reload<ModeChange> =
+            Arc::new(|pool| Box::pin(async move { position(&pool).await.map(ModeChange::at) }));
         Self {
             pool,
-            changes: PgChangeFeed::new(CHANNEL, "symbol_mode_events", reload, interpret),
+            changes: PgChangeFeed::new(CHANNEL, "symbol_mode_events", reload, Arc::new(interpret)),
             listen_options: ListenOptions::default(),
             cancel_all_poll: Duration::from_secs(1),
         }
@@ -219,10 +218,66 @@ impl PgStore for PostgresSymbolModeStore {
     }
 }
 
-impl PgFeedStore for PostgresSymbolModeStore {
-    type Item = Position;
+/// The delta a `symbol_mode_changed` notification carries.
+#[derive(Debug, serde::Deserialize)]
+pub struct NotifiedDelta {
+    position: u64,
+    version: u64,
+    since_event: Option<Uuid>,
+    head_event: Uuid,
+    global: String,
+    withdrawals_halted: bool,
+    symbol: Option<String>,
+    mode: Option<String>,
+}
 
-    fn changes(&self) -> &PgChangeFeed<Position> {
+impl NotifiedDelta {
+    fn change(self) -> Option<ModeChange> {
+        let op = "symbol_mode.notification";
+        let symbols = match (self.symbol, self.mode) {
+            (Some(symbol), Some(m)) => vec![(symbol, mode(op, &m).ok()?)],
+            _ => Vec::new(),
+        };
+        let position = Position(self.position);
+        Some(ModeChange {
+            position,
+            delta: Some(ModeDelta {
+                since: self.version.checked_sub(1)?,
+                since_event: self.since_event,
+                version: self.version,
+                position,
+                head_event: Some(self.head_event),
+                global: mode(op, &self.global).ok()?,
+                withdrawals_halted: self.withdrawals_halted,
+                symbols,
+            }),
+        })
+    }
+}
+
+/// A payload with the delta is published as is; a bare position means "newer".
+fn interpret(payload: &str, held: Position) -> Notified<ModeChange> {
+    if let Some(change) = serde_json::from_str::<NotifiedDelta>(payload)
+        .ok()
+        .and_then(NotifiedDelta::change)
+    {
+        return if change.position <= held {
+            Notified::Skip
+        } else {
+            Notified::Item(change)
+        };
+    }
+    match payload.parse::<u64>() {
+        Ok(p) if Position(p) <= held => Notified::Skip,
+        Ok(p) => Notified::Item(ModeChange::at(Position(p))),
+        Err(_) => Notified::Reload,
+    }
+}
+
+impl PgFeedStore for PostgresSymbolModeStore {
+    type Item = ModeChange;
+
+    fn changes(&self) -> &PgChangeFeed<ModeChange> {
         &self.changes
     }
 }
@@ -317,7 +372,7 @@ impl PostgresSymbolModeStore {
                         previous: event.command.kind(),
                     });
                 }
-                self.changes.feed().publish(event.position);
+                self.changes.feed().publish(ModeChange::at(event.position));
                 Ok(Some(event))
             }
             "unchanged" => Ok(None),
@@ -345,7 +400,7 @@ impl PostgresSymbolModeStore {
 impl SymbolModeStore for PostgresSymbolModeStore {
     async fn venue(&self) -> Result<VenueState, Error> {
         let state = venue(&self.pool).await?;
-        self.changes.feed().publish(state.position);
+        self.changes.feed().publish(ModeChange::at(state.position));
         Ok(state)
     }
 
@@ -387,7 +442,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
             withdrawals_halted: first.get("withdrawals_halted"),
             symbols,
         };
-        self.changes.feed().publish(delta.position);
+        self.changes.feed().publish(ModeChange::at(delta.position));
         Ok(delta)
     }
 
