@@ -114,3 +114,87 @@ async fn a_first_load_that_fails_is_retried_long_before_the_poll_interval() {
         started.elapsed()
     );
 }
+
+/// Counts the reads a handle makes of the store it watches.
+#[derive(Debug)]
+struct Counting {
+    inner: PostgresKillSwitchStore,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl killswitch::FeedSource for Counting {
+    type Item = killswitch::KillSwitchState;
+    type Error = killswitch::Error;
+    async fn subscribe(&self) -> Result<killswitch::Subscription, killswitch::Error> {
+        self.inner.subscribe().await
+    }
+    async fn contains(&self, p: killswitch::Position) -> Result<bool, killswitch::Error> {
+        self.inner.contains(p).await
+    }
+}
+
+#[async_trait::async_trait]
+impl KillSwitchStore for Counting {
+    async fn load(&self) -> Result<killswitch::KillSwitchState, killswitch::Error> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load().await
+    }
+    async fn engage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
+        self.inner.engage(a).await
+    }
+    async fn disengage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
+        self.inner.disengage(a).await
+    }
+    async fn history(
+        &self,
+        n: usize,
+    ) -> Result<Vec<killswitch::KillSwitchEvent>, killswitch::Error> {
+        self.inner.history(n).await
+    }
+}
+
+#[tokio::test]
+async fn a_change_reaches_a_handle_in_the_notification_without_a_read() {
+    use killswitch::FeedSource as _;
+    use std::sync::atomic::Ordering;
+    let (cluster, db) = own_primary().await.expect("cluster");
+    let dsn = cluster.primary().dsn(&db);
+    let writer = PostgresKillSwitchStore::new(fast_settings(&dsn).build().unwrap()).unwrap();
+    writer.migrate().await.unwrap();
+    let reader = Arc::new(Counting {
+        inner: PostgresKillSwitchStore::new(fast_settings(&dsn).build().unwrap()).unwrap(),
+        loads: Default::default(),
+    });
+    let switch = KillSwitch::spawn(
+        reader.clone(),
+        KillSwitchConfig::default()
+            .with_poll_interval(Duration::from_secs(3600))
+            .with_staleness_window(Duration::from_secs(7200)),
+    );
+    wait_until("operational", Duration::from_secs(10), || {
+        switch.health().status == failover_core::ComponentStatus::Operational
+    })
+    .await;
+    let loads = reader.loads.load(Ordering::SeqCst);
+    for round in 0..3 {
+        let s = writer
+            .engage(&Audit::new("ops", format!("halt {round}")))
+            .await
+            .unwrap();
+        wait_until("halted", Duration::from_secs(5), || switch.is_halted()).await;
+        assert_eq!(
+            switch.status().state.unwrap(),
+            s,
+            "the notified state is the stored one"
+        );
+        let audit = Audit::new("ops", format!("resume {round}")).with_ticket("CHG-8");
+        writer.disengage(&audit).await.unwrap();
+        wait_until("allowed", Duration::from_secs(5), || !switch.is_halted()).await;
+    }
+    assert_eq!(
+        reader.loads.load(Ordering::SeqCst),
+        loads,
+        "no read per change"
+    );
+}
