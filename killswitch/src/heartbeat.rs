@@ -29,18 +29,13 @@ impl PostgresKillSwitchStore {
     pub async fn heartbeat(&self) -> Result<SystemTime, Error> {
         let at = self
             .pool()
-            .run("kill_switch.heartbeat", |c| {
-                Box::pin(async move {
-                    let row = c
-                        .query_opt(
-                            "UPDATE kill_switch_state SET updated_at = now() WHERE id = 1 RETURNING updated_at",
-                            &[],
-                        )
-                        .await?;
-                    Ok(row.map(|r| r.get::<_, SystemTime>(0)))
-                })
-            })
-            .await?;
+            .query_opt(
+                "kill_switch.heartbeat",
+                "UPDATE kill_switch_state SET updated_at = now() WHERE id = 1 RETURNING updated_at",
+                &[],
+            )
+            .await?
+            .map(|r| r.get::<_, SystemTime>(0));
         at.ok_or_else(|| Error::SchemaMissing {
             source: failover_core::DbError::new(
                 failover_core::DbErrorKind::SchemaMissing,

@@ -162,18 +162,14 @@ async fn show(
 async fn server_of(
     pool: &failover_core::postgres::PgPool,
 ) -> Result<String, failover_core::DbError> {
-    pool.run("kill_switch.server", |c| {
-        Box::pin(async move {
-            let row = c
-                .query_one(
-                    "SELECT coalesce(host(inet_server_addr()), 'local socket') || ':' || current_setting('port')",
-                    &[],
-                )
-                .await?;
-            Ok(row.get::<_, String>(0))
-        })
-    })
-    .await
+    let row = pool
+        .query_one(
+            "kill_switch.server",
+            "SELECT coalesce(host(inet_server_addr()), 'local socket') || ':' || current_setting('port')",
+            &[],
+        )
+        .await?;
+    Ok(row.get::<_, String>(0))
 }
 
 async fn change(

@@ -156,7 +156,6 @@ impl KillSwitchStore for Counting {
 
 #[tokio::test]
 async fn a_change_reaches_a_handle_in_the_notification_without_a_read() {
-    use killswitch::FeedSource as _;
     use std::sync::atomic::Ordering;
     let (cluster, db) = own_primary().await.expect("cluster");
     let dsn = cluster.primary().dsn(&db);

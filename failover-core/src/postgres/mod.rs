@@ -19,7 +19,7 @@ pub use connect::DedicatedConnection;
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
 pub use listen::{Channels, ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS};
-pub use pool::{PgClient, PgPool};
+pub use pool::{Param, PgClient, PgPool};
 pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};
 pub use store::{
     reload_when_newer, Interpret, Notified, PgChangeFeed, PgFeedStore, PgStore, Reload,

@@ -45,8 +45,74 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
+
+/// A statement parameter with its PostgreSQL type, e.g. `(&id, Type::UUID)`: the type
+/// lets the pool send the statement prepared or unnamed.
+pub type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// What a statement must return.
+#[derive(Debug, Clone, Copy)]
+enum Rows {
+    All,
+    One,
+    AtMostOne,
+    Count,
+}
+
+struct Output {
+    rows: Vec<Row>,
+    count: u64,
+}
+
+/// Prepared once per connection (cached), then executed.
+async fn prepared(
+    client: &PgClient,
+    sql: &str,
+    types: &[Type],
+    values: &[&(dyn ToSql + Sync)],
+    want: Rows,
+) -> Result<Output, tokio_postgres::Error> {
+    let statement = client.prepare_typed_cached(sql, types).await?;
+    if let Rows::Count = want {
+        let count = client.execute(&statement, values).await?;
+        return Ok(Output {
+            rows: Vec::new(),
+            count,
+        });
+    }
+    let rows = client.query(&statement, values).await?;
+    Ok(Output {
+        count: rows.len() as u64,
+        rows,
+    })
+}
+
+/// Parsed, bound and executed unnamed in one round trip: nothing lives on the server
+/// connection afterwards, so a transaction pooler may hand the next statement to
+/// another one.
+async fn unnamed(
+    client: &PgClient,
+    sql: &str,
+    params: &[Param<'_>],
+    want: Rows,
+) -> Result<Output, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let stream = client
+        .query_typed_raw(sql, params.iter().map(|(v, t)| (*v, t.clone())))
+        .await?;
+    futures_util::pin_mut!(stream);
+    let mut rows = Vec::new();
+    while let Some(row) = stream.try_next().await? {
+        rows.push(row);
+    }
+    let count = match want {
+        Rows::Count => stream.rows_affected().unwrap_or(rows.len() as u64),
+        _ => rows.len() as u64,
+    };
+    Ok(Output { rows, count })
+}
 use tracing::Instrument;
 
 pub use super::manager::PgClient;
@@ -66,6 +132,8 @@ struct Inner {
     last_connect: Arc<Mutex<Option<String>>>,
     last_host: Arc<Mutex<Option<String>>>,
     link: Mutex<Link>,
+    /// Statements are sent unnamed (a transaction pooler in between).
+    unnamed: std::sync::atomic::AtomicBool,
     /// The generation id, for listeners that must follow a DSN swap.
     generation: watch::Sender<u64>,
 }
@@ -139,6 +207,7 @@ impl PgPool {
                 last_connect,
                 last_host,
                 link: Mutex::new(Link::default()),
+                unnamed: std::sync::atomic::AtomicBool::new(false),
                 generation: watch::channel(0).0,
             }),
         })
@@ -234,25 +303,21 @@ impl PgPool {
         Ok(())
     }
 
-    /// Runs `sql` under the retry policy and returns its rows. The statement is
-    /// prepared (and cached per connection) inside each attempt.
+    /// Runs `sql` under the retry policy and returns its rows. Parameters carry their
+    /// types ([`Param`]), so the statement can be sent either way the pool runs:
+    /// prepared once per connection and cached (the default), or — behind a
+    /// transaction pooler such as pgbouncer in transaction mode, where a prepared
+    /// statement may live on another server connection — unnamed, parsed and
+    /// executed in one round trip ([`PgPool::unnamed_statements`]).
     pub async fn query(
         &self,
         op: &'static str,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param<'_>],
     ) -> Result<Vec<Row>, DbError> {
-        self.attempts(op, |client| {
-            Box::pin(async move {
-                let result = async {
-                    let statement = client.prepare_cached(sql).await?;
-                    client.query(&statement, params).await
-                }
-                .await;
-                (client, result)
-            })
-        })
-        .await
+        self.statement(op, sql, params, Rows::All)
+            .await
+            .map(|r| r.rows)
     }
 
     /// Like [`query`](Self::query), for exactly one row.
@@ -260,19 +325,17 @@ impl PgPool {
         &self,
         op: &'static str,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param<'_>],
     ) -> Result<Row, DbError> {
-        self.attempts(op, |client| {
-            Box::pin(async move {
-                let result = async {
-                    let statement = client.prepare_cached(sql).await?;
-                    client.query_one(&statement, params).await
-                }
-                .await;
-                (client, result)
-            })
+        let rows = self.statement(op, sql, params, Rows::One).await?.rows;
+        rows.into_iter().next().ok_or_else(|| {
+            DbError::new(
+                DbErrorKind::Permanent,
+                op,
+                None,
+                "the statement returned no row".into(),
+            )
         })
-        .await
     }
 
     /// Like [`query`](Self::query), for at most one row.
@@ -280,19 +343,10 @@ impl PgPool {
         &self,
         op: &'static str,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param<'_>],
     ) -> Result<Option<Row>, DbError> {
-        self.attempts(op, |client| {
-            Box::pin(async move {
-                let result = async {
-                    let statement = client.prepare_cached(sql).await?;
-                    client.query_opt(&statement, params).await
-                }
-                .await;
-                (client, result)
-            })
-        })
-        .await
+        let rows = self.statement(op, sql, params, Rows::AtMostOne).await?.rows;
+        Ok(rows.into_iter().next())
     }
 
     /// Like [`query`](Self::query), returning the number of rows affected.
@@ -300,15 +354,53 @@ impl PgPool {
         &self,
         op: &'static str,
         sql: &str,
-        params: &[&(dyn ToSql + Sync)],
+        params: &[Param<'_>],
     ) -> Result<u64, DbError> {
+        self.statement(op, sql, params, Rows::Count)
+            .await
+            .map(|r| r.count)
+    }
+
+    /// True once the pool sends unnamed statements: set by
+    /// `…__STATEMENTS=unnamed`, or switched on by itself the first time the server
+    /// says a prepared statement does not exist (or already exists) — the sign of a
+    /// transaction pooler in between.
+    pub fn unnamed_statements(&self) -> bool {
+        self.inner.unnamed.load(Ordering::Relaxed)
+    }
+
+    /// Sends every later statement unnamed (see [`query`](Self::query)).
+    pub fn use_unnamed_statements(&self) {
+        if !self.inner.unnamed.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                component = self.inner.component,
+                "prepared statements do not survive between transactions here (a transaction pooler?): sending unnamed statements from now on"
+            );
+        }
+    }
+
+    async fn statement(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: &[Param<'_>],
+        want: Rows,
+    ) -> Result<Output, DbError> {
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+        let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+        let (values, types) = (&values, &types);
         self.attempts(op, |client| {
             Box::pin(async move {
-                let result = async {
-                    let statement = client.prepare_cached(sql).await?;
-                    client.execute(&statement, params).await
+                let result = if self.unnamed_statements() {
+                    unnamed(&client, sql, params, want).await
+                } else {
+                    prepared(&client, sql, types, values, want).await
+                };
+                if let Err(e) = &result {
+                    if matches!(e.code().map(|c| c.code()), Some("26000" | "42P05")) {
+                        self.use_unnamed_statements();
+                    }
                 }
-                .await;
                 (client, result)
             })
         })

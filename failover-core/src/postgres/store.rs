@@ -22,6 +22,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio_postgres::types::Type;
 
 /// A PostgreSQL store: what it is made of. Implement this and the constructors,
 /// migrations and DSN swap come with [`PgStore`]'s provided methods.
@@ -201,7 +202,11 @@ impl<T: Positioned + Clone + Send + Sync + 'static> PgChangeFeed<T> {
             return Ok(true);
         }
         let row = pool
-            .query_one("feed.contains", &self.contains_sql, &[&position.as_i64()])
+            .query_one(
+                "feed.contains",
+                &self.contains_sql,
+                &[(&position.as_i64(), Type::INT8)],
+            )
             .await?;
         Ok(row.get(0))
     }

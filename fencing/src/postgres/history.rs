@@ -3,6 +3,7 @@
 
 use super::PostgresLeaseFencer;
 use crate::Error;
+use failover_core::postgres::tokio_postgres::types::Type;
 use failover_core::postgres::PgStore;
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
@@ -38,7 +39,7 @@ mod humantime_serde_ms {
 }
 
 const EVENTS: &str = "SELECT id, resource, token, holder, event, \
-     (extract(epoch FROM ttl) * 1000)::BIGINT, at FROM fencing_lease_events \
+     (extract(epoch FROM ttl) * 1000)::BIGINT AS ttl_ms, at FROM fencing_lease_events \
      WHERE ($1::TEXT IS NULL OR resource = $1) ORDER BY id DESC LIMIT $2";
 
 impl PostgresLeaseFencer {
@@ -48,28 +49,25 @@ impl PostgresLeaseFencer {
         resource: Option<&str>,
         limit: usize,
     ) -> Result<Vec<LeaseEvent>, Error> {
-        let resource = resource.map(str::to_owned);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .pool()
-            .run("fencing.history", |c| {
-                let resource = resource.clone();
-                Box::pin(async move {
-                    let statement = c.prepare_cached(EVENTS).await?;
-                    c.query(&statement, &[&resource, &limit]).await
-                })
-            })
+            .query(
+                "fencing.history",
+                EVENTS,
+                &[(&resource, Type::TEXT), (&limit, Type::INT8)],
+            )
             .await?;
         Ok(rows
             .iter()
             .map(|r| LeaseEvent {
-                id: r.get::<_, i64>(0) as u64,
-                resource: r.get(1),
-                token: r.get::<_, i64>(2) as u64,
-                holder: r.get(3),
-                event: r.get(4),
-                ttl: Duration::from_millis(r.get::<_, i64>(5).max(0) as u64),
-                at: r.get(6),
+                id: r.get::<_, i64>("id") as u64,
+                resource: r.get("resource"),
+                token: r.get::<_, i64>("token") as u64,
+                holder: r.get("holder"),
+                event: r.get("event"),
+                ttl: Duration::from_millis(r.get::<_, i64>("ttl_ms").max(0) as u64),
+                at: r.get("at"),
             })
             .collect())
     }

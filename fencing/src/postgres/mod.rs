@@ -203,7 +203,15 @@ impl LeaseFencer for PostgresLeaseFencer {
         let sent_at = Instant::now();
         let row = self
             .pool
-            .query_one("fencing.acquire", ACQUIRE, &[&resource, &holder, &ttl_us])
+            .query_one(
+                "fencing.acquire",
+                ACQUIRE,
+                &[
+                    (&resource, Type::TEXT),
+                    (&holder, Type::TEXT),
+                    (&ttl_us, Type::INT8),
+                ],
+            )
             .await?;
         let token = row.get::<_, i64>("token") as u64;
         if !row.get::<_, bool>("granted") {
@@ -234,7 +242,12 @@ impl LeaseFencer for PostgresLeaseFencer {
             .query_one(
                 "fencing.renew",
                 RENEW,
-                &[&resource, &holder, &token, &ttl_us],
+                &[
+                    (&resource, Type::TEXT),
+                    (&holder, Type::TEXT),
+                    (&token, Type::INT8),
+                    (&ttl_us, Type::INT8),
+                ],
             )
             .await?;
         if row.get::<_, bool>("renewed") {
@@ -273,7 +286,15 @@ impl LeaseFencer for PostgresLeaseFencer {
         let (resource, holder) = (lease.resource(), lease.holder());
         let token = lease.token() as i64;
         self.pool
-            .execute("fencing.release", RELEASE, &[&resource, &holder, &token])
+            .execute(
+                "fencing.release",
+                RELEASE,
+                &[
+                    (&resource, Type::TEXT),
+                    (&holder, Type::TEXT),
+                    (&token, Type::INT8),
+                ],
+            )
             .await?;
         Ok(())
     }
@@ -282,7 +303,7 @@ impl LeaseFencer for PostgresLeaseFencer {
         check_name("resource", resource)?;
         let row = self
             .pool
-            .query_opt("fencing.current", CURRENT, &[&resource])
+            .query_opt("fencing.current", CURRENT, &[(&resource, Type::TEXT)])
             .await?;
         Ok(row.map(|r| CurrentLease {
             resource: resource.to_owned(),

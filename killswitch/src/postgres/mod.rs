@@ -21,6 +21,7 @@ use failover_core::postgres::{
     Reload,
 };
 use std::sync::Arc;
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
 pub use failover_core::postgres::PgStore;
@@ -181,11 +182,11 @@ impl PostgresKillSwitchStore {
                 op,
                 APPLY,
                 &[
-                    &request_id,
-                    &action.as_str(),
-                    &audit.reason(),
-                    &audit.actor(),
-                    &audit.ticket(),
+                    (&request_id, Type::UUID),
+                    (&action.as_str(), Type::TEXT),
+                    (&audit.reason(), Type::TEXT),
+                    (&audit.actor(), Type::TEXT),
+                    (&audit.ticket(), Type::TEXT),
                 ],
             )
             .await
@@ -227,7 +228,7 @@ impl KillSwitchStore for PostgresKillSwitchStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .pool
-            .query("kill_switch.history", HISTORY, &[&limit])
+            .query("kill_switch.history", HISTORY, &[(&limit, Type::INT8)])
             .await?;
         Ok(rows
             .iter()

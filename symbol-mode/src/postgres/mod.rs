@@ -32,6 +32,7 @@ use failover_core::postgres::{
 use failover_core::{DbError, DbErrorKind, Position};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -347,17 +348,17 @@ impl PostgresSymbolModeStore {
                 op,
                 APPLY,
                 &[
-                    &request_id,
-                    &kind.as_str(),
-                    &symbol,
-                    &to.map(SymbolMode::as_str),
-                    &withdrawals,
-                    &allowed,
-                    &relax,
-                    &noop,
-                    &audit.reason(),
-                    &audit.actor(),
-                    &audit.ticket(),
+                    (&request_id, Type::UUID),
+                    (&kind.as_str(), Type::TEXT),
+                    (&symbol, Type::TEXT),
+                    (&to.map(SymbolMode::as_str), Type::TEXT),
+                    (&withdrawals, Type::BOOL),
+                    (&allowed, Type::TEXT_ARRAY),
+                    (&relax, Type::TEXT_ARRAY),
+                    (&noop, Type::TEXT_ARRAY),
+                    (&audit.reason(), Type::TEXT),
+                    (&audit.actor(), Type::TEXT),
+                    (&audit.ticket(), Type::TEXT),
                 ],
             )
             .await
@@ -407,7 +408,10 @@ impl SymbolModeStore for PostgresSymbolModeStore {
     async fn symbol_state(&self, symbol: &str) -> Result<Option<SymbolState>, Error> {
         crate::validate_symbol(symbol)?;
         let op = "symbol_mode.symbol_state";
-        let row = self.pool.query_opt(op, SYMBOL, &[&symbol]).await?;
+        let row = self
+            .pool
+            .query_opt(op, SYMBOL, &[(&symbol, Type::TEXT)])
+            .await?;
         row.map(|r| {
             Ok(SymbolState {
                 symbol: r.get("symbol"),
@@ -424,7 +428,10 @@ impl SymbolModeStore for PostgresSymbolModeStore {
 
     async fn changes_since(&self, since: u64) -> Result<ModeDelta, Error> {
         let op = "symbol_mode.changes_since";
-        let rows = self.pool.query(op, CHANGES, &[&since_param(since)]).await?;
+        let rows = self
+            .pool
+            .query(op, CHANGES, &[(&since_param(since), Type::INT8)])
+            .await?;
         let first = rows.first().ok_or_else(|| schema_missing(op))?;
         let mut symbols = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -496,7 +503,10 @@ impl SymbolModeStore for PostgresSymbolModeStore {
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {
         let op = "symbol_mode.history";
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = self.pool.query(op, HISTORY, &[&limit]).await?;
+        let rows = self
+            .pool
+            .query(op, HISTORY, &[(&limit, Type::INT8)])
+            .await?;
         rows.iter().map(|r| event_from(op, r)).collect()
     }
 
@@ -533,7 +543,7 @@ impl CancelAllFeed for PgFeed {
         let op = "symbol_mode.cancel_all_after";
         let rows = self
             .pool
-            .query(op, CANCEL_ALL_AFTER, &[&since_param(after)])
+            .query(op, CANCEL_ALL_AFTER, &[(&since_param(after), Type::INT8)])
             .await?;
         let mut commands = Vec::with_capacity(rows.len());
         for row in &rows {
