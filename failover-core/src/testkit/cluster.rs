@@ -285,7 +285,7 @@ impl ClusterBuilder {
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
-fn free_port() -> Result<u16, TestkitError> {
+pub(crate) fn free_port() -> Result<u16, TestkitError> {
     let listener = std::net::TcpListener::bind((HOST, 0))
         .map_err(|e| TestkitError::io("finding a free port", e))?;
     listener
@@ -375,6 +375,11 @@ impl Cluster {
     /// Whether the replica was created as a synchronous standby.
     pub fn is_synchronous(&self) -> bool {
         self.synchronous
+    }
+
+    /// What the cluster's nodes share (launcher, supervisor).
+    pub(crate) fn ctx(&self) -> &ClusterCtx {
+        &self.ctx
     }
 
     /// The cluster's temporary directory (data directories, logs, unix sockets, CA).
