@@ -12,7 +12,7 @@ pub fn now_micros() -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(since.as_micros() as u64)
 }
 
-/// `#[serde(with = "failover_core::time::rfc3339")]` for a `SystemTime`: RFC 3339
+/// `#[serde(with = "tradepulse_failover_core::time::rfc3339")]` for a `SystemTime`: RFC 3339
 /// text with microseconds, e.g. `2026-11-22T07:38:15.123456Z`.
 pub mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};

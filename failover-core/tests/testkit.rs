@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use failover_core::testkit::{generate_ca_file, Cluster, ClusterBuilder, Node};
+use tradepulse_failover_core::testkit::{generate_ca_file, Cluster, ClusterBuilder, Node};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio_postgres::error::SqlState;
@@ -224,7 +224,7 @@ async fn synchronous_replica_is_sync_and_holds_commits() {
     assert!(
         matches!(
             blocked,
-            Err(failover_core::testkit::TestkitError::Timeout { .. })
+            Err(tradepulse_failover_core::testkit::TestkitError::Timeout { .. })
         ),
         "commit returned without the synchronous replica: {blocked:?}"
     );

@@ -180,8 +180,8 @@ impl ElectorConfig {
 ///
 /// ```
 /// # use std::sync::Arc; use std::time::Duration;
-/// # use fencing::{ElectorConfig, LeaderElector, MemoryLeaseFencer};
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), fencing::Error> {
+/// # use tradepulse_fencing::{ElectorConfig, LeaderElector, MemoryLeaseFencer};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tradepulse_fencing::Error> {
 /// let store = Arc::new(MemoryLeaseFencer::new());
 /// let elector = LeaderElector::spawn(store, ElectorConfig::new("btc-usd", "engine-a", Duration::from_secs(2)))?;
 /// let mut role = elector.watch();

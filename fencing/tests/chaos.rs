@@ -9,8 +9,8 @@
 mod support;
 
 use failover_core::postgres::PgPool;
-use fencing::postgres::fence;
-use fencing::{ElectorConfig, Error, LeaderElector, PostgresLeaseFencer};
+use tradepulse_fencing::postgres::fence;
+use tradepulse_fencing::{ElectorConfig, Error, LeaderElector, PostgresLeaseFencer};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -2,7 +2,7 @@
 //! logic is ours, so time is too. The Postgres behaviour (a stopped server, a
 //! failover, frozen processes) is in the Postgres test files.
 
-use fencing::{
+use tradepulse_fencing::{
     ElectorConfig, Error, FollowerReason, LeaderElector, Leadership, Lease, LeaseFencer,
     LostReason, ManualClock, MemoryLeaseFencer,
 };
@@ -56,7 +56,7 @@ impl LeaseFencer for Hanging {
         self.gate().await;
         self.inner.release(lease).await
     }
-    async fn current(&self, resource: &str) -> Result<Option<fencing::CurrentLease>, Error> {
+    async fn current(&self, resource: &str) -> Result<Option<tradepulse_fencing::CurrentLease>, Error> {
         self.inner.current(resource).await
     }
 }

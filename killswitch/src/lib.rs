@@ -1,15 +1,20 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod handle;
 mod memory;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
 pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
 pub use handle::{Halt, KillSwitch, KillSwitchConfig, KillSwitchStatus, Trading};
 pub use memory::MemoryKillSwitchStore;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresKillSwitchStore;
 
 use failover_core::{ConfigError, DbError, DbErrorKind};

@@ -2,7 +2,7 @@
 //! the in-memory one behind a switch that makes it unreachable, like a dead database.
 
 use failover_core::{ComponentStatus, DbError, DbErrorKind};
-use killswitch::{
+use tradepulse_killswitch::{
     Audit, Error, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
     KillSwitchStore, MemoryKillSwitchStore, Subscription, Trading,
 };

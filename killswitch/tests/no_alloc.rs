@@ -1,7 +1,7 @@
 //! The hot-path check allocates nothing: counted by an instrumented global allocator
 //! (stats_alloc, so no `unsafe` of ours) on a current-thread runtime.
 
-use killswitch::{KillSwitch, KillSwitchConfig, MemoryKillSwitchStore, Trading};
+use tradepulse_killswitch::{KillSwitch, KillSwitchConfig, MemoryKillSwitchStore, Trading};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
 use std::hint::black_box;

@@ -9,7 +9,7 @@ use support::wait_until;
 use failover_core::postgres::TlsMode;
 use failover_core::testkit::{generate_ca_file, Cluster};
 use failover_core::{ComponentStatus, HealthRegistry};
-use killswitch::{
+use tradepulse_killswitch::{
     Audit, Error, Halt, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore,
     Trading,
 };

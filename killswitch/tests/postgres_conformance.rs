@@ -4,7 +4,7 @@
 mod support;
 
 use failover_core::testkit::Cluster;
-use killswitch::KillSwitchStore;
+use tradepulse_killswitch::KillSwitchStore;
 use std::sync::Arc;
 
 async fn setup() -> (Arc<dyn KillSwitchStore>, Arc<Cluster>) {
@@ -13,4 +13,4 @@ async fn setup() -> (Arc<dyn KillSwitchStore>, Arc<Cluster>) {
     (Arc::new(store), cluster)
 }
 
-killswitch::conformance_tests!(setup);
+tradepulse_killswitch::conformance_tests!(setup);

@@ -7,7 +7,7 @@ mod support;
 
 use failover_core::testkit::Cluster;
 use failover_core::DbErrorKind;
-use killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};
+use tradepulse_killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};
 use std::time::{Duration, Instant};
 
 const RUNBOOK_QUERY: &str =

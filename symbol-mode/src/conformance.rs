@@ -1359,11 +1359,11 @@ pub async fn random_sequences_follow_the_rules(store: &dyn SymbolModeStore) {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use symbol_mode::{MemorySymbolModeStore, SymbolModeStore};
+/// use tradepulse_symbol_mode::{MemorySymbolModeStore, SymbolModeStore};
 /// async fn setup() -> (Arc<dyn SymbolModeStore>, ()) {
 ///     (Arc::new(MemorySymbolModeStore::new()), ())
 /// }
-/// symbol_mode::conformance_tests!(setup);
+/// tradepulse_symbol_mode::conformance_tests!(setup);
 /// # fn main() {}
 /// ```
 #[macro_export]

@@ -1,11 +1,15 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod handle;
 mod memory;
 mod mode;
 mod policy;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 mod snapshot;
 mod subscription;
@@ -19,6 +23,7 @@ pub use memory::MemorySymbolModeStore;
 pub use mode::{ParseModeError, SymbolMode, TradingAction, Transition, ACTION_MATRIX, RELAX_TO};
 pub use policy::{LagOutcome, LagVerdict, PolicyError, SettlementLagPolicy, POLICY_ACTOR};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresSymbolModeStore;
 pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, Cause, MemorySymbolModeStore, Refusal, SymbolMode, SymbolModeStore, SymbolModes,
     SymbolModesConfig, TradingAction,
 };

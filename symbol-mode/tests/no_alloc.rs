@@ -7,7 +7,7 @@ use std::alloc::System;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, MemorySymbolModeStore, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig,
     TradingAction,
 };

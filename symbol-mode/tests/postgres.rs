@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::wait_until;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, Cause, Error, PostgresSymbolModeStore, SnapshotState, StartAt, SymbolMode,
     SymbolModeStore, SymbolModes, SymbolModesConfig, TradingAction,
 };
@@ -357,14 +357,14 @@ async fn a_change_reaches_another_process_handle_through_notify() {
     assert_eq!(modes.mode("BTC-USD"), SymbolMode::HardHalt);
 }
 
-async fn next(sub: &mut symbol_mode::CancelAllSubscription) -> symbol_mode::CancelAllCommand {
+async fn next(sub: &mut tradepulse_symbol_mode::CancelAllSubscription) -> tradepulse_symbol_mode::CancelAllCommand {
     tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("CancelAll delivered in time")
         .expect("open")
 }
 
-async fn quiet(sub: &mut symbol_mode::CancelAllSubscription) {
+async fn quiet(sub: &mut tradepulse_symbol_mode::CancelAllSubscription) {
     let extra = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
     assert!(extra.is_err(), "delivered twice: {extra:?}");
 }

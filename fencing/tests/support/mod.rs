@@ -3,8 +3,8 @@
 
 use failover_core::postgres::PgPool;
 use failover_core::testkit::Cluster;
-use fencing::conformance::FencedLog;
-use fencing::{Error, PostgresLeaseFencer};
+use tradepulse_fencing::conformance::FencedLog;
+use tradepulse_fencing::{Error, PostgresLeaseFencer};
 use std::time::Duration;
 
 /// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
@@ -50,7 +50,7 @@ impl PgFencedLog {
     /// Migrates `dsn`'s database (fencing + the log table).
     pub async fn new(dsn: &str) -> Self {
         let pool = PgPool::new("fencing-test", settings(dsn).build().unwrap()).unwrap();
-        fencing::postgres::migrate(&pool).await.expect("migrate");
+        tradepulse_fencing::postgres::migrate(&pool).await.expect("migrate");
         pool.get()
             .await
             .unwrap()
@@ -69,7 +69,7 @@ impl PgFencedLog {
     ) -> Result<(), Error> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.expect("begin");
-        fencing::postgres::fence(&tx, resource, token).await?;
+        tradepulse_fencing::postgres::fence(&tx, resource, token).await?;
         tx.execute(
             "INSERT INTO fenced_log (resource, token, entry) VALUES ($1, $2, $3)",
             &[&resource, &(token as i64), &entry],

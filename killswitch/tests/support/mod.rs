@@ -2,7 +2,7 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 use failover_core::testkit::Cluster;
-use killswitch::PostgresKillSwitchStore;
+use tradepulse_killswitch::PostgresKillSwitchStore;
 use std::time::Duration;
 
 /// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
