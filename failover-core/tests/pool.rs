@@ -2,9 +2,11 @@
 //! next one, reads do not linger on a demoted primary, LISTEN reconnects.
 #![cfg(feature = "testkit")]
 
-use tradepulse_failover_core::postgres::{ListenEvent, ListenOptions, Listener, PgPool, PgSettings};
-use tradepulse_failover_core::testkit::Cluster;
 use std::time::{Duration, Instant};
+use tradepulse_failover_core::postgres::{
+    ListenEvent, ListenOptions, Listener, PgPool, PgSettings,
+};
+use tradepulse_failover_core::testkit::Cluster;
 
 fn pool(dsn: &str) -> PgPool {
     let settings = PgSettings::builder()

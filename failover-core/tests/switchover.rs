@@ -1,9 +1,9 @@
 //! The runbooks' planned switchover and emergency failover on real servers.
 #![cfg(feature = "testkit")]
 
+use std::time::Duration;
 use tradepulse_failover_core::postgres::{emergency_failover, planned_switchover, PgSettings};
 use tradepulse_failover_core::testkit::Cluster;
-use std::time::Duration;
 
 fn settings() -> PgSettings {
     PgSettings::builder()

@@ -1,9 +1,9 @@
 //! The in-memory lease store and fence run the whole conformance suites.
 
-use tradepulse_fencing::conformance::FencedLog;
-use tradepulse_fencing::{Error, LeaseFencer, MemoryFence, MemoryLeaseFencer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tradepulse_fencing::conformance::FencedLog;
+use tradepulse_fencing::{Error, LeaseFencer, MemoryFence, MemoryLeaseFencer};
 
 async fn setup() -> (Arc<dyn LeaseFencer>, ()) {
     (Arc::new(MemoryLeaseFencer::new()), ())

@@ -5,13 +5,13 @@
 mod support;
 
 use failover_core::postgres::PgPool;
-use tradepulse_fencing::postgres::{fence, token_counter, token_timeline, FENCING_SQLSTATE};
-use tradepulse_fencing::{Error, Lease, LeaseFencer, PostgresLeaseFencer};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tradepulse_fencing::postgres::{fence, token_counter, token_timeline, FENCING_SQLSTATE};
+use tradepulse_fencing::{Error, Lease, LeaseFencer, PostgresLeaseFencer};
 
 const LONG: Duration = Duration::from_secs(30);
 

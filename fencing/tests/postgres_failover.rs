@@ -6,11 +6,13 @@
 mod support;
 
 use failover_core::testkit::Cluster;
-use tradepulse_fencing::postgres::token_timeline;
-use tradepulse_fencing::{ElectorConfig, FollowerReason, LeaderElector, Leadership, LeaseFencer, LostReason};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{timeout, Instant};
+use tradepulse_fencing::postgres::token_timeline;
+use tradepulse_fencing::{
+    ElectorConfig, FollowerReason, LeaderElector, Leadership, LeaseFencer, LostReason,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 

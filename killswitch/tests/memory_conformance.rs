@@ -1,7 +1,7 @@
 //! The in-memory store runs the whole conformance suite.
 
-use tradepulse_killswitch::{KillSwitchStore, MemoryKillSwitchStore};
 use std::sync::Arc;
+use tradepulse_killswitch::{KillSwitchStore, MemoryKillSwitchStore};
 
 async fn setup() -> (Arc<dyn KillSwitchStore>, ()) {
     (Arc::new(MemoryKillSwitchStore::new()), ())

@@ -1,12 +1,12 @@
 //! The hot-path check allocates nothing: counted by an instrumented global allocator
 //! (stats_alloc, so no `unsafe` of ours) on a current-thread runtime.
 
-use tradepulse_killswitch::{KillSwitch, KillSwitchConfig, MemoryKillSwitchStore, Trading};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
+use tradepulse_killswitch::{KillSwitch, KillSwitchConfig, MemoryKillSwitchStore, Trading};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;

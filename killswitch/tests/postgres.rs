@@ -9,13 +9,13 @@ use support::wait_until;
 use failover_core::postgres::TlsMode;
 use failover_core::testkit::{generate_ca_file, Cluster};
 use failover_core::{ComponentStatus, HealthRegistry};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tradepulse_killswitch::{
     Audit, Error, Halt, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore,
     Trading,
 };
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 const RUNBOOK_QUERY: &str =
     "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";

@@ -4,8 +4,8 @@
 mod support;
 
 use failover_core::testkit::Cluster;
-use tradepulse_killswitch::KillSwitchStore;
 use std::sync::Arc;
+use tradepulse_killswitch::KillSwitchStore;
 
 async fn setup() -> (Arc<dyn KillSwitchStore>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;

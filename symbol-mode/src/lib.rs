@@ -27,7 +27,9 @@ pub use policy::{LagOutcome, LagVerdict, PolicyError, SettlementLagPolicy, POLIC
 pub use postgres::PostgresSymbolModeStore;
 pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};
-pub use symbol::{validate_symbol, SymbolError, MAX_SYMBOL_CHARS};
+pub use symbol::{
+    is_symbol_char, validate_symbol, SymbolError, MAX_SYMBOL_CHARS, SYMBOL_PUNCTUATION,
+};
 
 use failover_core::{ConfigError, DbError, DbErrorKind, Safety};
 use serde::{Deserialize, Serialize};

@@ -357,7 +357,9 @@ async fn a_change_reaches_another_process_handle_through_notify() {
     assert_eq!(modes.mode("BTC-USD"), SymbolMode::HardHalt);
 }
 
-async fn next(sub: &mut tradepulse_symbol_mode::CancelAllSubscription) -> tradepulse_symbol_mode::CancelAllCommand {
+async fn next(
+    sub: &mut tradepulse_symbol_mode::CancelAllSubscription,
+) -> tradepulse_symbol_mode::CancelAllCommand {
     tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("CancelAll delivered in time")

@@ -3,9 +3,9 @@
 
 use failover_core::postgres::PgPool;
 use failover_core::testkit::Cluster;
+use std::time::Duration;
 use tradepulse_fencing::conformance::FencedLog;
 use tradepulse_fencing::{Error, PostgresLeaseFencer};
-use std::time::Duration;
 
 /// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
 pub use failover_core::testkit::{fast_settings as settings, wait_until};
@@ -50,7 +50,9 @@ impl PgFencedLog {
     /// Migrates `dsn`'s database (fencing + the log table).
     pub async fn new(dsn: &str) -> Self {
         let pool = PgPool::new("fencing-test", settings(dsn).build().unwrap()).unwrap();
-        tradepulse_fencing::postgres::migrate(&pool).await.expect("migrate");
+        tradepulse_fencing::postgres::migrate(&pool)
+            .await
+            .expect("migrate");
         pool.get()
             .await
             .unwrap()

@@ -2,8 +2,8 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 use failover_core::testkit::Cluster;
-use tradepulse_killswitch::PostgresKillSwitchStore;
 use std::time::Duration;
+use tradepulse_killswitch::PostgresKillSwitchStore;
 
 /// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
 pub use failover_core::testkit::{fast_settings as settings, wait_until};
