@@ -4,7 +4,10 @@
 //! same for every store, so they live here:
 //!
 //! * `actor` and `reason` are required, non-blank, bounded and free of control
-//!   characters;
+//!   characters (category Cc: NUL, newline, escape …) and of Unicode format characters
+//!   (category Cf: zero-width space U+200B, right-to-left override U+202E, byte order
+//!   mark U+FEFF, soft hyphen U+00AD, word joiner U+2060 …), which would hide or
+//!   reorder text in an audit trail that people read;
 //! * a `ticket` is **mandatory** for actions that relax safety ([`Safety::Relax`]:
 //!   disengage the kill switch, de-escalate a mode, lift a halt) and optional for
 //!   those that tighten it ([`Safety::Tighten`]): an emergency stop is never blocked
@@ -14,6 +17,7 @@
 //!   retry after a lost COMMIT acknowledgement) is applied once.
 
 use serde::{Deserialize, Serialize};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use uuid::Uuid;
 
 /// Longest accepted `actor`, in characters.
@@ -66,12 +70,30 @@ pub enum AuditError {
     },
     /// A field contains a control character (newline, NUL, escape …).
     #[error(
-        "audit {field} contains a control character at position {position}; use printable text"
+        "audit {field} contains the control character U+{:04X} at position {position}; use printable text",
+        u32::from(*character)
     )]
     ControlCharacter {
         /// `actor`, `reason` or `ticket`.
         field: &'static str,
-        /// Character index of the first offending character.
+        /// The first offending character.
+        character: char,
+        /// Its index, in characters from 0.
+        position: usize,
+    },
+    /// A field contains an invisible Unicode format character (category Cf: U+200B
+    /// zero-width space, U+202E right-to-left override, U+FEFF, U+00AD soft hyphen …),
+    /// which would make the audit trail read differently from what was stored.
+    #[error(
+        "audit {field} contains the invisible format character U+{:04X} at position {position}; remove it (often pasted along with copied text)",
+        u32::from(*character)
+    )]
+    FormatCharacter {
+        /// `actor`, `reason` or `ticket`.
+        field: &'static str,
+        /// The first offending character.
+        character: char,
+        /// Its index, in characters from 0.
         position: usize,
     },
     /// The action relaxes safety and no ticket was given.
@@ -148,8 +170,21 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), AuditE
     if value.trim().is_empty() {
         return Err(AuditError::Empty { field });
     }
-    if let Some(position) = value.chars().position(char::is_control) {
-        return Err(AuditError::ControlCharacter { field, position });
+    for (position, character) in value.chars().enumerate() {
+        if character.is_control() {
+            return Err(AuditError::ControlCharacter {
+                field,
+                character,
+                position,
+            });
+        }
+        if character.general_category() == GeneralCategory::Format {
+            return Err(AuditError::FormatCharacter {
+                field,
+                character,
+                position,
+            });
+        }
     }
     let len = value.chars().count();
     if len > max {
@@ -191,6 +226,7 @@ mod tests {
             Audit::new("a", "line\nbreak").validate(Safety::Tighten, "engage"),
             Err(AuditError::ControlCharacter {
                 field: "reason",
+                character: '\n',
                 position: 4
             })
         );
@@ -202,6 +238,58 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn invisible_format_characters_are_refused_with_code_point_and_position() {
+        // Category Cf: zero-width space, right-to-left override, BOM, soft hyphen, word
+        // joiner, invisible times, ZWNJ, left-to-right mark, LRE, first-strong isolate,
+        // pop directional isolate, Arabic letter mark, Mongolian vowel separator.
+        for c in [
+            '\u{200B}', '\u{202E}', '\u{FEFF}', '\u{AD}', '\u{2060}', '\u{2062}', '\u{200C}',
+            '\u{200E}', '\u{202A}', '\u{2068}', '\u{2069}', '\u{61C}', '\u{180E}',
+        ] {
+            let reason = format!("ab{c}c");
+            for (field, audit) in [
+                ("actor", Audit::new(reason.clone(), "r")),
+                ("reason", Audit::new("a", reason.clone())),
+                ("ticket", Audit::new("a", "r").with_ticket(reason.clone())),
+            ] {
+                let err = audit.validate(Safety::Relax, "disengage").unwrap_err();
+                assert_eq!(
+                    err,
+                    AuditError::FormatCharacter {
+                        field,
+                        character: c,
+                        position: 2
+                    }
+                );
+                let message = err.to_string();
+                assert!(
+                    message.contains(&format!("U+{:04X} at position 2", u32::from(c))),
+                    "{message}"
+                );
+                assert!(!message.contains(c), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn control_characters_are_named_by_code_point() {
+        let err = Audit::new("a", "x\u{1b}[2J")
+            .validate(Safety::Tighten, "engage")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("control character U+001B at position 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn visible_non_ascii_text_is_accepted() {
+        let audit = Audit::new("ops:zoë", "Überlast, 停止 💥 — résumé").with_ticket("INC-ü");
+        assert_eq!(audit.validate(Safety::Relax, "disengage"), Ok(()));
     }
 
     #[test]

@@ -166,4 +166,15 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// The password file cannot be read or is empty. The message never contains the
+    /// password.
+    #[error("{var} names '{path}', which cannot be read as the password: {reason}")]
+    PasswordFile {
+        /// The variable, config field or builder method.
+        var: String,
+        /// The file.
+        path: PathBuf,
+        /// Why (an I/O error or "the file is empty").
+        reason: String,
+    },
 }

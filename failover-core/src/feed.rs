@@ -2,7 +2,7 @@
 //! once, used by every store (memory and PostgreSQL) and every hot-path handle.
 //!
 //! A [`ChangeFeed`] holds the newest item a store has seen (a whole state, or just a
-//! [`Position`](crate::position::Position)) and fans it out to any number of
+//! [`Position`]) and fans it out to any number of
 //! [`FeedSubscription`]s. It orders by position and by nothing else:
 //!
 //! * [`publish`](ChangeFeed::publish) passes an item on only when its position is

@@ -2,7 +2,7 @@
 //! components into one readiness answer (the JSON body of a `/healthz` endpoint).
 //!
 //! ```
-//! use failover_core::health::{ComponentHealth, ComponentStatus, HealthRegistry};
+//! use tradepulse_failover_core::health::{ComponentHealth, ComponentStatus, HealthRegistry};
 //! let registry = HealthRegistry::new();
 //! registry.register_fn("kill_switch", || ComponentHealth::new("kill_switch", ComponentStatus::Operational));
 //! let readiness = registry.readiness();

@@ -30,19 +30,28 @@ pub trait Classify {
 }
 
 /// How to retry: exponential backoff with jitter inside a total budget.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Deserializes with durations as `humantime` strings; absent fields keep their
+/// defaults: `{"initial_interval": "25ms", "max_interval": "500ms", "multiplier": 2.0,
+/// "jitter": 0.2, "budget": "5s", "attempt_timeout": "2s"}`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     /// First wait between attempts.
+    #[serde(with = "crate::time::humantime")]
     pub initial_interval: Duration,
     /// Longest wait between attempts.
+    #[serde(with = "crate::time::humantime")]
     pub max_interval: Duration,
     /// Growth factor of the wait.
     pub multiplier: f64,
     /// Random spread of each wait, 0.0 (none) to 1.0 (±100 %).
     pub jitter: f64,
     /// Total time for all attempts and waits together; the call returns within it.
+    #[serde(with = "crate::time::humantime")]
     pub budget: Duration,
     /// Bound of one attempt (cut to what is left of the budget).
+    #[serde(with = "crate::time::humantime")]
     pub attempt_timeout: Duration,
 }
 

@@ -38,12 +38,17 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// How a watcher refreshes and when it gives up on its state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a watcher refreshes and when it gives up on its state. Deserializes from
+/// `humantime` strings (`{"staleness_window": "5m", "poll_interval": "1s"}`); absent
+/// fields keep their defaults.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct WatchConfig {
     /// Past this age of the last successful read, the handle fails closed. Default 5 minutes.
+    #[serde(with = "crate::time::humantime")]
     pub staleness_window: Duration,
     /// How often the state is re-read as a fallback to push (and to prove freshness). Default 1 s.
+    #[serde(with = "crate::time::humantime")]
     pub poll_interval: Duration,
     /// How long health stays `degraded` after the history diverged. Default 5 minutes.
     pub divergence_notice: Duration,

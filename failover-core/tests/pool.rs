@@ -2,9 +2,11 @@
 //! next one, reads do not linger on a demoted primary, LISTEN reconnects.
 #![cfg(feature = "testkit")]
 
-use failover_core::postgres::{ListenEvent, ListenOptions, Listener, PgPool, PgSettings};
-use failover_core::testkit::Cluster;
 use std::time::{Duration, Instant};
+use tradepulse_failover_core::postgres::{
+    ListenEvent, ListenOptions, Listener, PgPool, PgSettings,
+};
+use tradepulse_failover_core::testkit::Cluster;
 
 fn pool(dsn: &str) -> PgPool {
     let settings = PgSettings::builder()
@@ -114,8 +116,8 @@ async fn next(listener: &mut Listener) -> Option<ListenEvent> {
 
 #[tokio::test]
 async fn a_transaction_is_retried_after_its_backend_was_terminated_and_a_refusal_is_not() {
-    use failover_core::postgres::db_error;
-    use failover_core::DbError;
+    use tradepulse_failover_core::postgres::db_error;
+    use tradepulse_failover_core::DbError;
     let cluster = Cluster::start().await.unwrap();
     let db = cluster.create_database().await.unwrap();
     let pool = pool(&cluster.primary().dsn(&db));

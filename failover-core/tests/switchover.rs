@@ -1,9 +1,9 @@
 //! The runbooks' planned switchover and emergency failover on real servers.
 #![cfg(feature = "testkit")]
 
-use failover_core::postgres::{emergency_failover, planned_switchover, PgSettings};
-use failover_core::testkit::Cluster;
 use std::time::Duration;
+use tradepulse_failover_core::postgres::{emergency_failover, planned_switchover, PgSettings};
+use tradepulse_failover_core::testkit::Cluster;
 
 fn settings() -> PgSettings {
     PgSettings::builder()
@@ -47,8 +47,8 @@ async fn planned_switchover_loses_nothing_and_reports_each_phase() {
         ]
     );
     assert!(
-        failover_core::postgres::parse_lsn(&report.replayed_lsn)
-            >= failover_core::postgres::parse_lsn(&report.primary_lsn)
+        tradepulse_failover_core::postgres::parse_lsn(&report.replayed_lsn)
+            >= tradepulse_failover_core::postgres::parse_lsn(&report.primary_lsn)
     );
     assert!(!replica.is_in_recovery().await.unwrap());
     let rows = replica.query(&db, "SELECT count(*) FROM t").await.unwrap();

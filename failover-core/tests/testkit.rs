@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use failover_core::testkit::{generate_ca_file, Cluster, ClusterBuilder, Node};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
+use tradepulse_failover_core::testkit::{generate_ca_file, Cluster, ClusterBuilder, Node};
 
 /// The rows of `sql` on `node`, flattened to text ("NULL" for NULL).
 async fn rows(node: &Node, db: &str, sql: &str) -> Vec<Vec<String>> {
@@ -224,7 +224,7 @@ async fn synchronous_replica_is_sync_and_holds_commits() {
     assert!(
         matches!(
             blocked,
-            Err(failover_core::testkit::TestkitError::Timeout { .. })
+            Err(tradepulse_failover_core::testkit::TestkitError::Timeout { .. })
         ),
         "commit returned without the synchronous replica: {blocked:?}"
     );

@@ -436,11 +436,11 @@ pub async fn concurrent_acquires_grant_exactly_one(store: Arc<dyn LeaseFencer>) 
 ///
 /// ```
 /// use std::sync::Arc;
-/// use fencing::{LeaseFencer, MemoryLeaseFencer};
+/// use tradepulse_fencing::{LeaseFencer, MemoryLeaseFencer};
 /// async fn setup() -> (Arc<dyn LeaseFencer>, ()) {
 ///     (Arc::new(MemoryLeaseFencer::new()), ())
 /// }
-/// fencing::conformance_tests!(setup);
+/// tradepulse_fencing::conformance_tests!(setup);
 /// # fn main() {}
 /// ```
 #[macro_export]

@@ -67,7 +67,19 @@ pub enum FollowerReason {
 }
 
 /// What a [`LeaderElector`] campaigns for, and how often.
-#[derive(Debug, Clone)]
+///
+/// Deserializes from `resource`, `holder` and `ttl` (required), `renew_interval`,
+/// `retry_interval` (defaults derived from the ttl as in [`ElectorConfig::new`]) and
+/// `jitter`, durations as `humantime` strings:
+///
+/// ```
+/// let config: tradepulse_fencing::ElectorConfig = serde_json::from_str(
+///     r#"{"resource": "matching-engine", "holder": "host-a:4711", "ttl": "3s"}"#,
+/// ).unwrap();
+/// assert_eq!(config.resource(), "matching-engine");
+/// ```
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(from = "ElectorConfigFields", into = "ElectorConfigFields")]
 pub struct ElectorConfig {
     resource: String,
     holder: String,
@@ -75,6 +87,51 @@ pub struct ElectorConfig {
     renew_interval: Duration,
     retry_interval: Duration,
     jitter: f64,
+}
+
+/// The serialized form of [`ElectorConfig`].
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElectorConfigFields {
+    resource: String,
+    holder: String,
+    #[serde(with = "failover_core::time::humantime")]
+    ttl: Duration,
+    #[serde(default, with = "failover_core::time::humantime_option")]
+    renew_interval: Option<Duration>,
+    #[serde(default, with = "failover_core::time::humantime_option")]
+    retry_interval: Option<Duration>,
+    #[serde(default)]
+    jitter: Option<f64>,
+}
+
+impl From<ElectorConfigFields> for ElectorConfig {
+    fn from(fields: ElectorConfigFields) -> Self {
+        let mut config = Self::new(fields.resource, fields.holder, fields.ttl);
+        if let Some(interval) = fields.renew_interval {
+            config = config.with_renew_interval(interval);
+        }
+        if let Some(interval) = fields.retry_interval {
+            config = config.with_retry_interval(interval);
+        }
+        if let Some(jitter) = fields.jitter {
+            config = config.with_jitter(jitter);
+        }
+        config
+    }
+}
+
+impl From<ElectorConfig> for ElectorConfigFields {
+    fn from(config: ElectorConfig) -> Self {
+        Self {
+            resource: config.resource,
+            holder: config.holder,
+            ttl: config.ttl,
+            renew_interval: Some(config.renew_interval),
+            retry_interval: Some(config.retry_interval),
+            jitter: Some(config.jitter),
+        }
+    }
 }
 
 impl ElectorConfig {
@@ -180,8 +237,8 @@ impl ElectorConfig {
 ///
 /// ```
 /// # use std::sync::Arc; use std::time::Duration;
-/// # use fencing::{ElectorConfig, LeaderElector, MemoryLeaseFencer};
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), fencing::Error> {
+/// # use tradepulse_fencing::{ElectorConfig, LeaderElector, MemoryLeaseFencer};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tradepulse_fencing::Error> {
 /// let store = Arc::new(MemoryLeaseFencer::new());
 /// let elector = LeaderElector::spawn(store, ElectorConfig::new("btc-usd", "engine-a", Duration::from_secs(2)))?;
 /// let mut role = elector.watch();

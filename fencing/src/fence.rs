@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 /// The resource side of fencing, in memory: remembers the newest token each resource
 /// has accepted and refuses a write carrying an older one.
 ///
-/// Same contract as `fencing::postgres::fence`:
+/// Same contract as `tradepulse_fencing::postgres::fence`:
 /// * a write with a token lower than the resource's highest is refused with
 ///   [`Error::FencingToken`] (code `FENCING_TOKEN`, naming the resource and both
 ///   tokens) and runs nothing;
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 /// * the check and the write are atomic: writes to one resource run one at a time.
 ///
 /// ```
-/// use fencing::{Error, MemoryFence};
+/// use tradepulse_fencing::{Error, MemoryFence};
 /// let fence = MemoryFence::new();
 /// let mut book = Vec::new();
 /// fence.write("btc-usd", 42, || { book.push("new leader"); Ok::<_, Error>(()) }).unwrap();

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod elector;
 mod fence;
@@ -7,6 +10,7 @@ mod fence;
 pub mod http;
 mod memory;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 pub mod split_brain;
 
@@ -15,6 +19,7 @@ pub use failover_core::{ConfigError, DbError, DbErrorKind};
 pub use fence::MemoryFence;
 pub use memory::{Clock, ManualClock, MemoryLeaseFencer, TokioClock};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PgStore, PostgresLeaseFencer};
 pub use split_brain::{choose_authoritative, Anomaly, Observation, SplitBrainDetector};
 
@@ -209,7 +214,7 @@ pub enum Error {
         highest: u64,
     },
     /// The tables or functions are missing.
-    #[error("fencing_leases/fencing_check missing: run fencing migrations (PostgresLeaseFencer::migrate or fencing::postgres::migrate) ({source})")]
+    #[error("fencing_leases/fencing_check missing: run fencing migrations (PostgresLeaseFencer::migrate or tradepulse_fencing::postgres::migrate) ({source})")]
     SchemaMissing {
         /// The database error.
         source: DbError,

@@ -12,7 +12,7 @@
 //!   produced under an older token — a stale leader wrote on.
 //!
 //! ```
-//! use fencing::{Observation, SplitBrainDetector};
+//! use tradepulse_fencing::{Observation, SplitBrainDetector};
 //! let mut detector = SplitBrainDetector::new();
 //! detector.observe(Observation::new("engine-a", 100, 5, 0xa1));
 //! detector.observe(Observation::new("engine-b", 95, 6, 0xb2));   // new leader resumed lower

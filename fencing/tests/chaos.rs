@@ -10,14 +10,14 @@ mod support;
 
 use failover_core::postgres::PgPool;
 use failover_core::postgres::PgStore;
-use fencing::postgres::fence;
-use fencing::{ElectorConfig, Error, LeaderElector, PostgresLeaseFencer};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tradepulse_fencing::postgres::fence;
+use tradepulse_fencing::{ElectorConfig, Error, LeaderElector, PostgresLeaseFencer};
 
 const RESOURCE: &str = "btc-usd";
 const CONTENDERS: usize = 3;

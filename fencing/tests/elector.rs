@@ -2,15 +2,15 @@
 //! logic is ours, so time is too. The Postgres behaviour (a stopped server, a
 //! failover, frozen processes) is in the Postgres test files.
 
-use fencing::{
-    ElectorConfig, Error, FollowerReason, LeaderElector, Leadership, Lease, LeaseFencer,
-    LostReason, ManualClock, MemoryLeaseFencer,
-};
 use futures_util::FutureExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{sleep, timeout, Instant};
+use tradepulse_fencing::{
+    ElectorConfig, Error, FollowerReason, LeaderElector, Leadership, Lease, LeaseFencer,
+    LostReason, ManualClock, MemoryLeaseFencer,
+};
 
 const TTL: Duration = Duration::from_secs(1);
 
@@ -56,7 +56,10 @@ impl LeaseFencer for Hanging {
         self.gate().await;
         self.inner.release(lease).await
     }
-    async fn current(&self, resource: &str) -> Result<Option<fencing::CurrentLease>, Error> {
+    async fn current(
+        &self,
+        resource: &str,
+    ) -> Result<Option<tradepulse_fencing::CurrentLease>, Error> {
         self.inner.current(resource).await
     }
 }

@@ -1,15 +1,15 @@
 //! The in-memory lease store and fence run the whole conformance suites.
 
-use fencing::conformance::FencedLog;
-use fencing::{Error, LeaseFencer, MemoryFence, MemoryLeaseFencer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tradepulse_fencing::conformance::FencedLog;
+use tradepulse_fencing::{Error, LeaseFencer, MemoryFence, MemoryLeaseFencer};
 
 async fn setup() -> (Arc<dyn LeaseFencer>, ()) {
     (Arc::new(MemoryLeaseFencer::new()), ())
 }
 
-fencing::conformance_tests!(setup);
+tradepulse_fencing::conformance_tests!(setup);
 
 /// A log in memory whose appends go through a `MemoryFence`.
 #[derive(Default)]
@@ -73,4 +73,4 @@ async fn log_setup() -> (Arc<dyn FencedLog>, ()) {
     (Arc::new(MemoryLog::default()), ())
 }
 
-fencing::fence_conformance_tests!(log_setup);
+tradepulse_fencing::fence_conformance_tests!(log_setup);

@@ -6,13 +6,13 @@ mod support;
 
 use failover_core::postgres::PgPool;
 use failover_core::postgres::PgStore;
-use fencing::postgres::{fence, token_counter, token_timeline, FENCING_SQLSTATE};
-use fencing::{Error, Lease, LeaseFencer, PostgresLeaseFencer};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
+use tradepulse_fencing::postgres::{fence, token_counter, token_timeline, FENCING_SQLSTATE};
+use tradepulse_fencing::{Error, Lease, LeaseFencer, PostgresLeaseFencer};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -162,7 +162,7 @@ async fn a_stale_writer_queued_behind_a_newer_one_is_refused_once_the_newer_comm
         ),
         "{err:?}"
     );
-    use fencing::conformance::FencedLog;
+    use tradepulse_fencing::conformance::FencedLog;
     let entries = log.entries("btc-usd").await;
     assert_eq!(entries, [(7, "new leader".to_string())]);
 }

@@ -4,9 +4,9 @@
 mod support;
 
 use failover_core::testkit::Cluster;
-use fencing::conformance::FencedLog;
-use fencing::LeaseFencer;
 use std::sync::Arc;
+use tradepulse_fencing::conformance::FencedLog;
+use tradepulse_fencing::LeaseFencer;
 
 async fn setup() -> (Arc<dyn LeaseFencer>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;
@@ -14,7 +14,7 @@ async fn setup() -> (Arc<dyn LeaseFencer>, Arc<Cluster>) {
     (Arc::new(store), cluster)
 }
 
-fencing::conformance_tests!(setup);
+tradepulse_fencing::conformance_tests!(setup);
 
 async fn log_setup() -> (Arc<dyn FencedLog>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;
@@ -22,4 +22,4 @@ async fn log_setup() -> (Arc<dyn FencedLog>, Arc<Cluster>) {
     (Arc::new(log), cluster)
 }
 
-fencing::fence_conformance_tests!(log_setup);
+tradepulse_fencing::fence_conformance_tests!(log_setup);

@@ -6,11 +6,13 @@
 mod support;
 
 use failover_core::testkit::Cluster;
-use fencing::postgres::token_timeline;
-use fencing::{ElectorConfig, FollowerReason, LeaderElector, Leadership, LeaseFencer, LostReason};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{timeout, Instant};
+use tradepulse_fencing::postgres::token_timeline;
+use tradepulse_fencing::{
+    ElectorConfig, FollowerReason, LeaderElector, Leadership, LeaseFencer, LostReason,
+};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -28,7 +30,7 @@ async fn with_the_server_stopped_a_leader_steps_down_before_its_lease_could_expi
     let (cluster, db) = support::primary().await;
     let store = Arc::new(support::store(&cluster.primary().dsn(&db)).await);
     let ttl = Duration::from_secs(1);
-    let margin = ttl.mul_f64(fencing::DEFAULT_SAFETY_MARGIN);
+    let margin = ttl.mul_f64(tradepulse_fencing::DEFAULT_SAFETY_MARGIN);
     let elector = LeaderElector::spawn(
         store.clone(),
         ElectorConfig::new("btc-usd", "engine-a", ttl),
@@ -162,7 +164,7 @@ async fn after_kill9_and_promotion_of_an_async_replica_new_tokens_are_above_all_
     assert!(
         matches!(
             err,
-            fencing::Error::LeaseLost {
+            tradepulse_fencing::Error::LeaseLost {
                 reason: LostReason::Unrecorded,
                 ..
             }
@@ -186,13 +188,13 @@ async fn after_kill9_and_promotion_of_an_async_replica_new_tokens_are_above_all_
     // At the resource (here on the new primary too) the old leader's token is refused
     // once the new leader has written.
     let log = support::PgFencedLog::new(&replica.dsn(&db)).await;
-    use fencing::conformance::FencedLog;
+    use tradepulse_fencing::conformance::FencedLog;
     log.append("btc-usd", token, "new leader").await.unwrap();
     let err = log
         .append("btc-usd", lost_leader.token(), "old leader")
         .await
         .expect_err("stale");
-    assert_eq!(err.code(), Some(fencing::FENCING_TOKEN));
+    assert_eq!(err.code(), Some(tradepulse_fencing::FENCING_TOKEN));
     eprintln!(
         "issued before the failover up to {newest_before} (timeline {}), replica had {on_replica}, \
          first token after promotion {token} (timeline {})",

@@ -5,8 +5,8 @@
 
 use failover_core::testkit::suite::SuiteStore;
 use failover_core::Position;
-use fencing::{Error, LeaseFencer, PostgresLeaseFencer};
 use std::time::Duration;
+use tradepulse_fencing::{Error, LeaseFencer, PostgresLeaseFencer};
 
 struct FencingSuite;
 

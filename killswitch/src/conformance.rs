@@ -299,11 +299,11 @@ pub async fn subscribers_see_changes(store: &dyn KillSwitchStore) {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use killswitch::{KillSwitchStore, MemoryKillSwitchStore};
+/// use tradepulse_killswitch::{KillSwitchStore, MemoryKillSwitchStore};
 /// async fn setup() -> (Arc<dyn KillSwitchStore>, ()) {
 ///     (Arc::new(MemoryKillSwitchStore::new()), ())
 /// }
-/// killswitch::conformance_tests!(setup);
+/// tradepulse_killswitch::conformance_tests!(setup);
 /// # fn main() {}
 /// ```
 #[macro_export]

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod handle;
 #[cfg(feature = "postgres")]
@@ -8,12 +11,14 @@ pub mod heartbeat;
 pub mod http;
 mod memory;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
 pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
 pub use handle::{Halt, KillSwitch, KillSwitchConfig, KillSwitchStatus, Trading};
 pub use memory::MemoryKillSwitchStore;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PgStore, PostgresKillSwitchStateStore, PostgresKillSwitchStore};
 
 pub use failover_core::{FeedSource, Position, Positioned};
@@ -35,7 +40,7 @@ pub struct KillSwitchState {
     pub reason: String,
     /// When the primary last confirmed this state (database clock for Postgres),
     /// microsecond precision: the time of the last change, or of the last
-    /// [heartbeat](crate::heartbeat) when one runs (which bumps nothing else). The
+    /// heartbeat (`PostgresKillSwitchStore::spawn_heartbeat`) when one runs (which bumps nothing else). The
     /// time of each change is in the audit trail ([`KillSwitchEvent::at`]).
     #[serde(with = "failover_core::time::rfc3339")]
     pub updated_at: SystemTime,

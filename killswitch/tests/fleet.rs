@@ -5,9 +5,11 @@
 
 use failover_core::postgres::PgStore;
 use failover_core::testkit::{fast_settings, own_primary, wait_until, Cluster};
-use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tradepulse_killswitch::{
+    Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore,
+};
 
 const HANDLES: usize = 100;
 
@@ -123,33 +125,46 @@ struct Counting {
 }
 
 #[async_trait::async_trait]
-impl killswitch::FeedSource for Counting {
-    type Item = killswitch::KillSwitchState;
-    type Error = killswitch::Error;
-    async fn subscribe(&self) -> Result<killswitch::Subscription, killswitch::Error> {
+impl tradepulse_killswitch::FeedSource for Counting {
+    type Item = tradepulse_killswitch::KillSwitchState;
+    type Error = tradepulse_killswitch::Error;
+    async fn subscribe(
+        &self,
+    ) -> Result<tradepulse_killswitch::Subscription, tradepulse_killswitch::Error> {
         self.inner.subscribe().await
     }
-    async fn contains(&self, p: killswitch::Position) -> Result<bool, killswitch::Error> {
+    async fn contains(
+        &self,
+        p: tradepulse_killswitch::Position,
+    ) -> Result<bool, tradepulse_killswitch::Error> {
         self.inner.contains(p).await
     }
 }
 
 #[async_trait::async_trait]
 impl KillSwitchStore for Counting {
-    async fn load(&self) -> Result<killswitch::KillSwitchState, killswitch::Error> {
+    async fn load(
+        &self,
+    ) -> Result<tradepulse_killswitch::KillSwitchState, tradepulse_killswitch::Error> {
         self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.load().await
     }
-    async fn engage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
+    async fn engage(
+        &self,
+        a: &Audit,
+    ) -> Result<tradepulse_killswitch::KillSwitchState, tradepulse_killswitch::Error> {
         self.inner.engage(a).await
     }
-    async fn disengage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
+    async fn disengage(
+        &self,
+        a: &Audit,
+    ) -> Result<tradepulse_killswitch::KillSwitchState, tradepulse_killswitch::Error> {
         self.inner.disengage(a).await
     }
     async fn history(
         &self,
         n: usize,
-    ) -> Result<Vec<killswitch::KillSwitchEvent>, killswitch::Error> {
+    ) -> Result<Vec<tradepulse_killswitch::KillSwitchEvent>, tradepulse_killswitch::Error> {
         self.inner.history(n).await
     }
 }

@@ -2,13 +2,13 @@
 //! the in-memory one behind a switch that makes it unreachable, like a dead database.
 
 use failover_core::{ComponentStatus, DbError, DbErrorKind};
-use killswitch::{
-    Audit, Error, FeedSource, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
-    KillSwitchStore, MemoryKillSwitchStore, Position, Subscription, Trading,
-};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tradepulse_killswitch::{
+    Audit, Error, FeedSource, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
+    KillSwitchStore, MemoryKillSwitchStore, Position, Subscription, Trading,
+};
 
 #[derive(Debug, Default)]
 struct Unreachable {

@@ -1,10 +1,10 @@
 //! The in-memory store runs the whole conformance suite.
 
-use killswitch::{KillSwitchStore, MemoryKillSwitchStore};
 use std::sync::Arc;
+use tradepulse_killswitch::{KillSwitchStore, MemoryKillSwitchStore};
 
 async fn setup() -> (Arc<dyn KillSwitchStore>, ()) {
     (Arc::new(MemoryKillSwitchStore::new()), ())
 }
 
-killswitch::conformance_tests!(setup);
+tradepulse_killswitch::conformance_tests!(setup);

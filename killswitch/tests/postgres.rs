@@ -10,12 +10,12 @@ use support::wait_until;
 use failover_core::postgres::TlsMode;
 use failover_core::testkit::{generate_ca_file, Cluster};
 use failover_core::{ComponentStatus, HealthRegistry};
-use killswitch::{
-    Audit, Halt, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore, Trading,
-};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tradepulse_killswitch::{
+    Audit, Halt, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore, Trading,
+};
 
 const RUNBOOK_QUERY: &str =
     "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";

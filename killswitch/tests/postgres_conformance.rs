@@ -4,8 +4,8 @@
 mod support;
 
 use failover_core::testkit::Cluster;
-use killswitch::KillSwitchStore;
 use std::sync::Arc;
+use tradepulse_killswitch::KillSwitchStore;
 
 async fn setup() -> (Arc<dyn KillSwitchStore>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;
@@ -13,4 +13,4 @@ async fn setup() -> (Arc<dyn KillSwitchStore>, Arc<Cluster>) {
     (Arc::new(store), cluster)
 }
 
-killswitch::conformance_tests!(setup);
+tradepulse_killswitch::conformance_tests!(setup);

@@ -8,8 +8,8 @@ mod support;
 use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
 use failover_core::DbErrorKind;
-use killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};
 use std::time::{Duration, Instant};
+use tradepulse_killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};
 
 const RUNBOOK_QUERY: &str =
     "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";

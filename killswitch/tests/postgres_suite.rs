@@ -4,8 +4,8 @@
 
 use failover_core::testkit::suite::{SuiteHandle, SuiteHandleStore, SuiteStore};
 use failover_core::{ComponentHealth, Position, WatchConfig};
-use killswitch::{Audit, Error, KillSwitch, KillSwitchStore, PostgresKillSwitchStore};
 use std::sync::Arc;
+use tradepulse_killswitch::{Audit, Error, KillSwitch, KillSwitchStore, PostgresKillSwitchStore};
 
 struct KillSwitchSuite;
 

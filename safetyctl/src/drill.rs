@@ -311,7 +311,7 @@ pub async fn run(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let audit = Audit::new("drill", format!("write {i}")).with_ticket("DRILL-1");
-                let result = if i % 2 == 0 {
+                let result = if i.is_multiple_of(2) {
                     store.engage(&audit).await.map(drop)
                 } else {
                     store.disengage(&audit).await.map(drop)
@@ -330,7 +330,7 @@ pub async fn run(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let audit = Audit::new("drill", format!("write {i}")).with_ticket("DRILL-1");
-                let mode = if i % 2 == 0 {
+                let mode = if i.is_multiple_of(2) {
                     SymbolMode::CancelOnly
                 } else {
                     SymbolMode::Normal

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 mod handle;
 #[cfg(feature = "http")]
@@ -8,6 +11,7 @@ mod memory;
 mod mode;
 mod policy;
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 mod snapshot;
 mod subscription;
@@ -21,10 +25,13 @@ pub use memory::MemorySymbolModeStore;
 pub use mode::{ParseModeError, SymbolMode, TradingAction, Transition, ACTION_MATRIX, RELAX_TO};
 pub use policy::{LagOutcome, LagVerdict, PolicyError, SettlementLagPolicy, POLICY_ACTOR};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PgStore, PostgresSymbolModeStore};
 pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};
-pub use symbol::{validate_symbol, SymbolError, MAX_SYMBOL_CHARS};
+pub use symbol::{
+    is_symbol_char, validate_symbol, SymbolError, MAX_SYMBOL_CHARS, SYMBOL_PUNCTUATION,
+};
 
 pub use failover_core::{FeedSource, Position, Positioned};
 

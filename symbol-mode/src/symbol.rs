@@ -1,14 +1,16 @@
 //! Symbol validation: the one rule set every store applies before touching state.
 
+use std::fmt;
+
 /// Longest accepted symbol, in characters.
 pub const MAX_SYMBOL_CHARS: usize = 64;
 
+/// The punctuation a symbol may contain besides ASCII letters and digits.
+pub const SYMBOL_PUNCTUATION: &[char] = &['-', '_', '.', '/', ':'];
+
 /// Why a symbol was refused. Nothing was changed.
 ///
-/// A symbol is an opaque, case-sensitive identifier (`BTC-USD`, `ETH/USDT`,
-/// `o'brien;--` …): any printable text without white space, at most
-/// [`MAX_SYMBOL_CHARS`] characters. Quotes, semicolons and SQL keywords are legal and
-/// stored verbatim (the Postgres store only ever binds parameters).
+/// See [`validate_symbol`] for the charset.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SymbolError {
@@ -23,34 +25,54 @@ pub enum SymbolError {
         /// The bound.
         max: usize,
     },
-    /// The symbol contains white space (a space, tab, no-break space …).
-    #[error("symbol contains white space at position {position}; symbols are single tokens such as \"BTC-USD\" (trim the input)")]
-    Whitespace {
-        /// Character index of the first offending character.
-        position: usize,
-    },
-    /// The symbol contains a control character (NUL, escape, newline …).
-    #[error("symbol contains a control character at position {position}; use printable text")]
-    ControlCharacter {
-        /// Character index of the first offending character.
+    /// The symbol contains a character outside the charset (white space, a control or
+    /// invisible format character, a quote, a non-ASCII letter …).
+    #[error(
+        "symbol contains {} at position {position}; a symbol uses only ASCII letters, digits and - _ . / : (e.g. \"BTC-USD\")",
+        CharName(*character)
+    )]
+    InvalidCharacter {
+        /// The first offending character.
+        character: char,
+        /// Its index, in characters from 0.
         position: usize,
     },
 }
 
-/// Checks `symbol`: non-empty, at most [`MAX_SYMBOL_CHARS`] characters, no white space
-/// and no control characters.
+/// Whether `c` belongs to the symbol charset (see [`validate_symbol`]).
+pub fn is_symbol_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || SYMBOL_PUNCTUATION.contains(&c)
+}
+
+/// Checks `symbol` against the charset and the length bound.
+///
+/// # Charset
+///
+/// A symbol is a case-sensitive identifier of 1 to [`MAX_SYMBOL_CHARS`] characters, each
+/// one of
+///
+/// * ASCII letters `A`–`Z`, `a`–`z`,
+/// * ASCII digits `0`–`9`,
+/// * `-` `_` `.` `/` `:`.
+///
+/// That covers the usual venue spellings (`BTC-USD`, `ETH/USDT`, `BRK.B`, `ES:Z25`,
+/// `btc_usd_perp`) and nothing else: no white space, no control characters, no quotes,
+/// and no non-ASCII letters, so that no two distinct symbols can look alike
+/// (`"BTC\u{200B}-USD"` with a zero-width space, a Cyrillic `С` in place of a Latin `C`,
+/// a right-to-left override …). Everything else is refused with
+/// [`SymbolError::InvalidCharacter`], which names the character as `U+XXXX` and its
+/// position.
 pub fn validate_symbol(symbol: &str) -> Result<(), SymbolError> {
     if symbol.is_empty() {
         return Err(SymbolError::Empty);
     }
     let mut len = 0;
-    for (position, c) in symbol.chars().enumerate() {
-        // Control before white space: "\n" is both, and "control character" says more.
-        if c.is_control() {
-            return Err(SymbolError::ControlCharacter { position });
-        }
-        if c.is_whitespace() {
-            return Err(SymbolError::Whitespace { position });
+    for (position, character) in symbol.chars().enumerate() {
+        if !is_symbol_char(character) {
+            return Err(SymbolError::InvalidCharacter {
+                character,
+                position,
+            });
         }
         len += 1;
     }
@@ -63,20 +85,40 @@ pub fn validate_symbol(symbol: &str) -> Result<(), SymbolError> {
     Ok(())
 }
 
+/// `U+200B (invisible)`, `U+0027 '''`: the code point always, the glyph only when it
+/// is visible, so an error message cannot itself hide or reorder text.
+struct CharName(char);
+
+impl fmt::Display for CharName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        write!(f, "U+{:04X}", u32::from(c))?;
+        if c.is_whitespace() {
+            f.write_str(" (white space)")
+        } else if c.is_control() {
+            f.write_str(" (a control character)")
+        } else if c.is_ascii_graphic() || (c.is_alphanumeric() && !c.is_ascii()) {
+            write!(f, " '{c}'")
+        } else {
+            f.write_str(" (an invisible or special character)")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ordinary_and_odd_but_printable_symbols_are_accepted() {
+    fn symbols_within_the_charset_are_accepted() {
         for s in [
             "BTC-USD",
             "ETH/USDT",
-            "o'brien",
-            "\"quoted\"",
-            "a;DROP_TABLE_symbol_modes;--",
+            "BRK.B",
+            "ES:Z25",
+            "btc_usd_perp",
             "SELECT",
-            "Ünïcode-€",
+            "0",
             &"x".repeat(MAX_SYMBOL_CHARS),
         ] {
             assert_eq!(validate_symbol(s), Ok(()), "{s:?}");
@@ -84,37 +126,72 @@ mod tests {
     }
 
     #[test]
-    fn empty_blank_control_and_oversized_symbols_are_refused() {
+    fn every_character_outside_the_charset_is_refused_with_its_code_point_and_position() {
+        let cases = [
+            (" BTC", ' ', 0),
+            ("BTC USD", ' ', 3),
+            ("BTC\u{a0}", '\u{a0}', 3),
+            ("BTC\n", '\n', 3),
+            ("\u{0}", '\u{0}', 0),
+            ("\u{1b}[31m", '\u{1b}', 0),
+            // Look-alikes of BTC-USD: zero-width space, right-to-left override, BOM,
+            // soft hyphen, word joiner, Cyrillic С, fullwidth hyphen.
+            ("BTC\u{200B}-USD", '\u{200B}', 3),
+            ("\u{202E}BTC-USD", '\u{202E}', 0),
+            ("\u{FEFF}BTC-USD", '\u{FEFF}', 0),
+            ("BTC\u{AD}-USD", '\u{AD}', 3),
+            ("BTC-\u{2060}USD", '\u{2060}', 4),
+            ("BT\u{0421}-USD", '\u{0421}', 2),
+            ("BTC\u{FF0D}USD", '\u{FF0D}', 3),
+            // Printable ASCII outside the charset.
+            ("o'brien", '\'', 1),
+            ("a;b", ';', 1),
+            ("\"BTC\"", '"', 0),
+            ("BTC*", '*', 3),
+            ("Ünï", 'Ü', 0),
+        ];
+        for (symbol, character, position) in cases {
+            let err = validate_symbol(symbol).unwrap_err();
+            assert_eq!(
+                err,
+                SymbolError::InvalidCharacter {
+                    character,
+                    position
+                },
+                "{symbol:?}"
+            );
+            let message = err.to_string();
+            let code = format!("U+{:04X}", u32::from(character));
+            assert!(message.contains(&code), "{message}");
+            assert!(
+                message.contains(&format!("position {position}")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_show_invisible_characters_only_by_code_point() {
+        let message = validate_symbol("BTC\u{202E}USD").unwrap_err().to_string();
+        assert!(
+            message.starts_with(
+                "symbol contains U+202E (an invisible or special character) at position 3"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains('\u{202E}'), "{message}");
+        let message = validate_symbol("o'brien").unwrap_err().to_string();
+        assert!(message.contains("U+0027 '''"), "{message}");
+        let message = validate_symbol("a b").unwrap_err().to_string();
+        assert!(message.contains("U+0020 (white space)"), "{message}");
+    }
+
+    #[test]
+    fn empty_and_oversized_symbols_are_refused() {
         assert_eq!(validate_symbol(""), Err(SymbolError::Empty));
-        assert_eq!(
-            validate_symbol(" BTC"),
-            Err(SymbolError::Whitespace { position: 0 })
-        );
-        assert_eq!(
-            validate_symbol("BTC USD"),
-            Err(SymbolError::Whitespace { position: 3 })
-        );
-        assert_eq!(
-            validate_symbol("BTC\u{a0}"),
-            Err(SymbolError::Whitespace { position: 3 })
-        );
-        assert_eq!(
-            validate_symbol("BTC\n"),
-            Err(SymbolError::ControlCharacter { position: 3 })
-        );
-        assert_eq!(
-            validate_symbol("\u{0}"),
-            Err(SymbolError::ControlCharacter { position: 0 })
-        );
-        assert_eq!(
-            validate_symbol("\u{1b}[31m"),
-            Err(SymbolError::ControlCharacter { position: 0 })
-        );
         let long = "x".repeat(MAX_SYMBOL_CHARS + 1);
         let err = validate_symbol(&long).unwrap_err();
         assert_eq!(err, SymbolError::TooLong { len: 65, max: 64 });
         assert!(err.to_string().contains("at most 64"), "{err}");
-        // Characters, not bytes: 64 two-byte characters are fine.
-        assert_eq!(validate_symbol(&"é".repeat(MAX_SYMBOL_CHARS)), Ok(()));
     }
 }

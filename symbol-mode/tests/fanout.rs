@@ -8,7 +8,7 @@ use failover_core::testkit::{fast_settings, shared_primary, wait_until};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Error, FeedSource,
     MemorySymbolModeStore, ModeChange, ModeDelta, Position, PostgresSymbolModeStore, StartAt,
     Subscription, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig, SymbolState,

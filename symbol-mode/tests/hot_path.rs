@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, Cause, MemorySymbolModeStore, Refusal, SymbolMode, SymbolModeStore, SymbolModes,
     SymbolModesConfig, TradingAction,
 };
@@ -52,8 +52,9 @@ async fn readers_never_see_a_snapshot_roll_back_while_it_is_swapped() {
     );
     assert!(modes.ready(Duration::from_secs(5)).await);
     let stop = Arc::new(AtomicBool::new(false));
+    let reading = Arc::new(AtomicBool::new(false));
     let reader = {
-        let (modes, stop) = (modes.clone(), stop.clone());
+        let (modes, stop, reading) = (modes.clone(), stop.clone(), reading.clone());
         std::thread::spawn(move || {
             let mut seen = SymbolMode::Normal;
             let mut reads = 0u64;
@@ -62,12 +63,18 @@ async fn readers_never_see_a_snapshot_roll_back_while_it_is_swapped() {
                 assert!(now >= seen, "rolled back from {seen} to {now}");
                 seen = now;
                 reads += 1;
+                reading.store(true, Ordering::Relaxed);
             }
             let last = modes.mode("BTC-USD");
             assert!(last >= seen, "rolled back from {seen} to {last}");
             (last, reads)
         })
     };
+    // On a loaded machine the reader thread may start late: the swaps below must
+    // happen while it reads.
+    while !reading.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     // Only tightening changes, interleaved with unrelated symbols: the effective
     // mode of BTC-USD may only rise.
     for round in 0..200 {

@@ -1,10 +1,10 @@
 //! The in-memory store runs the whole conformance suite.
 
 use std::sync::Arc;
-use symbol_mode::{MemorySymbolModeStore, SymbolModeStore};
+use tradepulse_symbol_mode::{MemorySymbolModeStore, SymbolModeStore};
 
 async fn setup() -> (Arc<dyn SymbolModeStore>, ()) {
     (Arc::new(MemorySymbolModeStore::new()), ())
 }
 
-symbol_mode::conformance_tests!(setup);
+tradepulse_symbol_mode::conformance_tests!(setup);

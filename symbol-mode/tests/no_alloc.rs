@@ -1,13 +1,17 @@
 //! The hot-path lookup allocates nothing: counted by an instrumented global
-//! allocator (stats_alloc, so no `unsafe` of ours), in a test binary of its own on a
-//! current-thread runtime, so no other thread allocates while we count.
+//! allocator (stats_alloc, so no `unsafe` of ours).
+//!
+//! The allocator counts every thread, so this test binary has no test harness
+//! (`harness = false`): `main` runs a current-thread runtime on the only thread of the
+//! process, and checks that it is the only one while counting. Nothing else can
+//! allocate behind our back, however loaded the machine is.
 
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use std::alloc::System;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, MemorySymbolModeStore, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig,
     TradingAction,
 };
@@ -15,7 +19,16 @@ use symbol_mode::{
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-#[tokio::test(flavor = "current_thread")]
+fn main() {
+    print!("test lookups_over_ten_thousand_symbols_allocate_nothing ... ");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(lookups_over_ten_thousand_symbols_allocate_nothing());
+    println!("ok");
+}
+
 async fn lookups_over_ten_thousand_symbols_allocate_nothing() {
     let store = Arc::new(MemorySymbolModeStore::new());
     for i in 0..10_000usize {
@@ -34,6 +47,7 @@ async fn lookups_over_ten_thousand_symbols_allocate_nothing() {
 
     let mut key = *b"SYM-00000";
     let mut restricted = 0;
+    assert_single_threaded();
     let region = Region::new(GLOBAL);
     for i in 0..10_000usize {
         for (slot, digit) in key[4..].iter_mut().zip(format_digits(i)) {
@@ -48,6 +62,7 @@ async fn lookups_over_ten_thousand_symbols_allocate_nothing() {
         restricted += usize::from(refused);
     }
     let stats = region.change();
+    assert_single_threaded();
     assert_eq!(restricted, 7_500);
     assert_eq!(stats.allocations, 0, "lookups allocated: {stats:?}");
     assert_eq!(stats.reallocations, 0, "lookups reallocated: {stats:?}");
@@ -62,4 +77,19 @@ fn format_digits(i: usize) -> [u8; 5] {
         n /= 10;
     }
     out
+}
+
+/// The count is only ours if no other thread exists (checked where the OS tells).
+fn assert_single_threaded() {
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        let threads = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Threads:"))
+            .map(|n| n.trim().to_owned());
+        assert_eq!(
+            threads.as_deref(),
+            Some("1"),
+            "another thread would be counted"
+        );
+    }
 }

@@ -10,7 +10,7 @@ use failover_core::{ComponentStatus, HealthRegistry};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::wait_until;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, Cause, PostgresSymbolModeStore, SnapshotState, StartAt, SymbolMode, SymbolModeStore,
     SymbolModes, SymbolModesConfig, TradingAction,
 };
@@ -191,14 +191,16 @@ async fn ten_thousand_symbols_reload_from_postgres_and_then_follow_single_change
     assert_eq!(modes.snapshot().restricted_symbols(), 7_501);
 }
 
-async fn next(sub: &mut symbol_mode::CancelAllSubscription) -> symbol_mode::CancelAllCommand {
+async fn next(
+    sub: &mut tradepulse_symbol_mode::CancelAllSubscription,
+) -> tradepulse_symbol_mode::CancelAllCommand {
     tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("CancelAll delivered in time")
         .expect("open")
 }
 
-async fn quiet(sub: &mut symbol_mode::CancelAllSubscription) {
+async fn quiet(sub: &mut tradepulse_symbol_mode::CancelAllSubscription) {
     let extra = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
     assert!(extra.is_err(), "delivered twice: {extra:?}");
 }

@@ -5,7 +5,7 @@ mod support;
 
 use failover_core::testkit::Cluster;
 use std::sync::Arc;
-use symbol_mode::SymbolModeStore;
+use tradepulse_symbol_mode::SymbolModeStore;
 
 async fn setup() -> (Arc<dyn SymbolModeStore>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;
@@ -13,4 +13,4 @@ async fn setup() -> (Arc<dyn SymbolModeStore>, Arc<Cluster>) {
     (Arc::new(store), cluster)
 }
 
-symbol_mode::conformance_tests!(setup);
+tradepulse_symbol_mode::conformance_tests!(setup);

@@ -10,7 +10,9 @@ use failover_core::ComponentStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::wait_until;
-use symbol_mode::{Audit, StartAt, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig};
+use tradepulse_symbol_mode::{
+    Audit, StartAt, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_primary_and_promote_replica_then_set_symbol_mode_succeeds_and_the_handle_converges()

@@ -7,7 +7,7 @@
 use failover_core::testkit::suite::{SuiteHandle, SuiteHandleStore, SuiteStore};
 use failover_core::{ComponentHealth, Position, WatchConfig};
 use std::sync::Arc;
-use symbol_mode::{
+use tradepulse_symbol_mode::{
     Audit, Error, PostgresSymbolModeStore, SnapshotState, SymbolMode, SymbolModeStore, SymbolModes,
     TradingAction,
 };

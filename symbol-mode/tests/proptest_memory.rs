@@ -6,8 +6,8 @@
 //! suite.
 
 use proptest::prelude::*;
-use symbol_mode::conformance::{check_ops, Op};
-use symbol_mode::{MemorySymbolModeStore, SymbolMode};
+use tradepulse_symbol_mode::conformance::{check_ops, Op};
+use tradepulse_symbol_mode::{MemorySymbolModeStore, SymbolMode};
 
 fn mode() -> impl Strategy<Value = SymbolMode> {
     prop::sample::select(SymbolMode::ALL.to_vec())

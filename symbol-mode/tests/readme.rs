@@ -4,7 +4,7 @@
 #[test]
 fn readme_prints_the_action_matrix_the_code_enforces() {
     let readme = include_str!("../README.md");
-    let table = symbol_mode::SymbolMode::matrix_markdown();
+    let table = tradepulse_symbol_mode::SymbolMode::matrix_markdown();
     assert!(
         readme.contains(&table),
         "README.md must contain the action matrix exactly as SymbolMode::matrix_markdown() renders it:\n{table}"

@@ -1,5 +1,5 @@
 //! PostgreSQL machinery shared by every store (feature `postgres`): settings from
-//! env or a builder, TLS, a failover-aware pool, error classification, embedded
+//! env, a deserialized [`PgConfig`] or a builder, TLS, a failover-aware pool, error classification, embedded
 //! migrations and a reconnecting LISTEN/NOTIFY listener.
 
 mod connect;
@@ -20,7 +20,7 @@ pub use error::{classify, classify_sqlstate, db_error, describe as describe_erro
 pub use listen::{Channels, ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS};
 pub use pool::{Param, PgClient, PgPool};
-pub use settings::{PgSettings, PgSettingsBuilder, TlsMode, TlsSettings};
+pub use settings::{PgConfig, PgSettings, PgSettingsBuilder, TlsConfig, TlsMode, TlsSettings};
 pub use store::{
     reload_when_newer, Interpret, Notified, PgChangeFeed, PgFeedStore, PgStore, Reload,
 };

@@ -483,7 +483,7 @@ impl PgPool {
     /// than once, so the statement it sends must be idempotent.
     ///
     /// ```no_run
-    /// # async fn demo(pool: failover_core::postgres::PgPool) -> Result<(), failover_core::postgres::DbError> {
+    /// # async fn demo(pool: tradepulse_failover_core::postgres::PgPool) -> Result<(), tradepulse_failover_core::postgres::DbError> {
     /// let n: i64 = pool
     ///     .run("demo.count", |c| Box::pin(async move {
     ///         let row = c.query_one("SELECT count(*) FROM kill_switch_events", &[]).await?;

@@ -3,9 +3,12 @@
 use super::settings::{TlsMode, TlsSettings, VarNames};
 use crate::errors::ConfigError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use std::sync::Arc;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -28,11 +31,11 @@ pub(crate) fn connector(names: &VarNames, tls: &TlsSettings) -> Result<Connector
             reason: format!("TLS setup failed: {e}"),
         })?;
     let builder = match tls.mode {
-        TlsMode::VerifyFull => {
+        TlsMode::VerifyCa | TlsMode::VerifyFull => {
             let var = names.name("TLS__CA_FILE");
             let path = tls.ca_file.as_ref().ok_or_else(|| ConfigError::Invalid {
                 var: var.clone(),
-                reason: "is required when TLS mode is verify-full".into(),
+                reason: format!("is required when TLS mode is {}", tls.mode),
             })?;
             let file_err = |reason: String| ConfigError::TlsFile {
                 var: var.clone(),
@@ -52,7 +55,16 @@ pub(crate) fn connector(names: &VarNames, tls: &TlsSettings) -> Result<Connector
                     .add(cert)
                     .map_err(|e| file_err(format!("not a usable CA certificate: {e}")))?;
             }
-            builder.with_root_certificates(roots)
+            if tls.mode == TlsMode::VerifyFull {
+                builder.with_root_certificates(roots)
+            } else {
+                let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| file_err(format!("not a usable CA set: {e}")))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(VerifyCa(chain)))
+            }
         }
         _ => builder
             .dangerous()
@@ -85,6 +97,56 @@ pub(crate) fn connector(names: &VarNames, tls: &TlsSettings) -> Result<Connector
         _ => builder.with_no_client_auth(),
     };
     Ok(Connector::Tls(MakeRustlsConnect::new(config)))
+}
+
+/// libpq's `sslmode=verify-ca`: the certificate must chain to a trusted CA (validity
+/// period, key usage and signatures all checked by webpki), but may name any host.
+/// webpki checks the name only after the chain, so a name mismatch means the chain
+/// itself was accepted.
+#[derive(Debug)]
+struct VerifyCa(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for VerifyCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// libpq's `sslmode=require`: encrypt, do not verify the server's identity.

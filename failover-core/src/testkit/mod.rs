@@ -13,8 +13,8 @@
 //! ([`Node::promote`]). [`Cluster::create_database`] gives each test a fresh database.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), failover_core::testkit::TestkitError> {
-//! use failover_core::testkit::Cluster;
+//! # async fn demo() -> Result<(), tradepulse_failover_core::testkit::TestkitError> {
+//! use tradepulse_failover_core::testkit::Cluster;
 //!
 //! let cluster = Cluster::start_with_replica().await?;
 //! let db = cluster.create_database().await?;

@@ -116,7 +116,7 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrationReport, Error> {
 /// ```no_run
 /// # async fn demo(client: &mut tokio_postgres::Client, token: u64) -> Result<(), Box<dyn std::error::Error>> {
 /// let tx = client.transaction().await?;
-/// fencing::postgres::fence(&tx, "btc-usd", token).await?; // Err(FencingToken) for a stale leader
+/// tradepulse_fencing::postgres::fence(&tx, "btc-usd", token).await?; // Err(FencingToken) for a stale leader
 /// tx.execute("INSERT INTO fills (symbol, qty) VALUES ('btc-usd', 1)", &[]).await?;
 /// tx.commit().await?;
 /// # Ok(()) }
@@ -124,7 +124,7 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrationReport, Error> {
 ///
 /// Without a `Transaction` (for instance inside [`PgPool::run`]), call the SQL
 /// function yourself after `BEGIN`: `SELECT fencing_check($1, $2)`; the resulting
-/// [`DbError`] converts into [`Error::FencingToken`] with `?`.
+/// [`DbError`](failover_core::DbError) converts into [`Error::FencingToken`] with `?`.
 pub async fn fence(tx: &Transaction<'_>, resource: &str, token: u64) -> Result<(), Error> {
     check_name("resource", resource)?;
     check_token(token)?;

@@ -4,9 +4,9 @@
 use failover_core::postgres::PgPool;
 use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
-use fencing::conformance::FencedLog;
-use fencing::{Error, PostgresLeaseFencer};
 use std::time::Duration;
+use tradepulse_fencing::conformance::FencedLog;
+use tradepulse_fencing::{Error, PostgresLeaseFencer};
 
 /// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
 pub use failover_core::testkit::{fast_settings as settings, wait_until};
@@ -51,7 +51,9 @@ impl PgFencedLog {
     /// Migrates `dsn`'s database (fencing + the log table).
     pub async fn new(dsn: &str) -> Self {
         let pool = PgPool::new("fencing-test", settings(dsn).build().unwrap()).unwrap();
-        fencing::postgres::migrate(&pool).await.expect("migrate");
+        tradepulse_fencing::postgres::migrate(&pool)
+            .await
+            .expect("migrate");
         pool.get()
             .await
             .unwrap()
@@ -70,7 +72,7 @@ impl PgFencedLog {
     ) -> Result<(), Error> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await.expect("begin");
-        fencing::postgres::fence(&tx, resource, token).await?;
+        tradepulse_fencing::postgres::fence(&tx, resource, token).await?;
         tx.execute(
             "INSERT INTO fenced_log (resource, token, entry) VALUES ($1, $2, $3)",
             &[&resource, &(token as i64), &entry],

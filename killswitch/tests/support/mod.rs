@@ -3,8 +3,8 @@
 
 use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
-use killswitch::PostgresKillSwitchStore;
 use std::time::Duration;
+use tradepulse_killswitch::PostgresKillSwitchStore;
 
 /// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
 pub use failover_core::testkit::{fast_settings as settings, wait_until};

@@ -3,7 +3,7 @@
 
 use failover_core::postgres::PgStore;
 use failover_core::testkit::Cluster;
-use symbol_mode::PostgresSymbolModeStore;
+use tradepulse_symbol_mode::PostgresSymbolModeStore;
 
 /// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
 pub use failover_core::testkit::{fast_settings as settings, wait_until};

@@ -1,0 +1,710 @@
+//! Connection settings: from the environment (prefix + `__` nesting), from a
+//! deserialized [`PgConfig`] (figment, config-rs, a TOML file …) or from a builder.
+//!
+//! The variables and fields are listed on [`PgSettings`].
+
+mod config;
+mod dsn;
+mod env;
+
+pub use config::{PgConfig, TlsConfig};
+
+use crate::errors::ConfigError;
+use crate::retry::RetryPolicy;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::config::SslMode;
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// Encrypted; the server certificate is not verified (libpq's `require`).
+    Require,
+    /// Encrypted; the server certificate must chain to the CA file, whatever host name
+    /// it names (libpq's `verify-ca`): for servers reached through an address or alias
+    /// their certificate does not list.
+    VerifyCa,
+    /// Encrypted; the server certificate must chain to the CA file and match the host name.
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// The libpq spelling: `disable`, `require`, `verify-ca`, `verify-full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server certificate is checked against the CA file.
+    pub fn verifies_ca(self) -> bool {
+        matches!(self, Self::VerifyCa | Self::VerifyFull)
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TlsMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TlsMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "disable" => Ok(Self::Disable),
+            "require" => Ok(Self::Require),
+            "verify-ca" | "verify_ca" => Ok(Self::VerifyCa),
+            "verify-full" | "verify_full" => Ok(Self::VerifyFull),
+            other => Err(format!(
+                "unknown TLS mode '{other}': use disable, require, verify-ca or verify-full"
+            )),
+        }
+    }
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The mode.
+    pub mode: TlsMode,
+    /// PEM file with the CA certificates to trust.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the client private key.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Validated PostgreSQL settings. Build with [`PgSettings::from_env`],
+/// [`PgSettings::from_config`] or [`PgSettings::builder`].
+///
+/// With the prefix `TRADEPULSE_KILL_SWITCH` the variables are:
+///
+/// | variable | meaning | default |
+/// |---|---|---|
+/// | `TRADEPULSE_KILL_SWITCH_POSTGRES__DSN` | key=value or URL DSN, multi-host allowed | required |
+/// | `…_POSTGRES__PASSWORD_FILE` | file holding the password (a mounted secret); one trailing newline is ignored | — (the DSN's password, if any) |
+/// | `…_POSTGRES__TLS__MODE` | `disable`, `require`, `verify-ca`, `verify-full` | `disable` (or `require` when the DSN says `sslmode=require`) |
+/// | `…_POSTGRES__TLS__CA_FILE` | PEM file of trusted CAs (required for `verify-ca` and `verify-full`) | — |
+/// | `…_POSTGRES__TLS__CERT_FILE`, `…__TLS__KEY_FILE` | client certificate and key (PEM), both or neither | — |
+/// | `…_POSTGRES__POOL_SIZE` | connections in the pool | 8 |
+/// | `…_POSTGRES__CONNECT_TIMEOUT` | bound of one connection attempt to one host, e.g. `2s` | `2s` |
+/// | `…_POSTGRES__OPERATION_TIMEOUT` | bound of one attempt of one operation | `2s` |
+/// | `…_POSTGRES__RETRY_BUDGET` | total time an operation may spend retrying | `5s` |
+/// | `…_POSTGRES__APPLICATION_NAME` | `application_name` reported to the server | the component |
+///
+/// [`PgConfig`] has the same settings as fields named like the variables in lower case
+/// (`dsn`, `password_file`, `tls.mode`, `tls.ca_file`, `pool_size`, `connect_timeout` …).
+/// Durations take `humantime` syntax (`500ms`, `2s`, `1m`). A password, given in the
+/// DSN or read from the password file, never appears in `Debug`, `Display`, logs or
+/// errors.
+///
+/// TLS modes follow libpq: `require` encrypts without verifying the server; `verify-ca`
+/// also checks that the server certificate chains to the CA file (any host name);
+/// `verify-full` also checks that the certificate names the host in the DSN.
+#[derive(Clone)]
+pub struct PgSettings {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) tls: TlsSettings,
+    pub(crate) pool_size: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) names: VarNames,
+}
+
+impl std::fmt::Debug for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSettings")
+            .field("dsn", &self.redacted_dsn())
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("retry_budget", &self.retry.budget)
+            .finish()
+    }
+}
+
+impl std::fmt::Display for PgSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted_dsn())
+    }
+}
+
+/// The names that errors use for each setting: env variables, [`PgConfig`] fields or
+/// builder methods. `key` is the variable's suffix, e.g. `TLS__CA_FILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VarNames {
+    Env { prefix: String },
+    Config,
+    Builder,
+}
+
+impl VarNames {
+    pub(crate) fn name(&self, key: &str) -> String {
+        match self {
+            Self::Env { prefix } => format!("{prefix}_POSTGRES__{key}"),
+            Self::Config => format!("PgConfig.{}", key.to_ascii_lowercase().replace("__", ".")),
+            Self::Builder => format!(
+                "PgSettingsBuilder::{}",
+                key.to_ascii_lowercase().replace("__", "_")
+            ),
+        }
+    }
+}
+
+impl PgSettings {
+    /// A builder with defaults; only the DSN is required.
+    pub fn builder() -> PgSettingsBuilder {
+        PgSettingsBuilder::default()
+    }
+
+    /// Reads `{prefix}_POSTGRES__…` from the process environment.
+    pub fn from_env(prefix: &str) -> Result<Self, ConfigError> {
+        Self::from_lookup(prefix, |name| std::env::var(name).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env) with a custom lookup (tests, config maps).
+    pub fn from_lookup(
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        PgSettingsBuilder::from_lookup(prefix, lookup)?.build()
+    }
+
+    /// From a deserialized [`PgConfig`]; errors name the field (`PgConfig.pool_size`).
+    pub fn from_config(config: PgConfig) -> Result<Self, ConfigError> {
+        PgSettingsBuilder::from_config(config).build()
+    }
+
+    /// The DSN with the password replaced by `<redacted>`: safe to log.
+    pub fn redacted_dsn(&self) -> String {
+        dsn::redact(&self.config)
+    }
+
+    /// The file the password is read from, if any.
+    pub fn password_file(&self) -> Option<&Path> {
+        self.password_file.as_deref()
+    }
+
+    /// Pool size.
+    pub fn pool_size(&self) -> usize {
+        self.pool_size
+    }
+
+    /// Bound of one connection attempt to one host.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Bound of one attempt of one operation.
+    pub fn operation_timeout(&self) -> Duration {
+        self.operation_timeout
+    }
+
+    /// The retry policy of operations.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// TLS settings.
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
+    }
+
+    /// A copy that connects through another DSN, keeping every other setting: the
+    /// run-time swap to a promoted replica.
+    pub fn with_dsn(&self, dsn: &str) -> Result<Self, ConfigError> {
+        let mut builder = self.to_builder();
+        builder.dsn = Some(dsn.to_owned());
+        builder.build()
+    }
+
+    fn to_builder(&self) -> PgSettingsBuilder {
+        PgSettingsBuilder {
+            dsn: None,
+            parsed: Some(self.config.clone()),
+            tls_mode: Some(self.tls.mode),
+            ca_file: self.tls.ca_file.clone(),
+            cert_file: self.tls.cert_file.clone(),
+            key_file: self.tls.key_file.clone(),
+            pool_size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            operation_timeout: self.operation_timeout,
+            retry: self.retry.clone(),
+            application_name: self.config.get_application_name().map(str::to_owned),
+            password_file: self.password_file.clone(),
+            names: self.names.clone(),
+        }
+    }
+
+    /// One config per host, tried in order by the pool so that a hung host cannot
+    /// stall the others (tokio-postgres bounds only the TCP connect).
+    pub(crate) fn per_host_configs(&self) -> Vec<(String, tokio_postgres::Config)> {
+        dsn::per_host_configs(&self.config)
+    }
+}
+
+/// Builds [`PgSettings`]: `Default + Clone`, `with_x(self, …) -> Self`, fallible
+/// [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct PgSettingsBuilder {
+    dsn: Option<String>,
+    parsed: Option<tokio_postgres::Config>,
+    tls_mode: Option<TlsMode>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    pool_size: usize,
+    connect_timeout: Duration,
+    operation_timeout: Duration,
+    retry: RetryPolicy,
+    application_name: Option<String>,
+    password_file: Option<PathBuf>,
+    names: VarNames,
+}
+
+impl Default for PgSettingsBuilder {
+    fn default() -> Self {
+        Self {
+            dsn: None,
+            parsed: None,
+            tls_mode: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(2),
+            operation_timeout: Duration::from_secs(2),
+            retry: RetryPolicy::default(),
+            application_name: None,
+            password_file: None,
+            names: VarNames::Builder,
+        }
+    }
+}
+
+impl PgSettingsBuilder {
+    /// The DSN: `host=a,b port=1,2 user=u dbname=d` or `postgres://u@h1:1,h2:2/d`.
+    #[must_use]
+    pub fn with_dsn(mut self, dsn: impl Into<String>) -> Self {
+        self.dsn = Some(dsn.into());
+        self.parsed = None;
+        self
+    }
+
+    /// TLS mode.
+    #[must_use]
+    pub fn with_tls_mode(mut self, mode: TlsMode) -> Self {
+        self.tls_mode = Some(mode);
+        self
+    }
+
+    /// Reads the password from `path` when building (and again on every DSN swap, so a
+    /// rotated secret is picked up). The DSN must then carry no password.
+    #[must_use]
+    pub fn with_password_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.password_file = Some(path.into());
+        self
+    }
+
+    /// CA file (PEM).
+    #[must_use]
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Client certificate and key (PEM).
+    #[must_use]
+    pub fn with_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.cert_file = Some(cert.into());
+        self.key_file = Some(key.into());
+        self
+    }
+
+    /// Connections in the pool.
+    #[must_use]
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Bound of one connection attempt to one host.
+    #[must_use]
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Bound of one attempt of one operation.
+    #[must_use]
+    pub fn with_operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout;
+        self
+    }
+
+    /// Total time an operation may spend retrying.
+    #[must_use]
+    pub fn with_retry_budget(mut self, budget: Duration) -> Self {
+        self.retry.budget = budget;
+        self
+    }
+
+    /// The whole retry policy (its `attempt_timeout` is replaced by the operation timeout).
+    #[must_use]
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// `application_name` reported to the server.
+    #[must_use]
+    pub fn with_application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// Validates and builds. Reads nothing from the network; TLS files are checked
+    /// for existence here and parsed when the pool is created.
+    pub fn build(self) -> Result<PgSettings, ConfigError> {
+        let names = self.names;
+        let dsn_var = names.name("DSN");
+        let (mut config, from_text) = match (self.dsn, self.parsed) {
+            (Some(dsn), _) => (dsn::parse_dsn(&dsn_var, &dsn)?, true),
+            (None, Some(parsed)) => (parsed, false),
+            (None, None) => return Err(ConfigError::Missing { var: dsn_var }),
+        };
+        if let Some(path) = &self.password_file {
+            let var = names.name("PASSWORD_FILE");
+            if from_text && config.get_password().is_some() {
+                return Err(ConfigError::Invalid {
+                    var,
+                    reason: format!(
+                        "is set but {dsn_var} carries a password too: keep only one of them"
+                    ),
+                });
+            }
+            config.password(read_password_file(&var, path)?);
+        }
+        if config.get_hosts().is_empty() {
+            return Err(ConfigError::Invalid {
+                var: dsn_var,
+                reason: "names no host: add host=… (several hosts separated by commas)".into(),
+            });
+        }
+        let ports = config.get_ports().len();
+        if ports > 1 && ports != config.get_hosts().len() {
+            return Err(ConfigError::Invalid {
+                var: dsn_var,
+                reason: format!(
+                    "has {} hosts but {ports} ports: give one port, or one per host",
+                    config.get_hosts().len()
+                ),
+            });
+        }
+        if self.pool_size == 0 {
+            return Err(ConfigError::Invalid {
+                var: names.name("POOL_SIZE"),
+                reason: "must be at least 1".into(),
+            });
+        }
+        for (key, d) in [
+            ("CONNECT_TIMEOUT", self.connect_timeout),
+            ("OPERATION_TIMEOUT", self.operation_timeout),
+            ("RETRY_BUDGET", self.retry.budget),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid {
+                    var: names.name(key),
+                    reason: "must be greater than zero".into(),
+                });
+            }
+        }
+        let mode = self.tls_mode.unwrap_or(match config.get_ssl_mode() {
+            SslMode::Require => TlsMode::Require,
+            _ => TlsMode::Disable,
+        });
+        let tls = TlsSettings {
+            mode,
+            ca_file: self.ca_file,
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+        };
+        check_tls(&names, &tls)?;
+        config.ssl_mode(match mode {
+            TlsMode::Disable => SslMode::Disable,
+            TlsMode::Require | TlsMode::VerifyCa | TlsMode::VerifyFull => SslMode::Require,
+        });
+        config.connect_timeout(self.connect_timeout);
+        config.keepalives(true);
+        if let Some(name) = self.application_name {
+            config.application_name(name);
+        }
+        let mut retry = self.retry;
+        retry.attempt_timeout = self.operation_timeout;
+        Ok(PgSettings {
+            config,
+            tls,
+            pool_size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            operation_timeout: self.operation_timeout,
+            retry,
+            password_file: self.password_file,
+            names,
+        })
+    }
+}
+
+fn check_tls(names: &VarNames, tls: &TlsSettings) -> Result<(), ConfigError> {
+    let files = [
+        ("TLS__CA_FILE", &tls.ca_file),
+        ("TLS__CERT_FILE", &tls.cert_file),
+        ("TLS__KEY_FILE", &tls.key_file),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path {
+            readable(&names.name(key), path)?;
+        }
+    }
+    if tls.mode.verifies_ca() && tls.ca_file.is_none() {
+        return Err(ConfigError::Invalid {
+            var: names.name("TLS__CA_FILE"),
+            reason: format!("is required when TLS mode is {}: point it at the PEM file of the CA that signed the server certificate", tls.mode),
+        });
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err(ConfigError::Invalid {
+            var: names.name(if tls.cert_file.is_some() {
+                "TLS__KEY_FILE"
+            } else {
+                "TLS__CERT_FILE"
+            }),
+            reason: "a client certificate needs both CERT_FILE and KEY_FILE".into(),
+        });
+    }
+    Ok(())
+}
+
+fn readable(var: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(path)
+        .and_then(|m| {
+            if m.is_file() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not a regular file"))
+            }
+        })
+        .map_err(|e| ConfigError::TlsFile {
+            var: var.to_owned(),
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// The password file's contents without one trailing newline (as `echo` and most
+/// secret stores write it). Errors name the variable and the file, never the content.
+fn read_password_file(var: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    let error = |reason: String| ConfigError::PasswordFile {
+        var: var.to_owned(),
+        path: path.to_owned(),
+        reason,
+    };
+    let mut bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(error("the file is empty".into()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_show() {
+        for dsn in [
+            "host=a user=u password=hunter2 dbname=d",
+            "postgres://u:hunter2@h1:5432,h2:5433/d",
+        ] {
+            let s = PgSettings::builder().with_dsn(dsn).build().unwrap();
+            for text in [format!("{s:?}"), format!("{s}"), s.redacted_dsn()] {
+                assert!(!text.contains("hunter2"), "{text}");
+                assert!(text.contains("<redacted>"), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn url_dsns_with_several_hosts_parse() {
+        let s = PgSettings::builder()
+            .with_dsn("postgres://u@h1:5432,h2:5433/d")
+            .build()
+            .unwrap();
+        let hosts: Vec<String> = s.per_host_configs().into_iter().map(|h| h.0).collect();
+        assert_eq!(hosts, vec!["h1:5432", "h2:5433"]);
+    }
+
+    #[test]
+    fn tls_modes_parse_in_libpq_spelling() {
+        for (text, mode) in [
+            ("disable", TlsMode::Disable),
+            ("require", TlsMode::Require),
+            ("verify-ca", TlsMode::VerifyCa),
+            ("VERIFY_CA", TlsMode::VerifyCa),
+            ("verify-full", TlsMode::VerifyFull),
+        ] {
+            assert_eq!(text.parse::<TlsMode>(), Ok(mode), "{text}");
+        }
+        assert_eq!(TlsMode::VerifyCa.to_string(), "verify-ca");
+        let err = "verify-maybe".parse::<TlsMode>().unwrap_err();
+        assert!(err.contains("verify-ca"), "{err}");
+    }
+
+    #[test]
+    fn verify_ca_needs_a_ca_file_and_encrypts() {
+        let err = PgSettings::builder()
+            .with_dsn("host=a")
+            .with_tls_mode(TlsMode::VerifyCa)
+            .build()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "PgSettingsBuilder::tls_ca_file is invalid: is required when TLS mode is verify-ca"
+            ),
+            "{err}"
+        );
+        let ca = tempfile_with(b"not checked until the pool is built");
+        let s = PgSettings::builder()
+            .with_dsn("host=a")
+            .with_tls_mode(TlsMode::VerifyCa)
+            .with_ca_file(ca.path())
+            .build()
+            .unwrap();
+        assert_eq!(s.tls().mode, TlsMode::VerifyCa);
+        assert_eq!(s.config.get_ssl_mode(), SslMode::Require);
+    }
+
+    #[test]
+    fn the_password_file_sets_the_password_which_never_shows() {
+        let file = tempfile_with(b"s3cret-from-file\n");
+        let s = PgSettings::builder()
+            .with_dsn("host=a user=u dbname=d")
+            .with_password_file(file.path())
+            .build()
+            .unwrap();
+        assert_eq!(s.config.get_password(), Some(&b"s3cret-from-file"[..]));
+        for text in [format!("{s:?}"), format!("{s}"), s.redacted_dsn()] {
+            assert!(!text.contains("s3cret"), "{text}");
+        }
+        assert!(s.redacted_dsn().contains("password=<redacted>"));
+        // A DSN swap re-reads the file (a rotated secret is picked up).
+        std::fs::write(file.path(), "rotated\r\n").unwrap();
+        let swapped = s.with_dsn("host=b user=u dbname=d").unwrap();
+        assert_eq!(swapped.config.get_password(), Some(&b"rotated"[..]));
+    }
+
+    #[test]
+    fn password_file_errors_name_the_setting_and_file_but_not_the_password() {
+        let err = PgSettings::builder()
+            .with_dsn("host=a")
+            .with_password_file("no/such/password")
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("PgSettingsBuilder::password_file names 'no/such/password'"),
+            "{text}"
+        );
+        let empty = tempfile_with(b"\n");
+        let err = PgSettings::builder()
+            .with_dsn("host=a")
+            .with_password_file(empty.path())
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("the file is empty"), "{err}");
+        let file = tempfile_with(b"from-file");
+        let err = PgSettings::builder()
+            .with_dsn("host=a password=from-dsn")
+            .with_password_file(file.path())
+            .build()
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("keep only one of them"), "{text}");
+        assert!(
+            !text.contains("from-dsn") && !text.contains("from-file"),
+            "{text}"
+        );
+    }
+
+    /// A file with `content` that is removed on drop.
+    pub(super) struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        pub(super) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    pub(super) fn tempfile_with(content: &[u8]) -> TempFile {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "failover-core-settings-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, content).unwrap();
+        TempFile(path)
+    }
+
+    #[test]
+    fn a_builder_error_names_the_method() {
+        let err = PgSettings::builder().build().unwrap_err();
+        assert!(err.to_string().contains("PgSettingsBuilder::dsn"), "{err}");
+        let err = PgSettings::builder()
+            .with_dsn("host=a")
+            .with_pool_size(0)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("pool_size"), "{err}");
+    }
+}
