@@ -118,6 +118,16 @@ impl std::fmt::Display for GiveUp {
     }
 }
 
+/// `d` ±25 %, without a random-number dependency (the clock's low bits): enough to
+/// keep a fleet of processes from retrying in lockstep.
+pub fn jittered(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    d.mul_f64(factor)
+}
+
 impl RetryPolicy {
     /// A policy that makes exactly one attempt bounded by `attempt_timeout`.
     pub fn no_retry(attempt_timeout: Duration) -> Self {

@@ -441,7 +441,7 @@ impl<W: Watched> Loop<W> {
                             self.freshness.failed(text);
                             let retry = if self.watched.held().is_none() {
                                 // Jittered backoff up to the poll interval.
-                                let wait = jitter(load_backoff);
+                                let wait = crate::retry::jittered(load_backoff);
                                 load_backoff = (load_backoff * 2).min(Duration::from_secs(2));
                                 wait.min(self.config.poll_interval)
                             } else {
@@ -532,15 +532,6 @@ impl<W: Watched> Loop<W> {
 /// A newer position on another timeline: the held one may have been lost.
 fn crosses(held: Position, newer: Position) -> bool {
     held != Position::ZERO && held.timeline() != newer.timeline()
-}
-
-/// ±25 % jitter without a random-number dependency: the low bits of the clock.
-fn jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |t| t.subsec_nanos());
-    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
-    d.mul_f64(factor)
 }
 
 #[cfg(test)]

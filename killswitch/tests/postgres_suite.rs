@@ -58,3 +58,4 @@ impl SuiteHandleStore for KillSwitchSuite {
 
 failover_core::pg_store_suite!(KillSwitchSuite);
 failover_core::pg_handle_suite!(KillSwitchSuite);
+failover_core::pg_pooler_suite!(KillSwitchSuite);

@@ -69,3 +69,4 @@ impl SuiteHandleStore for SymbolModeSuite {
 
 failover_core::pg_store_suite!(SymbolModeSuite);
 failover_core::pg_handle_suite!(SymbolModeSuite);
+failover_core::pg_pooler_suite!(SymbolModeSuite);

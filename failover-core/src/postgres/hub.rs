@@ -66,10 +66,14 @@ impl HubSubscription {
     }
 }
 
-/// The key of a database: the redacted DSN (hosts, ports, database, user) and TLS mode.
+/// The key of a database: where LISTEN goes (the listen DSN, else the DSN; redacted:
+/// hosts, ports, database, user) and the TLS mode.
 fn key(pool: &PgPool) -> String {
     let settings = pool.settings();
-    format!("{settings}|{:?}", settings.tls().mode)
+    let target = settings
+        .redacted_listen_dsn()
+        .unwrap_or_else(|| settings.to_string());
+    format!("{target}|{:?}", settings.tls().mode)
 }
 
 /// How many shared LISTEN connections this process holds (for tests and metrics).

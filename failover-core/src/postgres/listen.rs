@@ -188,9 +188,13 @@ async fn run(
             Session::Lost {
                 error,
                 was_connected,
+                persistent,
             } => {
                 if was_connected {
                     wait = options.reconnect_initial;
+                }
+                if persistent {
+                    wait = PERSISTENT_RETRY;
                 }
                 error
             }
@@ -207,13 +211,90 @@ async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = tx.closed() => return,
         }
-        wait = (wait * 2).min(options.reconnect_max);
+        // Jittered, so that a fleet does not reconnect to a new primary in lockstep.
+        wait = crate::retry::jittered((wait * 2).min(options.reconnect_max));
     }
 }
 
 enum Session {
     Closed,
-    Lost { error: String, was_connected: bool },
+    Lost {
+        error: String,
+        was_connected: bool,
+        /// A condition that reconnecting soon will not fix (a transaction pooler).
+        persistent: bool,
+    },
+}
+
+/// How long to wait before trying again after a persistent failure.
+const PERSISTENT_RETRY: Duration = Duration::from_secs(30);
+
+static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+type Forwarded = Result<(String, String), String>;
+
+/// Sends a notification from another session (through the pool) on a channel only
+/// this connection listens on, and waits for it within `bound`. Notifications of
+/// other channels that arrive meanwhile are kept in `early`.
+async fn probe(
+    pool: &PgPool,
+    client: &tokio_postgres::Client,
+    nrx: &mut mpsc::UnboundedReceiver<Forwarded>,
+    early: &mut Vec<(String, String)>,
+    bound: Duration,
+) -> Result<(), String> {
+    let channel = format!(
+        "failover_probe_{}_{}",
+        std::process::id(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let run = |sql: String| async move {
+        match tokio::time::timeout(bound, client.batch_execute(&sql)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(super::error::describe(&e)),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(bound)
+            )),
+        }
+    };
+    run(format!("LISTEN {channel}")).await?;
+    let sent = tokio::time::timeout(
+        bound,
+        pool.execute(
+            "listen.probe",
+            "SELECT pg_notify($1, 'probe')",
+            &[(&channel, tokio_postgres::types::Type::TEXT)],
+        ),
+    )
+    .await;
+    match sent {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("sending the push probe failed: {}", e.message())),
+        Err(_) => return Err("sending the push probe got no answer".into()),
+    }
+    // Delivery takes milliseconds; a loaded machine gets some slack before push is
+    // declared unavailable for a while.
+    let deadline = tokio::time::Instant::now() + bound.max(Duration::from_secs(2));
+    loop {
+        match tokio::time::timeout_at(deadline, nrx.recv()).await {
+            Ok(Some(Ok((c, payload)))) => {
+                if c == channel {
+                    break;
+                }
+                early.push((c, payload));
+            }
+            Ok(Some(Err(error))) => return Err(error),
+            Ok(None) => return Err("connection closed".into()),
+            Err(_) => {
+                return Err(format!(
+                    "notifications do not reach this LISTEN connection (a transaction pooler such as pgbouncer in transaction mode?): set …_POSTGRES__LISTEN_DSN to the primary or to a session-mode pool; retrying in {}",
+                    humantime::format_duration(PERSISTENT_RETRY)
+                ))
+            }
+        }
+    }
+    run(format!("UNLISTEN {channel}")).await
 }
 
 /// Fails when the server is a standby or read-only (a demoted primary).
@@ -230,6 +311,7 @@ async fn session(
     let lost = |error: String, was_connected| Session::Lost {
         error,
         was_connected,
+        persistent: false,
     };
     let mut generation = pool.watch_generation();
     generation.borrow_and_update();
@@ -262,7 +344,8 @@ async fn session(
                 "{host} is read-only or a standby now (switchover?)"
             )),
             Ok(Ok(_)) => match pool.current_host() {
-                Some(current) if current != host => {
+                // With a listen DSN the pool's host (a pooler) is another address.
+                Some(current) if current != host && !pool.has_listen_dsn() => {
                     Some(format!("the pool moved from {host} to {current}"))
                 }
                 _ => None,
@@ -299,11 +382,30 @@ async fn session(
     if let Some(error) = check().await {
         return lost(error, false);
     }
+    // Does a notification sent from another session reach this one? Not through a
+    // transaction pooler, which hands the backend that LISTENs to other clients.
+    let mut early = Vec::new();
+    if let Err(error) = probe(pool, &client, &mut nrx, &mut early, bound).await {
+        return Session::Lost {
+            error,
+            was_connected: false,
+            persistent: true,
+        };
+    }
     if warnings.reset() {
         tracing::info!(component = pool.component(), %host, "LISTEN connection back on the primary");
     }
     if tx.send(ListenEvent::Connected).await.is_err() {
         return Session::Closed;
+    }
+    for (channel, payload) in early {
+        if tx
+            .send(ListenEvent::Notification { channel, payload })
+            .await
+            .is_err()
+        {
+            return Session::Closed;
+        }
     }
     let mut heartbeat = tokio::time::interval(options.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -20,7 +20,9 @@ pub use error::{classify, classify_sqlstate, db_error, describe as describe_erro
 pub use listen::{Channels, ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS};
 pub use pool::{Param, PgClient, PgPool};
-pub use settings::{PgConfig, PgSettings, PgSettingsBuilder, TlsConfig, TlsMode, TlsSettings};
+pub use settings::{
+    PgConfig, PgSettings, PgSettingsBuilder, StatementMode, TlsConfig, TlsMode, TlsSettings,
+};
 pub use store::{
     reload_when_newer, Interpret, Notified, PgChangeFeed, PgFeedStore, PgStore, Reload,
 };

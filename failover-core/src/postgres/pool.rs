@@ -31,7 +31,7 @@
 use super::connect::{DedicatedConnection, FailoverConnect, SharedConnect};
 use super::error::{from_retry, PgFailure};
 use super::manager::{Object, Pool, VerifyingManager, RECYCLE_CHECK};
-use super::settings::PgSettings;
+use super::settings::{PgSettings, StatementMode};
 use super::tls::connector;
 use crate::errors::ConfigError;
 use crate::errors::{DbError, DbErrorKind};
@@ -64,6 +64,11 @@ enum Rows {
 struct Output {
     rows: Vec<Row>,
     count: u64,
+}
+
+/// SQLSTATE 26000 (prepared statement does not exist) or 42P05 (already exists).
+fn is_pooler_error(e: &tokio_postgres::Error) -> bool {
+    matches!(e.code().map(|c| c.code()), Some("26000" | "42P05"))
 }
 
 /// Prepared once per connection (cached), then executed.
@@ -150,6 +155,8 @@ struct Generation {
     pool: Pool,
     settings: PgSettings,
     connect: Arc<FailoverConnect>,
+    /// Where LISTEN goes when a listen DSN is set apart from the DSN.
+    listen: Option<Arc<FailoverConnect>>,
 }
 
 impl std::fmt::Debug for PgPool {
@@ -367,16 +374,32 @@ impl PgPool {
     /// transaction pooler in between.
     pub fn unnamed_statements(&self) -> bool {
         self.inner.unnamed.load(Ordering::Relaxed)
+            || self.inner.current.load().settings.statements() == StatementMode::Unnamed
     }
 
-    /// Sends every later statement unnamed (see [`query`](Self::query)).
+    /// True when LISTEN goes to a listen DSN apart from the DSN.
+    pub fn has_listen_dsn(&self) -> bool {
+        self.inner.current.load().listen.is_some()
+    }
+
+    /// Sends every later statement unnamed (see [`query`](Self::query)), unless the
+    /// settings say `prepared`.
     pub fn use_unnamed_statements(&self) {
+        self.switch_to_unnamed();
+    }
+
+    /// True when statements are now sent unnamed.
+    fn switch_to_unnamed(&self) -> bool {
+        if self.inner.current.load().settings.statements() == StatementMode::Prepared {
+            return false;
+        }
         if !self.inner.unnamed.swap(true, Ordering::AcqRel) {
             tracing::warn!(
                 component = self.inner.component,
                 "prepared statements do not survive between transactions here (a transaction pooler?): sending unnamed statements from now on"
             );
         }
+        true
     }
 
     async fn statement(
@@ -394,13 +417,16 @@ impl PgPool {
                 let result = if self.unnamed_statements() {
                     unnamed(&client, sql, params, want).await
                 } else {
-                    prepared(&client, sql, types, values, want).await
-                };
-                if let Err(e) = &result {
-                    if matches!(e.code().map(|c| c.code()), Some("26000" | "42P05")) {
-                        self.use_unnamed_statements();
+                    match prepared(&client, sql, types, values, want).await {
+                        // A prepared statement that is missing (or exists already) on
+                        // the server connection: a transaction pooler in between.
+                        // Switch to unnamed statements and send this one again.
+                        Err(e) if is_pooler_error(&e) && self.switch_to_unnamed() => {
+                            unnamed(&client, sql, params, want).await
+                        }
+                        other => other,
                     }
-                }
+                };
                 (client, result)
             })
         })
@@ -643,7 +669,8 @@ impl PgPool {
         &self,
     ) -> Result<(tokio_postgres::Client, DedicatedConnection, String), DbError> {
         let generation = self.inner.current.load_full();
-        match generation.connect.connect_raw().await {
+        let connect = generation.listen.as_ref().unwrap_or(&generation.connect);
+        match connect.connect_raw().await {
             Ok(connected) => {
                 self.reached();
                 Ok(connected)
@@ -741,6 +768,16 @@ fn build(
             recycling_method: RecyclingMethod::Custom(RECYCLE_CHECK.into()),
         },
     );
+    let listen = settings.listen.is_some().then(|| {
+        Arc::new(FailoverConnect {
+            component,
+            hosts: settings.listen_per_host_configs(),
+            tls: connect.tls.clone(),
+            timeout: settings.connect_timeout,
+            last_connect: Arc::new(Mutex::new(None)),
+            last_host: Arc::new(Mutex::new(None)),
+        })
+    });
     let timeouts = Timeouts {
         wait: Some(settings.operation_timeout),
         create: Some(settings.connect_timeout * n_hosts + Duration::from_millis(100)),
@@ -764,5 +801,6 @@ fn build(
         pool,
         settings,
         connect,
+        listen,
     })
 }

@@ -102,7 +102,10 @@ impl Cluster {
             self.ctx().launcher.chown(path)?;
         }
         let mut cmd = self.ctx().launcher.command(&program, true);
-        cmd.arg(&ini_path);
+        // Everything goes to its log file too; keep the test output clean.
+        cmd.arg(&ini_path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         let pid = self.ctx().supervisor.spawn(cmd).await?;
         let bouncer = PgBouncer {
             port,

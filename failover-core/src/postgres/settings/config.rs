@@ -53,6 +53,10 @@ pub struct PgConfig {
     pub retry_budget: Option<Duration>,
     /// `application_name` reported to the server (default: the component).
     pub application_name: Option<String>,
+    /// Where push's LISTEN connection goes (default: `dsn`).
+    pub listen_dsn: Option<String>,
+    /// `auto`, `prepared` or `unnamed` (default `auto`).
+    pub statements: Option<super::StatementMode>,
 }
 
 /// The `tls` part of [`PgConfig`].
@@ -85,6 +89,15 @@ impl fmt::Debug for PgConfig {
             .field("operation_timeout", &self.operation_timeout)
             .field("retry_budget", &self.retry_budget)
             .field("application_name", &self.application_name)
+            .field(
+                "listen_dsn",
+                &self.listen_dsn.as_deref().map(|text| {
+                    dsn::parse_dsn("listen_dsn", text)
+                        .map(|config| dsn::redact(&config))
+                        .unwrap_or_else(|_| "<not a valid DSN; not shown>".to_owned())
+                }),
+            )
+            .field("statements", &self.statements)
             .finish()
     }
 }
@@ -113,6 +126,9 @@ impl PgSettingsBuilder {
             retry,
             application_name: config.application_name,
             password_file: config.password_file,
+            listen_dsn: config.listen_dsn,
+            listen_parsed: None,
+            statements: config.statements.unwrap_or_default(),
             names: VarNames::Config,
         }
     }

@@ -52,6 +52,13 @@ impl PgSettingsBuilder {
             b.retry.budget = parse_duration(names.name("RETRY_BUDGET"), &v)?;
         }
         b.application_name = get("APPLICATION_NAME");
+        b.listen_dsn = get("LISTEN_DSN");
+        if let Some(v) = get("STATEMENTS") {
+            b.statements = v.parse().map_err(|reason| ConfigError::Invalid {
+                var: names.name("STATEMENTS"),
+                reason,
+            })?;
+        }
         Ok(b)
     }
 }

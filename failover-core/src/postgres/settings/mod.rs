@@ -98,6 +98,35 @@ pub struct TlsSettings {
     pub key_file: Option<PathBuf>,
 }
 
+/// How the pool sends statements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StatementMode {
+    /// Prepared and cached per connection, switching to unnamed statements by itself
+    /// the first time the server says a prepared statement is missing or already
+    /// exists (a transaction pooler in between). The default.
+    #[default]
+    Auto,
+    /// Always prepared and cached per connection (a direct connection or a
+    /// session-mode pooler).
+    Prepared,
+    /// Always unnamed, parsed and executed in one round trip: for a transaction pooler
+    /// such as pgbouncer in transaction mode.
+    Unnamed,
+}
+
+impl std::str::FromStr for StatementMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "prepared" => Ok(Self::Prepared),
+            "unnamed" => Ok(Self::Unnamed),
+            other => Err(format!("'{other}' is not one of auto, prepared, unnamed")),
+        }
+    }
+}
+
 /// Validated PostgreSQL settings. Build with [`PgSettings::from_env`],
 /// [`PgSettings::from_config`] or [`PgSettings::builder`].
 ///
@@ -115,6 +144,8 @@ pub struct TlsSettings {
 /// | `…_POSTGRES__OPERATION_TIMEOUT` | bound of one attempt of one operation | `2s` |
 /// | `…_POSTGRES__RETRY_BUDGET` | total time an operation may spend retrying | `5s` |
 /// | `…_POSTGRES__APPLICATION_NAME` | `application_name` reported to the server | the component |
+/// | `…_POSTGRES__LISTEN_DSN` | where the LISTEN connection for push goes: the primary directly, or a session-mode pool — needed when `DSN` is a transaction pooler, which cannot pass LISTEN | `DSN` |
+/// | `…_POSTGRES__STATEMENTS` | `auto`, `prepared` or `unnamed` (for a transaction pooler; `auto` switches by itself) | `auto` |
 ///
 /// [`PgConfig`] has the same settings as fields named like the variables in lower case
 /// (`dsn`, `password_file`, `tls.mode`, `tls.ca_file`, `pool_size`, `connect_timeout` …).
@@ -134,6 +165,8 @@ pub struct PgSettings {
     pub(crate) operation_timeout: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) password_file: Option<PathBuf>,
+    pub(crate) listen: Option<tokio_postgres::Config>,
+    pub(crate) statements: StatementMode,
     pub(crate) names: VarNames,
 }
 
@@ -147,6 +180,8 @@ impl std::fmt::Debug for PgSettings {
             .field("connect_timeout", &self.connect_timeout)
             .field("operation_timeout", &self.operation_timeout)
             .field("retry_budget", &self.retry.budget)
+            .field("listen_dsn", &self.listen.as_ref().map(dsn::redact))
+            .field("statements", &self.statements)
             .finish()
     }
 }
@@ -238,6 +273,21 @@ impl PgSettings {
         &self.tls
     }
 
+    /// How statements are sent.
+    pub fn statements(&self) -> StatementMode {
+        self.statements
+    }
+
+    /// The LISTEN DSN, redacted, when one is set apart from the DSN.
+    pub fn redacted_listen_dsn(&self) -> Option<String> {
+        self.listen.as_ref().map(dsn::redact)
+    }
+
+    /// One config per host of the LISTEN DSN (or of the DSN when none is set).
+    pub(crate) fn listen_per_host_configs(&self) -> Vec<(String, tokio_postgres::Config)> {
+        dsn::per_host_configs(self.listen.as_ref().unwrap_or(&self.config))
+    }
+
     /// A copy that connects through another DSN, keeping every other setting: the
     /// run-time swap to a promoted replica.
     pub fn with_dsn(&self, dsn: &str) -> Result<Self, ConfigError> {
@@ -260,6 +310,9 @@ impl PgSettings {
             retry: self.retry.clone(),
             application_name: self.config.get_application_name().map(str::to_owned),
             password_file: self.password_file.clone(),
+            listen_dsn: None,
+            listen_parsed: self.listen.clone(),
+            statements: self.statements,
             names: self.names.clone(),
         }
     }
@@ -287,6 +340,9 @@ pub struct PgSettingsBuilder {
     retry: RetryPolicy,
     application_name: Option<String>,
     password_file: Option<PathBuf>,
+    pub(crate) listen_dsn: Option<String>,
+    listen_parsed: Option<tokio_postgres::Config>,
+    pub(crate) statements: StatementMode,
     names: VarNames,
 }
 
@@ -305,12 +361,30 @@ impl Default for PgSettingsBuilder {
             retry: RetryPolicy::default(),
             application_name: None,
             password_file: None,
+            listen_dsn: None,
+            listen_parsed: None,
+            statements: StatementMode::Auto,
             names: VarNames::Builder,
         }
     }
 }
 
 impl PgSettingsBuilder {
+    /// Where push's LISTEN connection goes when the DSN is a transaction pooler: the
+    /// primary directly (multi-host allowed) or a session-mode pool.
+    #[must_use]
+    pub fn with_listen_dsn(mut self, dsn: impl Into<String>) -> Self {
+        self.listen_dsn = Some(dsn.into());
+        self
+    }
+
+    /// How statements are sent ([`StatementMode`]).
+    #[must_use]
+    pub fn with_statements(mut self, mode: StatementMode) -> Self {
+        self.statements = mode;
+        self
+    }
+
     /// The DSN: `host=a,b port=1,2 user=u dbname=d` or `postgres://u@h1:1,h2:2/d`.
     #[must_use]
     pub fn with_dsn(mut self, dsn: impl Into<String>) -> Self {
@@ -469,6 +543,28 @@ impl PgSettingsBuilder {
         }
         let mut retry = self.retry;
         retry.attempt_timeout = self.operation_timeout;
+        let listen = match (self.listen_dsn, self.listen_parsed) {
+            (Some(text), _) => {
+                let var = names.name("LISTEN_DSN");
+                let mut listen = dsn::parse_dsn(&var, &text)?;
+                if listen.get_hosts().is_empty() {
+                    return Err(ConfigError::Invalid {
+                        var,
+                        reason: "names no host: add host=…".into(),
+                    });
+                }
+                if listen.get_password().is_none() {
+                    if let Some(password) = config.get_password() {
+                        listen.password(password.to_vec());
+                    }
+                }
+                listen.ssl_mode(config.get_ssl_mode());
+                listen.connect_timeout(self.connect_timeout);
+                listen.keepalives(true);
+                Some(listen)
+            }
+            (None, parsed) => parsed,
+        };
         Ok(PgSettings {
             config,
             tls,
@@ -477,6 +573,8 @@ impl PgSettingsBuilder {
             operation_timeout: self.operation_timeout,
             retry,
             password_file: self.password_file,
+            listen,
+            statements: self.statements,
             names,
         })
     }
