@@ -17,9 +17,14 @@
 //!   unreachable, traders can still take risk off the book, and nothing can add it.
 //!   Withdrawals count as halted in both cases.
 //!
-//! Health component `symbol_mode`: `operational` (fresh), `degraded` (the last
-//! refresh failed, the snapshot is still within the window; details carry the
-//! error), `failed` (stale or never loaded).
+//! Every read and push is ordered by position by failover-core's watcher; a pushed
+//! change carries its delta, so a handle at the previous version applies it without
+//! a read. When the store's history no longer holds the handle's position (lost in an
+//! asynchronous failover) the handle reloads everything from the database of record.
+//!
+//! Health component `symbol_mode`: `failed` when the store cannot be reached now
+//! (details carry the cause), when stale or never loaded; `degraded` when reads work
+//! but push does not, or the history diverged; `operational` when both work.
 
 use crate::snapshot::ModeSnapshot;
 use crate::{
