@@ -586,25 +586,47 @@ pub async fn transaction_pooler_serves_concurrent_calls<S: SuiteStore>() {
     );
 }
 
-/// Through pgbouncer in transaction mode with `LISTEN_DSN` pointing at the primary:
-/// push works (polling at 1 h) and health is `operational`.
-pub async fn push_through_the_listen_dsn_beside_a_transaction_pooler<S: SuiteHandleStore>() {
+/// A primary with pgbouncer in `mode` in front, a writer store and a handle in
+/// another store, both through pgbouncer (LISTEN going to the primary directly with
+/// `listen_direct`), after one relaxing change.
+struct Pooled {
+    _cluster: Cluster,
+    _bouncer: super::PgBouncer,
+    handle: Box<dyn SuiteHandle>,
+}
+
+async fn pooled<S: SuiteHandleStore>(
+    mode: super::PoolMode,
+    listen_direct: bool,
+    config: WatchConfig,
+) -> (Pooled, S::Store) {
     let (cluster, db) = own_primary().await.expect("cluster");
-    let bouncer = cluster
-        .pgbouncer(super::PoolMode::Transaction)
-        .await
-        .expect("pgbouncer");
+    let bouncer = cluster.pgbouncer(mode).await.expect("pgbouncer");
     let store = || {
-        let settings = fast_settings(&bouncer.dsn(&db))
-            .with_listen_dsn(cluster.primary().dsn(&db))
-            .build()
-            .unwrap();
-        S::Store::new(settings).expect("store")
+        let mut settings = fast_settings(&bouncer.dsn(&db));
+        if listen_direct {
+            settings = settings.with_listen_dsn(cluster.primary().dsn(&db));
+        }
+        S::Store::new(settings.build().unwrap()).expect("store")
     };
     let writer = store();
-    writer.migrate().await.expect("migrate");
+    writer.migrate().await.expect("migrate through the pooler");
     S::relax(&writer, 1).await.unwrap();
-    let handle = S::handle(Arc::new(store()), push_only());
+    let handle = S::handle(Arc::new(store()), config);
+    (
+        Pooled {
+            _cluster: cluster,
+            _bouncer: bouncer,
+            handle,
+        },
+        writer,
+    )
+}
+
+/// Push reaches the handle (polling at 1 h) within 1 s, once health is `operational`.
+async fn pushed_through<S: SuiteHandleStore>(mode: super::PoolMode, listen_direct: bool) {
+    let (pooled, writer) = pooled::<S>(mode, listen_direct, push_only()).await;
+    let handle = &pooled.handle;
     wait_until("operational (reads and push)", WAIT, || {
         handle.health().status == ComponentStatus::Operational
     })
@@ -614,23 +636,24 @@ pub async fn push_through_the_listen_dsn_beside_a_transaction_pooler<S: SuiteHan
     assert_eq!(handle.position(), Some(position));
 }
 
+/// Through pgbouncer in transaction mode with `LISTEN_DSN` pointing at the primary:
+/// push works (polling at 1 h) and health is `operational`.
+pub async fn push_through_the_listen_dsn_beside_a_transaction_pooler<S: SuiteHandleStore>() {
+    pushed_through::<S>(super::PoolMode::Transaction, true).await;
+}
+
+/// pgbouncer in session mode passes LISTEN: push works without a listen DSN.
+pub async fn push_through_a_session_pooler<S: SuiteHandleStore>() {
+    pushed_through::<S>(super::PoolMode::Session, false).await;
+}
+
 /// Through pgbouncer in transaction mode without a listen DSN, notifications cannot
 /// arrive: health says `degraded` with the reason ("push unavailable, polling every
 /// 1s: … LISTEN_DSN …") instead of `operational`, and polling keeps the handle right.
 pub async fn push_unavailable_through_a_transaction_pooler_is_reported<S: SuiteHandleStore>() {
-    let (cluster, db) = own_primary().await.expect("cluster");
-    let bouncer = cluster
-        .pgbouncer(super::PoolMode::Transaction)
-        .await
-        .expect("pgbouncer");
-    let store = || {
-        let settings = fast_settings(&bouncer.dsn(&db)).build().unwrap();
-        S::Store::new(settings).expect("store")
-    };
-    let writer = store();
-    writer.migrate().await.expect("migrate");
-    S::relax(&writer, 1).await.unwrap();
-    let handle = S::handle(Arc::new(store()), WatchConfig::default());
+    let (pooled, writer) =
+        pooled::<S>(super::PoolMode::Transaction, false, WatchConfig::default()).await;
+    let handle = &pooled.handle;
     // The probe (a notification from another session) does not come back: degraded,
     // with what to do.
     wait_until("degraded: push unavailable, set LISTEN_DSN", WAIT, || {
@@ -648,30 +671,6 @@ pub async fn push_unavailable_through_a_transaction_pooler_is_reported<S: SuiteH
         || handle.halted(),
     )
     .await;
-    assert_eq!(handle.position(), Some(position));
-}
-
-/// pgbouncer in session mode passes LISTEN: push works without a listen DSN.
-pub async fn push_through_a_session_pooler<S: SuiteHandleStore>() {
-    let (cluster, db) = own_primary().await.expect("cluster");
-    let bouncer = cluster
-        .pgbouncer(super::PoolMode::Session)
-        .await
-        .expect("pgbouncer");
-    let store = || {
-        let settings = fast_settings(&bouncer.dsn(&db)).build().unwrap();
-        S::Store::new(settings).expect("store")
-    };
-    let writer = store();
-    writer.migrate().await.expect("migrate");
-    S::relax(&writer, 1).await.unwrap();
-    let handle = S::handle(Arc::new(store()), push_only());
-    wait_until("operational", WAIT, || {
-        handle.health().status == ComponentStatus::Operational
-    })
-    .await;
-    let position = S::tighten(&writer, 2).await.unwrap();
-    wait_until("pushed", Duration::from_secs(1), || handle.halted()).await;
     assert_eq!(handle.position(), Some(position));
 }
 

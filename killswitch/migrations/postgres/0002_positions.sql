@@ -22,7 +22,9 @@ DROP FUNCTION IF EXISTS kill_switch_apply(UUID, TEXT, TEXT, TEXT, TEXT);
 -- One round trip per change: serialise on the state row, replay a request id that
 -- was already applied (a retry after a lost COMMIT acknowledgement), otherwise bump
 -- the version, take the next position, append the audit row and notify listeners
--- with the position (delivered on COMMIT).
+-- (delivered on COMMIT) with the whole new state as JSON — so that no listener reads
+-- it back: one NOTIFY per change, not one SELECT per process — or with the position
+-- alone when the state would not fit PostgreSQL's 8000-byte payload limit.
 CREATE FUNCTION kill_switch_apply(
     p_request_id UUID,
     p_action     TEXT,
@@ -44,6 +46,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s kill_switch_state%ROWTYPE;
     e kill_switch_events%ROWTYPE;
+    v_payload TEXT;
 BEGIN
     SELECT * INTO s FROM kill_switch_state WHERE id = 1 FOR UPDATE;
     IF NOT FOUND THEN
@@ -64,7 +67,17 @@ BEGIN
     RETURNING * INTO s;
     INSERT INTO kill_switch_events (version, position, request_id, action, engaged, reason, actor, ticket, at)
     VALUES (s.version, s.position, p_request_id, p_action, s.engaged, p_reason, p_actor, p_ticket, s.updated_at);
-    PERFORM pg_notify('kill_switch_changed', s.position::text);
+    -- The payload carries the whole new state, so that no listener has to read it
+    -- back (one NOTIFY per change, not one SELECT per process); the position alone
+    -- when it would not fit PostgreSQL's 8000-byte payload limit.
+    v_payload := json_build_object(
+        'position', s.position, 'version', s.version, 'engaged', s.engaged,
+        'reason', s.reason, 'updated_by', s.updated_by, 'ticket', s.ticket,
+        'updated_at_us', (extract(epoch FROM s.updated_at) * 1000000)::BIGINT)::TEXT;
+    IF octet_length(v_payload) > 7900 THEN
+        v_payload := s.position::TEXT;
+    END IF;
+    PERFORM pg_notify('kill_switch_changed', v_payload);
     RETURN QUERY SELECT s.engaged, s.reason, s.updated_at, s.updated_by, s.ticket, s.version, s.position,
         FALSE, p_action;
 END

@@ -45,11 +45,6 @@ pub const MIGRATIONS: &[Migration] = &[
         "positions",
         include_str!("../../migrations/postgres/0002_positions.sql"),
     ),
-    Migration::new(
-        3,
-        "notify_state",
-        include_str!("../../migrations/postgres/0003_notify_state.sql"),
-    ),
 ];
 
 const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, version, position \

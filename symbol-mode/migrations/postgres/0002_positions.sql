@@ -1,7 +1,11 @@
 -- Positions (failover_core::position): every command carries a position that strictly
 -- increases across promotions, including asynchronous ones that lost acknowledged
 -- commands; audit events are identified by it, CancelAll is delivered in its order
--- (the subscribers' `seq`) and NOTIFY carries it. `version` stays the count of
+-- (the subscribers' `seq`) and NOTIFY carries it. NOTIFY symbol_mode_changed carries the
+-- command's delta as JSON (position, version, the request ids at the previous and the
+-- new version, global mode, withdrawals, the symbol's new mode): a command costs the
+-- primary one NOTIFY, however many processes listen (a symbol is at most 64
+-- characters, so the payload always fits). `version` stays the count of
 -- commands in this database's history (it can repeat after a lossy failover; the
 -- snapshot deltas use it together with the request id at a version, which tells a
 -- diverged history); `position` never repeats.
@@ -56,6 +60,7 @@ DECLARE
     e         symbol_mode_events%ROWTYPE;
     v_from    TEXT;
     v_relaxes BOOLEAN := FALSE;
+    v_prev    UUID;
 BEGIN
     SELECT * INTO s FROM symbol_mode_state WHERE id = 1 FOR UPDATE;
     IF NOT FOUND THEN
@@ -124,7 +129,16 @@ BEGIN
             v_relaxes, p_reason, p_actor, p_ticket, s.updated_at);
 
     -- Delivered on COMMIT, in commit order.
-    PERFORM pg_notify('symbol_mode_changed', s.position::TEXT);
+    -- The payload carries the delta this command made after the previous version, so
+    -- that a handle whose snapshot is at that version applies it without a read (one
+    -- NOTIFY per command, not one SELECT per process).
+    SELECT ev.request_id INTO v_prev FROM symbol_mode_events ev WHERE ev.version = s.version - 1;
+    PERFORM pg_notify('symbol_mode_changed', json_build_object(
+        'position', s.position, 'version', s.version,
+        'since_event', v_prev, 'head_event', p_request_id,
+        'global', s.global_mode, 'withdrawals_halted', s.withdrawals_halted,
+        'symbol', CASE WHEN p_command = 'SetSymbolMode' THEN p_symbol END,
+        'mode', CASE WHEN p_command = 'SetSymbolMode' THEN p_to_mode END)::TEXT);
     IF p_command = 'CancelAll' THEN
         PERFORM pg_notify('symbol_mode_cancel_all', s.position::TEXT);
     END IF;

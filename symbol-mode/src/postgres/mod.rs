@@ -60,11 +60,6 @@ pub const MIGRATIONS: &[Migration] = &[
         "positions",
         include_str!("../../migrations/postgres/0002_positions.sql"),
     ),
-    Migration::new(
-        3,
-        "notify_delta",
-        include_str!("../../migrations/postgres/0003_notify_delta.sql"),
-    ),
 ];
 
 const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position \
