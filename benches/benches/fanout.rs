@@ -378,7 +378,7 @@ fn main() {
             &after.into_inner().unwrap(),
         ));
         drop(fleet);
-        rt.block_on(tokio::time::sleep(Duration::from_millis(300)));
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
     }
 
     // Baseline in the same group: readers that only poll, at a scaled-down interval.
