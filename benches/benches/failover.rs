@@ -74,7 +74,12 @@ async fn main() {
                 report
                     .controls
                     .iter()
-                    .map(|c| format!("{} {}", c.control, ms(c.first_write_after_promotion)))
+                    .map(|c| format!(
+                        "{} {} (gap {})",
+                        c.control,
+                        ms(c.first_write_after_promotion),
+                        ms(c.recovery_gap)
+                    ))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -106,6 +111,14 @@ async fn main() {
                     .collect()
             )
         ));
+        for (i, control) in reports[0].controls.iter().enumerate() {
+            lines.push(format!(
+                "recovery gap (last write acknowledged by the old primary → first by the new), \
+                 {}: {}",
+                control.control,
+                summary(reports.iter().map(|r| r.controls[i].recovery_gap).collect())
+            ));
+        }
         lines.push(format!(
             "drill detection (fast settings, poll 100 ms: health leaves operational): {}",
             summary(reports.iter().map(|r| r.detection).collect())
@@ -134,8 +147,9 @@ async fn main() {
             .await;
             // Kill at a random point of the 1 s poll cycle.
             tokio::time::sleep(Duration::from_millis(300 + 137 * i as u64 % 700)).await;
-            cluster.primary().kill9().await.expect("kill -9");
+            // From the kill -9 call: the testkit returns once the server is gone.
             let killed = Instant::now();
+            cluster.primary().kill9().await.expect("kill -9");
             let mut watch = handle.subscribe();
             let took = loop {
                 if handle.health().status == ComponentStatus::Failed {
