@@ -10,7 +10,7 @@
 //!   says `failed`, over `FAILOVER_DETECTIONS` runs (default 5) on one primary that is
 //!   restarted between runs.
 //!
-//! cargo bench -p tradepulse-benches --bench failover
+//! cargo bench -p tradepulse-benches --bench failover [-- drills | detection]
 
 // A plain `harness = false` bench: no criterion items to document.
 #![allow(missing_docs)]
@@ -52,9 +52,13 @@ fn summary(mut v: Vec<Duration>) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // `cargo bench` passes `--bench`; a criterion-style filter argument selects a part.
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let wants = |part: &str| filter.as_deref().is_none_or(|f| part.contains(f));
+    // `cargo bench` passes `--bench` (and criterion's options when every bench runs);
+    // the words `drills` / `detection` select a part, none means both.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a == "drills" || a == "detection")
+        .collect();
+    let wants = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
     let mut lines = Vec::new();
 
     if wants("drills") {
