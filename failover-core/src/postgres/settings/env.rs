@@ -126,6 +126,65 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_dsn_and_the_statement_mode_come_from_their_variables() {
+        let settings = PgSettings::from_lookup(
+            P,
+            env(&[
+                (
+                    "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN",
+                    "host=bouncer port=6432 user=u password=hunter2 dbname=d",
+                ),
+                (
+                    "TRADEPULSE_KILL_SWITCH_POSTGRES__LISTEN_DSN",
+                    "host=db1,db2 port=5432,5432 user=u dbname=d",
+                ),
+                ("TRADEPULSE_KILL_SWITCH_POSTGRES__STATEMENTS", "unnamed"),
+            ]),
+        )
+        .unwrap();
+        let listen = settings.redacted_listen_dsn().unwrap();
+        assert!(listen.contains("db1") && listen.contains("db2"), "{listen}");
+        assert!(!format!("{settings:?} {listen}").contains("hunter2"));
+        assert_eq!(settings.statements(), super::super::StatementMode::Unnamed);
+        assert_eq!(settings.listen_per_host_configs().len(), 2);
+        // The listen connection authenticates like the pool.
+        assert!(settings.listen_per_host_configs()[0]
+            .1
+            .get_password()
+            .is_some());
+        let err = PgSettings::from_lookup(
+            P,
+            env(&[
+                ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "host=a"),
+                ("TRADEPULSE_KILL_SWITCH_POSTGRES__STATEMENTS", "named"),
+            ]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("TRADEPULSE_KILL_SWITCH_POSTGRES__STATEMENTS")
+                && text.contains("unnamed"),
+            "{text}"
+        );
+        let err = PgSettings::from_lookup(
+            P,
+            env(&[
+                ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "host=a"),
+                (
+                    "TRADEPULSE_KILL_SWITCH_POSTGRES__LISTEN_DSN",
+                    "port=notaport",
+                ),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("TRADEPULSE_KILL_SWITCH_POSTGRES__LISTEN_DSN"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn missing_and_malformed_variables_are_named() {
         let err = PgSettings::from_lookup(P, env(&[])).unwrap_err();
         assert!(

@@ -555,7 +555,7 @@ impl PgSettingsBuilder {
                 }
                 if listen.get_password().is_none() {
                     if let Some(password) = config.get_password() {
-                        listen.password(password.to_vec());
+                        listen.password(password);
                     }
                 }
                 listen.ssl_mode(config.get_ssl_mode());
