@@ -9,8 +9,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use failover_core::http::{Authenticator, Ops};
-//! use failover_core::HealthRegistry;
+//! use tradepulse_failover_core::http::{Authenticator, Ops};
+//! use tradepulse_failover_core::HealthRegistry;
 //! let health = HealthRegistry::new();
 //! let auth = Authenticator::from_file("admin-tokens");
 //! let admin = axum::Router::new();
