@@ -39,6 +39,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::PollOnly;
+
 const CHILD_ENV: &str = "TRADEPULSE_FANOUT_CHILD";
 const POLL_BASELINE: Duration = Duration::from_millis(100);
 
@@ -719,39 +723,4 @@ fn child_main() {
             writeln!(stdout.lock(), "allowed").expect("stdout");
         }
     });
-}
-
-/// The polling baseline's reader: the same store with push switched off.
-#[derive(Debug)]
-struct PollOnly(PostgresKillSwitchStore);
-
-#[async_trait::async_trait]
-impl KillSwitchStore for PollOnly {
-    async fn load(&self) -> Result<killswitch::KillSwitchState, killswitch::Error> {
-        self.0.load().await
-    }
-    async fn engage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
-        self.0.engage(a).await
-    }
-    async fn disengage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
-        self.0.disengage(a).await
-    }
-    async fn history(
-        &self,
-        n: usize,
-    ) -> Result<Vec<killswitch::KillSwitchEvent>, killswitch::Error> {
-        self.0.history(n).await
-    }
-}
-
-#[async_trait::async_trait]
-impl killswitch::FeedSource for PollOnly {
-    type Item = killswitch::KillSwitchState;
-    type Error = killswitch::Error;
-    async fn contains(&self, p: killswitch::Position) -> Result<bool, killswitch::Error> {
-        self.0.contains(p).await
-    }
-    async fn subscribe(&self) -> Result<killswitch::Subscription, killswitch::Error> {
-        Err(killswitch::Error::Closed)
-    }
 }

@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::PollOnly;
+
 struct Fixture {
     _cluster: Cluster,
     dsn: String,
@@ -185,41 +189,6 @@ fn benches(c: &mut Criterion) {
     }
     drop(switch);
     drop(fx);
-}
-
-/// The reader of the polling baseline: same store, push switched off.
-#[derive(Debug)]
-struct PollOnly(PostgresKillSwitchStore);
-
-#[async_trait::async_trait]
-impl KillSwitchStore for PollOnly {
-    async fn load(&self) -> Result<killswitch::KillSwitchState, killswitch::Error> {
-        self.0.load().await
-    }
-    async fn engage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
-        self.0.engage(a).await
-    }
-    async fn disengage(&self, a: &Audit) -> Result<killswitch::KillSwitchState, killswitch::Error> {
-        self.0.disengage(a).await
-    }
-    async fn history(
-        &self,
-        n: usize,
-    ) -> Result<Vec<killswitch::KillSwitchEvent>, killswitch::Error> {
-        self.0.history(n).await
-    }
-}
-
-#[async_trait::async_trait]
-impl killswitch::FeedSource for PollOnly {
-    type Item = killswitch::KillSwitchState;
-    type Error = killswitch::Error;
-    async fn contains(&self, p: killswitch::Position) -> Result<bool, killswitch::Error> {
-        self.0.contains(p).await
-    }
-    async fn subscribe(&self) -> Result<killswitch::Subscription, killswitch::Error> {
-        Err(killswitch::Error::Closed)
-    }
 }
 
 criterion_group!(postgres, benches);
