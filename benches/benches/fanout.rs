@@ -300,14 +300,7 @@ fn main() {
     });
     let dsn = cluster.multi_host_dsn(&db);
     let writer = rt.block_on(async {
-        let writer = PostgresKillSwitchStore::new(
-            PgSettings::builder()
-                .with_dsn(&dsn)
-                .with_pool_size(1)
-                .build()
-                .unwrap(),
-        )
-        .unwrap();
+        let writer = fleet_store(&dsn);
         writer.migrate().await.expect("migrate");
         writer
     });
@@ -510,14 +503,7 @@ async fn failover(n: usize) -> Vec<String> {
         .expect("cluster");
     let db = cluster.create_database().await.expect("database");
     let dsn = cluster.multi_host_dsn(&db);
-    let writer = PostgresKillSwitchStore::new(
-        PgSettings::builder()
-            .with_dsn(&dsn)
-            .with_pool_size(1)
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
+    let writer = fleet_store(&dsn);
     writer.migrate().await.expect("migrate");
     writer
         .engage(&Audit::new("bench", "before the failover"))

@@ -8,10 +8,10 @@
 #![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use killswitch::{KillSwitch, KillSwitchConfig, MemoryKillSwitchStore, Trading};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+
+#[path = "common/mod.rs"]
+mod common;
 
 fn hot_path(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -19,14 +19,7 @@ fn hot_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let switch = runtime.block_on(async {
-        let switch = KillSwitch::spawn(
-            Arc::new(MemoryKillSwitchStore::new()),
-            KillSwitchConfig::default(),
-        );
-        assert_eq!(switch.ready(Duration::from_secs(5)).await, Trading::Allowed);
-        switch
-    });
+    let switch = common::ready_memory_switch(&runtime);
 
     let mut group = c.benchmark_group("kill_switch_check");
     group.bench_function("KillSwitch::check", |b| {

@@ -21,7 +21,6 @@
 #![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use killswitch::{KillSwitch, KillSwitchConfig, MemoryKillSwitchStore, Trading};
 use launchdarkly_server_sdk as ld;
 use open_feature::provider::{FeatureProvider, ProviderMetadata, ResolutionDetails};
 use open_feature::{
@@ -32,6 +31,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+#[path = "common/mod.rs"]
+mod common;
 
 const FLAG: &str = "trading-halted";
 
@@ -186,14 +188,7 @@ fn hot_path_vs_peers(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let switch = runtime.block_on(async {
-        let switch = KillSwitch::spawn(
-            Arc::new(MemoryKillSwitchStore::new()),
-            KillSwitchConfig::default(),
-        );
-        assert_eq!(switch.ready(Duration::from_secs(5)).await, Trading::Allowed);
-        switch
-    });
+    let switch = common::ready_memory_switch(&runtime);
     let open_feature = runtime.block_on(async {
         let mut api = OpenFeature::singleton_mut().await;
         api.set_provider(InMemoryProvider {

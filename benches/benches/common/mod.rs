@@ -1,7 +1,27 @@
 //! What several benches share: included with `#[path]` (a bench target cannot use
-//! the benches package's library, which has no dev-dependencies).
+//! the benches package's library, which has no dev-dependencies). Each bench uses a
+//! part of it.
+#![allow(dead_code)]
 
-use killswitch::{Audit, KillSwitchStore, PostgresKillSwitchStore};
+use killswitch::{
+    Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, MemoryKillSwitchStore,
+    PostgresKillSwitchStore, Trading,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A kill-switch handle over the in-memory store, loaded and allowing trading: what
+/// the hot-path benches measure.
+pub(crate) fn ready_memory_switch(runtime: &tokio::runtime::Runtime) -> KillSwitch {
+    runtime.block_on(async {
+        let switch = KillSwitch::spawn(
+            Arc::new(MemoryKillSwitchStore::new()),
+            KillSwitchConfig::default(),
+        );
+        assert_eq!(switch.ready(Duration::from_secs(5)).await, Trading::Allowed);
+        switch
+    })
+}
 
 /// The polling baseline's reader: the same store with push switched off.
 #[derive(Debug)]
