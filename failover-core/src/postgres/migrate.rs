@@ -62,11 +62,21 @@ const BOOTSTRAP: &str = "CREATE TABLE IF NOT EXISTS failover_core_migrations (
 /// failover-core's own migrations (component `failover_core`): the SQL functions
 /// every store shares, such as `failover_next_position`. [`migrate`] applies them
 /// before a store's own.
-pub const CORE_MIGRATIONS: &[Migration] = &[Migration::new(
-    1,
-    "positions",
-    include_str!("../../migrations/postgres/0001_positions.sql"),
-)];
+pub const CORE_MIGRATIONS: &[Migration] = &[
+    Migration::new(
+        1,
+        "positions",
+        include_str!("../../migrations/postgres/0001_positions.sql"),
+    ),
+    Migration::new(2, "roles", ROLES_SQL),
+];
+
+/// The roles of the operators' authority model (`tradepulse_viewer`,
+/// `tradepulse_operator`, `tradepulse_supervisor`, `tradepulse_service`) and the
+/// function that decides a command's authority from them. Applied by every
+/// migration; a DBA can run it by hand where the migrating login may not create
+/// roles (`safetyctl migrate --print-roles` prints it).
+pub const ROLES_SQL: &str = include_str!("../../migrations/postgres/0002_roles.sql");
 
 /// Applies failover-core's [`CORE_MIGRATIONS`], then every migration of `component`
 /// not yet applied, under the pool's retry policy (the whole transaction is retried,

@@ -18,7 +18,7 @@ pub use crate::errors::{ConfigError, DbError, DbErrorKind};
 pub use connect::DedicatedConnection;
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
 pub use listen::{Channels, ListenEvent, ListenOptions, Listener};
-pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS};
+pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS, ROLES_SQL};
 pub use pool::{Param, PgClient, PgPool};
 pub use settings::{
     PgConfig, PgSettings, PgSettingsBuilder, StatementMode, TlsConfig, TlsMode, TlsSettings,
