@@ -16,6 +16,7 @@
 //!   it to make writes idempotent: submitting the same `Audit` again (for example a
 //!   retry after a lost COMMIT acknowledgement) is applied once.
 
+use crate::authority::{Authority, Precondition};
 use serde::{Deserialize, Serialize};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use uuid::Uuid;
@@ -44,6 +45,18 @@ pub struct Audit {
     reason: String,
     ticket: Option<String>,
     request_id: Uuid,
+    #[serde(default = "full_authority")]
+    authority: Authority,
+    #[serde(default = "no_precondition")]
+    precondition: Precondition,
+}
+
+fn full_authority() -> Authority {
+    Authority::Supervisor
+}
+
+fn no_precondition() -> Precondition {
+    Precondition::None
 }
 
 /// Why an [`Audit`] was refused. Nothing was changed.
@@ -113,7 +126,46 @@ impl Audit {
             reason: reason.into(),
             ticket: None,
             request_id: Uuid::new_v4(),
+            authority: Authority::Supervisor,
+            precondition: Precondition::None,
         }
+    }
+
+    /// The authority the command is applied with. [`Audit::new`] gives the full
+    /// authority of the code that builds it ([`Authority::Supervisor`]): a store
+    /// called in-process trusts its caller, and PostgreSQL still caps it at what the
+    /// database login holds. A front end that authenticated a person (the admin
+    /// routes, the CLI) sets that person's authority.
+    #[must_use]
+    pub fn with_authority(mut self, authority: Authority) -> Self {
+        self.authority = authority;
+        self
+    }
+
+    /// Makes a relaxation conditional on its target still being at `position` (the
+    /// state the caller saw); tightenings ignore it.
+    #[must_use]
+    pub fn expecting(mut self, position: crate::Position) -> Self {
+        self.precondition = Precondition::At(position);
+        self
+    }
+
+    /// Refuses a relaxation that does not name the state it relaxes (what an HTTP
+    /// request without `If-Match` gets).
+    #[must_use]
+    pub fn requiring_precondition(mut self) -> Self {
+        self.precondition = Precondition::Required;
+        self
+    }
+
+    /// The authority the command is applied with.
+    pub fn authority(&self) -> Authority {
+        self.authority
+    }
+
+    /// What a relaxation is conditional on.
+    pub fn precondition(&self) -> Precondition {
+        self.precondition
     }
 
     /// Sets the ticket (incident or change id).

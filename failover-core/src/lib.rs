@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
+pub mod authority;
 pub mod errors;
 pub mod feed;
 pub mod health;
@@ -24,6 +25,7 @@ pub mod http;
 pub mod testkit;
 
 pub use audit::{Audit, AuditError, Safety};
+pub use authority::{Applied, Authority, ChangeRef, Precondition, Refusal};
 pub use errors::{ConfigError, DbError, DbErrorKind};
 pub use feed::{ChangeFeed, FeedSource, FeedSubscription, PushStatus};
 pub use health::{ComponentHealth, ComponentStatus, HealthRegistry, HealthSource, Readiness};

@@ -6,7 +6,7 @@
 //!
 //! Each function expects a fresh store (disengaged, version 0, no history).
 
-use crate::{Action, Audit, Error, KillSwitchStore};
+use crate::{Action, Audit, Authority, Error, KillSwitchStore, Refusal};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ pub async fn engage_then_disengage_round_trips(store: &dyn KillSwitchStore) {
     assert_eq!(engaged.updated_by, "ops:alice");
     assert_eq!(engaged.ticket.as_deref(), Some("INC-42"));
     assert_eq!(engaged.version, 1);
-    assert_eq!(store.load().await.expect("load"), engaged);
+    assert_eq!(store.load().await.expect("load"), *engaged);
 
     let released = store
         .disengage(&Audit::new("ops:bob", "algo fixed").with_ticket("INC-43"))
@@ -48,7 +48,7 @@ pub async fn engage_then_disengage_round_trips(store: &dyn KillSwitchStore) {
     assert_eq!(released.updated_by, "ops:bob");
     assert_eq!(released.version, 2);
     assert!(released.updated_at >= engaged.updated_at);
-    assert_eq!(store.load().await.expect("load"), released);
+    assert_eq!(store.load().await.expect("load"), *released);
 }
 
 /// Engaging an engaged switch is accepted: it stays engaged, the version advances
@@ -65,8 +65,9 @@ pub async fn repeated_engage_stays_engaged_and_is_audited(store: &dyn KillSwitch
     assert_eq!(store.history(10).await.expect("history").len(), 2);
 }
 
-/// Submitting the same `Audit` again (a retry after an unknown outcome) is applied
-/// once and returns the state that request produced.
+/// Submitting the same `Audit` again after a later change is refused as
+/// superseded, naming that change: a replay never reports a stop that is no longer
+/// in force.
 pub async fn same_request_is_applied_once(store: &dyn KillSwitchStore) {
     let audit = engage_audit("retry me");
     let first = store.engage(&audit).await.expect("engage");
@@ -74,12 +75,108 @@ pub async fn same_request_is_applied_once(store: &dyn KillSwitchStore) {
         .disengage(&disengage_audit("later change"))
         .await
         .expect("disengage");
-    let replay = store.engage(&audit).await.expect("replayed engage");
-    assert_eq!(replay, first, "a replay returns what the request produced");
+    let err = store
+        .engage(&audit)
+        .await
+        .expect_err("a replay of a superseded engage must not report it in force");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::Superseded { by, .. }) if by.what == "disengage"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("disengage by ops:conformance"), "{err}");
     let now = store.load().await.expect("load");
     assert!(!now.engaged, "the replay must not re-engage");
     assert_eq!(now.version, 2);
     assert_eq!(store.history(10).await.expect("history").len(), 2);
+    assert!(first.engaged && !first.replayed);
+}
+
+/// A replay while its change is still the latest returns the original result,
+/// marked replayed, and changes nothing.
+pub async fn replay_in_force_is_marked_replayed(store: &dyn KillSwitchStore) {
+    let audit = engage_audit("retry me");
+    let first = store.engage(&audit).await.expect("engage");
+    let replay = store.engage(&audit).await.expect("replay");
+    assert!(replay.replayed);
+    assert_eq!(replay.value, first.value);
+    assert_eq!(store.history(10).await.expect("history").len(), 1);
+}
+
+/// Another actor sending a request id already used is refused and changes nothing.
+pub async fn request_reused_by_another_actor_is_refused(store: &dyn KillSwitchStore) {
+    let audit = engage_audit("mine");
+    store.engage(&audit).await.expect("engage");
+    let theirs = Audit::new("ops:mallory", "mine too").with_request_id(audit.request_id());
+    let err = store.engage(&theirs).await.expect_err("reuse");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::RequestReused { previous, .. }) if previous.contains("ops:conformance")),
+        "{err:?}"
+    );
+    assert_eq!(store.load().await.expect("load").reason, "mine");
+    assert_eq!(store.history(10).await.expect("history").len(), 1);
+}
+
+/// An operator may engage but not disengage; the refusal changes nothing.
+pub async fn operator_may_not_disengage(store: &dyn KillSwitchStore) {
+    let engaged = store
+        .engage(&engage_audit("stop").with_authority(Authority::Operator))
+        .await
+        .expect("an operator engages");
+    let err = store
+        .disengage(&disengage_audit("resume").with_authority(Authority::Operator))
+        .await
+        .expect_err("an operator may not relax");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::Forbidden { .. })),
+        "{err:?}"
+    );
+    assert_eq!(store.load().await.expect("load"), *engaged);
+    assert_eq!(store.history(10).await.expect("history").len(), 1);
+}
+
+/// A disengage names the state it relaxes: when another change landed after the
+/// caller read the state, it is refused naming that change, and nothing changes.
+pub async fn disengage_of_a_moved_state_is_refused(store: &dyn KillSwitchStore) {
+    let seen = store.engage(&engage_audit("first halt")).await.expect("engage");
+    let again = store
+        .engage(&Audit::new("ops:bob", "second incident"))
+        .await
+        .expect("engage again");
+    let err = store
+        .disengage(&disengage_audit("resume").expecting(seen.position))
+        .await
+        .expect_err("the state moved");
+    match &err {
+        Error::Refused(Refusal::PreconditionFailed {
+            expected, current, ..
+        }) => {
+            assert_eq!(*expected, seen.position);
+            assert_eq!(current.position, again.position);
+            assert_eq!(current.actor, "ops:bob");
+            assert_eq!(current.what, "engage");
+        }
+        other => panic!("expected precondition_failed, got {other:?}"),
+    }
+    assert_eq!(store.load().await.expect("load"), *again);
+    let released = store
+        .disengage(&disengage_audit("resume").expecting(again.position))
+        .await
+        .expect("disengage against the state in force");
+    assert!(!released.engaged);
+}
+
+/// A disengage that must name its state and does not is refused.
+pub async fn disengage_without_required_precondition_is_refused(store: &dyn KillSwitchStore) {
+    let engaged = store.engage(&engage_audit("stop")).await.expect("engage");
+    let err = store
+        .disengage(&disengage_audit("resume").requiring_precondition())
+        .await
+        .expect_err("precondition required");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::PreconditionRequired { current, .. }) if *current == engaged.position),
+        "{err:?}"
+    );
+    assert!(store.load().await.expect("load").engaged);
 }
 
 /// Reusing a request id for the other action is refused and changes nothing.
@@ -91,13 +188,7 @@ pub async fn request_reused_for_another_action_is_refused(store: &dyn KillSwitch
         .await
         .expect_err("reuse must be refused");
     assert!(
-        matches!(
-            err,
-            Error::RequestReused {
-                previous: Action::Engage,
-                ..
-            }
-        ),
+        matches!(&err, Error::Refused(Refusal::RequestReused { previous, .. }) if previous.starts_with(Action::Engage.as_str())),
         "{err:?}"
     );
     assert!(store.load().await.expect("load").engaged);
@@ -176,7 +267,7 @@ pub async fn disengage_without_ticket_is_refused(store: &dyn KillSwitchStore) {
         "{err:?}"
     );
     assert!(err.to_string().contains("ticket"), "{err}");
-    assert_eq!(store.load().await.expect("load"), engaged);
+    assert_eq!(store.load().await.expect("load"), *engaged);
     assert_eq!(store.history(10).await.expect("history").len(), 1);
 }
 
@@ -314,7 +405,12 @@ macro_rules! conformance_tests {
             engage_then_disengage_round_trips,
             repeated_engage_stays_engaged_and_is_audited,
             same_request_is_applied_once,
+            replay_in_force_is_marked_replayed,
             request_reused_for_another_action_is_refused,
+            request_reused_by_another_actor_is_refused,
+            operator_may_not_disengage,
+            disengage_of_a_moved_state_is_refused,
+            disengage_without_required_precondition_is_refused,
             versions_strictly_increase,
             history_is_newest_first_and_limited,
             one_audit_row_per_successful_call,

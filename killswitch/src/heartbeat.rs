@@ -29,13 +29,13 @@ impl PostgresKillSwitchStore {
     pub async fn heartbeat(&self) -> Result<SystemTime, Error> {
         let at = self
             .pool()
-            .query_opt(
+            .query_one(
                 "kill_switch.heartbeat",
-                "UPDATE kill_switch_state SET updated_at = now() WHERE id = 1 RETURNING updated_at",
+                "SELECT kill_switch_heartbeat()",
                 &[],
             )
             .await?
-            .map(|r| r.get::<_, SystemTime>(0));
+            .get::<_, Option<SystemTime>>(0);
         at.ok_or_else(|| Error::SchemaMissing {
             source: failover_core::DbError::new(
                 failover_core::DbErrorKind::SchemaMissing,

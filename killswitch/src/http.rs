@@ -4,8 +4,13 @@
 //! |---|---|---|
 //! | `GET /admin/kill-switch` | viewer | the persisted state (from the store), which server answered, and what the hot path answers with the age of its last read |
 //! | `POST /admin/kill-switch/engage` | operator | body `{"reason", "ticket"?, "request_id"?}` |
-//! | `POST /admin/kill-switch/disengage` | supervisor | same body; `ticket` required |
+//! | `POST /admin/kill-switch/disengage` | supervisor | same body; `ticket` required; `If-Match: "<position>"` from the GET's `ETag` required (428 without, 412 when the state moved since) |
 //! | `GET /admin/kill-switch/history?limit=&before=` | viewer | audit events newest first; `next` is the cursor of the following page |
+//!
+//! `GET /admin/kill-switch` answers `ETag: "<position>"`. A command sent again with
+//! the same `request_id` answers its original result with `Idempotent-Replayed: true`
+//! while it is in force, 409 `superseded` after a later change, and 409
+//! `request_reused` for another caller or action.
 //!
 //! The audit actor is the authenticated caller ([`Caller`]); a body `actor` is refused
 //! with 400 `actor_not_accepted`. Mount the router behind
@@ -17,7 +22,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use failover_core::http::{history_page, ApiError, Caller, HistoryQuery, JsonBody, Role};
+use failover_core::http::{
+    applied, history_page, with_etag, ApiError, Caller, HistoryQuery, IfMatch, JsonBody, Role,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -81,8 +88,9 @@ impl KillSwitchRoutes {
                 post(
                     |State(s): State<Arc<Self>>,
                      caller: Caller,
+                     if_match: IfMatch,
                      JsonBody(b): JsonBody<ChangeBody>| {
-                        change(s, caller, b, Action::Engage)
+                        change(s, caller, if_match, b, Action::Engage)
                     },
                 ),
             )
@@ -91,8 +99,9 @@ impl KillSwitchRoutes {
                 post(
                     |State(s): State<Arc<Self>>,
                      caller: Caller,
+                     if_match: IfMatch,
                      JsonBody(b): JsonBody<ChangeBody>| {
-                        change(s, caller, b, Action::Disengage)
+                        change(s, caller, if_match, b, Action::Disengage)
                     },
                 ),
             )
@@ -106,7 +115,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let (status, code) = match &e {
             Error::InvalidAudit(a) => return ApiError::from(a.clone()),
-            Error::RequestReused { .. } => (StatusCode::CONFLICT, "request_reused"),
+            Error::Refused(r) => return ApiError::from(r.clone()),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
@@ -154,7 +163,7 @@ async fn show(
         "hot_path": hot_path,
         "health": s.handle.as_ref().map(KillSwitch::health),
     });
-    Ok(axum::Json(body).into_response())
+    Ok(with_etag(persisted.position, &body))
 }
 
 /// `host:port` of the server the pool reaches now.
@@ -175,6 +184,7 @@ async fn server_of(
 async fn change(
     s: Arc<KillSwitchRoutes>,
     caller: Caller,
+    if_match: IfMatch,
     body: ChangeBody,
     action: Action,
 ) -> Result<Response, ApiError> {
@@ -182,13 +192,16 @@ async fn change(
         Action::Engage => caller.require(Role::Operator, "engage the kill switch")?,
         Action::Disengage => caller.require(Role::Supervisor, "disengage the kill switch")?,
     }
-    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
-    let state = match action {
+    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
+    let result = match action {
         Action::Engage => s.store.engage(&audit).await?,
         Action::Disengage => s.store.disengage(&audit).await?,
     };
-    tracing::warn!(%action, actor = caller.actor(), reason = %body.reason, ticket = ?body.ticket, version = state.version, "kill switch changed via admin API");
-    Ok(axum::Json(state).into_response())
+    if !result.replayed {
+        tracing::warn!(%action, actor = caller.actor(), reason = %body.reason, ticket = ?body.ticket, position = %result.position, "kill switch changed via admin API");
+    }
+    let position = result.position;
+    Ok(applied(result, position))
 }
 
 #[derive(Serialize)]

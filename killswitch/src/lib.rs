@@ -14,7 +14,9 @@ mod memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 
-pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
+pub use failover_core::{
+    Applied, Audit, AuditError, Authority, ChangeRef, ComponentHealth, ComponentStatus, Refusal,
+};
 pub use handle::{Halt, KillSwitch, KillSwitchConfig, KillSwitchStatus, Trading};
 pub use memory::MemoryKillSwitchStore;
 #[cfg(feature = "postgres")]
@@ -123,9 +125,27 @@ pub struct KillSwitchEvent {
     /// When (database clock for Postgres), microsecond precision.
     #[serde(with = "failover_core::time::rfc3339")]
     pub at: SystemTime,
+    /// The database login that wrote it (`session_user`), beside the actor it named;
+    /// `None` in memory and for events written before logins were recorded.
+    #[serde(default)]
+    pub login: Option<String>,
+    /// The authority it was applied with; `None` for events written before it was
+    /// recorded.
+    #[serde(default)]
+    pub authority: Option<Authority>,
 }
 
 impl KillSwitchEvent {
+    /// This event as the change a refusal names.
+    pub fn change_ref(&self) -> ChangeRef {
+        ChangeRef {
+            position: self.position,
+            actor: self.actor.clone(),
+            what: self.action.as_str().to_owned(),
+            at: self.at,
+        }
+    }
+
     /// The state this event produced.
     pub fn state(&self) -> KillSwitchState {
         KillSwitchState {
@@ -149,14 +169,11 @@ pub enum Error {
     /// a ticket is missing for disengage.
     #[error("refused, nothing changed: {0}")]
     InvalidAudit(#[from] AuditError),
-    /// The request id of this `Audit` was already used for another action.
-    #[error("refused, nothing changed: request {request_id} was already used to {previous}; build a new Audit for a new action")]
-    RequestReused {
-        /// The reused id.
-        request_id: Uuid,
-        /// The action it was used for.
-        previous: Action,
-    },
+    /// Refused by the authority rules: an operator relaxing, a relaxation whose
+    /// state moved or that names none, a replay superseded by a later change, a
+    /// request id reused by another actor or action.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The tables are missing.
     #[error("kill_switch_state table missing: run killswitch migrations (PostgresKillSwitchStore::migrate) ({source})")]
     SchemaMissing {
@@ -196,6 +213,9 @@ impl failover_core::retry::Classify for Error {
 
 impl From<DbError> for Error {
     fn from(source: DbError) -> Self {
+        if let Some(refusal) = Refusal::from_db(&source) {
+            return Self::Refused(refusal);
+        }
         match source.kind() {
             DbErrorKind::Unavailable => Self::Unavailable { source },
             DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
@@ -223,9 +243,17 @@ pub type Subscription = failover_core::FeedSubscription<KillSwitchState>;
 ///   newest when behind); `contains(p)` is true when the history holds an event at
 ///   position `p` (and for [`Position::ZERO`]), false for a position lost in a
 ///   failover.
-/// * Submitting the same `Audit` (same request id) again returns the state that
-///   request produced and changes nothing (safe retry after an unknown outcome);
-///   reusing it for the other action is [`Error::RequestReused`].
+/// * Authority is decided in the write ([`failover_core::authority`]): `disengage`
+///   relaxes and needs [`Authority::Supervisor`] (else [`Refusal::Forbidden`]); it
+///   applies only while the state is at the position the audit expects
+///   ([`Audit::expecting`]; else [`Refusal::PreconditionFailed`] naming the change
+///   in between), or [`Refusal::PreconditionRequired`] when the audit requires one
+///   and names none. `engage` tightens and never waits.
+/// * Submitting the same `Audit` (same request id, actor and action) again returns
+///   the state that request produced, marked [`Applied::replayed`], and changes
+///   nothing — while that change is still the latest; after a later change it is
+///   [`Refusal::Superseded`] naming it. Reusing the id for another action or by
+///   another actor is [`Refusal::RequestReused`].
 /// * `history(limit)` returns at most `limit` events, newest (greatest position) first.
 /// * Text (reason, actor, ticket) is stored and returned verbatim.
 #[async_trait::async_trait]
@@ -235,11 +263,19 @@ pub trait KillSwitchStore:
     /// The current state.
     async fn load(&self) -> Result<KillSwitchState, Error>;
     /// Stops trading.
-    async fn engage(&self, audit: &Audit) -> Result<KillSwitchState, Error>;
-    /// Resumes trading; needs a ticket.
-    async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error>;
+    async fn engage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error>;
+    /// Resumes trading; needs a ticket and supervisor authority.
+    async fn disengage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error>;
     /// Audit events, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<KillSwitchEvent>, Error>;
+}
+
+/// What `action` does, for refusals.
+pub(crate) fn describe(action: Action) -> &'static str {
+    match action {
+        Action::Engage => "engaging the kill switch",
+        Action::Disengage => "disengaging the kill switch",
+    }
 }
 
 /// Validates an audit for `action`, the one rule set every store applies.

@@ -6,8 +6,10 @@
 //! without a database.
 
 use crate::{
-    validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Subscription,
+    describe, validate, Action, Applied, Audit, Error, KillSwitchEvent, KillSwitchState,
+    KillSwitchStore, Refusal, Subscription,
 };
+use failover_core::authority::{check_relaxation, counted, replay_verdict, ReplayVerdict};
 use failover_core::{ChangeFeed, FeedSource, Position};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -92,18 +94,46 @@ impl MemoryKillSwitchStore {
         gone
     }
 
-    fn apply(&self, audit: &Audit, action: Action) -> Result<KillSwitchState, Error> {
+    fn apply(&self, audit: &Audit, action: Action) -> Result<Applied<KillSwitchState>, Error> {
         validate(audit, action)?;
         let mut inner = self.lock();
+        // The change in force: the event at the state's position (the last one).
+        let latest = |inner: &Inner| inner.events.last().map(KillSwitchEvent::change_ref);
         if let Some(&i) = inner.by_request.get(&audit.request_id()) {
             let e = &inner.events[i];
-            if e.action != action {
-                return Err(Error::RequestReused {
+            let same = e.action == action && e.actor == audit.actor();
+            return match replay_verdict(same, e.position == inner.state.position) {
+                ReplayVerdict::Replayed => Ok(Applied::replayed(e.state())),
+                ReplayVerdict::Superseded => Err(counted(Refusal::Superseded {
                     request_id: e.request_id,
-                    previous: e.action,
-                });
+                    by: latest(&inner).unwrap_or_else(|| e.change_ref()),
+                })
+                .into()),
+                ReplayVerdict::Reused => Err(counted(Refusal::RequestReused {
+                    request_id: e.request_id,
+                    previous: format!("{} by {}", e.action, e.actor),
+                })
+                .into()),
+            };
+        }
+        if action == Action::Disengage {
+            if !audit.authority().may_relax() {
+                return Err(Refusal::Forbidden {
+                    message: format!(
+                        "{} relaxes safety and needs supervisor authority; {} acts as {}",
+                        describe(action),
+                        audit.actor(),
+                        audit.authority()
+                    ),
+                }
+                .into());
             }
-            return Ok(e.state());
+            check_relaxation(
+                audit.precondition(),
+                describe(action),
+                inner.state.position,
+                || latest(&inner),
+            )?;
         }
         let state = KillSwitchState {
             engaged: action == Action::Engage,
@@ -124,13 +154,15 @@ impl MemoryKillSwitchStore {
             actor: state.updated_by.clone(),
             ticket: state.ticket.clone(),
             at: state.updated_at,
+            login: None,
+            authority: Some(audit.authority()),
         });
         let index = inner.events.len() - 1;
         inner.by_request.insert(audit.request_id(), index);
         inner.state = state.clone();
         // Published under the lock so subscribers see positions in order.
         self.feed.publish(state.clone());
-        Ok(state)
+        Ok(Applied::new(state))
     }
 }
 
@@ -140,11 +172,11 @@ impl KillSwitchStore for MemoryKillSwitchStore {
         Ok(self.lock().state.clone())
     }
 
-    async fn engage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+    async fn engage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error> {
         self.apply(audit, Action::Engage)
     }
 
-    async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+    async fn disengage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error> {
         self.apply(audit, Action::Disengage)
     }
 

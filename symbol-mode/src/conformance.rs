@@ -9,10 +9,12 @@
 //! requested commands and checks each outcome against the rules.
 
 use crate::{
-    Audit, AuditError, CancelAllCommand, Command, CommandKind, Error, ModeSnapshot, Scope,
+    Audit, AuditError, AuditEvent, Authority, CancelAllCommand, Command, CommandKind, Error,
+    ModeSnapshot, Scope,
     SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore, SymbolModes,
     SymbolModesConfig, TradingAction, Transition, MAX_SYMBOL_CHARS, POLICY_ACTOR,
 };
+use failover_core::Refusal;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +28,29 @@ fn ops(reason: &str) -> Audit {
 
 fn ticketed(reason: &str) -> Audit {
     ops(reason).with_ticket("INC-1")
+}
+
+/// Registers `symbols` (mode changes and `CancelAll` address registered symbols
+/// only) and returns the version after: the base a test's own changes count from.
+pub async fn known(store: &dyn SymbolModeStore, symbols: &[&str]) -> u64 {
+    for symbol in symbols {
+        store
+            .register_symbol(symbol, &ops("registry"))
+            .await
+            .expect("register");
+    }
+    store.venue().await.expect("venue").version
+}
+
+/// The audit trail without registrations, newest first.
+async fn trail(store: &dyn SymbolModeStore) -> Vec<AuditEvent> {
+    store
+        .history(usize::MAX)
+        .await
+        .expect("history")
+        .into_iter()
+        .filter(|e| e.command.kind() != CommandKind::RegisterSymbol)
+        .collect()
 }
 
 async fn own_mode(store: &dyn SymbolModeStore, symbol: &str) -> SymbolMode {
@@ -42,6 +67,9 @@ async fn global_mode(store: &dyn SymbolModeStore) -> SymbolMode {
 
 /// Sets `symbol` (or the global mode) to `target` through allowed steps, with tickets.
 async fn force(store: &dyn SymbolModeStore, symbol: Option<&str>, target: SymbolMode) {
+    if let Some(s) = symbol {
+        known(store, &[s]).await;
+    }
     let current = match symbol {
         Some(s) => own_mode(store, s).await,
         None => global_mode(store).await,
@@ -87,12 +115,14 @@ pub async fn fresh_store_is_normal_at_version_zero(store: &dyn SymbolModeStore) 
 /// `SetSymbolMode` round-trips every field through `symbol_state`, `changes_since`
 /// and `history`.
 pub async fn set_symbol_mode_round_trips(store: &dyn SymbolModeStore) {
+    let base = known(store, &["BTC-USD"]).await;
     let audit = Audit::new("ops:alice", "ledger invariant violation").with_ticket("INC-42");
     let event = store
         .set_symbol_mode("BTC-USD", CancelOnly, &audit)
         .await
-        .expect("set");
-    assert_eq!(event.version, 1);
+        .expect("set")
+        .into_inner();
+    assert_eq!(event.version, base + 1);
     assert_eq!(event.request_id, audit.request_id());
     assert_eq!(
         event.command,
@@ -116,18 +146,16 @@ pub async fn set_symbol_mode_round_trips(store: &dyn SymbolModeStore) {
         .expect("state")
         .expect("set");
     assert_eq!(state.mode, CancelOnly);
-    assert_eq!(state.version, 1);
+    assert_eq!(state.version, base + 1);
+    assert_eq!(state.position, event.position);
     assert_eq!(state.updated_by, "ops:alice");
     assert_eq!(state.reason, "ledger invariant violation");
     assert_eq!(state.ticket.as_deref(), Some("INC-42"));
     assert_eq!(state.updated_at, event.at);
-    assert_eq!(
-        store.history(10).await.expect("history"),
-        vec![event.clone()]
-    );
+    assert_eq!(trail(store).await, vec![event.clone()]);
     let delta = store.changes_since(0).await.expect("changes");
     assert_eq!(delta.symbols, vec![("BTC-USD".to_string(), CancelOnly)]);
-    assert_eq!(delta.version, 1);
+    assert_eq!(delta.version, base + 1);
     assert_eq!(delta.head_event, Some(audit.request_id()));
     assert_eq!(store.venue().await.expect("venue").global, Normal);
 }
@@ -135,6 +163,7 @@ pub async fn set_symbol_mode_round_trips(store: &dyn SymbolModeStore) {
 /// Tightening needs no ticket (an emergency stop is never blocked by paperwork);
 /// relaxing needs one and says so.
 pub async fn tightening_needs_no_ticket_and_relaxing_needs_one(store: &dyn SymbolModeStore) {
+    known(store, &["ETH-USD"]).await;
     store
         .set_symbol_mode("ETH-USD", SoftHalt, &ops("settlement lag"))
         .await
@@ -167,7 +196,7 @@ pub async fn tightening_needs_no_ticket_and_relaxing_needs_one(store: &dyn Symbo
         "{err:?}"
     );
     assert_eq!(global_mode(store).await, HardHalt);
-    assert_eq!(store.history(10).await.expect("history").len(), 3);
+    assert_eq!(trail(store).await.len(), 3);
 }
 
 /// Every (from, to) pair, for a symbol and for the global mode: accepted exactly
@@ -236,6 +265,7 @@ pub async fn every_transition_follows_the_table(store: &dyn SymbolModeStore) {
 /// the audit trail reads back in order.
 pub async fn resume_drill_goes_through_cancel_only(store: &dyn SymbolModeStore) {
     let symbol = "SOL-USD";
+    let base = known(store, &[symbol]).await;
     store
         .set_symbol_mode(
             symbol,
@@ -285,7 +315,7 @@ pub async fn resume_drill_goes_through_cancel_only(store: &dyn SymbolModeStore) 
         )
         .await
         .expect("CANCEL_ONLY -> NORMAL with ticket");
-    let mut trail = store.history(10).await.expect("history");
+    let mut trail = trail(store).await;
     trail.reverse();
     let steps: Vec<(SymbolMode, SymbolMode, &str, Option<&str>)> = trail
         .iter()
@@ -305,13 +335,14 @@ pub async fn resume_drill_goes_through_cancel_only(store: &dyn SymbolModeStore) 
         ]
     );
     let versions: Vec<u64> = trail.iter().map(|e| e.version).collect();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [base + 1, base + 2, base + 3]);
     assert_eq!(own_mode(store, symbol).await, Normal);
 }
 
 /// For every (global, symbol) pair the effective mode — from the store's snapshot
 /// and from a [`SymbolModes`] handle — is the more severe of the two.
 pub async fn effective_mode_is_the_more_severe_for_every_pair(store: Arc<dyn SymbolModeStore>) {
+    known(&*store, &["SYM-0", "SYM-1", "SYM-2", "SYM-3"]).await;
     for (i, mode) in SymbolMode::ALL.into_iter().enumerate() {
         store
             .set_symbol_mode(&format!("SYM-{i}"), mode, &ops("pair setup"))
@@ -356,22 +387,38 @@ pub async fn effective_mode_is_the_more_severe_for_every_pair(store: Arc<dyn Sym
 }
 
 /// Submitting the same `Audit` again (a retry after an unknown outcome) is applied
-/// once and returns the event that request produced.
+/// once: while its change is still the latest of its target, the replay returns the
+/// event that request produced, marked replayed; after a later change of the target
+/// it is refused as superseded, naming that change — never reported as in force.
 pub async fn same_request_is_applied_once(store: &dyn SymbolModeStore) {
+    let base = known(store, &["BTC-USD"]).await;
     let audit = ops("retry me");
     let first = store
         .set_symbol_mode("BTC-USD", SoftHalt, &audit)
         .await
         .expect("set");
-    store
+    assert!(!first.replayed);
+    let again = store
+        .set_symbol_mode("BTC-USD", SoftHalt, &audit)
+        .await
+        .expect("replay in force");
+    assert!(again.replayed);
+    assert_eq!(again.value, first.value, "a replay returns what the request produced");
+    let later = store
         .set_symbol_mode("BTC-USD", HardHalt, &ops("later"))
         .await
         .expect("later change");
-    let replay = store
+    let err = store
         .set_symbol_mode("BTC-USD", SoftHalt, &audit)
         .await
-        .expect("replay");
-    assert_eq!(replay, first, "a replay returns what the request produced");
+        .expect_err("a superseded replay must not report SOFT_HALT in force");
+    match &err {
+        Error::Refused(Refusal::Superseded { by, .. }) => {
+            assert_eq!(by.position, later.position);
+            assert_eq!(by.what, "SetSymbolMode BTC-USD SOFT_HALT -> HARD_HALT");
+        }
+        other => panic!("expected superseded, got {other:?}"),
+    }
     assert_eq!(
         own_mode(store, "BTC-USD").await,
         HardHalt,
@@ -383,19 +430,22 @@ pub async fn same_request_is_applied_once(store: &dyn SymbolModeStore) {
         .cancel_all("BTC-USD", &cancel)
         .await
         .expect("cancel replay");
-    assert_eq!(a, b);
+    assert_eq!(a.value, b.value);
+    assert!(b.replayed);
     let halt = ops("halt once");
     store.withdrawals_halt(true, &halt).await.expect("halt");
-    store
+    let replayed = store
         .withdrawals_halt(true, &halt)
         .await
         .expect("halt replay");
-    assert_eq!(store.history(10).await.expect("history").len(), 4);
-    assert_eq!(store.venue().await.expect("venue").version, 4);
+    assert!(replayed.replayed);
+    assert_eq!(trail(store).await.len(), 4);
+    assert_eq!(store.venue().await.expect("venue").version, base + 4);
 }
 
 /// Reusing a request id for a different command is refused and changes nothing.
 pub async fn request_reused_for_another_command_is_refused(store: &dyn SymbolModeStore) {
+    known(store, &["BTC-USD", "ETH-USD"]).await;
     let audit = ticketed("once");
     store
         .set_symbol_mode("BTC-USD", CancelOnly, &audit)
@@ -414,16 +464,19 @@ pub async fn request_reused_for_another_command_is_refused(store: &dyn SymbolMod
         store.set_global_mode(CancelOnly, &audit).await.map(drop),
         store.cancel_all("BTC-USD", &audit).await.map(drop),
         store.withdrawals_halt(false, &audit).await.map(drop),
+        store
+            .set_symbol_mode(
+                "BTC-USD",
+                CancelOnly,
+                &Audit::new("ops:mallory", "mine").with_request_id(audit.request_id()),
+            )
+            .await
+            .map(drop),
     ] {
         let err = result.expect_err("reuse must be refused");
         assert!(
-            matches!(
-                err,
-                Error::RequestReused {
-                    previous: CommandKind::SetSymbolMode,
-                    ..
-                }
-            ),
+            matches!(&err, Error::Refused(Refusal::RequestReused { previous, .. })
+                if previous.starts_with("SetSymbolMode BTC-USD")),
             "{err:?}"
         );
     }
@@ -578,11 +631,12 @@ pub async fn text_is_stored_verbatim(store: &dyn SymbolModeStore) {
         "SELECT",
         "a/b/c",
         "ES:Z25.b",
-        "btc_usd",
+        "eth_usd_perp",
     ];
     let reason = "'; DROP TABLE symbol_mode_events; -- \"quoted\" $$ 💥";
     let actor = "o'brien; SELECT 1";
     let ticket = "INC-'1'; --";
+    known(store, &symbols).await;
     for symbol in symbols {
         let event = store
             .set_symbol_mode(
@@ -624,7 +678,7 @@ pub async fn text_is_stored_verbatim(store: &dyn SymbolModeStore) {
     for symbol in symbols {
         assert_eq!(snapshot.effective(symbol), CancelOnly, "{symbol}");
     }
-    let history = store.history(100).await.expect("history");
+    let history = trail(store).await;
     assert_eq!(history.len(), symbols.len() * 2);
     assert!(history
         .iter()
@@ -634,6 +688,7 @@ pub async fn text_is_stored_verbatim(store: &dyn SymbolModeStore) {
 /// Versions are gapless across every kind of command; history is newest first and
 /// bounded by `limit`.
 pub async fn versions_are_gapless_and_history_is_newest_first(store: &dyn SymbolModeStore) {
+    let base = known(store, &["A"]).await;
     store
         .set_symbol_mode("A", SoftHalt, &ops("one"))
         .await
@@ -648,11 +703,11 @@ pub async fn versions_are_gapless_and_history_is_newest_first(store: &dyn Symbol
         .withdrawals_halt(false, &ticketed("five"))
         .await
         .expect("5");
-    let all = store.history(100).await.expect("history");
+    let all = store.history(5).await.expect("history");
     let reasons: Vec<&str> = all.iter().map(|e| e.reason.as_str()).collect();
     assert_eq!(reasons, ["five", "four", "three", "two", "one"]);
     let versions: Vec<u64> = all.iter().map(|e| e.version).collect();
-    assert_eq!(versions, [5, 4, 3, 2, 1]);
+    assert_eq!(versions, [5, 4, 3, 2, 1].map(|v| base + v));
     let kinds: Vec<CommandKind> = all.iter().map(|e| e.command.kind()).collect();
     assert_eq!(
         kinds,
@@ -666,12 +721,13 @@ pub async fn versions_are_gapless_and_history_is_newest_first(store: &dyn Symbol
     );
     assert_eq!(store.history(2).await.expect("history"), all[..2].to_vec());
     assert!(store.history(0).await.expect("history").is_empty());
-    assert_eq!(store.venue().await.expect("venue").version, 5);
+    assert_eq!(store.venue().await.expect("venue").version, base + 5);
 }
 
 /// `changes_since(v)` returns exactly the symbols set after `v`, with the ids of
 /// the events at `v` and at the head.
 pub async fn changes_since_returns_only_what_changed(store: &dyn SymbolModeStore) {
+    let base = known(store, &["A", "B"]).await;
     let first = store
         .set_symbol_mode("A", SoftHalt, &ops("a"))
         .await
@@ -684,10 +740,10 @@ pub async fn changes_since_returns_only_what_changed(store: &dyn SymbolModeStore
         .set_symbol_mode("A", CancelOnly, &ticketed("a again"))
         .await
         .expect("a");
-    let delta = store.changes_since(1).await.expect("changes");
-    assert_eq!(delta.since, 1);
+    let delta = store.changes_since(base + 1).await.expect("changes");
+    assert_eq!(delta.since, base + 1);
     assert_eq!(delta.since_event, Some(first.request_id));
-    assert_eq!(delta.version, 3);
+    assert_eq!(delta.version, base + 3);
     assert_eq!(delta.head_event, Some(last.request_id));
     let mut symbols = delta.symbols.clone();
     symbols.sort();
@@ -695,11 +751,11 @@ pub async fn changes_since_returns_only_what_changed(store: &dyn SymbolModeStore
         symbols,
         [("A".to_string(), CancelOnly), ("B".to_string(), HardHalt)]
     );
-    let idle = store.changes_since(3).await.expect("changes");
+    let idle = store.changes_since(base + 3).await.expect("changes");
     assert!(idle.symbols.is_empty());
-    assert_eq!(idle.version, 3);
+    assert_eq!(idle.version, base + 3);
     let snapshot = ModeSnapshot::from_delta(&store.changes_since(0).await.expect("full"));
-    assert_eq!(snapshot.version(), 3);
+    assert_eq!(snapshot.version(), base + 3);
     assert_eq!(snapshot.effective("A"), CancelOnly);
     assert_eq!(snapshot.effective("B"), HardHalt);
 }
@@ -707,6 +763,7 @@ pub async fn changes_since_returns_only_what_changed(store: &dyn SymbolModeStore
 /// `CancelAll` is accepted in every mode (also under a global `HARD_HALT`), with or
 /// without a ticket, and audited under the runbook's name.
 pub async fn cancel_all_is_allowed_in_every_mode_and_audited(store: &dyn SymbolModeStore) {
+    known(store, &["CA-0", "CA-1", "CA-2", "CA-3"]).await;
     for (i, mode) in SymbolMode::ALL.into_iter().enumerate() {
         let symbol = format!("CA-{i}");
         store
@@ -740,7 +797,7 @@ pub async fn cancel_all_is_allowed_in_every_mode_and_audited(store: &dyn SymbolM
             symbol: "CA-0".into()
         }
     );
-    assert_eq!(CancelAllCommand::from_event(newest), Some(command));
+    assert_eq!(CancelAllCommand::from_event(newest), Some(command.into_inner()));
 }
 
 async fn next_command(sub: &mut crate::CancelAllSubscription) -> CancelAllCommand {
@@ -758,10 +815,12 @@ async fn assert_quiet(sub: &mut crate::CancelAllSubscription) {
 /// Each `CancelAll` reaches each of two subscribers exactly once, in order;
 /// `StartAt::Now` skips earlier commands, `StartAt::After(seq)` resumes after `seq`.
 pub async fn cancel_all_reaches_each_subscriber_exactly_once(store: &dyn SymbolModeStore) {
+    known(store, &["OLD", "X", "BTC-USD", "ETH-USD"]).await;
     let before = store
         .cancel_all("OLD", &ops("before subscribing"))
         .await
-        .expect("old");
+        .expect("old")
+        .into_inner();
     let mut a = store
         .subscribe_cancel_all(StartAt::Now)
         .await
@@ -774,8 +833,16 @@ pub async fn cancel_all_reaches_each_subscriber_exactly_once(store: &dyn SymbolM
         .set_symbol_mode("X", SoftHalt, &ops("not a command"))
         .await
         .expect("mode");
-    let one = store.cancel_all("BTC-USD", &ops("one")).await.expect("one");
-    let two = store.cancel_all("ETH-USD", &ops("two")).await.expect("two");
+    let one = store
+        .cancel_all("BTC-USD", &ops("one"))
+        .await
+        .expect("one")
+        .into_inner();
+    let two = store
+        .cancel_all("ETH-USD", &ops("two"))
+        .await
+        .expect("two")
+        .into_inner();
     for sub in [&mut a, &mut b] {
         assert_eq!(next_command(sub).await, one);
         assert_eq!(next_command(sub).await, two);
@@ -823,12 +890,16 @@ pub async fn withdrawals_halt_is_audited_and_lifting_needs_a_ticket(store: &dyn 
         .expect("lift");
     assert!(off.command.relaxes_safety());
     assert!(!store.venue().await.expect("venue").withdrawals_halted);
-    assert_eq!(store.history(10).await.expect("history"), vec![off, on]);
+    assert_eq!(
+        store.history(10).await.expect("history"),
+        vec![off.into_inner(), on.into_inner()]
+    );
 }
 
 /// `tighten_symbol_mode` raises a symbol and is a no-op — no audit row — when the
 /// symbol is already as severe; it never lowers a stricter mode.
 pub async fn tighten_symbol_mode_only_tightens(store: &dyn SymbolModeStore) {
+    known(store, &["A", "B"]).await;
     let raised = store
         .tighten_symbol_mode("A", SoftHalt, &ops("raise"))
         .await
@@ -869,12 +940,13 @@ pub async fn tighten_symbol_mode_only_tightens(store: &dyn SymbolModeStore) {
     );
     assert_eq!(own_mode(store, "A").await, SoftHalt);
     assert_eq!(own_mode(store, "B").await, HardHalt);
-    assert_eq!(store.history(10).await.expect("history").len(), 2);
+    assert_eq!(trail(store).await.len(), 2);
 }
 
 /// The settlement-lag policy: above T2 throttle (nothing written), above T3
 /// `SOFT_HALT` audited with the policy as actor, once; never lowers `HARD_HALT`.
 pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeStore) {
+    known(store, &["BTC-USD", "ETH-USD"]).await;
     let policy =
         SettlementLagPolicy::new(Duration::from_secs(2), Duration::from_secs(10)).expect("policy");
     let within = policy
@@ -893,7 +965,7 @@ pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeSto
         (throttle.verdict, throttle.halted),
         (crate::LagVerdict::Throttle, None)
     );
-    assert!(store.history(10).await.expect("history").is_empty());
+    assert!(trail(store).await.is_empty());
     let halt = policy
         .apply(store, "BTC-USD", Duration::from_secs(30))
         .await
@@ -934,17 +1006,19 @@ pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeSto
         HardHalt,
         "the policy never lowers a mode"
     );
-    assert_eq!(store.history(10).await.expect("history").len(), 2);
+    assert_eq!(trail(store).await.len(), 2);
 }
 
 /// A subscriber first gets the current position, then each newer one.
 pub async fn subscribers_see_new_versions(store: &dyn SymbolModeStore) {
+    known(store, &["A"]).await;
+    let start = store.venue().await.expect("venue").position;
     let mut sub = store.subscribe().await.expect("subscribe");
     let first = tokio::time::timeout(WAIT, sub.next())
         .await
         .expect("in time")
         .expect("open");
-    assert_eq!(first.position, crate::Position::ZERO);
+    assert_eq!(first.position, start);
     let event = store
         .set_symbol_mode("A", SoftHalt, &ops("push"))
         .await
@@ -960,6 +1034,7 @@ pub async fn subscribers_see_new_versions(store: &dyn SymbolModeStore) {
 /// A [`SymbolModes`] handle loads, follows every kind of change, and answers the
 /// action matrix for the effective mode.
 pub async fn handle_follows_the_store(store: Arc<dyn SymbolModeStore>) {
+    known(&*store, &["BTC-USD"]).await;
     store
         .set_symbol_mode("BTC-USD", CancelOnly, &ops("before start"))
         .await
@@ -1025,6 +1100,7 @@ pub async fn handle_follows_the_store(store: Arc<dyn SymbolModeStore>) {
 /// gapless, every event's `from` is the previous event's `to` for its scope (the
 /// check and the write did not race), and the final modes equal the newest events.
 pub async fn concurrent_commands_serialise(store: Arc<dyn SymbolModeStore>) {
+    let base = known(&*store, &["A", "B", "C"]).await;
     let mut tasks = Vec::new();
     for i in 0..40usize {
         let store = store.clone();
@@ -1045,11 +1121,11 @@ pub async fn concurrent_commands_serialise(store: Arc<dyn SymbolModeStore>) {
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
-    let mut history = store.history(100).await.expect("history");
+    let mut history = trail(&*store).await;
     history.reverse();
     assert_eq!(history.len() as u64, accepted);
     let versions: Vec<u64> = history.iter().map(|e| e.version).collect();
-    assert_eq!(versions, (1..=accepted).collect::<Vec<u64>>());
+    assert_eq!(versions, (base + 1..=base + accepted).collect::<Vec<u64>>());
     let mut modes: BTreeMap<Option<String>, SymbolMode> = BTreeMap::new();
     for event in &history {
         let (scope, from, to) = match &event.command {
@@ -1073,6 +1149,204 @@ pub async fn concurrent_commands_serialise(store: Arc<dyn SymbolModeStore>) {
         global_mode(&*store).await,
         modes.get(&None).copied().unwrap_or_default()
     );
+}
+
+/// An operator may tighten but not relax — a symbol, the global mode, the
+/// withdrawals halt — decided against the state found in the write: a request that
+/// was a tightening when the caller looked becomes a refusal once another change
+/// made it a relaxation. Refusals change nothing.
+pub async fn operator_may_not_relax(store: &dyn SymbolModeStore) {
+    known(store, &["BTC-USD"]).await;
+    let operator = |reason: &str| ops(reason).with_authority(Authority::Operator);
+    store
+        .set_symbol_mode("BTC-USD", CancelOnly, &operator("tighten"))
+        .await
+        .expect("an operator tightens");
+    // Another actor halts harder in between: the operator's CANCEL_ONLY now relaxes.
+    store
+        .set_global_mode(HardHalt, &ops("incident"))
+        .await
+        .expect("global halt");
+    store
+        .set_symbol_mode("BTC-USD", HardHalt, &ops("incident"))
+        .await
+        .expect("symbol halt");
+    store
+        .withdrawals_halt(true, &ops("custody"))
+        .await
+        .expect("withdrawals halt");
+    let before = observe(store).await;
+    let refused = [
+        store
+            .set_symbol_mode("BTC-USD", CancelOnly, &operator("resume").with_ticket("INC-1"))
+            .await
+            .map(drop),
+        store
+            .set_global_mode(CancelOnly, &operator("resume").with_ticket("INC-1"))
+            .await
+            .map(drop),
+        store
+            .withdrawals_halt(false, &operator("resume").with_ticket("INC-1"))
+            .await
+            .map(drop),
+    ];
+    for result in refused {
+        let err = result.expect_err("an operator may not relax");
+        assert!(
+            matches!(&err, Error::Refused(Refusal::Forbidden { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("supervisor"), "{err}");
+    }
+    assert_eq!(observe(store).await, before, "a refusal changes nothing");
+    // Tightening and CancelAll stay the operator's, whatever the state.
+    store
+        .cancel_all("BTC-USD", &operator("flatten"))
+        .await
+        .expect("an operator cancels");
+}
+
+/// A relaxation names the state it relaxes: when another change of the same target
+/// landed after the caller read it, the relaxation is refused naming that change;
+/// one that must name it and does not is refused too. A tightening is applied
+/// whatever it names.
+pub async fn relaxation_of_a_moved_target_is_refused(store: &dyn SymbolModeStore) {
+    known(store, &["BTC-USD"]).await;
+    let seen = store
+        .set_global_mode(SoftHalt, &ops("lag"))
+        .await
+        .expect("soft halt");
+    let hard = store
+        .set_global_mode(HardHalt, &Audit::new("ops:bob", "split brain"))
+        .await
+        .expect("hard halt");
+    let err = store
+        .set_global_mode(CancelOnly, &ticketed("resume").expecting(seen.position))
+        .await
+        .expect_err("the state moved");
+    match &err {
+        Error::Refused(Refusal::PreconditionFailed {
+            expected, current, ..
+        }) => {
+            assert_eq!(*expected, seen.position);
+            assert_eq!(current.position, hard.position);
+            assert_eq!(current.actor, "ops:bob");
+            assert_eq!(current.what, "SetGlobalMode SOFT_HALT -> HARD_HALT");
+        }
+        other => panic!("expected precondition_failed, got {other:?}"),
+    }
+    assert_eq!(global_mode(store).await, HardHalt);
+    let err = store
+        .set_global_mode(CancelOnly, &ticketed("resume").requiring_precondition())
+        .await
+        .expect_err("must name the state");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::PreconditionRequired { current, .. }) if *current == hard.position),
+        "{err:?}"
+    );
+    // A tightening never waits for a precondition.
+    store
+        .set_symbol_mode(
+            "BTC-USD",
+            SoftHalt,
+            &ops("tighten").expecting(seen.position).with_authority(Authority::Operator),
+        )
+        .await
+        .expect("a tightening applies whatever it names");
+    // Each target has its own position: a symbol change does not move the global one.
+    let resumed = store
+        .set_global_mode(CancelOnly, &ticketed("resume").expecting(hard.position))
+        .await
+        .expect("relax against the state in force");
+    assert_eq!(resumed.command, Command::SetGlobalMode { from: HardHalt, to: CancelOnly });
+    let state = store.symbol_state("BTC-USD").await.expect("state").expect("set");
+    let err = store
+        .set_symbol_mode("BTC-USD", Normal, &ticketed("resume").expecting(hard.position))
+        .await
+        .expect_err("the symbol's own position is not the global one");
+    assert!(matches!(&err, Error::Refused(Refusal::PreconditionFailed { .. })), "{err:?}");
+    store
+        .set_symbol_mode("BTC-USD", Normal, &ticketed("resume").expecting(state.position))
+        .await
+        .expect("relax the symbol against its own position");
+}
+
+/// Mode changes and `CancelAll` address registered symbols only, spelled exactly; a
+/// near miss is refused naming the registered symbol, and nothing changes.
+/// Registration is unique on the folded key (case and `-_./:` ignored), audited,
+/// idempotent, and an operator's to do.
+pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn SymbolModeStore) {
+    let registered = store
+        .register_symbol("BTC-USD", &ops("listing").with_authority(Authority::Operator))
+        .await
+        .expect("register")
+        .expect("new");
+    assert_eq!(
+        registered.command,
+        Command::RegisterSymbol {
+            symbol: "BTC-USD".into()
+        }
+    );
+    assert_eq!(
+        store
+            .register_symbol("BTC-USD", &ops("again"))
+            .await
+            .expect("idempotent"),
+        None
+    );
+    let before = observe(store).await;
+    for spelling in ["btc-usd", "BTCUSD", "btc_usd", "BTC/USD"] {
+        let err = store
+            .register_symbol(spelling, &ops("typo"))
+            .await
+            .expect_err("another spelling");
+        assert!(
+            matches!(&err, Error::SymbolConflict { registered, .. } if registered == "BTC-USD"),
+            "{spelling}: {err:?}"
+        );
+        let err = store
+            .set_symbol_mode(spelling, HardHalt, &ops("typo"))
+            .await
+            .expect_err("unregistered spelling");
+        assert!(
+            matches!(&err, Error::UnknownSymbol { did_you_mean: Some(s), .. } if s == "BTC-USD"),
+            "{spelling}: {err:?}"
+        );
+        assert!(err.to_string().contains("did you mean BTC-USD?"), "{err}");
+    }
+    for unknown in ["NOPE-USD", "../../etc/passwd"] {
+        let err = store
+            .set_symbol_mode(unknown, HardHalt, &ops("typo"))
+            .await
+            .expect_err("unknown");
+        assert!(
+            matches!(&err, Error::UnknownSymbol { did_you_mean: None, .. }),
+            "{unknown}: {err:?}"
+        );
+        let err = store
+            .cancel_all(unknown, &ops("typo"))
+            .await
+            .expect_err("unknown");
+        assert!(matches!(&err, Error::UnknownSymbol { .. }), "{err:?}");
+    }
+    assert_eq!(observe(store).await, before, "refusals change nothing");
+    let engine = store
+        .register_symbols(&["BTC-USD", "ETH-USD", "SOL-USD"], &ops("engine start"))
+        .await
+        .expect("engine registers");
+    assert_eq!(engine, ["ETH-USD", "SOL-USD"]);
+    let names: Vec<String> = store
+        .symbols()
+        .await
+        .expect("symbols")
+        .into_iter()
+        .map(|r| r.symbol)
+        .collect();
+    assert_eq!(names, ["BTC-USD", "ETH-USD", "SOL-USD"]);
+    store
+        .set_symbol_mode("ETH-USD", CancelOnly, &ops("now known"))
+        .await
+        .expect("registered by the engine");
 }
 
 /// One requested command of a random sequence (see [`check_ops`]).
@@ -1145,6 +1419,7 @@ fn mode_of(observed: &Observed, symbol: &str) -> SymbolMode {
 /// * every refusal is one the rules demand, and leaves state and audit unchanged;
 /// * a replay returns the original event and changes nothing.
 pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
+    known(store, &SYMBOLS).await;
     let mut last: Option<(Op, Audit, crate::AuditEvent)> = None;
     for (step, op) in ops.iter().enumerate() {
         let before = observe(store).await;
@@ -1179,8 +1454,11 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
             Op::SetSymbol { symbol, to, .. } => store
                 .set_symbol_mode(SYMBOLS[*symbol as usize % 3], *to, &audit)
                 .await
-                .map(Some),
-            Op::SetGlobal { to, .. } => store.set_global_mode(*to, &audit).await.map(Some),
+                .map(|e| Some(e.into_inner())),
+            Op::SetGlobal { to, .. } => store
+                .set_global_mode(*to, &audit)
+                .await
+                .map(|e| Some(e.into_inner())),
             Op::Tighten { symbol, to } => {
                 store
                     .tighten_symbol_mode(SYMBOLS[*symbol as usize % 3], *to, &audit)
@@ -1193,11 +1471,14 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                 Ok(command) => Ok(Some(event_at(store, command.seq).await)),
                 Err(e) => Err(e),
             },
-            Op::Withdrawals { on, .. } => store.withdrawals_halt(*on, &audit).await.map(Some),
+            Op::Withdrawals { on, .. } => store
+                .withdrawals_halt(*on, &audit)
+                .await
+                .map(|e| Some(e.into_inner())),
             Op::BadSymbol => store
                 .set_symbol_mode("BAD SYMBOL", HardHalt, &audit)
                 .await
-                .map(Some),
+                .map(|e| Some(e.into_inner())),
             Op::Replay => unreachable!("resolved above"),
         };
         let after = observe(store).await;
@@ -1299,7 +1580,7 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                         assert_eq!(after.0.global, *to);
                     }
                     Command::WithdrawalsHalt { on } => assert_eq!(after.0.withdrawals_halted, *on),
-                    Command::CancelAll { .. } => {}
+                    Command::CancelAll { .. } | Command::RegisterSymbol { .. } => {}
                 }
                 // Only the addressed entry changed.
                 let mut expected = before.clone();
@@ -1322,9 +1603,15 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                         }
                         expected.1.sort();
                     }
-                    Command::SetGlobalMode { to, .. } => expected.0.global = *to,
-                    Command::WithdrawalsHalt { on } => expected.0.withdrawals_halted = *on,
-                    Command::CancelAll { .. } => {}
+                    Command::SetGlobalMode { to, .. } => {
+                        expected.0.global = *to;
+                        expected.0.global_position = event.position;
+                    }
+                    Command::WithdrawalsHalt { on } => {
+                        expected.0.withdrawals_halted = *on;
+                        expected.0.withdrawals_position = event.position;
+                    }
+                    Command::CancelAll { .. } | Command::RegisterSymbol { .. } => {}
                 }
                 assert_eq!(
                     after, expected,
@@ -1446,6 +1733,9 @@ macro_rules! conformance_tests {
             tighten_symbol_mode_only_tightens,
             settlement_lag_policy_soft_halts_above_t3,
             subscribers_see_new_versions,
+            operator_may_not_relax,
+            relaxation_of_a_moved_target_is_refused,
+            unknown_symbols_are_refused_naming_the_near_match,
             random_sequences_follow_the_rules,
         );
         $crate::conformance_tests!(@arc_tests $setup;

@@ -2,26 +2,40 @@
 //!
 //! | route | role | what |
 //! |---|---|---|
+//! | `GET /admin/symbols` | viewer | the registered symbols |
+//! | `PUT /admin/symbols/{symbol}` | operator | registers the symbol (audited): body `{"reason", "ticket"?, "request_id"?}`; 201 when new, 200 when registered already, 409 `symbol_conflict` for another spelling of a registered one |
 //! | `GET /admin/symbols/{symbol}/mode` | viewer | the symbol's own, global and effective mode |
 //! | `PUT /admin/symbols/{symbol}/mode` | operator to tighten, supervisor to relax | `SetSymbolMode`: body `{"mode", "reason", "ticket"?, "request_id"?}` |
 //! | `POST /admin/symbols/{symbol}/cancel-all` | operator | `CancelAll(symbol)`: body `{"reason", "ticket"?, "request_id"?}` |
 //! | `GET /admin/global-mode` | viewer | global mode, withdrawals halted, version |
 //! | `PUT /admin/global-mode` | operator to tighten, supervisor to relax | body `{"mode", "reason", "ticket"?, "request_id"?}` |
+//! | `GET /admin/withdrawals` | viewer | whether withdrawals are halted |
 //! | `POST /admin/withdrawals/halt` | operator to halt, supervisor to lift | `WithdrawalsHalt`: body `{"on", "reason", "ticket"?, "request_id"?}` |
 //! | `GET /admin/symbol-modes/history?limit=&before=` | viewer | audit events newest first; `next` is the cursor of the following page |
 //!
-//! Relaxing needs the supervisor role *and* a ticket. An operator's symbol change
-//! goes through [`SymbolModeStore::tighten_symbol_mode`], which never lowers a mode
-//! even when another change lands first. The audit actor is the authenticated caller;
-//! a body `actor` is refused with 400 `actor_not_accepted`.
+//! Whether a command tightens or relaxes is decided by the store inside the write,
+//! against the mode it locks — never from a read made here. Relaxing needs the
+//! supervisor role, a ticket, and `If-Match: "<position>"` with the `ETag` of the
+//! GET the decision was made on (the symbol's, the global mode's or the withdrawals
+//! halt's own position): 403 `forbidden` for an operator whose request would relax
+//! (also when another change made it one in between), 428 without `If-Match`, 412
+//! naming the change in between when the state moved. Tightening never waits. A
+//! mode change or `CancelAll` on a symbol that is not registered answers 404
+//! `unknown_symbol`, naming the registered near match. A request sent again with the
+//! same `request_id` answers its original result with `Idempotent-Replayed: true`
+//! while it is in force, 409 `superseded` after a later change, 409 `request_reused`
+//! for another caller or command. The audit actor is the authenticated caller; a
+//! body `actor` is refused with 400 `actor_not_accepted`.
 
-use crate::{AuditEvent, Error, SymbolMode, SymbolModeStore, SymbolModes};
+use crate::{AuditEvent, Error, Position, SymbolMode, SymbolModeStore, SymbolModes};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use failover_core::http::{history_page, ApiError, Caller, HistoryQuery, JsonBody, Role};
+use failover_core::http::{
+    applied, history_page, with_etag, ApiError, Caller, HistoryQuery, IfMatch, JsonBody, Role,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -95,12 +109,15 @@ impl SymbolModeRoutes {
     /// The router (state applied; merge or nest it).
     pub fn router(self) -> Router {
         Router::new()
+            .route("/admin/symbols", get(symbols_list))
+            .route("/admin/symbols/{symbol}", axum::routing::put(register))
             .route(
                 "/admin/symbols/{symbol}/mode",
                 get(symbol_get).put(symbol_put),
             )
             .route("/admin/symbols/{symbol}/cancel-all", post(cancel_all))
             .route("/admin/global-mode", get(global_get).put(global_put))
+            .route("/admin/withdrawals", get(withdrawals_get))
             .route("/admin/withdrawals/halt", post(withdrawals))
             .route("/admin/symbol-modes/history", get(history))
             .with_state(Arc::new(self))
@@ -114,7 +131,9 @@ impl From<Error> for ApiError {
             Error::InvalidSymbol(_) => (StatusCode::BAD_REQUEST, "invalid_symbol"),
             Error::InvalidAudit(a) => return ApiError::from(a.clone()),
             Error::TransitionForbidden { .. } => (StatusCode::CONFLICT, "transition_forbidden"),
-            Error::RequestReused { .. } => (StatusCode::CONFLICT, "request_reused"),
+            Error::Refused(r) => return ApiError::from(r.clone()),
+            Error::UnknownSymbol { .. } => (StatusCode::NOT_FOUND, "unknown_symbol"),
+            Error::SymbolConflict { .. } => (StatusCode::CONFLICT, "symbol_conflict"),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
@@ -135,6 +154,7 @@ async fn symbol_get(
     let own = s.store.symbol_state(&symbol).await?;
     let venue = s.store.venue().await?;
     let own_mode = own.as_ref().map_or(SymbolMode::Normal, |s| s.mode);
+    let position = own.as_ref().map_or(Position::ZERO, |s| s.position);
     let body = serde_json::json!({
         "symbol": symbol,
         "mode": own_mode,
@@ -142,52 +162,53 @@ async fn symbol_get(
         "effective": SymbolMode::effective(venue.global, own_mode),
         "hot_path": s.modes.as_ref().map(|m| m.mode(&symbol)),
         "last_change": own,
+        "position": position,
     });
-    Ok(axum::Json(body).into_response())
+    Ok(with_etag(position, &body))
 }
 
-fn relaxes(from: SymbolMode, to: SymbolMode) -> bool {
-    to.severity() < from.severity()
+async fn symbols_list(State(s): S, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read the symbol registry")?;
+    let symbols = s.store.symbols().await?;
+    Ok(axum::Json(serde_json::json!({ "symbols": symbols })).into_response())
+}
+
+async fn register(
+    State(s): S,
+    caller: Caller,
+    Path(symbol): Path<String>,
+    JsonBody(body): JsonBody<CommandBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator, "register a symbol")?;
+    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    match s.store.register_symbol(&symbol, &audit).await? {
+        Some(event) => {
+            tracing::info!(%symbol, actor = caller.actor(), "symbol registered via admin API");
+            let mut response = axum::Json(serde_json::json!({"registered": true, "event": event}))
+                .into_response();
+            *response.status_mut() = StatusCode::CREATED;
+            Ok(response)
+        }
+        None => Ok(axum::Json(serde_json::json!({"registered": false, "symbol": symbol}))
+            .into_response()),
+    }
 }
 
 async fn symbol_put(
     State(s): S,
     caller: Caller,
     Path(symbol): Path<String>,
+    if_match: IfMatch,
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set a symbol mode")?;
-    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
-    if caller.role() >= Role::Supervisor {
-        let event = s.store.set_symbol_mode(&symbol, body.mode, &audit).await?;
+    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
+    let event = s.store.set_symbol_mode(&symbol, body.mode, &audit).await?;
+    if !event.replayed {
         tracing::warn!(%symbol, mode = %body.mode, actor = caller.actor(), "SetSymbolMode via admin API");
-        return Ok(axum::Json(event).into_response());
     }
-    let current = s
-        .store
-        .symbol_state(&symbol)
-        .await?
-        .map_or(SymbolMode::Normal, |st| st.mode);
-    if relaxes(current, body.mode) {
-        caller.require(
-            Role::Supervisor,
-            &format!("relax {symbol} from {current} to {}", body.mode),
-        )?;
-    }
-    match s
-        .store
-        .tighten_symbol_mode(&symbol, body.mode, &audit)
-        .await?
-    {
-        Some(event) => {
-            tracing::warn!(%symbol, mode = %body.mode, actor = caller.actor(), "SetSymbolMode (tighten) via admin API");
-            Ok(axum::Json(event).into_response())
-        }
-        None => {
-            let state = s.store.symbol_state(&symbol).await?;
-            Ok(axum::Json(serde_json::json!({"unchanged": true, "state": state})).into_response())
-        }
-    }
+    let position = event.position;
+    Ok(applied(event, position))
 }
 
 async fn cancel_all(
@@ -199,38 +220,49 @@ async fn cancel_all(
     caller.require(Role::Operator, "cancel all orders of a symbol")?;
     let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
     let command = s.store.cancel_all(&symbol, &audit).await?;
-    tracing::warn!(%symbol, actor = caller.actor(), seq = command.seq, "CancelAll via admin API");
-    Ok(axum::Json(command).into_response())
+    if !command.replayed {
+        tracing::warn!(%symbol, actor = caller.actor(), seq = command.seq, "CancelAll via admin API");
+    }
+    let position = Position(command.seq);
+    Ok(applied(command, position))
 }
 
 async fn global_get(State(s): S, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Role::Viewer, "read the global mode")?;
     let venue = s.store.venue().await?;
-    Ok(axum::Json(venue).into_response())
+    Ok(with_etag(venue.global_position, &venue))
 }
 
 async fn global_put(
     State(s): S,
     caller: Caller,
+    if_match: IfMatch,
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set the global mode")?;
-    let current = s.store.venue().await?.global;
-    if relaxes(current, body.mode) {
-        caller.require(
-            Role::Supervisor,
-            &format!("relax the global mode from {current} to {}", body.mode),
-        )?;
-    }
-    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
     let event = s.store.set_global_mode(body.mode, &audit).await?;
-    tracing::warn!(mode = %body.mode, actor = caller.actor(), "global mode set via admin API");
-    Ok(axum::Json(event).into_response())
+    if !event.replayed {
+        tracing::warn!(mode = %body.mode, actor = caller.actor(), "global mode set via admin API");
+    }
+    let position = event.position;
+    Ok(applied(event, position))
+}
+
+async fn withdrawals_get(State(s): S, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read the withdrawals halt")?;
+    let venue = s.store.venue().await?;
+    let body = serde_json::json!({
+        "withdrawals_halted": venue.withdrawals_halted,
+        "position": venue.withdrawals_position,
+    });
+    Ok(with_etag(venue.withdrawals_position, &body))
 }
 
 async fn withdrawals(
     State(s): S,
     caller: Caller,
+    if_match: IfMatch,
     JsonBody(body): JsonBody<WithdrawalsBody>,
 ) -> Result<Response, ApiError> {
     if body.on {
@@ -238,14 +270,17 @@ async fn withdrawals(
     } else {
         caller.require(Role::Supervisor, "lift the withdrawals halt")?;
     }
-    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
     let event = s.store.withdrawals_halt(body.on, &audit).await?;
-    tracing::warn!(
-        on = body.on,
-        actor = caller.actor(),
-        "WithdrawalsHalt via admin API"
-    );
-    Ok(axum::Json(event).into_response())
+    if !event.replayed {
+        tracing::warn!(
+            on = body.on,
+            actor = caller.actor(),
+            "WithdrawalsHalt via admin API"
+        );
+    }
+    let position = event.position;
+    Ok(applied(event, position))
 }
 
 #[derive(Serialize)]

@@ -17,7 +17,9 @@ mod snapshot;
 mod subscription;
 mod symbol;
 
-pub use failover_core::{Audit, AuditError, ComponentHealth, ComponentStatus};
+pub use failover_core::{
+    Applied, Audit, AuditError, Authority, ChangeRef, ComponentHealth, ComponentStatus,
+};
 pub use handle::{
     Cause, ModeReader, Refusal, SnapshotState, SymbolModes, SymbolModesConfig, SymbolModesStatus,
 };
@@ -30,7 +32,7 @@ pub use postgres::{PgStore, PostgresSymbolModeStore};
 pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};
 pub use symbol::{
-    is_symbol_char, validate_symbol, SymbolError, MAX_SYMBOL_CHARS, SYMBOL_PUNCTUATION,
+    fold_symbol, is_symbol_char, near_match, validate_symbol, SymbolError, MAX_SYMBOL_CHARS, SYMBOL_PUNCTUATION,
 };
 
 pub use failover_core::{FeedSource, Position, Positioned};
@@ -59,6 +61,12 @@ pub struct VenueState {
     /// [`failover_core::position`]): strictly increasing across promotions, never
     /// repeated. [`Position::ZERO`] before the first command.
     pub position: Position,
+    /// The position of the last change of the global mode: what relaxing it names.
+    #[serde(default)]
+    pub global_position: Position,
+    /// The position of the last change of the withdrawals halt: what lifting it names.
+    #[serde(default)]
+    pub withdrawals_position: Position,
 }
 
 /// A symbol's own mode and who set it (table `symbol_modes`). A symbol never set is
@@ -80,6 +88,25 @@ pub struct SymbolState {
     /// When (database clock for Postgres), microsecond precision.
     #[serde(with = "failover_core::time::rfc3339")]
     pub updated_at: SystemTime,
+    /// The position of the change that last set it: what a relaxation of this
+    /// symbol names (`ETag`, [`Audit::expecting`]).
+    pub position: Position,
+}
+
+/// A symbol of the registry: the symbols an operator may address, in their one
+/// canonical spelling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredSymbol {
+    /// The symbol, verbatim.
+    pub symbol: String,
+    /// Who registered it.
+    pub registered_by: String,
+    /// When.
+    #[serde(with = "failover_core::time::rfc3339")]
+    pub registered_at: SystemTime,
+    /// The position of its registration ([`Position::ZERO`] for symbols registered
+    /// by the migration because they already had a mode).
+    pub position: Position,
 }
 
 /// What changed after a version: enough to bring a snapshot from `since` to `version`
@@ -152,6 +179,8 @@ pub enum CommandKind {
     CancelAll,
     /// `WithdrawalsHalt(on/off)`.
     WithdrawalsHalt,
+    /// `RegisterSymbol(symbol)`: makes a symbol known to the registry.
+    RegisterSymbol,
 }
 
 impl CommandKind {
@@ -162,6 +191,7 @@ impl CommandKind {
             Self::SetGlobalMode => "SetGlobalMode",
             Self::CancelAll => "CancelAll",
             Self::WithdrawalsHalt => "WithdrawalsHalt",
+            Self::RegisterSymbol => "RegisterSymbol",
         }
     }
 
@@ -171,6 +201,7 @@ impl CommandKind {
             Self::SetGlobalMode,
             Self::CancelAll,
             Self::WithdrawalsHalt,
+            Self::RegisterSymbol,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -213,6 +244,11 @@ pub enum Command {
         /// Halted after the command.
         on: bool,
     },
+    /// A symbol was registered: mode changes and `CancelAll` may address it.
+    RegisterSymbol {
+        /// The symbol, verbatim.
+        symbol: String,
+    },
 }
 
 impl Command {
@@ -223,6 +259,22 @@ impl Command {
             Self::SetGlobalMode { .. } => CommandKind::SetGlobalMode,
             Self::CancelAll { .. } => CommandKind::CancelAll,
             Self::WithdrawalsHalt { .. } => CommandKind::WithdrawalsHalt,
+            Self::RegisterSymbol { .. } => CommandKind::RegisterSymbol,
+        }
+    }
+
+    /// What the command did, as refusals name it: `SetGlobalMode SOFT_HALT -> HARD_HALT`,
+    /// `SetSymbolMode BTC-USD NORMAL -> CANCEL_ONLY`, `WithdrawalsHalt on`,
+    /// `CancelAll BTC-USD` (the database's `symbol_mode_event_what` says the same).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::SetSymbolMode { symbol, from, to } => format!("SetSymbolMode {symbol} {from} -> {to}"),
+            Self::SetGlobalMode { from, to } => format!("SetGlobalMode {from} -> {to}"),
+            Self::CancelAll { symbol } => format!("CancelAll {symbol}"),
+            Self::WithdrawalsHalt { on } => {
+                format!("WithdrawalsHalt {}", if *on { "on" } else { "off" })
+            }
+            Self::RegisterSymbol { symbol } => format!("RegisterSymbol {symbol}"),
         }
     }
 
@@ -232,7 +284,7 @@ impl Command {
             Self::SetSymbolMode { from, to, .. } | Self::SetGlobalMode { from, to } => {
                 from.transition_to(*to) == Transition::Relax
             }
-            Self::CancelAll { .. } => false,
+            Self::CancelAll { .. } | Self::RegisterSymbol { .. } => false,
             Self::WithdrawalsHalt { on } => !on,
         }
     }
@@ -260,7 +312,26 @@ pub struct AuditEvent {
     pub ticket: Option<String>,
     /// When (database clock for Postgres), microsecond precision.
     #[serde(with = "failover_core::time::rfc3339")]
-    pub at: SystemTime,
+    pub at: SystemTime,    /// The database login that wrote it (`session_user`), beside the actor it
+    /// named; `None` in memory and for events written before logins were recorded.
+    #[serde(default)]
+    pub login: Option<String>,
+    /// The authority it was applied with; `None` for events written before it was
+    /// recorded.
+    #[serde(default)]
+    pub authority: Option<Authority>,
+}
+
+impl AuditEvent {
+    /// This event as the change a refusal names.
+    pub fn change_ref(&self) -> ChangeRef {
+        ChangeRef {
+            position: self.position,
+            actor: self.actor.clone(),
+            what: self.command.describe(),
+            at: self.at,
+        }
+    }
 }
 
 /// An admin-issued `CancelAll(symbol)`, as delivered to subscribers: cancel every
@@ -355,13 +426,26 @@ pub enum Error {
         /// The requested mode.
         to: SymbolMode,
     },
-    /// The request id of this `Audit` was already used for a different command.
-    #[error("refused, nothing changed: request {request_id} was already used for {previous}; build a new Audit for a new command")]
-    RequestReused {
-        /// The reused id.
-        request_id: Uuid,
-        /// The command it was used for.
-        previous: CommandKind,
+    /// Refused by the authority rules: an operator relaxing, a relaxation whose
+    /// state moved or that names none, a replay superseded by a later change, a
+    /// request id reused by another actor or command.
+    #[error(transparent)]
+    Refused(#[from] failover_core::Refusal),
+    /// The symbol is not registered (see [`SymbolModeStore::register_symbol`]).
+    #[error("refused, nothing changed: symbol {symbol:?} is not registered{}", match .did_you_mean { Some(s) => format!("; did you mean {s}?"), None => "; register it first (safetyctl symbols add SYMBOL)".into() })]
+    UnknownSymbol {
+        /// The symbol asked for.
+        symbol: String,
+        /// The registered symbol it most likely meant.
+        did_you_mean: Option<String>,
+    },
+    /// Another spelling of the symbol is registered already.
+    #[error("refused, nothing changed: {symbol:?} is the registered symbol {registered} spelled differently (case and -_./: are ignored); use {registered}")]
+    SymbolConflict {
+        /// The symbol asked for.
+        symbol: String,
+        /// The registered spelling.
+        registered: String,
     },
     /// The tables are missing.
     #[error("symbol_mode_state table missing: run symbol-mode migrations (PostgresSymbolModeStore::migrate) ({source})")]
@@ -402,6 +486,9 @@ impl failover_core::retry::Classify for Error {
 
 impl From<DbError> for Error {
     fn from(source: DbError) -> Self {
+        if let Some(refusal) = failover_core::Refusal::from_db(&source) {
+            return Self::Refused(refusal);
+        }
         match source.kind() {
             DbErrorKind::Unavailable => Self::Unavailable { source },
             DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
@@ -436,9 +523,23 @@ impl From<DbError> for Error {
 /// * From [`FeedSource`]: `contains` is true when the history holds a command at
 ///   that position (and for [`Position::ZERO`]), false for one lost in a failover;
 ///   `subscribe` delivers each newer position (skipping to the newest when behind).
-/// * Submitting the same `Audit` (same request id) again with the same command
-///   returns the event that request produced and changes nothing (safe retry after
-///   an unknown outcome); with a different command it is [`Error::RequestReused`].
+/// * Authority is decided in the write ([`failover_core::authority`]), against the
+///   mode found under the lock: a change that relaxes needs
+///   [`Authority::Supervisor`] (else [`Refusal::Forbidden`]) and applies only while
+///   its target (the symbol, the global mode, the withdrawals halt) is still at the
+///   position the audit expects ([`Audit::expecting`]; else
+///   [`Refusal::PreconditionFailed`] naming the change in between;
+///   [`Refusal::PreconditionRequired`] when the audit requires one and names none).
+///   Tightenings never wait.
+/// * Mode changes and `CancelAll` address registered symbols only, spelled exactly
+///   ([`Error::UnknownSymbol`], naming the near match); registration
+///   ([`register_symbol`](Self::register_symbol)) is unique on the folded key
+///   ([`fold_symbol`]; [`Error::SymbolConflict`]), audited, and an operator may do it.
+/// * Submitting the same `Audit` (same request id, actor and command) again returns
+///   the event that request produced, marked [`Applied::replayed`], and changes
+///   nothing — while it is still the latest change of its target; after a later
+///   change it is [`Refusal::Superseded`] naming it. Another actor or command with
+///   the id is [`Refusal::RequestReused`].
 /// * [`history`](Self::history) returns at most `limit` events, newest (greatest
 ///   position) first.
 /// * [`subscribe_cancel_all`](Self::subscribe_cancel_all)
@@ -461,7 +562,7 @@ pub trait SymbolModeStore:
         symbol: &str,
         mode: SymbolMode,
         audit: &Audit,
-    ) -> Result<AuditEvent, Error>;
+    ) -> Result<Applied<AuditEvent>, Error>;
     /// Raises `symbol` to at least `mode`; `None` (nothing written) when it already is.
     async fn tighten_symbol_mode(
         &self,
@@ -470,11 +571,39 @@ pub trait SymbolModeStore:
         audit: &Audit,
     ) -> Result<Option<AuditEvent>, Error>;
     /// Sets the global mode.
-    async fn set_global_mode(&self, mode: SymbolMode, audit: &Audit) -> Result<AuditEvent, Error>;
+    async fn set_global_mode(
+        &self,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error>;
     /// `CancelAll(symbol)`: audited and delivered to every `CancelAll` subscriber.
-    async fn cancel_all(&self, symbol: &str, audit: &Audit) -> Result<CancelAllCommand, Error>;
+    async fn cancel_all(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Applied<CancelAllCommand>, Error>;
     /// `WithdrawalsHalt(on/off)`; lifting (`false`) needs a ticket.
-    async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error>;
+    async fn withdrawals_halt(&self, on: bool, audit: &Audit)
+        -> Result<Applied<AuditEvent>, Error>;
+    /// Registers `symbol` (audited; an operator may). `None` when it is registered
+    /// already, spelled exactly so; [`Error::SymbolConflict`] when another spelling is.
+    async fn register_symbol(&self, symbol: &str, audit: &Audit)
+        -> Result<Option<AuditEvent>, Error>;
+    /// Registers every symbol an engine trades, at its start: those already
+    /// registered are left as they are. Returns the symbols registered now.
+    /// Each registration is its own audited command (its own request id).
+    async fn register_symbols(&self, symbols: &[&str], audit: &Audit) -> Result<Vec<String>, Error> {
+        let mut registered = Vec::new();
+        for symbol in symbols {
+            let one = audit.clone().with_request_id(Uuid::new_v4());
+            if self.register_symbol(symbol, &one).await?.is_some() {
+                registered.push((*symbol).to_owned());
+            }
+        }
+        Ok(registered)
+    }
+    /// The registered symbols, in order.
+    async fn symbols(&self) -> Result<Vec<RegisteredSymbol>, Error>;
     /// Audit events, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error>;
     /// A stream of `CancelAll` commands after `start`, each exactly once.
@@ -496,6 +625,9 @@ pub(crate) enum Request<'a> {
     Withdrawals {
         on: bool,
     },
+    Register {
+        symbol: &'a str,
+    },
 }
 
 impl Request<'_> {
@@ -507,6 +639,16 @@ impl Request<'_> {
             Self::SetMode { symbol: None, .. } => CommandKind::SetGlobalMode,
             Self::CancelAll { .. } => CommandKind::CancelAll,
             Self::Withdrawals { .. } => CommandKind::WithdrawalsHalt,
+            Self::Register { .. } => CommandKind::RegisterSymbol,
+        }
+    }
+
+    /// The symbol the request names, if any.
+    pub(crate) fn symbol(&self) -> Option<&str> {
+        match self {
+            Self::SetMode { symbol, .. } => *symbol,
+            Self::CancelAll { symbol } | Self::Register { symbol } => Some(symbol),
+            Self::Withdrawals { .. } => None,
         }
     }
 
@@ -515,12 +657,7 @@ impl Request<'_> {
     /// withdrawals halt). Whether a mode change relaxes is decided against the current
     /// mode, atomically with the write ([`transition_refusal`]).
     pub(crate) fn validate(&self, audit: &Audit) -> Result<(), Error> {
-        let symbol = match self {
-            Self::SetMode { symbol, .. } => *symbol,
-            Self::CancelAll { symbol } => Some(*symbol),
-            Self::Withdrawals { .. } => None,
-        };
-        if let Some(symbol) = symbol {
+        if let Some(symbol) = self.symbol() {
             validate_symbol(symbol)?;
         }
         let (safety, what) = match self {
@@ -552,9 +689,22 @@ impl Request<'_> {
             ) => to == done,
             (Self::CancelAll { symbol: s }, Command::CancelAll { symbol }) => *s == symbol,
             (Self::Withdrawals { on }, Command::WithdrawalsHalt { on: done }) => on == done,
+            (Self::Register { symbol: s }, Command::RegisterSymbol { symbol }) => *s == symbol,
             _ => false,
         }
     }
+}
+
+/// An operator's command that would relax (decided against the current state).
+pub(crate) fn relax_forbidden(command: &Command, audit: &Audit) -> Error {
+    Error::Refused(failover_core::Refusal::Forbidden {
+        message: format!(
+            "{} acts as {}: {} relaxes safety and needs supervisor authority",
+            audit.actor(),
+            audit.authority(),
+            command.describe()
+        ),
+    })
 }
 
 /// A refusal decided against the current state (inside the store's lock or the

@@ -6,11 +6,13 @@
 
 use crate::subscription::CancelAllFeed;
 use crate::{
-    transition_refusal, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Command, Error,
-    ModeChange, ModeDelta, Request, StartAt, Subscription, SymbolMode, SymbolModeStore,
-    SymbolState, VenueState,
+    fold_symbol, near_match, transition_refusal, Applied, Audit, AuditEvent, CancelAllCommand,
+    CancelAllSubscription, ChangeRef, Command, Error, ModeChange, ModeDelta, RegisteredSymbol,
+    Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Transition,
+    VenueState,
 };
-use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
+use failover_core::authority::{check_relaxation, counted, replay_verdict, ReplayVerdict};
+use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position, Refusal};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -33,6 +35,10 @@ struct Inner {
     global: SymbolMode,
     withdrawals_halted: bool,
     symbols: BTreeMap<String, SymbolState>,
+    /// The registry, by folded key.
+    registry: BTreeMap<String, RegisteredSymbol>,
+    global_position: Position,
+    withdrawals_position: Position,
     /// `events[i].version == i + 1`; positions strictly increase.
     events: Vec<AuditEvent>,
     by_request: HashMap<Uuid, usize>,
@@ -45,6 +51,9 @@ impl Default for Inner {
             global: SymbolMode::Normal,
             withdrawals_halted: false,
             symbols: BTreeMap::new(),
+            registry: BTreeMap::new(),
+            global_position: Position::ZERO,
+            withdrawals_position: Position::ZERO,
             events: Vec::new(),
             by_request: HashMap::new(),
             timeline: failover_core::position::FIRST_TIMELINE,
@@ -75,13 +84,55 @@ impl Inner {
                         reason: event.reason.clone(),
                         ticket: event.ticket.clone(),
                         updated_at: event.at,
+                        position: event.position,
                     },
                 );
             }
-            Command::SetGlobalMode { to, .. } => self.global = *to,
-            Command::WithdrawalsHalt { on } => self.withdrawals_halted = *on,
+            Command::SetGlobalMode { to, .. } => {
+                self.global = *to;
+                self.global_position = event.position;
+            }
+            Command::WithdrawalsHalt { on } => {
+                self.withdrawals_halted = *on;
+                self.withdrawals_position = event.position;
+            }
+            Command::RegisterSymbol { symbol } => {
+                self.registry.insert(
+                    fold_symbol(symbol),
+                    RegisteredSymbol {
+                        symbol: symbol.clone(),
+                        registered_by: event.actor.clone(),
+                        registered_at: event.at,
+                        position: event.position,
+                    },
+                );
+            }
             Command::CancelAll { .. } => {}
         }
+    }
+
+    /// The position of the request's target (the symbol's, the global mode's, the
+    /// withdrawals halt's own); `None` for commands without one.
+    fn target(&self, request: &Request<'_>) -> Option<Position> {
+        match request {
+            Request::SetMode {
+                symbol: Some(s), ..
+            } => Some(self.symbols.get(*s).map_or(Position::ZERO, |m| m.position)),
+            Request::SetMode { symbol: None, .. } => Some(self.global_position),
+            Request::Withdrawals { .. } => Some(self.withdrawals_position),
+            Request::CancelAll { .. } | Request::Register { .. } => None,
+        }
+    }
+
+    fn event_at(&self, position: Position) -> Option<&AuditEvent> {
+        let i = self.events.partition_point(|e| e.position < position);
+        self.events.get(i).filter(|e| e.position == position)
+    }
+
+    fn registered(&self, symbol: &str) -> bool {
+        self.registry
+            .get(&fold_symbol(symbol))
+            .is_some_and(|r| r.symbol == symbol)
     }
 
     fn event_id(&self, version: u64) -> Option<Uuid> {
@@ -144,20 +195,68 @@ impl MemorySymbolModeStore {
 
     /// Applies `request` atomically: `Ok(None)` for a `tighten` that found the
     /// symbol already as severe.
-    fn apply(&self, request: Request<'_>, audit: &Audit) -> Result<Option<AuditEvent>, Error> {
+    fn apply(
+        &self,
+        request: Request<'_>,
+        audit: &Audit,
+    ) -> Result<Option<Applied<AuditEvent>>, Error> {
         request.validate(audit)?;
         let mut inner = self.lock();
+        let target = inner.target(&request);
+        let latest = |inner: &Inner| -> Option<ChangeRef> {
+            target
+                .and_then(|t| inner.event_at(t))
+                .map(AuditEvent::change_ref)
+        };
         if let Some(&i) = inner.by_request.get(&audit.request_id()) {
-            let event = &inner.events[i];
-            if !request.matches(&event.command) {
-                return Err(Error::RequestReused {
-                    request_id: event.request_id,
-                    previous: event.command.kind(),
-                });
-            }
-            return Ok(Some(event.clone()));
+            let e = &inner.events[i];
+            let same = request.matches(&e.command) && e.actor == audit.actor();
+            let in_force = target.is_none_or(|t| t == e.position);
+            return match replay_verdict(same, in_force) {
+                ReplayVerdict::Replayed => Ok(Some(Applied::replayed(e.clone()))),
+                ReplayVerdict::Superseded => Err(counted(Refusal::Superseded {
+                    request_id: e.request_id,
+                    by: latest(&inner).unwrap_or_else(|| e.change_ref()),
+                })
+                .into()),
+                ReplayVerdict::Reused => Err(counted(Refusal::RequestReused {
+                    request_id: e.request_id,
+                    previous: format!("{} by {}", e.command.describe(), e.actor),
+                })
+                .into()),
+            };
         }
-        let command = match request {
+        match request {
+            Request::SetMode {
+                symbol: Some(symbol),
+                ..
+            }
+            | Request::CancelAll { symbol } => {
+                if !inner.registered(symbol) {
+                    return Err(Error::UnknownSymbol {
+                        symbol: symbol.to_owned(),
+                        did_you_mean: near_match(
+                            symbol,
+                            inner.registry.values().map(|r| r.symbol.as_str()),
+                        ),
+                    });
+                }
+            }
+            Request::Register { symbol } => {
+                if let Some(known) = inner.registry.get(&fold_symbol(symbol)) {
+                    return if known.symbol == symbol {
+                        Ok(None)
+                    } else {
+                        Err(Error::SymbolConflict {
+                            symbol: symbol.to_owned(),
+                            registered: known.symbol.clone(),
+                        })
+                    };
+                }
+            }
+            _ => {}
+        }
+        let (command, relaxes) = match request {
             Request::SetMode {
                 symbol,
                 to,
@@ -167,26 +266,53 @@ impl MemorySymbolModeStore {
                     Some(s) => inner.symbols.get(s).map(|e| e.mode).unwrap_or_default(),
                     None => inner.global,
                 };
-                if only_tighten && from >= to {
+                let step = from.transition_to(to);
+                if only_tighten && (step != Transition::Tighten || from == to) {
                     return Ok(None);
                 }
-                if let Some(refusal) = transition_refusal(symbol, from, to, audit.ticket()) {
-                    return Err(refusal);
-                }
-                match symbol {
+                let command = match symbol {
                     Some(s) => Command::SetSymbolMode {
                         symbol: s.to_owned(),
                         from,
                         to,
                     },
                     None => Command::SetGlobalMode { from, to },
+                };
+                if step != Transition::Tighten {
+                    if !audit.authority().may_relax() {
+                        return Err(crate::relax_forbidden(&command, audit));
+                    }
+                    if let Some(refusal) = transition_refusal(symbol, from, to, audit.ticket()) {
+                        return Err(refusal);
+                    }
                 }
+                (command, step != Transition::Tighten)
             }
-            Request::CancelAll { symbol } => Command::CancelAll {
-                symbol: symbol.to_owned(),
-            },
-            Request::Withdrawals { on } => Command::WithdrawalsHalt { on },
+            Request::CancelAll { symbol } => (
+                Command::CancelAll {
+                    symbol: symbol.to_owned(),
+                },
+                false,
+            ),
+            Request::Withdrawals { on } => (Command::WithdrawalsHalt { on }, !on),
+            Request::Register { symbol } => (
+                Command::RegisterSymbol {
+                    symbol: symbol.to_owned(),
+                },
+                false,
+            ),
         };
+        if relaxes {
+            if !audit.authority().may_relax() {
+                return Err(crate::relax_forbidden(&command, audit));
+            }
+            check_relaxation(
+                audit.precondition(),
+                &command.describe(),
+                target.unwrap_or(Position::ZERO),
+                || latest(&inner),
+            )?;
+        }
         let event = AuditEvent {
             version: inner.version() + 1,
             position: inner.position().next_on(inner.timeline),
@@ -196,6 +322,8 @@ impl MemorySymbolModeStore {
             reason: audit.reason().to_owned(),
             ticket: audit.ticket().map(str::to_owned),
             at: failover_core::time::now_micros(),
+            login: None,
+            authority: Some(audit.authority()),
         };
         inner.record(&event);
         inner.events.push(event.clone());
@@ -220,7 +348,7 @@ impl MemorySymbolModeStore {
             position: event.position,
             delta: Some(delta),
         });
-        Ok(Some(event))
+        Ok(Some(Applied::new(event)))
     }
 }
 
@@ -228,8 +356,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn expect_event(event: Option<AuditEvent>) -> Result<AuditEvent, Error> {
-    // Only `tighten` requests may be no-ops.
+fn expect_event(event: Option<Applied<AuditEvent>>) -> Result<Applied<AuditEvent>, Error> {
+    // Only `tighten` and registration requests may be no-ops.
     event.ok_or(Error::Closed)
 }
 
@@ -242,6 +370,8 @@ impl SymbolModeStore for MemorySymbolModeStore {
             withdrawals_halted: inner.withdrawals_halted,
             version: inner.version(),
             position: inner.position(),
+            global_position: inner.global_position,
+            withdrawals_position: inner.withdrawals_position,
         })
     }
 
@@ -274,7 +404,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
         symbol: &str,
         mode: SymbolMode,
         audit: &Audit,
-    ) -> Result<AuditEvent, Error> {
+    ) -> Result<Applied<AuditEvent>, Error> {
         let request = Request::SetMode {
             symbol: Some(symbol),
             to: mode,
@@ -294,10 +424,14 @@ impl SymbolModeStore for MemorySymbolModeStore {
             to: mode,
             only_tighten: true,
         };
-        self.apply(request, audit)
+        Ok(self.apply(request, audit)?.map(Applied::into_inner))
     }
 
-    async fn set_global_mode(&self, mode: SymbolMode, audit: &Audit) -> Result<AuditEvent, Error> {
+    async fn set_global_mode(
+        &self,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
         let request = Request::SetMode {
             symbol: None,
             to: mode,
@@ -306,13 +440,41 @@ impl SymbolModeStore for MemorySymbolModeStore {
         expect_event(self.apply(request, audit)?)
     }
 
-    async fn cancel_all(&self, symbol: &str, audit: &Audit) -> Result<CancelAllCommand, Error> {
+    async fn cancel_all(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Applied<CancelAllCommand>, Error> {
         let event = expect_event(self.apply(Request::CancelAll { symbol }, audit)?)?;
-        CancelAllCommand::from_event(&event).ok_or(Error::Closed)
+        let command = CancelAllCommand::from_event(&event).ok_or(Error::Closed)?;
+        Ok(Applied {
+            value: command,
+            replayed: event.replayed,
+        })
     }
 
-    async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error> {
+    async fn withdrawals_halt(
+        &self,
+        on: bool,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
         expect_event(self.apply(Request::Withdrawals { on }, audit)?)
+    }
+
+    async fn register_symbol(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error> {
+        Ok(self
+            .apply(Request::Register { symbol }, audit)?
+            .map(Applied::into_inner))
+    }
+
+    async fn symbols(&self) -> Result<Vec<RegisteredSymbol>, Error> {
+        let mut all: Vec<RegisteredSymbol> = self.lock().registry.values().cloned().collect();
+        all.sort_by(|a, b| a.symbol.cmp(&b.symbol));
+        Ok(all)
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {

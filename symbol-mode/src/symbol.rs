@@ -195,3 +195,71 @@ mod tests {
         assert!(err.to_string().contains("at most 64"), "{err}");
     }
 }
+
+/// The folded key of a symbol: upper case, without the punctuation `-_./:`. Two
+/// symbols with one folded key are one instrument spelled twice (`eth-usd`,
+/// `ETH_USD`, `ETHUSD`); the registry keeps one of them. The database computes the
+/// same key (`symbol_fold`).
+pub fn fold_symbol(symbol: &str) -> String {
+    symbol
+        .chars()
+        .filter(|c| !SYMBOL_PUNCTUATION.contains(c))
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// The registered symbol `symbol` was most likely meant as: the one with the same
+/// folded key, else the closest within two edits of the folded keys (`ETH-UDS` →
+/// `ETH-USD`). `None` when nothing is close.
+pub fn near_match<'a>(symbol: &str, registered: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let key = fold_symbol(symbol);
+    let mut best: Option<(usize, &str)> = None;
+    for candidate in registered {
+        let distance = edit_distance(&key, &fold_symbol(candidate));
+        if distance <= 2 && best.is_none_or(|(d, _)| distance < d) {
+            best = Some((distance, candidate));
+        }
+    }
+    best.map(|(_, s)| s.to_owned())
+}
+
+/// Levenshtein distance over ASCII bytes (symbols are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn folding_ignores_case_and_punctuation() {
+        assert_eq!(fold_symbol("eth-usd"), "ETHUSD");
+        assert_eq!(fold_symbol("ETH_USD"), fold_symbol("eth.usd"));
+        assert_eq!(fold_symbol("ES:Z25"), "ESZ25");
+        assert_ne!(fold_symbol("ETH-USD"), fold_symbol("ETH-USDT"));
+    }
+
+    #[test]
+    fn near_matches() {
+        let known = ["BTC-USD", "ETH-USD", "SOL-USD"];
+        assert_eq!(near_match("eth-usd", known).as_deref(), Some("ETH-USD"));
+        assert_eq!(near_match("ETH-UDS", known).as_deref(), Some("ETH-USD"));
+        assert_eq!(near_match("ETHUSD", known).as_deref(), Some("ETH-USD"));
+        assert_eq!(near_match("NOPE-USD", known), None);
+        assert_eq!(near_match("../../etc/passwd", known), None);
+    }
+}

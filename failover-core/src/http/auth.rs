@@ -465,14 +465,21 @@ impl Caller {
         ))
     }
 
-    /// An audit context with the caller as actor.
+    /// An audit context with the caller as actor and the caller's authority: a
+    /// supervisor's commands may relax, everyone else's only tighten (decided by
+    /// the store inside the write, against the state it locks).
     pub fn audit(
         &self,
         reason: &str,
         ticket: Option<&str>,
         request_id: Option<uuid::Uuid>,
     ) -> crate::Audit {
-        let mut audit = crate::Audit::new(self.identity.actor.clone(), reason);
+        let authority = match self.identity.role {
+            Role::Supervisor => crate::Authority::Supervisor,
+            Role::Operator | Role::Viewer => crate::Authority::Operator,
+        };
+        let mut audit =
+            crate::Audit::new(self.identity.actor.clone(), reason).with_authority(authority);
         if let Some(t) = ticket {
             audit = audit.with_ticket(t);
         }

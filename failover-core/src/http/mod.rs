@@ -23,11 +23,13 @@
 //! ```
 
 pub mod auth;
+pub mod conditional;
 pub mod metrics;
 mod ops;
 pub mod tls;
 
 pub use auth::{Authenticator, Caller, Identity, PeerCertificate, Role};
+pub use conditional::{applied, etag, with_etag, IfMatch, IDEMPOTENT_REPLAYED};
 pub use ops::Ops;
 
 use axum::extract::rejection::JsonRejection;

@@ -14,8 +14,10 @@
 //!   [`PgStore`], which also gives `new`, `from_lookup`, `migrate` and `swap_dsn`).
 
 use crate::{
-    validate, Action, Audit, Error, KillSwitchEvent, KillSwitchState, KillSwitchStore, Position,
+    describe, validate, Action, Applied, Audit, Authority, ChangeRef, Error, KillSwitchEvent,
+    KillSwitchState, KillSwitchStore, Position,
 };
+use failover_core::authority::refusal_from_status;
 use failover_core::postgres::{
     reload_when_newer, ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool,
     Reload,
@@ -45,16 +47,22 @@ pub const MIGRATIONS: &[Migration] = &[
         "positions",
         include_str!("../../migrations/postgres/0002_positions.sql"),
     ),
+    Migration::new(
+        3,
+        "authority",
+        include_str!("../../migrations/postgres/0003_authority.sql"),
+    ),
 ];
 
 const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, version, position \
                     FROM kill_switch_state WHERE id = 1";
-const APPLY: &str = "SELECT o_engaged AS engaged, o_reason AS reason, o_updated_at AS updated_at, \
-                     o_updated_by AS updated_by, o_ticket AS ticket, o_version AS version, \
-                     o_position AS position, o_replayed AS replayed, o_prior_action AS prior_action \
-                     FROM kill_switch_apply($1, $2, $3, $4, $5)";
+const APPLY: &str = "SELECT o_status AS status, o_engaged AS engaged, o_reason AS reason, \
+                     o_updated_at AS updated_at, o_updated_by AS updated_by, o_ticket AS ticket, \
+                     o_version AS version, o_position AS position, o_other_position AS other_position, \
+                     o_other_actor AS other_actor, o_other_action AS other_action, o_other_at AS other_at \
+                     FROM kill_switch_apply($1, $2, $3, $4, $5, $6, $7, $8)";
 const HISTORY: &str =
-    "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at \
+    "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at, login, authority \
                        FROM kill_switch_events ORDER BY position DESC LIMIT $1";
 
 /// The kill switch in PostgreSQL.
@@ -163,13 +171,14 @@ impl PostgresKillSwitchStore {
         self
     }
 
-    async fn apply(&self, audit: &Audit, action: Action) -> Result<KillSwitchState, Error> {
+    async fn apply(&self, audit: &Audit, action: Action) -> Result<Applied<KillSwitchState>, Error> {
         validate(audit, action)?;
         let request_id = audit.request_id();
         let op = match action {
             Action::Engage => "kill_switch.engage",
             Action::Disengage => "kill_switch.disengage",
         };
+        let precondition = audit.precondition();
         // Safe to send again on a retry: the request id makes it idempotent.
         let row = self
             .pool
@@ -182,21 +191,38 @@ impl PostgresKillSwitchStore {
                     (&audit.reason(), Type::TEXT),
                     (&audit.actor(), Type::TEXT),
                     (&audit.ticket(), Type::TEXT),
+                    (&audit.authority().as_str(), Type::TEXT),
+                    (&precondition.expected(), Type::INT8),
+                    (&precondition.required(), Type::BOOL),
                 ],
             )
             .await
             .map_err(|e| Error::from(e.during_write()))?;
-        let replayed: bool = row.get("replayed");
-        let prior: String = row.get("prior_action");
-        if replayed && prior != action.as_str() {
-            return Err(Error::RequestReused {
-                request_id,
-                previous: Action::parse(&prior).unwrap_or(Action::Engage),
-            });
-        }
+        let status: String = row.get("status");
         let state = state_from(&row);
+        let other = row
+            .get::<_, Option<i64>>("other_position")
+            .map(|p| ChangeRef {
+                position: Position::from_i64(p),
+                actor: row.get("other_actor"),
+                what: row.get("other_action"),
+                at: row.get("other_at"),
+            });
+        if let Some(refusal) = refusal_from_status(
+            &status,
+            describe(action),
+            request_id,
+            precondition,
+            state.position,
+            other,
+        ) {
+            return Err(refusal.into());
+        }
+        if status == "replayed" {
+            return Ok(Applied::replayed(state));
+        }
         self.changes.feed().publish(state.clone());
-        Ok(state)
+        Ok(Applied::new(state))
     }
 }
 
@@ -211,11 +237,11 @@ impl KillSwitchStore for PostgresKillSwitchStore {
         Ok(state)
     }
 
-    async fn engage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+    async fn engage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error> {
         self.apply(audit, Action::Engage).await
     }
 
-    async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+    async fn disengage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error> {
         self.apply(audit, Action::Disengage).await
     }
 
@@ -237,6 +263,13 @@ impl KillSwitchStore for PostgresKillSwitchStore {
                 actor: r.get("actor"),
                 ticket: r.get("ticket"),
                 at: r.get("at"),
+                login: r.get("login"),
+                authority: r
+                    .get::<_, Option<&str>>("authority")
+                    .map(|a| match a {
+                        "operator" => Authority::Operator,
+                        _ => Authority::Supervisor,
+                    }),
             })
             .collect())
     }

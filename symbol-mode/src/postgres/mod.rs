@@ -21,10 +21,11 @@
 
 use crate::subscription::CancelAllFeed;
 use crate::{
-    transition_refusal, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Command,
-    CommandKind, Error, ModeChange, ModeDelta, Request, StartAt, SymbolMode, SymbolModeStore,
-    SymbolState, Transition, VenueState,
+    near_match, transition_refusal, Applied, Audit, AuditEvent, Authority, CancelAllCommand,
+    CancelAllSubscription, ChangeRef, Command, CommandKind, Error, ModeChange, ModeDelta,
+    RegisteredSymbol, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, VenueState,
 };
+use failover_core::authority::refusal_from_status;
 use failover_core::postgres::{
     hub, hub::HubSubscription, ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed,
     PgFeedStore, PgPool, Reload,
@@ -60,12 +61,20 @@ pub const MIGRATIONS: &[Migration] = &[
         "positions",
         include_str!("../../migrations/postgres/0002_positions.sql"),
     ),
+    Migration::new(
+        3,
+        "authority_registry",
+        include_str!("../../migrations/postgres/0003_authority_registry.sql"),
+    ),
 ];
 
-const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position \
+const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position, \
+                     global_position, withdrawals_position \
                      FROM symbol_mode_state WHERE id = 1";
-const SYMBOL: &str = "SELECT symbol, mode, version, updated_by, reason, ticket, updated_at \
+const SYMBOL: &str = "SELECT symbol, mode, version, updated_by, reason, ticket, updated_at, position \
                       FROM symbol_modes WHERE symbol = $1";
+const SYMBOLS: &str = "SELECT symbol, registered_by, registered_at, position \
+                       FROM symbol_registry ORDER BY symbol";
 /// One statement, one snapshot: the state row, the ids of the events at `$1` and at
 /// the head, and every symbol set after `$1` (none: one row of NULLs).
 const CHANGES: &str = "SELECT s.version, s.position, s.global_mode, s.withdrawals_halted, \
@@ -77,13 +86,16 @@ const CHANGES: &str = "SELECT s.version, s.position, s.global_mode, s.withdrawal
 const APPLY: &str = "SELECT o_status AS status, o_version AS version, o_position AS position, \
        o_request_id AS request_id, o_command AS command, o_symbol AS symbol, \
        o_from AS from_mode, o_to AS to_mode, o_withdrawals AS withdrawals_halted, \
-       o_reason AS reason, o_actor AS actor, o_ticket AS ticket, o_at AS at \
-     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+       o_reason AS reason, o_actor AS actor, o_ticket AS ticket, o_at AS at, \
+       o_login AS login, o_authority AS authority, o_target AS target, \
+       o_other_position AS other_position, o_other_actor AS other_actor, \
+       o_other_what AS other_what, o_other_at AS other_at \
+     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 const HISTORY: &str = "SELECT version, position, request_id, command, symbol, from_mode, to_mode, \
-       withdrawals_halted, reason, actor, ticket, at \
+       withdrawals_halted, reason, actor, ticket, at, login, authority \
      FROM symbol_mode_events ORDER BY position DESC LIMIT $1";
 const CANCEL_ALL_AFTER: &str = "SELECT version, position, request_id, command, symbol, from_mode, \
-       to_mode, withdrawals_halted, reason, actor, ticket, at \
+       to_mode, withdrawals_halted, reason, actor, ticket, at, login, authority \
      FROM symbol_mode_events WHERE command = 'CancelAll' AND position > $1 ORDER BY position LIMIT 1000";
 
 /// Symbol modes in PostgreSQL.
@@ -139,6 +151,9 @@ fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
         Some(CommandKind::WithdrawalsHalt) => Command::WithdrawalsHalt {
             on: on.ok_or_else(missing)?,
         },
+        Some(CommandKind::RegisterSymbol) => Command::RegisterSymbol {
+            symbol: symbol.ok_or_else(missing)?,
+        },
         None => return Err(corrupt(op, format!("unknown command {kind:?}"))),
     };
     Ok(AuditEvent {
@@ -150,6 +165,13 @@ fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
         actor: row.get("actor"),
         ticket: row.get("ticket"),
         at: row.get("at"),
+        login: row.get("login"),
+        authority: row
+            .get::<_, Option<&str>>("authority")
+            .map(|a| match a {
+                "operator" => Authority::Operator,
+                _ => Authority::Supervisor,
+            }),
     })
 }
 
@@ -172,6 +194,8 @@ async fn venue(pool: &PgPool) -> Result<VenueState, Error> {
         withdrawals_halted: row.get("withdrawals_halted"),
         version: version(row.get("version")),
         position: Position::from_i64(row.get("position")),
+        global_position: Position::from_i64(row.get("global_position")),
+        withdrawals_position: Position::from_i64(row.get("withdrawals_position")),
     })
 }
 
@@ -187,9 +211,6 @@ async fn position(pool: &PgPool) -> Result<Position, DbError> {
         .ok_or_else(|| schema_missing("symbol_mode.position"))
 }
 
-fn names(modes: Vec<SymbolMode>) -> Vec<&'static str> {
-    modes.into_iter().map(SymbolMode::as_str).collect()
-}
 
 impl PgStore for PostgresSymbolModeStore {
     const ENV_PREFIX: &'static str = ENV_PREFIX;
@@ -299,43 +320,29 @@ impl PostgresSymbolModeStore {
         &self,
         request: Request<'_>,
         audit: &Audit,
-    ) -> Result<Option<AuditEvent>, Error> {
+    ) -> Result<Option<Applied<AuditEvent>>, Error> {
         request.validate(audit)?;
         let kind = request.kind();
-        let (symbol, to, withdrawals, allowed, relax, noop) = match request {
+        let (symbol, to, withdrawals, only_tighten) = match request {
             Request::SetMode {
                 symbol,
                 to,
                 only_tighten,
-            } => {
-                let (allowed, relax, noop) = if only_tighten {
-                    let below: Vec<SymbolMode> =
-                        SymbolMode::ALL.into_iter().filter(|m| *m < to).collect();
-                    let rest = SymbolMode::ALL.into_iter().filter(|m| *m >= to).collect();
-                    (below, Vec::new(), rest)
-                } else {
-                    let mut allowed = SymbolMode::sources(to, Transition::Tighten);
-                    let relax = SymbolMode::sources(to, Transition::Relax);
-                    allowed.extend(relax.iter().copied());
-                    (allowed, relax, Vec::new())
-                };
-                (symbol, Some(to), None, allowed, relax, noop)
+            } => (symbol, Some(to), None, only_tighten),
+            Request::CancelAll { symbol } | Request::Register { symbol } => {
+                (Some(symbol), None, None, false)
             }
-            Request::CancelAll { symbol } => {
-                (Some(symbol), None, None, Vec::new(), Vec::new(), Vec::new())
-            }
-            Request::Withdrawals { on } => {
-                (None, None, Some(on), Vec::new(), Vec::new(), Vec::new())
-            }
+            Request::Withdrawals { on } => (None, None, Some(on), false),
         };
         let op = match kind {
             CommandKind::SetSymbolMode => "symbol_mode.set_symbol_mode",
             CommandKind::SetGlobalMode => "symbol_mode.set_global_mode",
             CommandKind::CancelAll => "symbol_mode.cancel_all",
             CommandKind::WithdrawalsHalt => "symbol_mode.withdrawals_halt",
+            CommandKind::RegisterSymbol => "symbol_mode.register_symbol",
         };
         let request_id = audit.request_id();
-        let (allowed, relax, noop) = (names(allowed), names(relax), names(noop));
+        let precondition = audit.precondition();
         // Safe to send again on a retry: the request id makes it idempotent.
         let row = self
             .pool
@@ -348,41 +355,82 @@ impl PostgresSymbolModeStore {
                     (&symbol, Type::TEXT),
                     (&to.map(SymbolMode::as_str), Type::TEXT),
                     (&withdrawals, Type::BOOL),
-                    (&allowed, Type::TEXT_ARRAY),
-                    (&relax, Type::TEXT_ARRAY),
-                    (&noop, Type::TEXT_ARRAY),
+                    (&only_tighten, Type::BOOL),
                     (&audit.reason(), Type::TEXT),
                     (&audit.actor(), Type::TEXT),
                     (&audit.ticket(), Type::TEXT),
+                    (&audit.authority().as_str(), Type::TEXT),
+                    (&precondition.expected(), Type::INT8),
+                    (&precondition.required(), Type::BOOL),
                 ],
             )
             .await
             .map_err(|e| Error::from(e.during_write()))?;
         let status: String = row.get("status");
+        let from = || -> Result<SymbolMode, Error> {
+            mode(op, row.get::<_, Option<&str>>("from_mode").unwrap_or("NORMAL"))
+        };
         match status.as_str() {
-            "applied" | "replayed" => {
+            "applied" => {
                 let event = event_from(op, &row)?;
-                if status == "replayed" && !request.matches(&event.command) {
-                    return Err(Error::RequestReused {
-                        request_id,
-                        previous: event.command.kind(),
-                    });
-                }
                 self.changes.feed().publish(ModeChange::at(event.position));
-                Ok(Some(event))
+                Ok(Some(Applied::new(event)))
             }
+            "replayed" => Ok(Some(Applied::replayed(event_from(op, &row)?))),
             "unchanged" => Ok(None),
-            "forbidden" | "ticket_required" => {
-                let from = mode(op, row.get::<_, &str>("from_mode"))?;
-                let to = to.unwrap_or_default();
+            "unknown_symbol" => {
+                let asked = symbol.unwrap_or_default();
+                let known = self.symbols().await.unwrap_or_default();
+                Err(Error::UnknownSymbol {
+                    symbol: asked.to_owned(),
+                    did_you_mean: near_match(asked, known.iter().map(|r| r.symbol.as_str())),
+                })
+            }
+            "symbol_conflict" => Err(Error::SymbolConflict {
+                symbol: symbol.unwrap_or_default().to_owned(),
+                registered: row.get("symbol"),
+            }),
+            "transition_forbidden" | "ticket_required" => {
+                let (from, to) = (from()?, to.unwrap_or_default());
                 Err(transition_refusal(symbol, from, to, audit.ticket())
                     .unwrap_or_else(|| corrupt(op, format!("the database refused {from} -> {to} ({status}) but the rules allow it"))))
             }
-            other => Err(corrupt(op, format!("unexpected status {other:?}"))),
+            _ => {
+                let what = match (symbol, to, withdrawals) {
+                    (Some(s), Some(to), _) => Command::SetSymbolMode {
+                        symbol: s.to_owned(),
+                        from: from()?,
+                        to,
+                    },
+                    (None, Some(to), _) => Command::SetGlobalMode { from: from()?, to },
+                    (_, _, Some(on)) => Command::WithdrawalsHalt { on },
+                    _ => Command::CancelAll {
+                        symbol: symbol.unwrap_or_default().to_owned(),
+                    },
+                }
+                .describe();
+                let other = row
+                    .get::<_, Option<i64>>("other_position")
+                    .map(|p| ChangeRef {
+                        position: Position::from_i64(p),
+                        actor: row.get("other_actor"),
+                        what: row.get("other_what"),
+                        at: row.get("other_at"),
+                    });
+                let target = Position::from_i64(row.get::<_, Option<i64>>("target").unwrap_or(0));
+                match refusal_from_status(&status, &what, request_id, precondition, target, other) {
+                    Some(refusal) => Err(refusal.into()),
+                    None => Err(corrupt(op, format!("unexpected status {status:?}"))),
+                }
+            }
         }
     }
 
-    async fn finish(&self, request: Request<'_>, audit: &Audit) -> Result<AuditEvent, Error> {
+    async fn finish(
+        &self,
+        request: Request<'_>,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
         self.apply(request, audit).await?.ok_or_else(|| {
             corrupt(
                 "symbol_mode.apply",
@@ -416,6 +464,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
                 reason: r.get("reason"),
                 ticket: r.get("ticket"),
                 updated_at: r.get("updated_at"),
+                position: Position::from_i64(r.get("position")),
             })
         })
         .transpose()
@@ -453,7 +502,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
         symbol: &str,
         mode: SymbolMode,
         audit: &Audit,
-    ) -> Result<AuditEvent, Error> {
+    ) -> Result<Applied<AuditEvent>, Error> {
         let request = Request::SetMode {
             symbol: Some(symbol),
             to: mode,
@@ -473,10 +522,14 @@ impl SymbolModeStore for PostgresSymbolModeStore {
             to: mode,
             only_tighten: true,
         };
-        self.apply(request, audit).await
+        Ok(self.apply(request, audit).await?.map(Applied::into_inner))
     }
 
-    async fn set_global_mode(&self, mode: SymbolMode, audit: &Audit) -> Result<AuditEvent, Error> {
+    async fn set_global_mode(
+        &self,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
         let request = Request::SetMode {
             symbol: None,
             to: mode,
@@ -485,14 +538,50 @@ impl SymbolModeStore for PostgresSymbolModeStore {
         self.finish(request, audit).await
     }
 
-    async fn cancel_all(&self, symbol: &str, audit: &Audit) -> Result<CancelAllCommand, Error> {
+    async fn cancel_all(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Applied<CancelAllCommand>, Error> {
         let event = self.finish(Request::CancelAll { symbol }, audit).await?;
-        CancelAllCommand::from_event(&event)
-            .ok_or_else(|| corrupt("symbol_mode.cancel_all", "not a CancelAll event".into()))
+        let command = CancelAllCommand::from_event(&event)
+            .ok_or_else(|| corrupt("symbol_mode.cancel_all", "not a CancelAll event".into()))?;
+        Ok(Applied {
+            value: command,
+            replayed: event.replayed,
+        })
     }
 
-    async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error> {
+    async fn withdrawals_halt(
+        &self,
+        on: bool,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
         self.finish(Request::Withdrawals { on }, audit).await
+    }
+
+    async fn register_symbol(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error> {
+        Ok(self
+            .apply(Request::Register { symbol }, audit)
+            .await?
+            .map(Applied::into_inner))
+    }
+
+    async fn symbols(&self) -> Result<Vec<RegisteredSymbol>, Error> {
+        let rows = self.pool.query("symbol_mode.symbols", SYMBOLS, &[]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| RegisteredSymbol {
+                symbol: r.get("symbol"),
+                registered_by: r.get("registered_by"),
+                registered_at: r.get("registered_at"),
+                position: Position::from_i64(r.get("position")),
+            })
+            .collect())
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {

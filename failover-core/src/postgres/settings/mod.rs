@@ -238,6 +238,12 @@ impl PgSettings {
         PgSettingsBuilder::from_config(config).build()
     }
 
+    /// The database login the DSN names, if it names one. Without the
+    /// `tradepulse_service` role a login acts in its own name: this is the actor.
+    pub fn user(&self) -> Option<&str> {
+        self.config.get_user()
+    }
+
     /// The DSN with the password replaced by `<redacted>`: safe to log.
     pub fn redacted_dsn(&self) -> String {
         dsn::redact(&self.config)
