@@ -152,13 +152,13 @@ impl KillSwitchStore for Counting {
     async fn engage(
         &self,
         a: &Audit,
-    ) -> Result<tradepulse_killswitch::KillSwitchState, tradepulse_killswitch::Error> {
+    ) -> Result<tradepulse_killswitch::Applied<tradepulse_killswitch::KillSwitchState>, tradepulse_killswitch::Error> {
         self.inner.engage(a).await
     }
     async fn disengage(
         &self,
         a: &Audit,
-    ) -> Result<tradepulse_killswitch::KillSwitchState, tradepulse_killswitch::Error> {
+    ) -> Result<tradepulse_killswitch::Applied<tradepulse_killswitch::KillSwitchState>, tradepulse_killswitch::Error> {
         self.inner.disengage(a).await
     }
     async fn history(
@@ -195,7 +195,8 @@ async fn a_change_reaches_a_handle_in_the_notification_without_a_read() {
         let s = writer
             .engage(&Audit::new("ops", format!("halt {round}")))
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
         wait_until("halted", Duration::from_secs(5), || switch.is_halted()).await;
         assert_eq!(
             switch.status().state.unwrap(),

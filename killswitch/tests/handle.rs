@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_killswitch::{
+    Applied,
     Audit, Error, FeedSource, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
     KillSwitchStore, MemoryKillSwitchStore, Position, Subscription, Trading,
 };
@@ -37,11 +38,11 @@ impl KillSwitchStore for Unreachable {
         self.check()?;
         self.inner.load().await
     }
-    async fn engage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+    async fn engage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error> {
         self.check()?;
         self.inner.engage(audit).await
     }
-    async fn disengage(&self, audit: &Audit) -> Result<KillSwitchState, Error> {
+    async fn disengage(&self, audit: &Audit) -> Result<Applied<KillSwitchState>, Error> {
         self.check()?;
         self.inner.disengage(audit).await
     }

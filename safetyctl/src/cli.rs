@@ -1,11 +1,20 @@
 //! The commands. Exit codes: 0 done; 2 refused (bad input, ticket missing,
-//! transition forbidden — nothing changed); 3 unavailable within the retry budget;
-//! 1 anything else (schema missing, a database error). Every error says what to do.
+//! transition forbidden, not the login's authority, the state moved since it was
+//! read, a replay superseded or reused, an unknown symbol — nothing changed); 3
+//! unavailable within the retry budget; 1 anything else (schema missing, a database
+//! error). Every error says what to do.
+//!
+//! Authority is the database login's: the CLI claims supervisor authority and the
+//! database grants what the login holds (roles `tradepulse_operator`,
+//! `tradepulse_supervisor`). The actor is the login unless the login holds
+//! `tradepulse_service` and `--actor` names someone else. A relaxation reads the state
+//! first, prints what it is about to relax, and applies only while the state is still
+//! the one it printed.
 
 use crate::export::{self, ExportEvent, Format};
 use clap::{Args, Parser, Subcommand};
 use failover_core::postgres::PgStore;
-use failover_core::Audit;
+use failover_core::{Audit, Position};
 use fencing::LeaseFencer;
 use killswitch::KillSwitchStore;
 use std::path::PathBuf;
@@ -31,9 +40,14 @@ pub struct Cli {
 /// Flags of every command.
 #[derive(Debug, Clone, Args)]
 pub struct Global {
-    /// Who acts, for the audit trail (default: OS user@host).
+    /// Who acts, for the audit trail (default: the database login). Only a login
+    /// holding `tradepulse_service` may name someone else.
     #[arg(long, global = true)]
     pub actor: Option<String>,
+    /// The request's idempotency key, to retry a command whose answer was lost: the
+    /// same key answers the original result while it is in force (default: new).
+    #[arg(long, global = true)]
+    pub request_id: Option<uuid::Uuid>,
     /// Why (required for every change).
     #[arg(long, global = true)]
     pub reason: Option<String>,
@@ -70,6 +84,12 @@ pub enum Command {
     CancelAll {
         /// The symbol, e.g. BTC-USD.
         symbol: String,
+    },
+    /// The symbol registry: mode changes and `CancelAll` address registered symbols.
+    Symbols {
+        /// add SYMBOL… | list | import FILE
+        #[command(subcommand)]
+        action: SymbolsCmd,
     },
     /// `WithdrawalsHalt(on/off)`.
     Withdrawals {
@@ -147,6 +167,26 @@ pub enum GlobalModeCmd {
     },
 }
 
+/// Symbol registry commands.
+#[derive(Debug, Subcommand)]
+pub enum SymbolsCmd {
+    /// Registers symbols (audited; an operator may). One canonical spelling each:
+    /// case and `-_./:` are ignored when comparing.
+    Add {
+        /// The symbols, e.g. BTC-USD ETH-USD.
+        #[arg(required = true)]
+        symbols: Vec<String>,
+    },
+    /// The registered symbols.
+    List,
+    /// Registers every symbol of a file, one per line (blank lines and `#` comments
+    /// skipped).
+    Import {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
 /// Withdrawals commands.
 #[derive(Debug, Subcommand)]
 pub enum WithdrawalsCmd {
@@ -220,7 +260,7 @@ impl From<killswitch::Error> for Failure {
     fn from(e: killswitch::Error) -> Self {
         use killswitch::Error as E;
         let code = match &e {
-            E::InvalidAudit(_) | E::RequestReused { .. } | E::Config(_) => EXIT_REFUSED,
+            E::InvalidAudit(_) | E::Refused(_) | E::Config(_) => EXIT_REFUSED,
             E::Unavailable { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_FAILED,
         };
@@ -238,7 +278,9 @@ impl From<symbol_mode::Error> for Failure {
             E::InvalidSymbol(_)
             | E::InvalidAudit(_)
             | E::TransitionForbidden { .. }
-            | E::RequestReused { .. }
+            | E::Refused(_)
+            | E::UnknownSymbol { .. }
+            | E::SymbolConflict { .. }
             | E::Config(_) => EXIT_REFUSED,
             E::Unavailable { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_FAILED,
@@ -273,16 +315,40 @@ pub fn default_actor() -> String {
 }
 
 impl Global {
-    fn audit(&self) -> Result<Audit, Failure> {
+    /// The audit of a change made through `store`: the actor is `--actor` or the
+    /// store's database login.
+    fn audit<S: PgStore>(&self, store: &S) -> Result<Audit, Failure> {
         let reason = self.reason.as_deref().ok_or_else(|| {
             Failure::refused("refused, nothing changed: --reason is required for every change: say why (e.g. --reason \"runaway algo\")")
         })?;
-        let actor = self.actor.clone().unwrap_or_else(default_actor);
+        let actor = match (&self.actor, store.pool().settings().user()) {
+            (Some(actor), _) => actor.clone(),
+            (None, Some(login)) => login.to_owned(),
+            (None, None) => default_actor(),
+        };
         let mut audit = Audit::new(actor, reason);
         if let Some(t) = &self.ticket {
             audit = audit.with_ticket(t);
         }
+        if let Some(id) = self.request_id {
+            audit = audit.with_request_id(id);
+        }
         Ok(audit)
+    }
+}
+
+/// Says on stderr what a relaxation is about to relax, and makes it conditional on
+/// that state: when it moved in between, the store refuses (exit 2) naming the change.
+fn relaxing(audit: Audit, what: String, position: Position) -> Audit {
+    eprintln!("about to relax: {what} (position {position})");
+    audit.expecting(position)
+}
+
+fn set_by(by: &str, at: SystemTime) -> String {
+    if by.is_empty() {
+        String::from("initial state")
+    } else {
+        format!("set by {by} at {}", time(at))
     }
 }
 
@@ -327,8 +393,25 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let store = kill_store()?;
             let state = match action {
                 KillSwitchCmd::Show => store.load().await?,
-                KillSwitchCmd::Engage => store.engage(&g.audit()?).await?,
-                KillSwitchCmd::Disengage => store.disengage(&g.audit()?).await?,
+                KillSwitchCmd::Engage => store.engage(&g.audit(&*store)?).await?.into_inner(),
+                KillSwitchCmd::Disengage => {
+                    let audit = g.audit(&*store)?;
+                    let seen = store.load().await?;
+                    let audit = if seen.engaged {
+                        relaxing(
+                            audit,
+                            format!(
+                                "kill switch ENGAGED -> disengaged, {} (reason {:?})",
+                                set_by(&seen.updated_by, seen.updated_at),
+                                seen.reason
+                            ),
+                            seen.position,
+                        )
+                    } else {
+                        audit.expecting(seen.position)
+                    };
+                    store.disengage(&audit).await?.into_inner()
+                }
                 KillSwitchCmd::History { limit } => {
                     let events = store.history(limit).await?;
                     let text = events
@@ -382,7 +465,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     );
                 }
                 ModeCmd::Set { symbol, mode } => {
-                    let event = store.set_symbol_mode(&symbol, mode, &g.audit()?).await?;
+                    let audit = g.audit(&*store)?;
+                    let seen = store.symbol_state(&symbol).await?;
+                    let (own, position) = seen
+                        .as_ref()
+                        .map_or((SymbolMode::Normal, Position::ZERO), |s| (s.mode, s.position));
+                    let audit = if mode < own {
+                        let by = seen.as_ref().map_or_else(
+                            || String::from("initial state"),
+                            |s| set_by(&s.updated_by, s.updated_at),
+                        );
+                        relaxing(audit, format!("{symbol} {own} -> {mode}, {by}"), position)
+                    } else {
+                        audit.expecting(position)
+                    };
+                    let event = store.set_symbol_mode(&symbol, mode, &audit).await?;
                     print(
                         g.json,
                         to_json(&event),
@@ -414,7 +511,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     );
                 }
                 GlobalModeCmd::Set { mode } => {
-                    let event = store.set_global_mode(mode, &g.audit()?).await?;
+                    let audit = g.audit(&*store)?;
+                    let venue = store.venue().await?;
+                    let audit = if mode < venue.global {
+                        let by = last_change(&*store, venue.global_position).await?;
+                        relaxing(
+                            audit,
+                            format!("global mode {} -> {mode}, {by}", venue.global),
+                            venue.global_position,
+                        )
+                    } else {
+                        audit.expecting(venue.global_position)
+                    };
+                    let event = store.set_global_mode(mode, &audit).await?;
                     print(
                         g.json,
                         to_json(&event),
@@ -428,7 +537,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::CancelAll { symbol } => {
             let store = mode_store()?;
-            let command = store.cancel_all(&symbol, &g.audit()?).await?;
+            let command = store.cancel_all(&symbol, &g.audit(&*store)?).await?;
             print(
                 g.json,
                 to_json(&command),
@@ -441,7 +550,19 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Withdrawals { action } => {
             let store = mode_store()?;
             let on = matches!(action, WithdrawalsCmd::Halt);
-            let event = store.withdrawals_halt(on, &g.audit()?).await?;
+            let audit = g.audit(&*store)?;
+            let venue = store.venue().await?;
+            let audit = if !on && venue.withdrawals_halted {
+                let by = last_change(&*store, venue.withdrawals_position).await?;
+                relaxing(
+                    audit,
+                    format!("withdrawals HALTED -> allowed, {by}"),
+                    venue.withdrawals_position,
+                )
+            } else {
+                audit.expecting(venue.withdrawals_position)
+            };
+            let event = store.withdrawals_halt(on, &audit).await?;
             print(
                 g.json,
                 to_json(&event),
@@ -453,6 +574,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                 ),
             );
         }
+        Command::Symbols { action } => symbols(&g, action).await?,
         Command::Lease {
             action: LeaseCmd::Show { resource },
         } => {
@@ -515,6 +637,71 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
+    Ok(())
+}
+
+/// Who made the change at `position` of the symbol-mode store, and when.
+async fn last_change(
+    store: &symbol_mode::PostgresSymbolModeStore,
+    position: Position,
+) -> Result<String, Failure> {
+    if position == Position::ZERO {
+        return Ok(String::from("initial state"));
+    }
+    // The newest events first: the change in force is usually among them.
+    let events = store.history(1000).await?;
+    Ok(events
+        .iter()
+        .find(|e| e.position == position)
+        .map_or_else(
+            || format!("last changed at position {position}"),
+            |e| set_by(&e.actor, e.at),
+        ))
+}
+
+async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
+    let store = mode_store()?;
+    let wanted: Vec<String> = match action {
+        SymbolsCmd::List => {
+            let all = store.symbols().await?;
+            let text = all
+                .iter()
+                .map(|r| format!("{}  registered by {} at {}", r.symbol, r.registered_by, time(r.registered_at)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            print(g.json, to_json(&all), text);
+            return Ok(());
+        }
+        SymbolsCmd::Add { symbols } => symbols,
+        SymbolsCmd::Import { file } => std::fs::read_to_string(&file)
+            .map_err(|e| Failure::refused(format!("reading {}: {e}; give a readable file with one symbol per line", file.display())))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+    };
+    // Every symbol is checked before any is registered: a bad line changes nothing.
+    for symbol in &wanted {
+        symbol_mode::validate_symbol(symbol).map_err(symbol_mode::Error::from)?;
+    }
+    let audit = g.audit(&*store)?;
+    let mut added = Vec::new();
+    let mut known = Vec::new();
+    for symbol in &wanted {
+        let one = audit.clone().with_request_id(uuid::Uuid::new_v4());
+        match store.register_symbol(symbol, &one).await? {
+            Some(_) => added.push(symbol.clone()),
+            None => known.push(symbol.clone()),
+        }
+    }
+    let text = format!(
+        "registered {} symbol(s){}{}",
+        added.len(),
+        if added.is_empty() { String::new() } else { format!(": {}", added.join(" ")) },
+        if known.is_empty() { String::new() } else { format!("; already registered: {}", known.join(" ")) }
+    );
+    print(g.json, serde_json::json!({"registered": added, "already_registered": known}), text);
     Ok(())
 }
 

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_symbol_mode::{
-    Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Error, FeedSource,
+    Applied, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Error, FeedSource,
     MemorySymbolModeStore, ModeChange, ModeDelta, Position, PostgresSymbolModeStore, StartAt,
     Subscription, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig, SymbolState,
-    VenueState,
+    RegisteredSymbol, VenueState,
 };
 
 /// Counts the reads a handle makes of the store it watches.
@@ -51,7 +51,7 @@ impl SymbolModeStore for Counting {
         symbol: &str,
         mode: SymbolMode,
         audit: &Audit,
-    ) -> Result<AuditEvent, Error> {
+    ) -> Result<Applied<AuditEvent>, Error> {
         self.inner.set_symbol_mode(symbol, mode, audit).await
     }
     async fn tighten_symbol_mode(
@@ -62,14 +62,36 @@ impl SymbolModeStore for Counting {
     ) -> Result<Option<AuditEvent>, Error> {
         self.inner.tighten_symbol_mode(symbol, mode, audit).await
     }
-    async fn set_global_mode(&self, mode: SymbolMode, audit: &Audit) -> Result<AuditEvent, Error> {
+    async fn set_global_mode(
+        &self,
+        mode: SymbolMode,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
         self.inner.set_global_mode(mode, audit).await
     }
-    async fn cancel_all(&self, symbol: &str, audit: &Audit) -> Result<CancelAllCommand, Error> {
+    async fn cancel_all(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Applied<CancelAllCommand>, Error> {
         self.inner.cancel_all(symbol, audit).await
     }
-    async fn withdrawals_halt(&self, on: bool, audit: &Audit) -> Result<AuditEvent, Error> {
+    async fn withdrawals_halt(
+        &self,
+        on: bool,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
         self.inner.withdrawals_halt(on, audit).await
+    }
+    async fn register_symbol(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error> {
+        self.inner.register_symbol(symbol, audit).await
+    }
+    async fn symbols(&self) -> Result<Vec<RegisteredSymbol>, Error> {
+        self.inner.symbols().await
     }
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {
         self.inner.history(limit).await

@@ -47,7 +47,7 @@ async fn runbook_names_are_stored_verbatim_in_the_database() {
     store
         .cancel_all("BTC-USD", &Audit::new("ops:alice", "flatten"))
         .await
-        .unwrap();
+        .unwrap().into_inner();
     store
         .withdrawals_halt(true, &Audit::new("ops:alice", "ledger invariant violation"))
         .await
@@ -230,7 +230,7 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
     let first = writer
         .cancel_all("BTC-USD", &Audit::new("ops", "first"))
         .await
-        .unwrap();
+        .unwrap().into_inner();
     assert_eq!(next(&mut a).await, first);
     assert_eq!(next(&mut b).await, first);
 
@@ -248,11 +248,11 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
     let second = writer
         .cancel_all("ETH-USD", &Audit::new("ops", "second"))
         .await
-        .unwrap();
+        .unwrap().into_inner();
     let third = writer
         .cancel_all("SOL-USD", &Audit::new("ops", "third"))
         .await
-        .unwrap();
+        .unwrap().into_inner();
     for sub in [&mut a, &mut b] {
         assert_eq!(next(sub).await, second);
         assert_eq!(next(sub).await, third);
@@ -264,7 +264,7 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
     let fourth = writer
         .cancel_all("BTC-USD", &Audit::new("ops", "fourth"))
         .await
-        .expect("the writer reconnects");
+        .expect("the writer reconnects").into_inner();
     for sub in [&mut a, &mut b] {
         assert_eq!(next(sub).await, fourth);
         quiet(sub).await;

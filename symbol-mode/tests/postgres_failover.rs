@@ -84,7 +84,7 @@ async fn kill9_primary_and_promote_replica_then_set_symbol_mode_succeeds_and_the
             &Audit::new("ops:alice", "flatten after failover"),
         )
         .await
-        .unwrap();
+        .unwrap().into_inner();
     let delivered = tokio::time::timeout(Duration::from_secs(10), engine.next())
         .await
         .expect("delivered after failover")
