@@ -293,16 +293,26 @@ impl Throttle {
         }
     }
 
-    /// How long `key` is still refused, if it is.
+    /// How long `key` is still refused, if it is. While the tracked addresses are at
+    /// their bound, the shared overflow key's refusal applies to every address.
     fn blocked_for(&self, key: ClientKey) -> Option<Duration> {
         let mut blocked = lock(&self.blocked);
-        let until = *blocked.get(&key)?;
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            blocked.remove(&key);
-            return None;
-        }
-        Some(left)
+        let mut left_for = |key: ClientKey| {
+            let until = *blocked.get(&key)?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                blocked.remove(&key);
+                return None;
+            }
+            Some(left)
+        };
+        left_for(key).or_else(|| {
+            if self.limiter.len() >= MAX_TRACKED_ADDRESSES {
+                left_for(ClientKey::Overflow)
+            } else {
+                None
+            }
+        })
     }
 
     /// Records one failed authentication of `key`; when it exceeds the rate, `key` is
@@ -799,6 +809,63 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(auth.bearer("t2").is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn failures_beyond_the_burst_refuse_that_address_only() {
+        let throttle = Throttle::new(60, 3);
+        let a = ClientKey::of(Some(IpAddr::from([10, 0, 0, 1])));
+        let b = ClientKey::of(Some(IpAddr::from([10, 0, 0, 2])));
+        for _ in 0..3 {
+            assert_eq!(throttle.failed(a), None, "within the burst");
+            assert_eq!(throttle.blocked_for(a), None);
+        }
+        let wait = throttle
+            .failed(a)
+            .expect("the 4th failure is over the limit");
+        assert!(
+            wait <= Duration::from_secs(1),
+            "one failure a second: {wait:?}"
+        );
+        assert!(throttle.blocked_for(a).is_some());
+        assert_eq!(
+            throttle.blocked_for(b),
+            None,
+            "another address is not affected"
+        );
+        assert_eq!(throttle.blocked_for(ClientKey::Unknown), None);
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other_host: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_net: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ClientKey::of(Some(one)), ClientKey::of(Some(other_host)));
+        assert_ne!(ClientKey::of(Some(one)), ClientKey::of(Some(other_net)));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            ClientKey::of(Some(mapped)),
+            ClientKey::of(Some(IpAddr::from([127, 0, 0, 1])))
+        );
+        assert_eq!(ClientKey::of(None), ClientKey::Unknown);
+    }
+
+    #[test]
+    fn the_tracked_addresses_are_bounded_and_a_flood_past_the_bound_is_still_throttled() {
+        let throttle = Throttle::new(1, 1);
+        let mut n: u32 = 0;
+        while throttle.limiter.len() < MAX_TRACKED_ADDRESSES {
+            n += 1;
+            let key = ClientKey::of(Some(IpAddr::from(std::net::Ipv4Addr::from(n))));
+            assert_eq!(throttle.failed(key), None, "a first failure is allowed");
+        }
+        // Past the bound, new addresses share one key: one failure, then refused.
+        let late = |i: u32| ClientKey::of(Some(IpAddr::from([192, 0, 2, i as u8])));
+        assert_eq!(throttle.failed(late(1)), None);
+        assert!(throttle.failed(late(2)).is_some());
+        assert!(throttle.blocked_for(late(3)).is_some());
+        assert!(throttle.limiter.len() <= MAX_TRACKED_ADDRESSES + 1);
     }
 
     fn tempdir() -> PathBuf {
