@@ -160,12 +160,14 @@ async fn failed_authentication_is_throttled_per_client_address_and_counted() {
         statuses[..20].iter().all(|s| *s == 401),
         "the burst is answered 401: {statuses:?}"
     );
-    assert_eq!(
-        statuses[20], 429,
-        "the 21st failure is refused: {statuses:?}"
+    // The 21st failure is refused unless a slow machine took 3 s (one refill) or more.
+    let refills = (spent.as_secs_f64() / 3.0).ceil() as usize;
+    let first_refused = statuses.iter().position(|s| *s == 429);
+    assert!(
+        first_refused.is_some_and(|i| i <= 20 + refills),
+        "first refused at {first_refused:?} in {spent:?}: {statuses:?}"
     );
     let unauthenticated = statuses.iter().filter(|s| **s == 401).count();
-    let refills = (spent.as_secs_f64() / 3.0).ceil() as usize;
     assert!(
         unauthenticated <= 20 + refills,
         "{unauthenticated} answered 401 in {spent:?}: {statuses:?}"
