@@ -638,7 +638,8 @@ pub async fn authenticate(
         }
         metrics::counter!("auth_throttled_total").increment(1);
         let route = format!("{} {}", req.method(), req.uri().path());
-        tracing::warn!(client = ?addr, %route, retry_after = ?left, "admin request refused: too many failed authentications from this address");
+        // Debug only: a flood must not flood the logs too (the trip is logged at warn).
+        tracing::debug!(client = ?addr, %route, retry_after = ?left, "admin request refused: too many failed authentications from this address");
         return throttled(left);
     }
     match outcome {
