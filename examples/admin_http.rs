@@ -12,8 +12,11 @@
 //!                        example prints a development token and listens on loopback only.
 //! mTLS:                  ADMIN_TLS_CERT_FILE, ADMIN_TLS_KEY_FILE, ADMIN_TLS_CLIENT_CA_FILE
 //! Logs:                  RUST_LOG, LOG_FORMAT=json
+//! Abuse bounds:          20 failed authentications a minute per client address (then 429),
+//!                        request headers within 10 s, bodies within 30 s and at most 64 KiB
 
-use failover_core::http::tls::{serve_tls, server_config, ClientAuth};
+use failover_core::http::tls::{serve_tls_with_shutdown, server_config, ClientAuth};
+use failover_core::http::{serve_with_shutdown, ServeLimits};
 use failover_core::postgres::PgStore;
 use failover_core::HealthRegistry;
 use fencing::LeaseFencer;
@@ -111,18 +114,12 @@ async fn main() -> Result<(), BoxError> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
+    // Headers within 10 s, bodies within 30 s; failed authentication is throttled per
+    // client address by the authenticator.
+    let limits = ServeLimits::default();
     match tls {
-        Some(config) => {
-            tokio::select! {
-                r = serve_tls(listener, config, app) => r?,
-                () = shutdown => {}
-            }
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?
-        }
+        Some(config) => serve_tls_with_shutdown(listener, config, app, limits, shutdown).await?,
+        None => serve_with_shutdown(listener, app, limits, shutdown).await?,
     }
     if let Some(task) = heartbeat {
         task.abort();

@@ -14,6 +14,13 @@
 //! certificate); a body `actor` is refused with 400 `actor_not_accepted`. A bad
 //! request gets a 4xx with `{"error": {"code", "message"}}` naming the problem and
 //! changes nothing. A store that cannot be reached gives 503.
+//!
+//! Serve the router with [`failover_core::http::serve`] (or
+//! [`failover_core::http::tls::serve_tls`]), which bounds request headers (10 s) and
+//! bodies (30 s, then 408) and gives each request its client address; the
+//! authenticator throttles failed authentication per address (429 `auth_throttled`
+//! with `Retry-After`). Admin bodies are at most 64 KiB (413 `payload_too_large`) and
+//! must be `application/json` (415 `unsupported_media_type`).
 
 use axum::Router;
 use failover_core::http::metrics::pool_gauges;

@@ -7,7 +7,9 @@
 //!   characters (category Cc: NUL, newline, escape …) and of Unicode format characters
 //!   (category Cf: zero-width space U+200B, right-to-left override U+202E, byte order
 //!   mark U+FEFF, soft hyphen U+00AD, word joiner U+2060 …), which would hide or
-//!   reorder text in an audit trail that people read;
+//!   reorder text in an audit trail that people read, and of the Unicode line and
+//!   paragraph separators (categories Zl and Zp: U+2028, U+2029), which break a
+//!   one-line audit entry into several lines in logs, terminals and JSON consumers;
 //! * a `ticket` is **mandatory** for actions that relax safety ([`Safety::Relax`]:
 //!   disengage the kill switch, de-escalate a mode, lift a halt) and optional for
 //!   those that tighten it ([`Safety::Tighten`]): an emergency stop is never blocked
@@ -102,6 +104,22 @@ pub enum AuditError {
         u32::from(*character)
     )]
     FormatCharacter {
+        /// `actor`, `reason` or `ticket`.
+        field: &'static str,
+        /// The first offending character.
+        character: char,
+        /// Its index, in characters from 0.
+        position: usize,
+    },
+    /// A field contains a Unicode line or paragraph separator (U+2028 LINE SEPARATOR,
+    /// category Zl; U+2029 PARAGRAPH SEPARATOR, category Zp): like a newline, it splits
+    /// one audit entry into several lines where people read it.
+    #[error(
+        "audit {field} contains the {} U+{:04X} at position {position}; write the text on one line (replace it with a space)",
+        separator_name(*character),
+        u32::from(*character)
+    )]
+    LineSeparator {
         /// `actor`, `reason` or `ticket`.
         field: &'static str,
         /// The first offending character.
@@ -218,6 +236,14 @@ impl Audit {
     }
 }
 
+/// The name of a separator character for [`AuditError::LineSeparator`].
+fn separator_name(character: char) -> &'static str {
+    match character.general_category() {
+        GeneralCategory::ParagraphSeparator => "paragraph separator",
+        _ => "line separator",
+    }
+}
+
 fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), AuditError> {
     if value.trim().is_empty() {
         return Err(AuditError::Empty { field });
@@ -230,12 +256,22 @@ fn check_text(field: &'static str, value: &str, max: usize) -> Result<(), AuditE
                 position,
             });
         }
-        if character.general_category() == GeneralCategory::Format {
-            return Err(AuditError::FormatCharacter {
-                field,
-                character,
-                position,
-            });
+        match character.general_category() {
+            GeneralCategory::Format => {
+                return Err(AuditError::FormatCharacter {
+                    field,
+                    character,
+                    position,
+                })
+            }
+            GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator => {
+                return Err(AuditError::LineSeparator {
+                    field,
+                    character,
+                    position,
+                })
+            }
+            _ => {}
         }
     }
     let len = value.chars().count();
@@ -336,6 +372,41 @@ mod tests {
                 .contains("control character U+001B at position 1"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn line_and_paragraph_separators_are_refused_with_code_point_and_position() {
+        for (c, code, name) in [
+            ('\u{2028}', "U+2028", "line separator"),
+            ('\u{2029}', "U+2029", "paragraph separator"),
+        ] {
+            let text = format!("run{c}away");
+            for (field, audit) in [
+                ("actor", Audit::new(text.clone(), "r")),
+                ("reason", Audit::new("a", text.clone())),
+                ("ticket", Audit::new("a", "r").with_ticket(text.clone())),
+            ] {
+                let err = audit.validate(Safety::Relax, "disengage").unwrap_err();
+                assert_eq!(
+                    err,
+                    AuditError::LineSeparator {
+                        field,
+                        character: c,
+                        position: 3
+                    }
+                );
+                let message = err.to_string();
+                assert!(
+                    message.contains(&format!("{name} {code} at position 3")),
+                    "{message}"
+                );
+                assert!(message.contains("on one line"), "{message}");
+                assert!(!message.contains(c), "{message}");
+            }
+        }
+        // Ordinary spaces (category Zs), including the no-break space, stay accepted.
+        let audit = Audit::new("a", "runaway\u{A0}algo  now");
+        assert_eq!(audit.validate(Safety::Tighten, "engage"), Ok(()));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Audit text is read by people: characters that hide or reorder text (Unicode
 //! category Cf) are refused like control characters, naming the character and its
-//! position.
+//! position; so are the line and paragraph separators (categories Zl and Zp), which
+//! split one entry into several lines.
 
 use tradepulse_failover_core::{Audit, Safety};
 
@@ -12,6 +13,8 @@ fn invisible_format_characters_in_audit_text_are_refused() {
         ("\u{FEFF}runaway algo", "U+FEFF", 0), // byte order mark
         ("run\u{AD}away algo", "U+00AD", 3),   // soft hyphen
         ("runaway\u{2066} algo", "U+2066", 7), // left-to-right isolate
+        ("runaway\u{2028}algo", "U+2028", 7),  // line separator (Zl)
+        ("\u{2029}runaway algo", "U+2029", 0), // paragraph separator (Zp)
     ];
     for (reason, code, position) in cases {
         for audit in [

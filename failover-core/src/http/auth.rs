@@ -25,15 +25,32 @@
 //! rotating or removing a token needs no restart. An unreadable file authenticates
 //! nobody (fail closed). Refusals answer 401 (`unauthenticated`) or 403
 //! (`forbidden`) in the usual JSON error shape, are counted in
-//! `admin_auth_refusals_total{reason}` and logged without the secret.
+//! `admin_auth_refusals_total{reason}` and `auth_fail_total{reason}` (reasons
+//! [`AUTH_FAIL_REASONS`]) and logged without the secret.
+//!
+//! Failed authentication is throttled **per client address**: after 20 failures a
+//! minute (a burst of 20, then one more every 3 s; [`Authenticator::with_failure_limit`]),
+//! every request of the protected routes from that address is answered 429
+//! `auth_throttled` with `Retry-After`, also one with a valid credential, and without
+//! checking it: were a valid token still accepted, a throttled guesser would learn
+//! from 200 against 429 which guess was right, and the throttle would not slow the
+//! guessing at all. Other addresses are not affected. The address is the peer of
+//! the connection (axum's `ConnectInfo<SocketAddr>`, set by
+//! [`serve`](super::serve), [`serve_tls`](super::tls::serve_tls) and by
+//! `into_make_service_with_connect_info`); IPv6 clients are keyed by their /64. A
+//! request without a known address is throttled under one shared key, never not at
+//! all. Throttled requests are counted in `auth_throttled_total`.
 
 use super::ApiError;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -199,11 +216,152 @@ struct Cache {
 /// within the file system's timestamp granularity keeps size and mtime).
 const REREAD_EVERY: Duration = Duration::from_secs(1);
 
-/// Who may call the admin routes. Cheap to clone.
+/// Failed authentications a client address may have per minute by default.
+pub const DEFAULT_FAILURES_PER_MINUTE: u32 = 20;
+/// How many failed authentications an address may have at once by default before
+/// the per-minute rate applies.
+pub const DEFAULT_FAILURE_BURST: u32 = 20;
+/// At most this many client addresses are tracked by the throttle; past it (a flood
+/// from very many addresses) further addresses share one key, so the memory stays
+/// bounded and the flood is still throttled.
+const MAX_TRACKED_ADDRESSES: usize = 65_536;
+/// Addresses whose failures are forgotten (their rate is back to full) are dropped
+/// from the throttle's memory at least this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The key the throttle counts failures under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ClientKey {
+    V4(std::net::Ipv4Addr),
+    /// The /64 network of an IPv6 address (one host usually has all of it).
+    V6Net(u64),
+    /// No client address is known.
+    Unknown,
+    /// Too many addresses are tracked already.
+    Overflow,
+}
+
+impl ClientKey {
+    fn of(addr: Option<IpAddr>) -> Self {
+        match addr.map(|a| a.to_canonical()) {
+            Some(IpAddr::V4(v4)) => Self::V4(v4),
+            Some(IpAddr::V6(v6)) => Self::V6Net((v6.to_bits() >> 64) as u64),
+            None => Self::Unknown,
+        }
+    }
+}
+
+type KeyedLimiter = governor::RateLimiter<
+    ClientKey,
+    governor::state::keyed::DefaultKeyedStateStore<ClientKey>,
+    governor::clock::DefaultClock,
+>;
+
+/// Failed authentications per client address: governor's keyed GCRA counts them; an
+/// address whose failure was refused by the rate is refused everything until the
+/// limiter would accept its next failure.
+struct Throttle {
+    per_minute: u32,
+    burst: u32,
+    limiter: KeyedLimiter,
+    blocked: Mutex<HashMap<ClientKey, Instant>>,
+    swept_at: Mutex<Instant>,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("per_minute", &self.per_minute)
+            .field("burst", &self.burst)
+            .field("tracked", &self.limiter.len())
+            .finish()
+    }
+}
+
+impl Throttle {
+    fn new(per_minute: u32, burst: u32) -> Self {
+        let per_minute = per_minute.max(1);
+        let burst = burst.max(1);
+        let quota = governor::Quota::per_minute(NonZeroU32::MIN.saturating_add(per_minute - 1))
+            .allow_burst(NonZeroU32::MIN.saturating_add(burst - 1));
+        Self {
+            per_minute,
+            burst,
+            limiter: governor::RateLimiter::keyed(quota),
+            blocked: Mutex::new(HashMap::new()),
+            swept_at: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// How long `key` is still refused, if it is. While the tracked addresses are at
+    /// their bound, the shared overflow key's refusal applies to every address.
+    fn blocked_for(&self, key: ClientKey) -> Option<Duration> {
+        let mut blocked = lock(&self.blocked);
+        let mut left_for = |key: ClientKey| {
+            let until = *blocked.get(&key)?;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                blocked.remove(&key);
+                return None;
+            }
+            Some(left)
+        };
+        left_for(key).or_else(|| {
+            if self.limiter.len() >= MAX_TRACKED_ADDRESSES {
+                left_for(ClientKey::Overflow)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Records one failed authentication of `key`; when it exceeds the rate, `key` is
+    /// refused from now on for the returned time.
+    fn failed(&self, key: ClientKey) -> Option<Duration> {
+        self.sweep_if_due();
+        let key = if self.limiter.len() >= MAX_TRACKED_ADDRESSES {
+            ClientKey::Overflow
+        } else {
+            key
+        };
+        use governor::clock::Clock;
+        let not_until = self.limiter.check_key(&key).err()?;
+        let wait = not_until.wait_time_from(self.limiter.clock().now());
+        lock(&self.blocked).insert(key, Instant::now() + wait);
+        Some(wait)
+    }
+
+    /// Forgets addresses whose failures no longer matter: once a minute, or once a
+    /// second while the tracked addresses are at their bound.
+    fn sweep_if_due(&self) {
+        let mut swept_at = lock(&self.swept_at);
+        let full = self.limiter.len() >= MAX_TRACKED_ADDRESSES;
+        let every = if full {
+            Duration::from_secs(1)
+        } else {
+            SWEEP_EVERY
+        };
+        if swept_at.elapsed() < every {
+            return;
+        }
+        *swept_at = Instant::now();
+        drop(swept_at);
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        let now = Instant::now();
+        let mut blocked = lock(&self.blocked);
+        blocked.retain(|_, until| *until > now);
+        blocked.shrink_to_fit();
+    }
+}
+
+/// Who may call the admin routes. Cheap to clone; clones share the principals and
+/// the failed-authentication throttle.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     source: Arc<Source>,
     cache: Arc<Mutex<Cache>>,
+    throttle: Arc<Throttle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -220,6 +378,7 @@ impl Authenticator {
                 stamp: None,
                 read_at: None,
             })),
+            throttle: default_throttle(),
         }
     }
 
@@ -232,7 +391,24 @@ impl Authenticator {
                 stamp: None,
                 read_at: None,
             })),
+            throttle: default_throttle(),
         }
+    }
+
+    /// Throttles failed authentication per client address at `per_minute` failures a
+    /// minute after a burst of `burst` (both at least 1; default
+    /// [`DEFAULT_FAILURES_PER_MINUTE`], [`DEFAULT_FAILURE_BURST`]). Past it, every
+    /// request from that address is answered 429 `auth_throttled` with `Retry-After`
+    /// until its next failure would be accepted.
+    #[must_use]
+    pub fn with_failure_limit(mut self, per_minute: u32, burst: u32) -> Self {
+        self.throttle = Arc::new(Throttle::new(per_minute, burst));
+        self
+    }
+
+    /// The failed-authentication limit: (per minute, burst).
+    pub fn failure_limit(&self) -> (u32, u32) {
+        (self.throttle.per_minute, self.throttle.burst)
     }
 
     /// From `ADMIN_TOKENS_FILE` (a file, rotated without restart) or `ADMIN_TOKENS`
@@ -259,13 +435,17 @@ impl Authenticator {
         (Self::from_text(&line), token)
     }
 
-    /// `router` with every route authenticated by this (routes merged later stay open,
+    /// `router` with every route authenticated by this, failed authentication
+    /// throttled per client address and request bodies bounded to
+    /// [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES) (routes merged later stay open,
     /// which is how probes and `/metrics` are mounted).
     pub fn protect<S: Clone + Send + Sync + 'static>(
         self,
         router: axum::Router<S>,
     ) -> axum::Router<S> {
-        router.layer(axum::middleware::from_fn_with_state(self, authenticate))
+        router
+            .layer(axum::middleware::from_fn_with_state(self, authenticate))
+            .layer(axum::extract::DefaultBodyLimit::max(super::MAX_BODY_BYTES))
     }
 
     /// How many principals are configured now.
@@ -339,6 +519,13 @@ impl Authenticator {
     }
 }
 
+fn default_throttle() -> Arc<Throttle> {
+    Arc::new(Throttle::new(
+        DEFAULT_FAILURES_PER_MINUTE,
+        DEFAULT_FAILURE_BURST,
+    ))
+}
+
 fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
@@ -371,7 +558,30 @@ impl Unauthenticated {
             Self::UnknownCertificate => "authentication failed: the client certificate's subject is not listed in the admin principals file",
         }
     }
+
+    /// The `reason` label of `auth_fail_total`.
+    fn fail_reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownToken => "unknown_token",
+            Self::UnknownCertificate => "unknown_certificate",
+        }
+    }
 }
+
+/// Every reason label of `auth_fail_total`: `missing` (no credential), `malformed`
+/// (an `Authorization` header that is not `Bearer <token>`), `unknown_token`,
+/// `unknown_certificate` (a verified client certificate whose subject is not
+/// listed) — all answered 401 and counted by the throttle — and `forbidden` (a known
+/// caller lacking the role, answered 403, not throttled).
+pub const AUTH_FAIL_REASONS: &[&str] = &[
+    "missing",
+    "malformed",
+    "unknown_token",
+    "unknown_certificate",
+    "forbidden",
+];
 
 /// Every reason label of `admin_auth_refusals_total`.
 pub const REFUSAL_REASONS: &[&str] = &[
@@ -385,12 +595,19 @@ pub const REFUSAL_REASONS: &[&str] = &[
 /// The middleware that authenticates each request (bearer token first, then the TLS
 /// client certificate) and leaves the outcome for [`Caller`]. It refuses nothing by
 /// itself, so open routes stay open; every route that extracts [`Caller`] requires an
-/// identity.
+/// identity. It refuses, with 429 `auth_throttled`, every request from a client
+/// address whose failed authentications exceeded the limit (still counting a failed
+/// credential in `auth_fail_total`), and counts each answer 401 against its address.
 pub async fn authenticate(
     State(auth): State<Authenticator>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let addr = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let key = ClientKey::of(addr);
     let outcome = match req.headers().get(axum::http::header::AUTHORIZATION) {
         Some(value) => match value
             .to_str()
@@ -412,6 +629,19 @@ pub async fn authenticate(
             None => Err(Unauthenticated::Missing),
         },
     };
+    let failure = outcome.as_ref().err().copied();
+    if let Some(left) = auth.throttle.blocked_for(key) {
+        // Refused whatever the credential, so the answer tells a guesser nothing; a
+        // failed credential is still counted, so dashboards see the whole attack.
+        if let Some(why) = failure {
+            metrics::counter!("auth_fail_total", "reason" => why.fail_reason()).increment(1);
+        }
+        metrics::counter!("auth_throttled_total").increment(1);
+        let route = format!("{} {}", req.method(), req.uri().path());
+        // Debug only: a flood must not flood the logs too (the trip is logged at warn).
+        tracing::debug!(client = ?addr, %route, retry_after = ?left, "admin request refused: too many failed authentications from this address");
+        return throttled(left);
+    }
     match outcome {
         Ok(identity) => {
             req.extensions_mut().insert(identity);
@@ -420,7 +650,40 @@ pub async fn authenticate(
             req.extensions_mut().insert(why);
         }
     }
-    next.run(req).await
+    let response = next.run(req).await;
+    // Counted by the answer, not the credential: a route that refused nothing did not
+    // fail anybody's authentication.
+    match response.extensions().get::<super::ErrorCode>().map(|c| c.0) {
+        Some("unauthenticated") => {
+            let why = failure.unwrap_or(Unauthenticated::Missing);
+            metrics::counter!("auth_fail_total", "reason" => why.fail_reason()).increment(1);
+            if let Some(wait) = auth.throttle.failed(key) {
+                // This failure is the one over the limit: it is answered 429 already.
+                tracing::warn!(client = ?addr, retry_after = ?wait, "admin authentication failures over the limit: this address is refused until then");
+                metrics::counter!("auth_throttled_total").increment(1);
+                return throttled(wait);
+            }
+        }
+        Some("forbidden") => {
+            metrics::counter!("auth_fail_total", "reason" => "forbidden").increment(1);
+        }
+        _ => {}
+    }
+    response
+}
+
+/// 429 `auth_throttled` with `Retry-After`.
+fn throttled(left: Duration) -> Response {
+    let seconds = super::retry_after_seconds(left);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "auth_throttled",
+        format!(
+            "refused, nothing changed: too many failed authentications from this address; retry in {seconds} s with a valid credential (ask an administrator for a current token)"
+        ),
+    )
+    .with_retry_after(left)
+    .into_response()
 }
 
 /// The authenticated caller of a route: extracting it refuses an unauthenticated
@@ -554,6 +817,63 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(auth.bearer("t2").is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn failures_beyond_the_burst_refuse_that_address_only() {
+        let throttle = Throttle::new(60, 3);
+        let a = ClientKey::of(Some(IpAddr::from([10, 0, 0, 1])));
+        let b = ClientKey::of(Some(IpAddr::from([10, 0, 0, 2])));
+        for _ in 0..3 {
+            assert_eq!(throttle.failed(a), None, "within the burst");
+            assert_eq!(throttle.blocked_for(a), None);
+        }
+        let wait = throttle
+            .failed(a)
+            .expect("the 4th failure is over the limit");
+        assert!(
+            wait <= Duration::from_secs(1),
+            "one failure a second: {wait:?}"
+        );
+        assert!(throttle.blocked_for(a).is_some());
+        assert_eq!(
+            throttle.blocked_for(b),
+            None,
+            "another address is not affected"
+        );
+        assert_eq!(throttle.blocked_for(ClientKey::Unknown), None);
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other_host: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_net: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ClientKey::of(Some(one)), ClientKey::of(Some(other_host)));
+        assert_ne!(ClientKey::of(Some(one)), ClientKey::of(Some(other_net)));
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            ClientKey::of(Some(mapped)),
+            ClientKey::of(Some(IpAddr::from([127, 0, 0, 1])))
+        );
+        assert_eq!(ClientKey::of(None), ClientKey::Unknown);
+    }
+
+    #[test]
+    fn the_tracked_addresses_are_bounded_and_a_flood_past_the_bound_is_still_throttled() {
+        let throttle = Throttle::new(1, 1);
+        let mut n: u32 = 0;
+        while throttle.limiter.len() < MAX_TRACKED_ADDRESSES {
+            n += 1;
+            let key = ClientKey::of(Some(IpAddr::from(std::net::Ipv4Addr::from(n))));
+            assert_eq!(throttle.failed(key), None, "a first failure is allowed");
+        }
+        // Past the bound, new addresses share one key: one failure, then refused.
+        let late = |i: u32| ClientKey::of(Some(IpAddr::from([192, 0, 2, i as u8])));
+        assert_eq!(throttle.failed(late(1)), None);
+        assert!(throttle.failed(late(2)).is_some());
+        assert!(throttle.blocked_for(late(3)).is_some());
+        assert!(throttle.limiter.len() <= MAX_TRACKED_ADDRESSES + 1);
     }
 
     fn tempdir() -> PathBuf {

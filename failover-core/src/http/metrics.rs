@@ -86,6 +86,38 @@ pub fn describe() {
     for reason in super::auth::REFUSAL_REASONS {
         metrics::counter!("admin_auth_refusals_total", "reason" => *reason).absolute(0);
     }
+    describe_counter!(
+        "auth_fail_total",
+        "Failed admin authentications, by reason: missing, malformed, unknown_token, unknown_certificate (401, counted by the per-address throttle) and forbidden (403, a known caller lacking the role)"
+    );
+    for reason in super::auth::AUTH_FAIL_REASONS {
+        metrics::counter!("auth_fail_total", "reason" => *reason).absolute(0);
+    }
+    describe_counter!(
+        "auth_throttled_total",
+        "Admin requests refused with 429 because their client address had too many failed authentications"
+    );
+    metrics::counter!("auth_throttled_total").absolute(0);
+    describe_replay_metrics();
+}
+
+/// Every `outcome` label of `replay_detect_total`: `replayed` (a request id already
+/// applied, not applied again), `superseded` (a request overtaken by a newer change
+/// of the same state) and `request_reused` (a request id reused for a different
+/// change, refused).
+pub const REPLAY_OUTCOMES: &[&str] = &["replayed", "superseded", "request_reused"];
+
+/// `# HELP` of `replay_detect_total{outcome}` (the stores count it) and its counters
+/// at zero for every outcome of [`REPLAY_OUTCOMES`], so that `/metrics` shows it
+/// before the first replay. [`describe`] calls it.
+pub fn describe_replay_metrics() {
+    metrics::describe_counter!(
+        "replay_detect_total",
+        "Change requests detected as replays by the stores, by outcome: replayed (request id already applied, not applied again), superseded (overtaken by a newer change), request_reused (request id reused for a different change, refused)"
+    );
+    for outcome in REPLAY_OUTCOMES {
+        metrics::counter!("replay_detect_total", "outcome" => *outcome).absolute(0);
+    }
 }
 
 /// Registers the counters of one pool component at zero, so that dashboards and

@@ -2,22 +2,21 @@
 //!
 //! [`server_config`] builds a rustls server configuration from PEM files; with a client
 //! CA, a client certificate is verified against it (required or optional).
-//! [`serve_tls`] accepts connections, completes the handshake (a client whose
+//! [`serve_tls`] accepts connections (through the same server loop and
+//! [`ServeLimits`] as [`serve`](super::serve)), completes the handshake (a client whose
 //! certificate another CA signed is refused there, before any HTTP), reads the
 //! verified certificate's subject common name and hands it to the routes as a
-//! [`PeerCertificate`] — the [`Authenticator`](super::Authenticator) maps it to an
+//! [`PeerCertificate`](super::PeerCertificate) — the [`Authenticator`](super::Authenticator) maps it to an
 //! identity through a `cn:` line of the principals file.
 
-use super::auth::PeerCertificate;
+use super::ServeLimits;
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
-use tower::ServiceExt;
 
 /// A TLS setting that cannot be used. Says which file and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -128,59 +127,37 @@ pub fn common_name(der: &[u8]) -> Option<String> {
     Some(cn)
 }
 
-/// How long a client may take to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `app` over TLS (HTTP/1.1) on `listener` until the task is dropped. Each
-/// request of a connection with a verified client certificate carries its
-/// [`PeerCertificate`]. A failed handshake (unknown CA, no certificate when one is
-/// required) closes the connection and is logged at debug level.
+/// Serves `app` over TLS (HTTP/1.1) on `listener` until the task is dropped, with the
+/// default [`ServeLimits`]. Each request of a connection with a verified client
+/// certificate carries its [`PeerCertificate`](super::PeerCertificate), and every request its client's
+/// address as axum's `ConnectInfo<SocketAddr>`. A failed handshake (unknown CA, no
+/// certificate when one is required) closes the connection and is logged at debug
+/// level.
 pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     app: Router,
 ) -> std::io::Result<()> {
+    serve_tls_with_shutdown(
+        listener,
+        config,
+        app,
+        ServeLimits::default(),
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`serve_tls`] with `limits`, until `shutdown` completes: then no new connection
+/// is accepted and open ones finish their requests, for at most
+/// [`ServeLimits::shutdown_grace`].
+pub async fn serve_tls_with_shutdown(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: ServeLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin TLS accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "admin TLS handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| common_name(c.as_ref()))
-                .map(|common_name| PeerCertificate { common_name });
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut req = req.map(axum::body::Body::new);
-                    if let Some(peer) = &peer {
-                        req.extensions_mut().insert(peer.clone());
-                    }
-                    app.clone().oneshot(req)
-                });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%remote, error = %e, "admin TLS connection ended with an error");
-            }
-        });
-    }
+    super::serve::run(listener, app, limits, Some(acceptor), shutdown).await
 }
