@@ -27,6 +27,10 @@ fn lookup(c: &mut Criterion) {
         let store = Arc::new(MemorySymbolModeStore::new());
         for (i, symbol) in symbols.iter().enumerate() {
             store
+                .register_symbol(symbol, &Audit::new("bench", "listing"))
+                .await
+                .expect("register");
+            store
                 .set_symbol_mode(symbol, SymbolMode::ALL[i % 4], &Audit::new("bench", "seed"))
                 .await
                 .expect("seed");

@@ -205,7 +205,8 @@ pub struct Summary {
     pub fills_by_engine: BTreeMap<String, usize>,
     /// Fills refused with `FENCING_TOKEN`.
     pub stale_fills_refused: usize,
-    /// Audit events recorded (kill switch + symbol modes).
+    /// Audit events recorded (kill switch + symbol modes, the engine's symbol
+    /// registrations included).
     pub audit_events: usize,
 }
 
@@ -324,6 +325,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Runs the scripted incident against `stores`, printing the timeline through `out`.
 pub async fn run(stores: Stores, out: impl FnMut(String) + Send) -> Result<Summary, BoxError> {
+    // An engine registers the symbols it trades at start: operators address them by
+    // these names, and a mistyped one is refused instead of halting nothing.
+    stores
+        .modes
+        .register_symbols(&SYMBOLS, &Audit::new("engine-a", "engine start"))
+        .await?;
     let kill = KillSwitch::spawn(stores.kill.clone(), KillSwitchConfig::default());
     let modes = SymbolModes::spawn(stores.modes.clone(), SymbolModesConfig::default());
     if kill.ready(Duration::from_secs(10)).await.is_halted()

@@ -4,21 +4,16 @@
 //! `/ready` answer 503 with `kill_switch` `failed` and the cause while the database is
 //! down), `/metrics`, and every control's routes.
 
-use failover_core::http::auth::token_sha256_hex;
 use failover_core::http::tls::{serve_tls, server_config, ClientAuth};
-use failover_core::http::Authenticator;
 use failover_core::postgres::PgSettings;
 use failover_core::postgres::PgStore;
 use failover_core::testkit::{shared_primary, Cluster};
-use failover_core::HealthRegistry;
 use fencing::LeaseFencer;
-use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
+use killswitch::KillSwitchStore;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use symbol_mode::{PostgresSymbolModeStore, SymbolModeStore, SymbolModes, SymbolModesConfig};
-use tradepulse_examples::admin_http::{prometheus, router, AdminState};
+use std::time::Duration;
 
 mod support;
 use support::*;
@@ -187,6 +182,19 @@ async fn only_authenticated_callers_with_the_right_role_change_anything() {
     let (status, body) = api
         .post(SUPERVISOR, "/admin/kill-switch/disengage", relax)
         .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (428, Some("precondition_required")),
+        "a relaxation names the state it relaxes: {body}"
+    );
+    let (status, body) = api
+        .post_matching(
+            SUPERVISOR,
+            "/admin/kill-switch/disengage",
+            relax,
+            "/admin/kill-switch",
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["updated_by"], "ops:bob");
     assert_eq!(body["engaged"], false);
@@ -318,9 +326,16 @@ async fn bad_requests_change_nothing_and_a_resent_request_is_applied_once() {
     let request_id = uuid::Uuid::new_v4();
     let payload = json!({"reason":"fixed","ticket":"INC-7","request_id":request_id}).to_string();
     let mut versions = Vec::new();
+    let seen = api.etag("/admin/kill-switch").await;
     for _ in 0..2 {
-        let (status, body) = api
-            .post(SUPERVISOR, "/admin/kill-switch/disengage", &payload)
+        let (status, _, body) = api
+            .request(
+                reqwest::Method::POST,
+                "/admin/kill-switch/disengage",
+                Some(&payload),
+                SUPERVISOR,
+                &[("if-match", seen.clone())],
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         versions.push(body["version"].as_u64().unwrap());
@@ -337,6 +352,16 @@ async fn symbol_modes_global_mode_cancel_all_withdrawals_and_leases_through_the_
     let (status, body) = api.get_open("/healthz").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["components"][1]["name"], "symbol_mode");
+    for symbol in ["BTC-USD", "SOL-USD"] {
+        let (status, body) = api
+            .put(
+                OPERATOR,
+                &format!("/admin/symbols/{symbol}"),
+                r#"{"reason":"listing"}"#,
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
     let (status, body) = api.get("/admin/symbols/BTC-USD/mode").await;
     assert_eq!(
         (status, body["mode"].as_str()),
@@ -419,7 +444,12 @@ async fn symbol_modes_global_mode_cancel_all_withdrawals_and_leases_through_the_
     for (mode, ticket) in [("CANCEL_ONLY", "INC-1"), ("NORMAL", "INC-2")] {
         let payload = json!({"mode": mode, "reason": "resume", "ticket": ticket}).to_string();
         let (status, body) = api
-            .put(SUPERVISOR, "/admin/symbols/BTC-USD/mode", &payload)
+            .put_matching(
+                SUPERVISOR,
+                "/admin/symbols/BTC-USD/mode",
+                &payload,
+                "/admin/symbols/BTC-USD/mode",
+            )
             .await;
         assert_eq!(status, 200, "{body}");
     }
@@ -444,10 +474,11 @@ async fn symbol_modes_global_mode_cancel_all_withdrawals_and_leases_through_the_
     let (_, body) = api.get("/admin/global-mode").await;
     assert_eq!(body["global"], "CANCEL_ONLY", "{body}");
     let (status, _) = api
-        .put(
+        .put_matching(
             SUPERVISOR,
             "/admin/global-mode",
             r#"{"mode":"NORMAL","reason":"ok","ticket":"INC-4"}"#,
+            "/admin/global-mode",
         )
         .await;
     assert_eq!(status, 200);
@@ -494,10 +525,11 @@ async fn symbol_modes_global_mode_cancel_all_withdrawals_and_leases_through_the_
         "{body}"
     );
     let (status, _) = api
-        .post(
+        .post_matching(
             SUPERVISOR,
             "/admin/withdrawals/halt",
             r#"{"on":false,"reason":"fixed","ticket":"INC-3"}"#,
+            "/admin/withdrawals",
         )
         .await;
     assert_eq!(status, 200);

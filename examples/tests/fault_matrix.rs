@@ -160,6 +160,10 @@ impl Controls {
         let mode_store =
             Arc::new(PostgresSymbolModeStore::new(settings.clone()).expect("symbol mode store"));
         mode_store.migrate().await.expect("symbol mode migrations");
+        mode_store
+            .register_symbol(SYMBOL, &Audit::new("matrix", "matrix symbol"))
+            .await
+            .expect("register the matrix symbol");
         let fencer = PostgresLeaseFencer::new(settings).expect("lease store");
         fencer.migrate().await.expect("fencing migrations");
         fencer

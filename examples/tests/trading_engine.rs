@@ -14,7 +14,8 @@ fn expected() -> Summary {
         cancelled_by_kill_switch: 2,
         fills_by_engine: [("engine-a".to_string(), 3), ("engine-b".to_string(), 4)].into(),
         stale_fills_refused: 1,
-        audit_events: 7,
+        // 3 symbol registrations at the engine's start, then the incident's 7 commands.
+        audit_events: 10,
     }
 }
 

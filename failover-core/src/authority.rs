@@ -380,8 +380,8 @@ mod tests {
             check_relaxation(Precondition::Required, "x", at, latest),
             Err(Refusal::PreconditionRequired { current, .. }) if current == at
         ));
-        let e = check_relaxation(Precondition::At(Position(6)), "disengage", at, latest)
-            .unwrap_err();
+        let e =
+            check_relaxation(Precondition::At(Position(6)), "disengage", at, latest).unwrap_err();
         assert_eq!(e.code(), "precondition_failed");
         assert!(e.to_string().contains("engage by ops:bob"), "{e}");
     }

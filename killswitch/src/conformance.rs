@@ -83,7 +83,10 @@ pub async fn same_request_is_applied_once(store: &dyn KillSwitchStore) {
         matches!(&err, Error::Refused(Refusal::Superseded { by, .. }) if by.what == "disengage"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("disengage by ops:conformance"), "{err}");
+    assert!(
+        err.to_string().contains("disengage by ops:conformance"),
+        "{err}"
+    );
     let now = store.load().await.expect("load");
     assert!(!now.engaged, "the replay must not re-engage");
     assert_eq!(now.version, 2);
@@ -137,7 +140,10 @@ pub async fn operator_may_not_disengage(store: &dyn KillSwitchStore) {
 /// A disengage names the state it relaxes: when another change landed after the
 /// caller read the state, it is refused naming that change, and nothing changes.
 pub async fn disengage_of_a_moved_state_is_refused(store: &dyn KillSwitchStore) {
-    let seen = store.engage(&engage_audit("first halt")).await.expect("engage");
+    let seen = store
+        .engage(&engage_audit("first halt"))
+        .await
+        .expect("engage");
     let again = store
         .engage(&Audit::new("ops:bob", "second incident"))
         .await

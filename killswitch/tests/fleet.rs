@@ -152,13 +152,19 @@ impl KillSwitchStore for Counting {
     async fn engage(
         &self,
         a: &Audit,
-    ) -> Result<tradepulse_killswitch::Applied<tradepulse_killswitch::KillSwitchState>, tradepulse_killswitch::Error> {
+    ) -> Result<
+        tradepulse_killswitch::Applied<tradepulse_killswitch::KillSwitchState>,
+        tradepulse_killswitch::Error,
+    > {
         self.inner.engage(a).await
     }
     async fn disengage(
         &self,
         a: &Audit,
-    ) -> Result<tradepulse_killswitch::Applied<tradepulse_killswitch::KillSwitchState>, tradepulse_killswitch::Error> {
+    ) -> Result<
+        tradepulse_killswitch::Applied<tradepulse_killswitch::KillSwitchState>,
+        tradepulse_killswitch::Error,
+    > {
         self.inner.disengage(a).await
     }
     async fn history(

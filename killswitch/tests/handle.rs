@@ -6,9 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_killswitch::{
-    Applied,
-    Audit, Error, FeedSource, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent, KillSwitchState,
-    KillSwitchStore, MemoryKillSwitchStore, Position, Subscription, Trading,
+    Applied, Audit, Error, FeedSource, Halt, KillSwitch, KillSwitchConfig, KillSwitchEvent,
+    KillSwitchState, KillSwitchStore, MemoryKillSwitchStore, Position, Subscription, Trading,
 };
 
 #[derive(Debug, Default)]

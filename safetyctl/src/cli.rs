@@ -469,7 +469,9 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     let seen = store.symbol_state(&symbol).await?;
                     let (own, position) = seen
                         .as_ref()
-                        .map_or((SymbolMode::Normal, Position::ZERO), |s| (s.mode, s.position));
+                        .map_or((SymbolMode::Normal, Position::ZERO), |s| {
+                            (s.mode, s.position)
+                        });
                     let audit = if mode < own {
                         let by = seen.as_ref().map_or_else(
                             || String::from("initial state"),
@@ -650,13 +652,10 @@ async fn last_change(
     }
     // The newest events first: the change in force is usually among them.
     let events = store.history(1000).await?;
-    Ok(events
-        .iter()
-        .find(|e| e.position == position)
-        .map_or_else(
-            || format!("last changed at position {position}"),
-            |e| set_by(&e.actor, e.at),
-        ))
+    Ok(events.iter().find(|e| e.position == position).map_or_else(
+        || format!("last changed at position {position}"),
+        |e| set_by(&e.actor, e.at),
+    ))
 }
 
 async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
@@ -666,7 +665,14 @@ async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
             let all = store.symbols().await?;
             let text = all
                 .iter()
-                .map(|r| format!("{}  registered by {} at {}", r.symbol, r.registered_by, time(r.registered_at)))
+                .map(|r| {
+                    format!(
+                        "{}  registered by {} at {}",
+                        r.symbol,
+                        r.registered_by,
+                        time(r.registered_at)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
             print(g.json, to_json(&all), text);
@@ -674,7 +680,12 @@ async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
         }
         SymbolsCmd::Add { symbols } => symbols,
         SymbolsCmd::Import { file } => std::fs::read_to_string(&file)
-            .map_err(|e| Failure::refused(format!("reading {}: {e}; give a readable file with one symbol per line", file.display())))?
+            .map_err(|e| {
+                Failure::refused(format!(
+                    "reading {}: {e}; give a readable file with one symbol per line",
+                    file.display()
+                ))
+            })?
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -698,10 +709,22 @@ async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
     let text = format!(
         "registered {} symbol(s){}{}",
         added.len(),
-        if added.is_empty() { String::new() } else { format!(": {}", added.join(" ")) },
-        if known.is_empty() { String::new() } else { format!("; already registered: {}", known.join(" ")) }
+        if added.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", added.join(" "))
+        },
+        if known.is_empty() {
+            String::new()
+        } else {
+            format!("; already registered: {}", known.join(" "))
+        }
     );
-    print(g.json, serde_json::json!({"registered": added, "already_registered": known}), text);
+    print(
+        g.json,
+        serde_json::json!({"registered": added, "already_registered": known}),
+        text,
+    );
     Ok(())
 }
 

@@ -280,6 +280,9 @@ pub async fn run(
     kill_store.migrate().await?;
     let mode_store = symbol_mode::PostgresSymbolModeStore::new(settings.clone())?;
     mode_store.migrate().await?;
+    mode_store
+        .register_symbol("DRILL-USD", &Audit::new("drill", "drill symbol"))
+        .await?;
     let leases = fencing::PostgresLeaseFencer::new(settings)?;
     leases.migrate().await?;
     let kill_store: Arc<dyn KillSwitchStore> = Arc::new(kill_store);

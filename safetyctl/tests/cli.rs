@@ -2,74 +2,11 @@
 //! checked with the runbook's own SQL.
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::{shared_primary, Cluster};
-use std::process::{Command, Output};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Db {
-    cluster: Arc<Cluster>,
-    db: String,
-    dsn: String,
-}
-
-async fn db() -> Db {
-    let (cluster, db) = shared_primary().await.unwrap();
-    let dsn = cluster.primary().dsn(&db);
-    let lookup = |dsn: String| move |k: &str| k.ends_with("__DSN").then(|| dsn.clone());
-    killswitch::PostgresKillSwitchStore::from_lookup(lookup(dsn.clone()))
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    symbol_mode::PostgresSymbolModeStore::from_lookup(lookup(dsn.clone()))
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    fencing::PostgresLeaseFencer::from_lookup(lookup(dsn.clone()))
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    Db { cluster, db, dsn }
-}
-
-fn safetyctl(dsn: &str, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safetyctl"));
-    for prefix in ["KILL_SWITCH", "SYMBOL_MODE", "FENCING"] {
-        cmd.env(format!("TRADEPULSE_{prefix}_POSTGRES__DSN"), dsn);
-        cmd.env(format!("TRADEPULSE_{prefix}_POSTGRES__RETRY_BUDGET"), "1s");
-        cmd.env(
-            format!("TRADEPULSE_{prefix}_POSTGRES__CONNECT_TIMEOUT"),
-            "300ms",
-        );
-    }
-    cmd.args(args).output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-impl Db {
-    async fn runbook_row(&self) -> Vec<Option<String>> {
-        self.cluster
-            .primary()
-            .query(
-                &self.db,
-                "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;",
-            )
-            .await
-            .unwrap()
-            .remove(0)
-    }
-}
+mod support;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engage_is_seen_by_the_runbook_sql_and_disengage_without_ticket_exits_2() {
@@ -123,9 +60,9 @@ async fn engage_is_seen_by_the_runbook_sql_and_disengage_without_ticket_exits_2(
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let state: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(state["engaged"], false);
-    assert!(
-        state["updated_by"].as_str().unwrap().contains('@'),
-        "default actor is user@host: {state}"
+    assert_eq!(
+        state["updated_by"], "postgres",
+        "without --actor the actor is the database login: {state}"
     );
     assert_eq!(db.runbook_row().await[0].as_deref(), Some("f"));
 
@@ -138,6 +75,11 @@ async fn engage_is_seen_by_the_runbook_sql_and_disengage_without_ticket_exits_2(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mode_set_cancel_all_withdrawals_and_a_forbidden_transition() {
     let db = db().await;
+    let o = safetyctl(
+        &db.dsn,
+        &["symbols", "add", "BTC-USD", "--reason", "listing"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let o = safetyctl(
         &db.dsn,
         &[
@@ -190,8 +132,8 @@ async fn mode_set_cancel_all_withdrawals_and_a_forbidden_transition() {
         .unwrap();
     assert_eq!(
         rows[0][0].as_deref(),
-        Some("2"),
-        "SetSymbolMode + CancelAll audited"
+        Some("3"),
+        "RegisterSymbol + SetSymbolMode + CancelAll audited"
     );
     let o = safetyctl(
         &db.dsn,
@@ -227,7 +169,8 @@ async fn mode_set_cancel_all_withdrawals_and_a_forbidden_transition() {
 async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_file() {
     let db = db().await;
     for args in [
-        &["kill-switch", "engage", "--reason", "a"][..],
+        &["symbols", "add", "ETH-USD", "--reason", "listing"][..],
+        &["kill-switch", "engage", "--reason", "a"],
         &[
             "kill-switch",
             "disengage",
@@ -271,7 +214,7 @@ async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_
             summary["sha256"].as_str().unwrap(),
             safetyctl::evidence::sha256_hex(&bytes)
         );
-        assert_eq!(summary["events"], 5, "{summary}");
+        assert_eq!(summary["events"], 6, "{summary}");
         let content = String::from_utf8(bytes).unwrap();
         if format == "jsonl" {
             let events: Vec<serde_json::Value> = content
@@ -287,7 +230,7 @@ async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_
                     )
                 })
                 .collect();
-            assert_eq!(keys.len(), 5, "every event once: {content}");
+            assert_eq!(keys.len(), 6, "every event once: {content}");
             for control in ["kill_switch", "symbol_mode", "lease"] {
                 assert!(
                     events.iter().any(|e| e["control"] == control),
@@ -295,7 +238,7 @@ async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_
                 );
             }
         } else {
-            assert_eq!(content.lines().count(), 6, "header + 5 rows: {content}");
+            assert_eq!(content.lines().count(), 7, "header + 6 rows: {content}");
             assert!(content.contains("\"d, with \"\"quotes\"\"\""), "{content}");
         }
     }

@@ -10,9 +10,8 @@
 
 use crate::{
     Audit, AuditError, AuditEvent, Authority, CancelAllCommand, Command, CommandKind, Error,
-    ModeSnapshot, Scope,
-    SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore, SymbolModes,
-    SymbolModesConfig, TradingAction, Transition, MAX_SYMBOL_CHARS, POLICY_ACTOR,
+    ModeSnapshot, Scope, SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore,
+    SymbolModes, SymbolModesConfig, TradingAction, Transition, MAX_SYMBOL_CHARS, POLICY_ACTOR,
 };
 use failover_core::Refusal;
 use std::collections::BTreeMap;
@@ -403,7 +402,10 @@ pub async fn same_request_is_applied_once(store: &dyn SymbolModeStore) {
         .await
         .expect("replay in force");
     assert!(again.replayed);
-    assert_eq!(again.value, first.value, "a replay returns what the request produced");
+    assert_eq!(
+        again.value, first.value,
+        "a replay returns what the request produced"
+    );
     let later = store
         .set_symbol_mode("BTC-USD", HardHalt, &ops("later"))
         .await
@@ -797,7 +799,10 @@ pub async fn cancel_all_is_allowed_in_every_mode_and_audited(store: &dyn SymbolM
             symbol: "CA-0".into()
         }
     );
-    assert_eq!(CancelAllCommand::from_event(newest), Some(command.into_inner()));
+    assert_eq!(
+        CancelAllCommand::from_event(newest),
+        Some(command.into_inner())
+    );
 }
 
 async fn next_command(sub: &mut crate::CancelAllSubscription) -> CancelAllCommand {
@@ -1178,7 +1183,11 @@ pub async fn operator_may_not_relax(store: &dyn SymbolModeStore) {
     let before = observe(store).await;
     let refused = [
         store
-            .set_symbol_mode("BTC-USD", CancelOnly, &operator("resume").with_ticket("INC-1"))
+            .set_symbol_mode(
+                "BTC-USD",
+                CancelOnly,
+                &operator("resume").with_ticket("INC-1"),
+            )
             .await
             .map(drop),
         store
@@ -1249,7 +1258,9 @@ pub async fn relaxation_of_a_moved_target_is_refused(store: &dyn SymbolModeStore
         .set_symbol_mode(
             "BTC-USD",
             SoftHalt,
-            &ops("tighten").expecting(seen.position).with_authority(Authority::Operator),
+            &ops("tighten")
+                .expecting(seen.position)
+                .with_authority(Authority::Operator),
         )
         .await
         .expect("a tightening applies whatever it names");
@@ -1258,15 +1269,36 @@ pub async fn relaxation_of_a_moved_target_is_refused(store: &dyn SymbolModeStore
         .set_global_mode(CancelOnly, &ticketed("resume").expecting(hard.position))
         .await
         .expect("relax against the state in force");
-    assert_eq!(resumed.command, Command::SetGlobalMode { from: HardHalt, to: CancelOnly });
-    let state = store.symbol_state("BTC-USD").await.expect("state").expect("set");
+    assert_eq!(
+        resumed.command,
+        Command::SetGlobalMode {
+            from: HardHalt,
+            to: CancelOnly
+        }
+    );
+    let state = store
+        .symbol_state("BTC-USD")
+        .await
+        .expect("state")
+        .expect("set");
     let err = store
-        .set_symbol_mode("BTC-USD", Normal, &ticketed("resume").expecting(hard.position))
+        .set_symbol_mode(
+            "BTC-USD",
+            Normal,
+            &ticketed("resume").expecting(hard.position),
+        )
         .await
         .expect_err("the symbol's own position is not the global one");
-    assert!(matches!(&err, Error::Refused(Refusal::PreconditionFailed { .. })), "{err:?}");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::PreconditionFailed { .. })),
+        "{err:?}"
+    );
     store
-        .set_symbol_mode("BTC-USD", Normal, &ticketed("resume").expecting(state.position))
+        .set_symbol_mode(
+            "BTC-USD",
+            Normal,
+            &ticketed("resume").expecting(state.position),
+        )
         .await
         .expect("relax the symbol against its own position");
 }
@@ -1277,7 +1309,10 @@ pub async fn relaxation_of_a_moved_target_is_refused(store: &dyn SymbolModeStore
 /// idempotent, and an operator's to do.
 pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn SymbolModeStore) {
     let registered = store
-        .register_symbol("BTC-USD", &ops("listing").with_authority(Authority::Operator))
+        .register_symbol(
+            "BTC-USD",
+            &ops("listing").with_authority(Authority::Operator),
+        )
         .await
         .expect("register")
         .expect("new");
@@ -1320,7 +1355,13 @@ pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn Symbo
             .await
             .expect_err("unknown");
         assert!(
-            matches!(&err, Error::UnknownSymbol { did_you_mean: None, .. }),
+            matches!(
+                &err,
+                Error::UnknownSymbol {
+                    did_you_mean: None,
+                    ..
+                }
+            ),
             "{unknown}: {err:?}"
         );
         let err = store

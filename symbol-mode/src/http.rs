@@ -184,13 +184,14 @@ async fn register(
     match s.store.register_symbol(&symbol, &audit).await? {
         Some(event) => {
             tracing::info!(%symbol, actor = caller.actor(), "symbol registered via admin API");
-            let mut response = axum::Json(serde_json::json!({"registered": true, "event": event}))
-                .into_response();
+            let mut response =
+                axum::Json(serde_json::json!({"registered": true, "event": event})).into_response();
             *response.status_mut() = StatusCode::CREATED;
             Ok(response)
         }
-        None => Ok(axum::Json(serde_json::json!({"registered": false, "symbol": symbol}))
-            .into_response()),
+        None => Ok(
+            axum::Json(serde_json::json!({"registered": false, "symbol": symbol})).into_response(),
+        ),
     }
 }
 

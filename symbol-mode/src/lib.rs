@@ -32,7 +32,8 @@ pub use postgres::{PgStore, PostgresSymbolModeStore};
 pub use snapshot::ModeSnapshot;
 pub use subscription::{CancelAllSubscription, StartAt, Subscription};
 pub use symbol::{
-    fold_symbol, is_symbol_char, near_match, validate_symbol, SymbolError, MAX_SYMBOL_CHARS, SYMBOL_PUNCTUATION,
+    fold_symbol, is_symbol_char, near_match, validate_symbol, SymbolError, MAX_SYMBOL_CHARS,
+    SYMBOL_PUNCTUATION,
 };
 
 pub use failover_core::{FeedSource, Position, Positioned};
@@ -268,7 +269,9 @@ impl Command {
     /// `CancelAll BTC-USD` (the database's `symbol_mode_event_what` says the same).
     pub fn describe(&self) -> String {
         match self {
-            Self::SetSymbolMode { symbol, from, to } => format!("SetSymbolMode {symbol} {from} -> {to}"),
+            Self::SetSymbolMode { symbol, from, to } => {
+                format!("SetSymbolMode {symbol} {from} -> {to}")
+            }
             Self::SetGlobalMode { from, to } => format!("SetGlobalMode {from} -> {to}"),
             Self::CancelAll { symbol } => format!("CancelAll {symbol}"),
             Self::WithdrawalsHalt { on } => {
@@ -312,7 +315,8 @@ pub struct AuditEvent {
     pub ticket: Option<String>,
     /// When (database clock for Postgres), microsecond precision.
     #[serde(with = "failover_core::time::rfc3339")]
-    pub at: SystemTime,    /// The database login that wrote it (`session_user`), beside the actor it
+    pub at: SystemTime,
+    /// The database login that wrote it (`session_user`), beside the actor it
     /// named; `None` in memory and for events written before logins were recorded.
     #[serde(default)]
     pub login: Option<String>,
@@ -587,12 +591,19 @@ pub trait SymbolModeStore:
         -> Result<Applied<AuditEvent>, Error>;
     /// Registers `symbol` (audited; an operator may). `None` when it is registered
     /// already, spelled exactly so; [`Error::SymbolConflict`] when another spelling is.
-    async fn register_symbol(&self, symbol: &str, audit: &Audit)
-        -> Result<Option<AuditEvent>, Error>;
+    async fn register_symbol(
+        &self,
+        symbol: &str,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error>;
     /// Registers every symbol an engine trades, at its start: those already
     /// registered are left as they are. Returns the symbols registered now.
     /// Each registration is its own audited command (its own request id).
-    async fn register_symbols(&self, symbols: &[&str], audit: &Audit) -> Result<Vec<String>, Error> {
+    async fn register_symbols(
+        &self,
+        symbols: &[&str],
+        audit: &Audit,
+    ) -> Result<Vec<String>, Error> {
         let mut registered = Vec::new();
         for symbol in symbols {
             let one = audit.clone().with_request_id(Uuid::new_v4());

@@ -211,7 +211,10 @@ pub fn fold_symbol(symbol: &str) -> String {
 /// The registered symbol `symbol` was most likely meant as: the one with the same
 /// folded key, else the closest within two edits of the folded keys (`ETH-UDS` →
 /// `ETH-USD`). `None` when nothing is close.
-pub fn near_match<'a>(symbol: &str, registered: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn near_match<'a>(
+    symbol: &str,
+    registered: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     let key = fold_symbol(symbol);
     let mut best: Option<(usize, &str)> = None;
     for candidate in registered {

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_symbol_mode::{
     Applied, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Error, FeedSource,
-    MemorySymbolModeStore, ModeChange, ModeDelta, Position, PostgresSymbolModeStore, StartAt,
-    Subscription, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig, SymbolState,
-    RegisteredSymbol, VenueState,
+    MemorySymbolModeStore, ModeChange, ModeDelta, Position, PostgresSymbolModeStore,
+    RegisteredSymbol, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolModes,
+    SymbolModesConfig, SymbolState, VenueState,
 };
 
 /// Counts the reads a handle makes of the store it watches.
@@ -107,6 +107,10 @@ async fn changes_arrive_without_reads(
     writer: Arc<dyn SymbolModeStore>,
     reader: Arc<dyn SymbolModeStore>,
 ) {
+    writer
+        .register_symbols(&["BTC-USD", "ETH-USD"], &Audit::new("ops", "listing"))
+        .await
+        .unwrap();
     let counting = Arc::new(Counting {
         inner: reader,
         reads: AtomicUsize::new(0),

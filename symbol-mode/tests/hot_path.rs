@@ -22,6 +22,10 @@ async fn ten_thousand_symbols_answer_from_borrowed_keys() {
     let store = Arc::new(MemorySymbolModeStore::new());
     for i in 0..10_000usize {
         store
+            .register_symbol(&format!("SYM-{i:05}"), &Audit::new("ops", "listing"))
+            .await
+            .unwrap();
+        store
             .set_symbol_mode(
                 &format!("SYM-{i:05}"),
                 SymbolMode::ALL[i % 4],
@@ -81,6 +85,10 @@ async fn readers_never_see_a_snapshot_roll_back_while_it_is_swapped() {
         let to = SymbolMode::ALL[round / 50];
         store
             .set_global_mode(to, &Audit::new("ops", "step"))
+            .await
+            .unwrap();
+        store
+            .register_symbol(&format!("OTHER-{round}"), &Audit::new("ops", "listing"))
             .await
             .unwrap();
         store

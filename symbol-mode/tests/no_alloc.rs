@@ -34,6 +34,10 @@ async fn lookups_over_ten_thousand_symbols_allocate_nothing() {
     for i in 0..10_000usize {
         let audit = Audit::new("ops", "seed");
         store
+            .register_symbol(&format!("SYM-{i:05}"), &Audit::new("ops", "listing"))
+            .await
+            .unwrap();
+        store
             .set_symbol_mode(&format!("SYM-{i:05}"), SymbolMode::ALL[i % 4], &audit)
             .await
             .unwrap();

@@ -22,6 +22,10 @@ async fn runbook_names_are_stored_verbatim_in_the_database() {
     let (cluster, db) = support::primary().await;
     let store = support::store(&cluster.primary().dsn(&db)).await;
     store
+        .register_symbols(&["BTC-USD"], &Audit::new("ops", "listing"))
+        .await
+        .unwrap();
+    store
         .set_symbol_mode(
             "BTC-USD",
             SymbolMode::HardHalt,
@@ -47,7 +51,8 @@ async fn runbook_names_are_stored_verbatim_in_the_database() {
     store
         .cancel_all("BTC-USD", &Audit::new("ops:alice", "flatten"))
         .await
-        .unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     store
         .withdrawals_halt(true, &Audit::new("ops:alice", "ledger invariant violation"))
         .await
@@ -57,7 +62,7 @@ async fn runbook_names_are_stored_verbatim_in_the_database() {
         .query(
             &db,
             "SELECT command, symbol, from_mode, to_mode, withdrawals_halted, ticket \
-             FROM symbol_mode_events ORDER BY version",
+             FROM symbol_mode_events WHERE command <> 'RegisterSymbol' ORDER BY version",
         )
         .await
         .unwrap();
@@ -90,7 +95,8 @@ async fn runbook_names_are_stored_verbatim_in_the_database() {
         .unwrap();
     assert_eq!(
         state[0],
-        [Some("SOFT_HALT".into()), Some("t".into()), Some("5".into())]
+        [Some("SOFT_HALT".into()), Some("t".into()), Some("6".into())],
+        "five commands and the registration"
     );
     let modes = cluster
         .primary()
@@ -122,6 +128,10 @@ async fn ten_thousand_symbols_reload_from_postgres_and_then_follow_single_change
         let writer = writer.clone();
         tasks.push(tokio::spawn(async move {
             for i in (worker..10_000).step_by(8) {
+                writer
+                    .register_symbol(&format!("SYM-{i:05}"), &Audit::new("ops", "listing"))
+                    .await
+                    .expect("register");
                 writer
                     .set_symbol_mode(
                         &format!("SYM-{i:05}"),
@@ -210,6 +220,13 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
     let (cluster, db) = support::primary().await;
     let dsn = cluster.primary().dsn(&db);
     let writer = support::store(&dsn).await;
+    writer
+        .register_symbols(
+            &["BTC-USD", "ETH-USD", "SOL-USD"],
+            &Audit::new("ops", "listing"),
+        )
+        .await
+        .unwrap();
     // Two subscribers on separate pools; the poll fallback is off, so a command
     // issued while a connection is down can only arrive through the catch-up on
     // reconnect.
@@ -230,7 +247,8 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
     let first = writer
         .cancel_all("BTC-USD", &Audit::new("ops", "first"))
         .await
-        .unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     assert_eq!(next(&mut a).await, first);
     assert_eq!(next(&mut b).await, first);
 
@@ -248,11 +266,13 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
     let second = writer
         .cancel_all("ETH-USD", &Audit::new("ops", "second"))
         .await
-        .unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     let third = writer
         .cancel_all("SOL-USD", &Audit::new("ops", "third"))
         .await
-        .unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     for sub in [&mut a, &mut b] {
         assert_eq!(next(sub).await, second);
         assert_eq!(next(sub).await, third);
@@ -264,7 +284,8 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
     let fourth = writer
         .cancel_all("BTC-USD", &Audit::new("ops", "fourth"))
         .await
-        .expect("the writer reconnects").into_inner();
+        .expect("the writer reconnects")
+        .into_inner();
     for sub in [&mut a, &mut b] {
         assert_eq!(next(sub).await, fourth);
         quiet(sub).await;
@@ -283,6 +304,10 @@ async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers
     )
     .unwrap();
     store.migrate().await.unwrap();
+    store
+        .register_symbols(&["HALTED"], &Audit::new("ops", "listing"))
+        .await
+        .unwrap();
     store
         .set_symbol_mode("HALTED", SymbolMode::HardHalt, &Audit::new("ops", "halt"))
         .await

@@ -22,6 +22,10 @@ async fn kill9_primary_and_promote_replica_then_set_symbol_mode_succeeds_and_the
         .expect("primary + replica");
     let db = cluster.create_database().await.expect("database");
     let store = Arc::new(support::store(&cluster.multi_host_dsn(&db)).await);
+    store
+        .register_symbols(&["BTC-USD"], &Audit::new("ops", "listing"))
+        .await
+        .unwrap();
     let modes = SymbolModes::spawn(
         store.clone(),
         SymbolModesConfig::default().with_poll_interval(Duration::from_millis(200)),
@@ -84,7 +88,8 @@ async fn kill9_primary_and_promote_replica_then_set_symbol_mode_succeeds_and_the
             &Audit::new("ops:alice", "flatten after failover"),
         )
         .await
-        .unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     let delivered = tokio::time::timeout(Duration::from_secs(10), engine.next())
         .await
         .expect("delivered after failover")

@@ -23,6 +23,10 @@ impl SuiteStore for SymbolModeSuite {
     const AUDIT_TABLE: &'static str = "symbol_mode_events";
 
     async fn tighten(store: &Self::Store, n: u32) -> Result<Position, Error> {
+        // Registered on first use (a no-op once it is), as an engine does at start.
+        store
+            .register_symbol(SYMBOL, &Audit::new("suite:ops", "listing"))
+            .await?;
         let audit = Audit::new("suite:ops", format!("halt {n}"));
         Ok(store
             .set_symbol_mode(SYMBOL, SymbolMode::SoftHalt, &audit)
@@ -31,6 +35,9 @@ impl SuiteStore for SymbolModeSuite {
     }
 
     async fn relax(store: &Self::Store, n: u32) -> Result<Position, Error> {
+        store
+            .register_symbol(SYMBOL, &Audit::new("suite:ops", "listing"))
+            .await?;
         let audit = Audit::new("suite:ops", format!("resume {n}")).with_ticket("CHG-1");
         Ok(store
             .set_symbol_mode(SYMBOL, SymbolMode::Normal, &audit)

@@ -36,6 +36,10 @@ async fn the_store_refuses_a_look_alike_of_an_existing_symbol() {
     let store = MemorySymbolModeStore::new();
     let audit = Audit::new("ops:alice", "halt").with_ticket("INC-1");
     store
+        .register_symbol("BTC-USD", &Audit::new("ops:alice", "listing"))
+        .await
+        .expect("register");
+    store
         .set_symbol_mode("BTC-USD", SymbolMode::HardHalt, &audit)
         .await
         .expect("the real symbol");

@@ -31,10 +31,16 @@ impl KillSwitchStore for PollOnly {
     async fn load(&self) -> Result<killswitch::KillSwitchState, killswitch::Error> {
         self.0.load().await
     }
-    async fn engage(&self, a: &Audit) -> Result<killswitch::Applied<killswitch::KillSwitchState>, killswitch::Error> {
+    async fn engage(
+        &self,
+        a: &Audit,
+    ) -> Result<killswitch::Applied<killswitch::KillSwitchState>, killswitch::Error> {
         self.0.engage(a).await
     }
-    async fn disengage(&self, a: &Audit) -> Result<killswitch::Applied<killswitch::KillSwitchState>, killswitch::Error> {
+    async fn disengage(
+        &self,
+        a: &Audit,
+    ) -> Result<killswitch::Applied<killswitch::KillSwitchState>, killswitch::Error> {
         self.0.disengage(a).await
     }
     async fn history(

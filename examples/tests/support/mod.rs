@@ -100,6 +100,49 @@ impl Api {
         (status, headers, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// A relaxing POST: `If-Match` carries the `ETag` of `seen` (the GET the
+    /// decision is made on), read just before.
+    pub async fn post_matching(
+        &self,
+        token: &str,
+        path: &str,
+        body: &str,
+        seen: &str,
+    ) -> (u16, Value) {
+        let etag = self.etag(seen).await;
+        let (status, _, body) = self
+            .request(
+                reqwest::Method::POST,
+                path,
+                Some(body),
+                token,
+                &[("if-match", etag)],
+            )
+            .await;
+        (status, body)
+    }
+
+    /// A relaxing PUT, like [`post_matching`](Self::post_matching).
+    pub async fn put_matching(
+        &self,
+        token: &str,
+        path: &str,
+        body: &str,
+        seen: &str,
+    ) -> (u16, Value) {
+        let etag = self.etag(seen).await;
+        let (status, _, body) = self
+            .request(
+                reqwest::Method::PUT,
+                path,
+                Some(body),
+                token,
+                &[("if-match", etag)],
+            )
+            .await;
+        (status, body)
+    }
+
     /// The `ETag` of a GET, as sent back in `If-Match`.
     pub async fn etag(&self, path: &str) -> String {
         let (status, headers, body) = self
@@ -242,4 +285,3 @@ pub async fn eventually(what: &str, timeout: Duration, mut probe: impl AsyncFnMu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-

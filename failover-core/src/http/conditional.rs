@@ -23,7 +23,8 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 
 /// The `ETag` of a control's state at `position`: `"<position as a number>"`.
 pub fn etag(position: Position) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{}\"", position.0)).unwrap_or(HeaderValue::from_static("\"0\""))
+    HeaderValue::from_str(&format!("\"{}\"", position.0))
+        .unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 /// A JSON answer with the state's `ETag`.
@@ -70,10 +71,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
             return Ok(Self(None));
         };
         let text = value.to_str().unwrap_or("").trim();
-        let inner = text
-            .strip_prefix("W/")
-            .unwrap_or(text)
-            .trim_matches('"');
+        let inner = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
         inner.parse::<u64>().map(|p| Self(Some(Position(p)))).map_err(|_| {
             ApiError::bad_request(format!(
                 "If-Match {text:?} names no position: send the ETag of the GET you decided on, e.g. If-Match: \"42\""

@@ -171,7 +171,11 @@ impl PostgresKillSwitchStore {
         self
     }
 
-    async fn apply(&self, audit: &Audit, action: Action) -> Result<Applied<KillSwitchState>, Error> {
+    async fn apply(
+        &self,
+        audit: &Audit,
+        action: Action,
+    ) -> Result<Applied<KillSwitchState>, Error> {
         validate(audit, action)?;
         let request_id = audit.request_id();
         let op = match action {
@@ -264,12 +268,10 @@ impl KillSwitchStore for PostgresKillSwitchStore {
                 ticket: r.get("ticket"),
                 at: r.get("at"),
                 login: r.get("login"),
-                authority: r
-                    .get::<_, Option<&str>>("authority")
-                    .map(|a| match a {
-                        "operator" => Authority::Operator,
-                        _ => Authority::Supervisor,
-                    }),
+                authority: r.get::<_, Option<&str>>("authority").map(|a| match a {
+                    "operator" => Authority::Operator,
+                    _ => Authority::Supervisor,
+                }),
             })
             .collect())
     }

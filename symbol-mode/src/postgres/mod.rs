@@ -71,7 +71,8 @@ pub const MIGRATIONS: &[Migration] = &[
 const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position, \
                      global_position, withdrawals_position \
                      FROM symbol_mode_state WHERE id = 1";
-const SYMBOL: &str = "SELECT symbol, mode, version, updated_by, reason, ticket, updated_at, position \
+const SYMBOL: &str =
+    "SELECT symbol, mode, version, updated_by, reason, ticket, updated_at, position \
                       FROM symbol_modes WHERE symbol = $1";
 const SYMBOLS: &str = "SELECT symbol, registered_by, registered_at, position \
                        FROM symbol_registry ORDER BY symbol";
@@ -166,12 +167,10 @@ fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
         ticket: row.get("ticket"),
         at: row.get("at"),
         login: row.get("login"),
-        authority: row
-            .get::<_, Option<&str>>("authority")
-            .map(|a| match a {
-                "operator" => Authority::Operator,
-                _ => Authority::Supervisor,
-            }),
+        authority: row.get::<_, Option<&str>>("authority").map(|a| match a {
+            "operator" => Authority::Operator,
+            _ => Authority::Supervisor,
+        }),
     })
 }
 
@@ -210,7 +209,6 @@ async fn position(pool: &PgPool) -> Result<Position, DbError> {
     row.map(|r| Position::from_i64(r.get(0)))
         .ok_or_else(|| schema_missing("symbol_mode.position"))
 }
-
 
 impl PgStore for PostgresSymbolModeStore {
     const ENV_PREFIX: &'static str = ENV_PREFIX;
@@ -368,7 +366,10 @@ impl PostgresSymbolModeStore {
             .map_err(|e| Error::from(e.during_write()))?;
         let status: String = row.get("status");
         let from = || -> Result<SymbolMode, Error> {
-            mode(op, row.get::<_, Option<&str>>("from_mode").unwrap_or("NORMAL"))
+            mode(
+                op,
+                row.get::<_, Option<&str>>("from_mode").unwrap_or("NORMAL"),
+            )
         };
         match status.as_str() {
             "applied" => {

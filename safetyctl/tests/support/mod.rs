@@ -1,0 +1,79 @@
+//! What the CLI tests share: a migrated database of the shared test cluster, and the
+//! built binary run against it.
+#![allow(dead_code, unreachable_pub)]
+
+use failover_core::postgres::PgStore;
+use failover_core::testkit::{shared_primary, Cluster};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+pub struct Db {
+    pub cluster: Arc<Cluster>,
+    pub db: String,
+    pub dsn: String,
+}
+
+pub async fn db() -> Db {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    let lookup = |dsn: String| move |k: &str| k.ends_with("__DSN").then(|| dsn.clone());
+    killswitch::PostgresKillSwitchStore::from_lookup(lookup(dsn.clone()))
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    symbol_mode::PostgresSymbolModeStore::from_lookup(lookup(dsn.clone()))
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    fencing::PostgresLeaseFencer::from_lookup(lookup(dsn.clone()))
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    Db { cluster, db, dsn }
+}
+
+/// The built binary with every store's settings pointing at `dsn`.
+pub fn command(dsn: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_safetyctl"));
+    for prefix in ["KILL_SWITCH", "SYMBOL_MODE", "FENCING"] {
+        cmd.env(format!("TRADEPULSE_{prefix}_POSTGRES__DSN"), dsn);
+        cmd.env(format!("TRADEPULSE_{prefix}_POSTGRES__RETRY_BUDGET"), "1s");
+        cmd.env(
+            format!("TRADEPULSE_{prefix}_POSTGRES__CONNECT_TIMEOUT"),
+            "300ms",
+        );
+    }
+    cmd.args(args);
+    cmd
+}
+
+/// Runs the binary against `dsn` and waits for it.
+pub fn safetyctl(dsn: &str, args: &[&str]) -> Output {
+    command(dsn, args).output().unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Db {
+    pub async fn runbook_row(&self) -> Vec<Option<String>> {
+        self.cluster
+            .primary()
+            .query(
+                &self.db,
+                "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;",
+            )
+            .await
+            .unwrap()
+            .remove(0)
+    }
+}
