@@ -6,10 +6,10 @@
 mod support;
 
 use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
-use failover_core::testkit::shared_primary;
+use failover_core::testkit::{shared_primary, Held};
 use reqwest::Method;
 use serde_json::Value;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 /// A session of its own, as a DBA's psql or another service would hold one.
@@ -17,40 +17,6 @@ async fn session(dsn: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
     tokio::spawn(connection);
     client
-}
-
-/// Begins a transaction on `holder` that makes `sql`'s change and keeps its row lock.
-async fn hold(holder: &Client, sql: &str) {
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder.batch_execute(sql).await.unwrap();
-}
-
-/// Waits until some session of the database waits on a lock held by `holder`.
-async fn until_someone_waits_on(observer: &Client, holder: &Client) {
-    let holder_pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let start = Instant::now();
-    loop {
-        let waiting: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&holder_pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no request waited on the held lock"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 const GLOBAL_HARD_HALT_BY_DAVE: &str = "SELECT * FROM symbol_mode_apply(gen_random_uuid(), \
@@ -64,20 +30,14 @@ async fn events(client: &Client, table: &str) -> i64 {
         .get(0)
 }
 
-/// Runs `request` while `holder` keeps `sql`'s change open, commits once the request
-/// waits on the lock, and returns the request's answer.
+/// Runs `request` while another session keeps `sql`'s change open, and commits it
+/// once the request waits on its lock.
 async fn race<F, Fut>(dsn: &str, sql: &str, request: F) -> (u16, Value)
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = (u16, Value)> + Send + 'static,
 {
-    let holder = session(dsn).await;
-    let observer = session(dsn).await;
-    hold(&holder, sql).await;
-    let answer = tokio::spawn(request());
-    until_someone_waits_on(&observer, &holder).await;
-    holder.batch_execute("COMMIT").await.unwrap();
-    answer.await.unwrap()
+    Held::begin(dsn, sql).await.race(request()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,3 +206,76 @@ async fn verify_full_tls_connects_and_a_wrong_ca_is_refused() {
         "a certificate error is not retried"
     );
 }
+
+/// Through the store API, with another actor's engage held open in its own
+/// transaction while the call waits on the row: an operator's disengage is refused
+/// (42501, `forbidden`) and a supervisor's disengage decided on the earlier state is
+/// refused naming the engage in between. Nothing is relaxed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disengage_is_decided_inside_the_write_against_the_change_that_beat_it() {
+    use failover_core::testkit::Held;
+    use tradepulse_killswitch::{Authority, Error};
+    let (cluster, db) = support::shared_primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let store = Arc::new(support::store(&dsn).await);
+    let seen = store
+        .engage(&Audit::new("ops:alice", "first"))
+        .await
+        .unwrap();
+    let engage_by_dave = "SELECT * FROM kill_switch_apply(gen_random_uuid(), 'engage', \
+                          'second incident', 'ops:dave', NULL)";
+
+    let s = store.clone();
+    let position = seen.position;
+    let refused = Held::begin(&dsn, engage_by_dave)
+        .await
+        .race(async move {
+            s.disengage(
+                &Audit::new("ops:bob", "resume")
+                    .with_ticket("INC-1")
+                    .expecting(position),
+            )
+            .await
+        })
+        .await
+        .expect_err("the state moved while the disengage waited");
+    match &refused {
+        Error::Refused(failover_core::Refusal::PreconditionFailed { current, .. }) => {
+            assert_eq!(
+                (current.actor.as_str(), current.what.as_str()),
+                ("ops:dave", "engage")
+            );
+        }
+        other => panic!("expected precondition_failed, got {other:?}"),
+    }
+
+    let now = store.load().await.unwrap();
+    let s = store.clone();
+    let refused = Held::begin(&dsn, engage_by_dave)
+        .await
+        .race(async move {
+            s.disengage(
+                &Audit::new("ops:carol", "resume")
+                    .with_ticket("INC-2")
+                    .with_authority(Authority::Operator)
+                    .expecting(now.position),
+            )
+            .await
+        })
+        .await
+        .expect_err("an operator may not disengage");
+    assert!(
+        matches!(
+            &refused,
+            Error::Refused(failover_core::Refusal::Forbidden { .. })
+        ),
+        "{refused:?}"
+    );
+    let state = store.load().await.unwrap();
+    assert!(state.engaged, "nothing was relaxed");
+    let history = store.history(10).await.unwrap();
+    assert_eq!(history.len(), 3, "three engages, no disengage");
+    assert!(history
+        .iter()
+        .all(|e| e.action == tradepulse_killswitch::Action::Engage));
+}

@@ -7,8 +7,9 @@
 mod support;
 
 use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
+use failover_core::testkit::Held;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::*;
 
 async fn session(dsn: &str) -> Client {
@@ -204,16 +205,12 @@ async fn a_relaxation_refuses_when_the_state_moved_after_it_was_printed() {
         let o = safetyctl(&db.dsn, args);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     }
-    let holder = session(&db.dsn).await;
-    let observer = session(&db.dsn).await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder
-        .batch_execute(
-            "SELECT * FROM symbol_mode_apply(gen_random_uuid(), 'SetGlobalMode', NULL, 'HARD_HALT', \
-             NULL, FALSE, 'split brain', 'ops:dave', NULL)",
-        )
-        .await
-        .unwrap();
+    let held = Held::begin(
+        &db.dsn,
+        "SELECT * FROM symbol_mode_apply(gen_random_uuid(), 'SetGlobalMode', NULL, 'HARD_HALT', \
+         NULL, FALSE, 'split brain', 'ops:dave', NULL)",
+    )
+    .await;
     let child = command(
         &db.dsn,
         &[
@@ -230,31 +227,8 @@ async fn a_relaxation_refuses_when_the_state_moved_after_it_was_printed() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let holder_pid: i32 = holder
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    let start = Instant::now();
-    loop {
-        let waiting: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&holder_pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "safetyctl never waited on the row"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    holder.batch_execute("COMMIT").await.unwrap();
+    held.until_waited_on(Duration::from_secs(10)).await;
+    held.commit().await;
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -268,7 +242,8 @@ async fn a_relaxation_refuses_when_the_state_moved_after_it_was_printed() {
         "{}",
         text(&o)
     );
-    let venue = observer
+    let venue = session(&db.dsn)
+        .await
         .query_one(
             "SELECT global_mode FROM symbol_mode_state WHERE id = 1",
             &[],

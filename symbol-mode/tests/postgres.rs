@@ -411,3 +411,121 @@ async fn a_handle_is_hard_halted_before_its_first_load() {
         .unwrap()
         .contains("run symbol-mode migrations"));
 }
+
+/// The database decides whether a command relaxes from its own copy of the mode
+/// ladder (so that no caller can pass its own idea of it); it is the library's table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_ladder_is_the_library_ladder() {
+    let (cluster, db) = support::shared_primary().await;
+    support::store(&cluster.primary().dsn(&db)).await;
+    for from in SymbolMode::ALL {
+        for to in SymbolMode::ALL {
+            let rows = cluster
+                .primary()
+                .query(
+                    &db,
+                    &format!("SELECT symbol_mode_transition('{from}', '{to}')"),
+                )
+                .await
+                .unwrap();
+            let expected = match from.transition_to(to) {
+                tradepulse_symbol_mode::Transition::Tighten => "tighten",
+                tradepulse_symbol_mode::Transition::Relax => "relax",
+                tradepulse_symbol_mode::Transition::Forbidden => "forbidden",
+            };
+            assert_eq!(rows[0][0].as_deref(), Some(expected), "{from} -> {to}");
+        }
+    }
+}
+
+/// Through the store API, with another actor's change held open in its own
+/// transaction while the call waits on the row: an operator's change that became a
+/// relaxation is refused (the global mode and a symbol), and a supervisor's lift of
+/// the withdrawals halt decided on the earlier state is refused naming the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_is_decided_inside_the_write_against_the_change_that_beat_it() {
+    use failover_core::testkit::Held;
+    use failover_core::Refusal;
+    use tradepulse_symbol_mode::{Authority, Error};
+    let (cluster, db) = support::shared_primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let store = Arc::new(support::store(&dsn).await);
+    store
+        .register_symbols(&["BTC-USD"], &Audit::new("ops", "listing"))
+        .await
+        .unwrap();
+    let operator = |reason: &str| {
+        Audit::new("ops:alice", reason)
+            .with_ticket("ANY-1")
+            .with_authority(Authority::Operator)
+    };
+    let apply = |command: &str, symbol: &str, mode: &str, on: &str| {
+        format!(
+            "SELECT * FROM symbol_mode_apply(gen_random_uuid(), '{command}', {symbol}, {mode}, {on}, \
+             FALSE, 'incident', 'ops:dave', NULL)"
+        )
+    };
+
+    let s = store.clone();
+    let audit = operator("widen");
+    let refused = Held::begin(&dsn, &apply("SetGlobalMode", "NULL", "'HARD_HALT'", "NULL"))
+        .await
+        .race(async move { s.set_global_mode(SymbolMode::CancelOnly, &audit).await })
+        .await
+        .expect_err("CANCEL_ONLY relaxes the HARD_HALT that landed first");
+    assert!(
+        matches!(&refused, Error::Refused(Refusal::Forbidden { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.venue().await.unwrap().global, SymbolMode::HardHalt);
+
+    let s = store.clone();
+    let audit = operator("wind down");
+    let refused = Held::begin(
+        &dsn,
+        &apply("SetSymbolMode", "'BTC-USD'", "'HARD_HALT'", "NULL"),
+    )
+    .await
+    .race(async move {
+        s.set_symbol_mode("BTC-USD", SymbolMode::CancelOnly, &audit)
+            .await
+    })
+    .await
+    .expect_err("CANCEL_ONLY relaxes the symbol's HARD_HALT");
+    assert!(
+        matches!(&refused, Error::Refused(Refusal::Forbidden { .. })),
+        "{refused:?}"
+    );
+    let own = store.symbol_state("BTC-USD").await.unwrap().unwrap();
+    assert_eq!(own.mode, SymbolMode::HardHalt);
+
+    let halted = store
+        .withdrawals_halt(true, &Audit::new("ops:alice", "custody"))
+        .await
+        .unwrap();
+    let s = store.clone();
+    let audit = Audit::new("ops:bob", "reconciled")
+        .with_ticket("INC-3")
+        .expecting(halted.position);
+    let refused = Held::begin(&dsn, &apply("WithdrawalsHalt", "NULL", "NULL", "TRUE"))
+        .await
+        .race(async move { s.withdrawals_halt(false, &audit).await })
+        .await
+        .expect_err("the halt was re-asserted while the lift waited");
+    match &refused {
+        Error::Refused(Refusal::PreconditionFailed { current, .. }) => {
+            assert_eq!(current.what, "WithdrawalsHalt on");
+            assert_eq!(current.actor, "ops:dave");
+        }
+        other => panic!("expected precondition_failed, got {other:?}"),
+    }
+    assert!(store.venue().await.unwrap().withdrawals_halted);
+    let relaxing = store
+        .history(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.command.relaxes_safety())
+        .count();
+    assert_eq!(relaxing, 0, "nothing was relaxed");
+}
