@@ -516,7 +516,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     let audit = g.audit(&*store)?;
                     let venue = store.venue().await?;
                     let audit = if mode < venue.global {
-                        let by = last_change(&*store, venue.global_position).await?;
+                        let by = last_change(&store, venue.global_position).await?;
                         relaxing(
                             audit,
                             format!("global mode {} -> {mode}, {by}", venue.global),
@@ -555,7 +555,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let audit = g.audit(&*store)?;
             let venue = store.venue().await?;
             let audit = if !on && venue.withdrawals_halted {
-                let by = last_change(&*store, venue.withdrawals_position).await?;
+                let by = last_change(&store, venue.withdrawals_position).await?;
                 relaxing(
                     audit,
                     format!("withdrawals HALTED -> allowed, {by}"),

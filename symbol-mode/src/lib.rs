@@ -529,11 +529,11 @@ impl From<DbError> for Error {
 ///   `subscribe` delivers each newer position (skipping to the newest when behind).
 /// * Authority is decided in the write ([`failover_core::authority`]), against the
 ///   mode found under the lock: a change that relaxes needs
-///   [`Authority::Supervisor`] (else [`Refusal::Forbidden`]) and applies only while
+///   [`Authority::Supervisor`] (else [`Refusal::Forbidden`](failover_core::Refusal::Forbidden)) and applies only while
 ///   its target (the symbol, the global mode, the withdrawals halt) is still at the
 ///   position the audit expects ([`Audit::expecting`]; else
-///   [`Refusal::PreconditionFailed`] naming the change in between;
-///   [`Refusal::PreconditionRequired`] when the audit requires one and names none).
+///   [`Refusal::PreconditionFailed`](failover_core::Refusal::PreconditionFailed) naming the change in between;
+///   [`Refusal::PreconditionRequired`](failover_core::Refusal::PreconditionRequired) when the audit requires one and names none).
 ///   Tightenings never wait.
 /// * Mode changes and `CancelAll` address registered symbols only, spelled exactly
 ///   ([`Error::UnknownSymbol`], naming the near match); registration
@@ -542,8 +542,8 @@ impl From<DbError> for Error {
 /// * Submitting the same `Audit` (same request id, actor and command) again returns
 ///   the event that request produced, marked [`Applied::replayed`], and changes
 ///   nothing — while it is still the latest change of its target; after a later
-///   change it is [`Refusal::Superseded`] naming it. Another actor or command with
-///   the id is [`Refusal::RequestReused`].
+///   change it is [`Refusal::Superseded`](failover_core::Refusal::Superseded) naming it. Another actor or command with
+///   the id is [`Refusal::RequestReused`](failover_core::Refusal::RequestReused).
 /// * [`history`](Self::history) returns at most `limit` events, newest (greatest
 ///   position) first.
 /// * [`subscribe_cancel_all`](Self::subscribe_cancel_all)

@@ -231,16 +231,16 @@ impl MemorySymbolModeStore {
                 symbol: Some(symbol),
                 ..
             }
-            | Request::CancelAll { symbol } => {
-                if !inner.registered(symbol) {
-                    return Err(Error::UnknownSymbol {
-                        symbol: symbol.to_owned(),
-                        did_you_mean: near_match(
-                            symbol,
-                            inner.registry.values().map(|r| r.symbol.as_str()),
-                        ),
-                    });
-                }
+            | Request::CancelAll { symbol }
+                if !inner.registered(symbol) =>
+            {
+                return Err(Error::UnknownSymbol {
+                    symbol: symbol.to_owned(),
+                    did_you_mean: near_match(
+                        symbol,
+                        inner.registry.values().map(|r| r.symbol.as_str()),
+                    ),
+                });
             }
             Request::Register { symbol } => {
                 if let Some(known) = inner.registry.get(&fold_symbol(symbol)) {
