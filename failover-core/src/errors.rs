@@ -350,9 +350,14 @@ mod tests {
     use super::*;
 
     fn write_error(kind: DbErrorKind, sqlstate: Option<&str>, reach: Reach) -> DbError {
-        DbError::new(kind, "kill_switch.engage", sqlstate.map(str::to_owned), "x".into())
-            .with_reach(reach)
-            .during_write()
+        DbError::new(
+            kind,
+            "kill_switch.engage",
+            sqlstate.map(str::to_owned),
+            "x".into(),
+        )
+        .with_reach(reach)
+        .during_write()
     }
 
     #[test]
@@ -373,7 +378,8 @@ mod tests {
         assert!(auth.outcome_note().contains("refused the login"));
         let refused = write_error(DbErrorKind::Unavailable, None, Reach::NotConnected);
         assert!(refused.outcome_note().starts_with(" (nothing was written"));
-        let no_primary = DbError::new(DbErrorKind::NoPrimary, "op", None, "x".into()).during_write();
+        let no_primary =
+            DbError::new(DbErrorKind::NoPrimary, "op", None, "x".into()).during_write();
         assert!(!no_primary.reached_server());
         assert!(no_primary.outcome_note().contains("wait for the promotion"));
     }
@@ -410,13 +416,23 @@ mod tests {
             describe_blockers(Some("kill_switch_state"), std::slice::from_ref(&b)),
             "kill_switch_state is locked by pid 4242 (psql, user ops, idle in transaction for 31 s); end it with SELECT pg_terminate_backend(4242)"
         );
-        let other = Blocker { pid: 7, ..b.clone() };
+        let other = Blocker {
+            pid: 7,
+            ..b.clone()
+        };
         let text = describe_blockers(None, &[b, other]);
         assert!(
-            text.ends_with("end them with SELECT pg_terminate_backend(4242), pg_terminate_backend(7)"),
+            text.ends_with(
+                "end them with SELECT pg_terminate_backend(4242), pg_terminate_backend(7)"
+            ),
             "{text}"
         );
-        let err = DbError::new(DbErrorKind::Locked, "op", Some("55P03".into()), "ERROR".into());
+        let err = DbError::new(
+            DbErrorKind::Locked,
+            "op",
+            Some("55P03".into()),
+            "ERROR".into(),
+        );
         assert_eq!(err.class(), ErrorClass::Retryable);
         assert!(err.blockers().is_empty());
     }

@@ -47,7 +47,10 @@ pub(super) async fn lookup_blockers(
     bound: Duration,
 ) -> Result<Vec<Blocker>, String> {
     let attempt = async {
-        let client = pool.checkout().await.map_err(|f: PgFailure| f.to_string())?;
+        let client = pool
+            .checkout()
+            .await
+            .map_err(|f: PgFailure| f.to_string())?;
         let rows = client
             .query_typed(BLOCKERS, &[(&relation, Type::TEXT)])
             .await
@@ -89,10 +92,7 @@ impl Headroom {
     /// Slots still open to an ordinary login (neither superuser nor reserved-role
     /// member): `max_connections` minus both reserves minus those in use.
     pub fn free_for_ordinary_logins(&self) -> i32 {
-        (self.max_connections
-            - self.superuser_reserved
-            - self.reserved.unwrap_or(0)
-            - self.in_use)
+        (self.max_connections - self.superuser_reserved - self.reserved.unwrap_or(0) - self.in_use)
             .max(0)
     }
 }
@@ -158,7 +158,9 @@ impl PgPool {
     /// login may use the reserved slots: for a `doctor` that warns before every slot
     /// is taken. Runs under the retry policy like any read.
     pub async fn connection_headroom(&self) -> Result<Headroom, DbError> {
-        let row = self.query_one("pool.connection_headroom", HEADROOM, &[]).await?;
+        let row = self
+            .query_one("pool.connection_headroom", HEADROOM, &[])
+            .await?;
         Ok(Headroom {
             max_connections: row.get(0),
             in_use: row.get(1),

@@ -16,8 +16,8 @@ mod switchover;
 mod tls;
 
 pub use crate::errors::{Blocker, ConfigError, DbError, DbErrorKind, Reach};
-pub use diagnose::{AnsweredBy, Headroom};
 pub use connect::DedicatedConnection;
+pub use diagnose::{AnsweredBy, Headroom};
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
 pub use listen::{Channels, ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS, ROLES_SQL};

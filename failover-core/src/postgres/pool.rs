@@ -570,8 +570,12 @@ impl PgPool {
             Err(e) => e,
         };
         if let crate::retry::AttemptError::TimedOut(bound) = &e.last {
-            metrics::counter!("failover_pg_timeouts_total", "component" => component, "op" => op).increment(1);
-            self.not_reached(&format!("timed out after {}", humantime::format_duration(*bound)));
+            metrics::counter!("failover_pg_timeouts_total", "component" => component, "op" => op)
+                .increment(1);
+            self.not_reached(&format!(
+                "timed out after {}",
+                humantime::format_duration(*bound)
+            ));
         }
         let class = e.last_class();
         metrics::counter!("failover_pg_errors_total", "component" => component, "op" => op, "class" => class).increment(1);
@@ -808,10 +812,8 @@ impl PgPool {
                     (DbErrorKind::Unavailable, format!("no writable host: {e}"))
                 };
                 self.not_reached(&text);
-                Err(
-                    DbError::new(kind, "pool.connect_dedicated", None, text)
-                        .with_reach(Reach::NotConnected),
-                )
+                Err(DbError::new(kind, "pool.connect_dedicated", None, text)
+                    .with_reach(Reach::NotConnected))
             }
         }
     }
