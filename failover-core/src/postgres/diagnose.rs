@@ -2,7 +2,7 @@
 //! connection slots are left, and which server answered (and how far behind it is).
 
 use super::error::{describe, PgFailure};
-use super::pool::PgPool;
+use super::pool::{PgClient, PgPool};
 use crate::errors::{Blocker, DbError};
 use std::time::Duration;
 use tokio_postgres::types::Type;
@@ -39,14 +39,31 @@ fn blocker_from(row: &tokio_postgres::Row) -> Blocker {
     }
 }
 
-/// One bounded attempt on a pooled connection (no retry): the look-up that follows a
-/// lock timeout must not stretch the failed call much further.
+/// The look-up on `client`, bounded (no retry): the look-up that follows a lock
+/// timeout must not stretch the failed call much further. Sent unnamed, so that a
+/// transaction pooler in between does not matter.
+pub(super) async fn blockers_on(
+    client: &PgClient,
+    relation: Option<&str>,
+    bound: Duration,
+) -> Result<Vec<Blocker>, String> {
+    bounded(bound, async {
+        let rows = client
+            .query_typed(BLOCKERS, &[(&relation, Type::TEXT)])
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(rows.iter().map(blocker_from).collect())
+    })
+    .await
+}
+
+/// Like [`blockers_on`], on a connection checked out of `pool` (one attempt).
 pub(super) async fn lookup_blockers(
     pool: &PgPool,
     relation: Option<&str>,
     bound: Duration,
 ) -> Result<Vec<Blocker>, String> {
-    let attempt = async {
+    bounded(bound, async {
         let client = pool
             .checkout()
             .await
@@ -56,8 +73,15 @@ pub(super) async fn lookup_blockers(
             .await
             .map_err(|e| describe(&e))?;
         Ok(rows.iter().map(blocker_from).collect())
-    };
-    match tokio::time::timeout(bound, attempt).await {
+    })
+    .await
+}
+
+async fn bounded<T>(
+    bound: Duration,
+    f: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(bound, f).await {
         Ok(result) => result,
         Err(_) => Err(format!(
             "the look-up timed out after {}",

@@ -49,7 +49,7 @@ use super::manager::{Object, Pool, VerifyingManager, RECYCLE_CHECK};
 use super::settings::{PgSettings, StatementMode};
 use super::tls::connector;
 use crate::errors::ConfigError;
-use crate::errors::{describe_blockers, DbError, DbErrorKind, Reach};
+use crate::errors::{describe_blockers, Blocker, DbError, DbErrorKind, Reach};
 use crate::log::Throttle;
 use crate::retry::{Classify, ErrorClass};
 use arc_swap::ArcSwap;
@@ -505,14 +505,20 @@ impl PgPool {
         let span = tracing::debug_span!("pg", component, op);
         let started = Instant::now();
         let policy = self.inner.current.load().settings.retry.clone();
+        // Inside the attempt, after a lock wait of at most three quarters of the
+        // operation timeout: the look-up must not make the attempt time out.
+        let lookup_bound = policy.attempt_timeout.mul_f64(0.2).min(LOCK_LOOKUP_BOUND);
         // How far the attempts got: a statement sent whose answer was lost (the
         // connection dropped, the attempt timed out) leaves a write's outcome unknown;
         // one the server refused or cancelled did not take effect.
         let uncertain = AtomicBool::new(false);
         let refused = AtomicBool::new(false);
+        // Who held the lock a cancelled statement waited for, asked on its own
+        // connection (idle again after the cancel) before that one is discarded.
+        let holders: Mutex<Option<Result<Vec<Blocker>, String>>> = Mutex::new(None);
         let result = policy
             .run(|attempt| {
-                let (f, uncertain, refused) = (&f, &uncertain, &refused);
+                let (f, uncertain, refused, holders) = (&f, &uncertain, &refused, &holders);
                 async move {
                     metrics::counter!("failover_pg_attempts_total", "component" => component, "op" => op).increment(1);
                     if attempt > 1 {
@@ -547,6 +553,17 @@ impl PgPool {
                             if failure.refused_by_server() {
                                 sent.0 = None;
                                 refused.store(true, Ordering::Relaxed);
+                            }
+                            if let (PgFailure::Query(q), Some(client)) = (&failure, &guard.0) {
+                                if q.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) {
+                                    let found = super::diagnose::blockers_on(
+                                        client,
+                                        locked_relation(q).as_deref(),
+                                        lookup_bound,
+                                    )
+                                    .await;
+                                    *lock(holders) = Some(found);
+                                }
                             }
                             if failure.class() == ErrorClass::Retryable {
                                 self.not_reached(&failure.to_string());
@@ -598,7 +615,8 @@ impl PgPool {
         let mut err = from_retry(op, e, hint, reach);
         if let Some(relation) = locked {
             metrics::counter!("failover_pg_lock_timeouts_total", "component" => component, "op" => op).increment(1);
-            err = self.name_blockers(err, relation).await;
+            let asked = lock(&holders).take();
+            err = self.name_blockers(err, relation, asked).await;
         }
         metrics::histogram!("failover_pg_operation_seconds", "component" => component, "op" => op)
             .record(started.elapsed().as_secs_f64());
@@ -608,7 +626,14 @@ impl PgPool {
 
     /// Adds who holds the lock a cancelled statement waited for, looked up on one
     /// bounded attempt so that the error still comes back promptly.
-    async fn name_blockers(&self, err: DbError, relation: Option<String>) -> DbError {
+    /// `asked`: the answer got on the failed statement's own connection, if any; when
+    /// that did not work, another connection is asked.
+    async fn name_blockers(
+        &self,
+        err: DbError,
+        relation: Option<String>,
+        asked: Option<Result<Vec<Blocker>, String>>,
+    ) -> DbError {
         let bound = self
             .inner
             .current
@@ -616,7 +641,11 @@ impl PgPool {
             .settings
             .operation_timeout
             .min(LOCK_LOOKUP_BOUND);
-        match super::diagnose::lookup_blockers(self, relation.as_deref(), bound).await {
+        let found = match asked {
+            Some(Ok(blockers)) => Ok(blockers),
+            _ => super::diagnose::lookup_blockers(self, relation.as_deref(), bound).await,
+        };
+        match found {
             Ok(blockers) => {
                 let text = describe_blockers(relation.as_deref(), &blockers);
                 tracing::warn!(component = self.inner.component, op = err.op(), "{text}");
@@ -671,6 +700,11 @@ impl PgPool {
     ///
     /// `f`'s error type decides what is retried through [`Classify`]: a refusal (a
     /// stale fencing token, say) is permanent and returned at once.
+    ///
+    /// A statement cancelled by `lock_timeout` reaches `f` as a tokio-postgres error
+    /// with SQLSTATE 55P03; [`db_error`](super::db_error) turns it into
+    /// [`DbErrorKind::Locked`], which `E` may retry (a [`DbError`] says retryable) or
+    /// not. The holders are not looked up here: ask [`blockers_of`](Self::blockers_of).
     pub async fn transaction<T, E, F>(&self, op: &'static str, f: F) -> Result<T, E>
     where
         T: Send,
