@@ -129,7 +129,7 @@ async fn a_locking_function_behind_an_open_transaction_names_the_table_and_the_h
         .execute(
             &db,
             "CREATE TABLE kill_switch_state (id int PRIMARY KEY, engaged bool NOT NULL); \
-             INSERT INTO kill_switch_state VALUES (1, false); \
+             INSERT INTO kill_switch_state VALUES (1, false), (2, false); \
              CREATE FUNCTION engage() RETURNS bool LANGUAGE plpgsql AS $$ \
              DECLARE was bool; \
              BEGIN \
@@ -148,10 +148,17 @@ async fn a_locking_function_behind_an_open_transaction_names_the_table_and_the_h
         .batch_execute("BEGIN; SELECT * FROM kill_switch_state WHERE id = 1 FOR UPDATE")
         .await
         .unwrap();
-    // A bystander reading the table in an open transaction is not in the way.
+    // Bystanders are not in the way: one reading the table in an open transaction,
+    // one that updated another row and has not committed yet.
     let reader = session(&primary.dsn(&db)).await.unwrap();
     reader
         .batch_execute("BEGIN; SELECT * FROM kill_switch_state")
+        .await
+        .unwrap();
+    let other_row = session(&primary.dsn(&db)).await.unwrap();
+    let other_pid = backend_pid(&other_row).await;
+    other_row
+        .batch_execute("BEGIN; UPDATE kill_switch_state SET engaged = true WHERE id = 2")
         .await
         .unwrap();
 
@@ -173,12 +180,20 @@ async fn a_locking_function_behind_an_open_transaction_names_the_table_and_the_h
         "{err}"
     );
     assert_eq!(pool.unreachable(), None);
-    // The same holders, asked for directly (what a doctor command shows).
-    let blockers = pool.blockers_of(Some("kill_switch_state")).await.unwrap();
-    assert_eq!(
-        blockers.iter().map(|b| b.pid).collect::<Vec<_>>(),
-        vec![holder_pid]
-    );
+    // Asked for directly (what a doctor command shows), every session that holds a
+    // lock on the table that can block a writer: the holder and the other writer,
+    // not the reader.
+    let mut pids: Vec<i32> = pool
+        .blockers_of(Some("kill_switch_state"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.pid)
+        .collect();
+    pids.sort_unstable();
+    let mut expected = vec![holder_pid, other_pid];
+    expected.sort_unstable();
+    assert_eq!(pids, expected);
 
     holder.batch_execute("ROLLBACK").await.unwrap();
     let was: bool = pool

@@ -1,7 +1,7 @@
 //! Questions an operator's `doctor` asks the database: who holds a lock, how many
 //! connection slots are left, and which server answered (and how far behind it is).
 
-use super::error::{describe, PgFailure};
+use super::error::{describe, LockSite, PgFailure};
 use super::pool::{PgClient, PgPool};
 use crate::errors::{Blocker, DbError};
 use std::time::Duration;
@@ -12,7 +12,8 @@ use tokio_postgres::types::Type;
 /// UPDATE`/`FOR SHARE`, an `UPDATE`/`DELETE` in an open transaction, a `LOCK TABLE` or
 /// DDL. Row locks themselves are not listed in `pg_locks` once nobody waits, so the
 /// holders of the table-level lock that comes with them are named. `$1` NULL: every
-/// relation of the current database.
+/// relation of the current database. `$2`: only the session whose transaction id it
+/// is (the locker of a row, from the row's `xmax`).
 const BLOCKERS: &str = "\
 SELECT DISTINCT ON (a.pid) a.pid, coalesce(a.application_name, ''), a.usename::text, a.state, \
        extract(epoch FROM clock_timestamp() - a.state_change)::float8, c.relname::text \
@@ -23,6 +24,8 @@ WHERE l.granted AND l.locktype = 'relation' AND l.mode <> 'AccessShareLock' \
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
   AND a.pid <> pg_backend_pid() \
   AND ($1::text IS NULL OR c.relname = $1::text) \
+  AND ($2::text IS NULL OR a.pid IN (SELECT h.pid FROM pg_locks h \
+       WHERE h.locktype = 'transactionid' AND h.granted AND h.transactionid::text = $2::text)) \
 ORDER BY a.pid";
 
 fn blocker_from(row: &tokio_postgres::Row) -> Blocker {
@@ -39,28 +42,61 @@ fn blocker_from(row: &tokio_postgres::Row) -> Blocker {
     }
 }
 
+/// `name` quoted as an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The holders of the lock at `site`. When the row is known, the transaction that
+/// locked it (the row's `xmax`) names exactly its session; when that does not work
+/// (several lockers share the row, the table is not on the search path, no right to
+/// read it), every session holding a lock on the relation that can block a writer.
+async fn ask(client: &PgClient, site: &LockSite) -> Result<Vec<Blocker>, String> {
+    let relation = site.relation.as_deref();
+    if let (Some(name), Some(tuple)) = (relation, site.tuple.as_deref()) {
+        let sql = format!(
+            "SELECT xmax::text FROM {} WHERE ctid = $1::text::tid",
+            quote_ident(name)
+        );
+        if let Ok(rows) = client.query_typed(&sql, &[(&tuple, Type::TEXT)]).await {
+            let xmax: Option<String> = rows.first().and_then(|r| r.get(0));
+            if let Some(xmax) = xmax.filter(|x| x != "0") {
+                let rows = client
+                    .query_typed(
+                        BLOCKERS,
+                        &[(&relation, Type::TEXT), (&Some(xmax.as_str()), Type::TEXT)],
+                    )
+                    .await
+                    .map_err(|e| describe(&e))?;
+                if !rows.is_empty() {
+                    return Ok(rows.iter().map(blocker_from).collect());
+                }
+            }
+        }
+    }
+    let none: Option<&str> = None;
+    let rows = client
+        .query_typed(BLOCKERS, &[(&relation, Type::TEXT), (&none, Type::TEXT)])
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(rows.iter().map(blocker_from).collect())
+}
+
 /// The look-up on `client`, bounded (no retry): the look-up that follows a lock
 /// timeout must not stretch the failed call much further. Sent unnamed, so that a
 /// transaction pooler in between does not matter.
 pub(super) async fn blockers_on(
     client: &PgClient,
-    relation: Option<&str>,
+    site: &LockSite,
     bound: Duration,
 ) -> Result<Vec<Blocker>, String> {
-    bounded(bound, async {
-        let rows = client
-            .query_typed(BLOCKERS, &[(&relation, Type::TEXT)])
-            .await
-            .map_err(|e| describe(&e))?;
-        Ok(rows.iter().map(blocker_from).collect())
-    })
-    .await
+    bounded(bound, ask(client, site)).await
 }
 
 /// Like [`blockers_on`], on a connection checked out of `pool` (one attempt).
 pub(super) async fn lookup_blockers(
     pool: &PgPool,
-    relation: Option<&str>,
+    site: &LockSite,
     bound: Duration,
 ) -> Result<Vec<Blocker>, String> {
     bounded(bound, async {
@@ -68,11 +104,7 @@ pub(super) async fn lookup_blockers(
             .checkout()
             .await
             .map_err(|f: PgFailure| f.to_string())?;
-        let rows = client
-            .query_typed(BLOCKERS, &[(&relation, Type::TEXT)])
-            .await
-            .map_err(|e| describe(&e))?;
-        Ok(rows.iter().map(blocker_from).collect())
+        ask(&client, site).await
     })
     .await
 }
@@ -172,8 +204,13 @@ impl PgPool {
     /// `None`, that can stand in a writer's way: pid, `application_name`, login, state
     /// and how long in it. Runs under the retry policy like any read.
     pub async fn blockers_of(&self, relation: Option<&str>) -> Result<Vec<Blocker>, DbError> {
+        let none: Option<&str> = None;
         let rows = self
-            .query("pool.blockers_of", BLOCKERS, &[(&relation, Type::TEXT)])
+            .query(
+                "pool.blockers_of",
+                BLOCKERS,
+                &[(&relation, Type::TEXT), (&none, Type::TEXT)],
+            )
             .await?;
         Ok(rows.iter().map(blocker_from).collect())
     }

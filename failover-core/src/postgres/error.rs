@@ -65,14 +65,40 @@ impl PgFailure {
     }
 }
 
-/// The relation named in a lock error's context: `while locking tuple (0,1) in
-/// relation "kill_switch_state"`, `while updating tuple (0,1) in relation "t"`.
-pub(crate) fn locked_relation(e: &tokio_postgres::Error) -> Option<String> {
-    let context = e.as_db_error()?.where_()?;
-    let start = context.find("in relation \"")? + "in relation \"".len();
-    let rest = &context[start..];
-    let end = rest.find('"')?;
-    Some(rest[..end].to_owned()).filter(|r| !r.is_empty())
+/// Where a statement waited for a lock, from the error's context: `while locking
+/// tuple (0,1) in relation "kill_switch_state"`, `while updating tuple (0,1) in
+/// relation "t"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LockSite {
+    /// The relation, as PostgreSQL prints it (unqualified).
+    pub(crate) relation: Option<String>,
+    /// The tuple's `ctid`, e.g. `(0,1)`.
+    pub(crate) tuple: Option<String>,
+}
+
+pub(crate) fn lock_site(e: &tokio_postgres::Error) -> LockSite {
+    let Some(context) = e.as_db_error().and_then(|db| db.where_()) else {
+        return LockSite::default();
+    };
+    lock_site_of(context)
+}
+
+fn lock_site_of(context: &str) -> LockSite {
+    let relation = context.find("in relation \"").and_then(|at| {
+        let rest = &context[at + "in relation \"".len()..];
+        let end = rest.find('"')?;
+        Some(rest[..end].to_owned()).filter(|r| !r.is_empty())
+    });
+    let tuple = context.find("tuple (").and_then(|at| {
+        let rest = &context[at + "tuple ".len()..];
+        let end = rest.find(')')? + 1;
+        let ctid = &rest[..end];
+        ctid[1..end - 1]
+            .split(',')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| ctid.to_owned())
+    });
+    LockSite { relation, tuple }
 }
 
 /// Full text of a tokio-postgres error, including the server's message and cause
@@ -272,6 +298,24 @@ mod tests {
                 "{code:?} {give_up:?}"
             );
         }
+    }
+
+    #[test]
+    fn lock_errors_name_the_relation_and_tuple_waited_for() {
+        let site = lock_site_of(
+            "while locking tuple (0,1) in relation \"kill_switch_state\"\nSQL statement \"SELECT …\"\nPL/pgSQL function engage() line 1",
+        );
+        assert_eq!(site.relation.as_deref(), Some("kill_switch_state"));
+        assert_eq!(site.tuple.as_deref(), Some("(0,1)"));
+        let site = lock_site_of("while updating tuple (12,3) in relation \"t\"");
+        assert_eq!(
+            (site.relation.as_deref(), site.tuple.as_deref()),
+            (Some("t"), Some("(12,3)"))
+        );
+        assert_eq!(
+            lock_site_of("PL/pgSQL function f() line 3"),
+            LockSite::default()
+        );
     }
 
     #[test]

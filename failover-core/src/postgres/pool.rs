@@ -44,7 +44,7 @@
 //! histogram `failover_pg_operation_seconds{op}`.
 
 use super::connect::{DedicatedConnection, FailoverConnect, SharedConnect};
-use super::error::{from_retry, locked_relation, PgFailure, LOCK_NOT_AVAILABLE, NO_PRIMARY};
+use super::error::{from_retry, lock_site, LockSite, PgFailure, LOCK_NOT_AVAILABLE, NO_PRIMARY};
 use super::manager::{Object, Pool, VerifyingManager, RECYCLE_CHECK};
 use super::settings::{PgSettings, StatementMode};
 use super::tls::connector;
@@ -558,7 +558,7 @@ impl PgPool {
                                 if q.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) {
                                     let found = super::diagnose::blockers_on(
                                         client,
-                                        locked_relation(q).as_deref(),
+                                        &lock_site(q),
                                         lookup_bound,
                                     )
                                     .await;
@@ -600,7 +600,7 @@ impl PgPool {
             crate::retry::AttemptError::Failed(PgFailure::Query(q))
                 if q.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) =>
             {
-                Some(locked_relation(q))
+                Some(lock_site(q))
             }
             _ => None,
         };
@@ -613,10 +613,10 @@ impl PgPool {
         };
         let hint = self.last_connect_error();
         let mut err = from_retry(op, e, hint, reach);
-        if let Some(relation) = locked {
+        if let Some(site) = locked {
             metrics::counter!("failover_pg_lock_timeouts_total", "component" => component, "op" => op).increment(1);
             let asked = lock(&holders).take();
-            err = self.name_blockers(err, relation, asked).await;
+            err = self.name_blockers(err, site, asked).await;
         }
         metrics::histogram!("failover_pg_operation_seconds", "component" => component, "op" => op)
             .record(started.elapsed().as_secs_f64());
@@ -631,7 +631,7 @@ impl PgPool {
     async fn name_blockers(
         &self,
         err: DbError,
-        relation: Option<String>,
+        site: LockSite,
         asked: Option<Result<Vec<Blocker>, String>>,
     ) -> DbError {
         let bound = self
@@ -643,8 +643,9 @@ impl PgPool {
             .min(LOCK_LOOKUP_BOUND);
         let found = match asked {
             Some(Ok(blockers)) => Ok(blockers),
-            _ => super::diagnose::lookup_blockers(self, relation.as_deref(), bound).await,
+            _ => super::diagnose::lookup_blockers(self, &site, bound).await,
         };
+        let relation = site.relation;
         match found {
             Ok(blockers) => {
                 let text = describe_blockers(relation.as_deref(), &blockers);
