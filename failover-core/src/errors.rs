@@ -135,6 +135,7 @@ const NOT_CONNECTED_AUTH: &str = " (nothing was written: the server refused the 
 const NOT_CONNECTED_NO_PRIMARY: &str = " (nothing was written: every host is in recovery or read-only; wait for the promotion to finish, or point the DSN at the primary)";
 const NOT_CONNECTED: &str = " (nothing was written: no connection to the server could be opened; check that the server runs and that the DSN names it, then try again)";
 const LOCKED: &str = " (nothing was written: the statement was cancelled after waiting for the lock; end the session holding it, or wait for it to finish, then try again)";
+const REFUSED_RETRYABLE: &str = " (nothing was written: the server refused the statement, e.g. as read-only or after a serialization failure; trying again is safe)";
 const UNKNOWN: &str = " (the write's outcome is unknown; retrying with the same Audit is safe)";
 
 impl DbError {
@@ -184,8 +185,11 @@ impl DbError {
                 (_, Some(c)) if c.starts_with("28") => NOT_CONNECTED_AUTH,
                 _ => NOT_CONNECTED,
             },
-            Reach::Refused if self.kind == DbErrorKind::Locked => LOCKED,
-            Reach::Refused => "",
+            Reach::Refused => match self.kind {
+                DbErrorKind::Locked => LOCKED,
+                DbErrorKind::Unavailable => REFUSED_RETRYABLE,
+                _ => "",
+            },
         }
     }
 
@@ -395,6 +399,9 @@ mod tests {
         let locked = write_error(DbErrorKind::Locked, Some("55P03"), Reach::Refused);
         assert!(locked.reached_server() && !locked.outcome_unknown());
         assert!(locked.outcome_note().contains("nothing was written"));
+        let read_only = write_error(DbErrorKind::Unavailable, Some("25006"), Reach::Refused);
+        assert!(!read_only.outcome_unknown());
+        assert!(read_only.outcome_note().contains("nothing was written"));
         let rejected = write_error(DbErrorKind::Rejected, Some("23505"), Reach::Refused);
         assert_eq!(rejected.outcome_note(), "");
         // Reads never claim a write's outcome.
