@@ -30,6 +30,21 @@ pub enum DbErrorKind {
     Permanent,
 }
 
+impl DbErrorKind {
+    /// What the kind means, as a [`DbError`]'s message starts: "database
+    /// unavailable", "locked by another session", "no primary" …
+    fn text(self) -> &'static str {
+        match self {
+            Self::Unavailable => "database unavailable",
+            Self::Locked => "locked by another session",
+            Self::NoPrimary => "no primary",
+            Self::SchemaMissing => "schema missing, run migrations",
+            Self::Rejected => "rejected by the database",
+            Self::Permanent => "database error",
+        }
+    }
+}
+
 /// How far a failed operation got, which decides what is known of a write's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -114,10 +129,9 @@ pub fn describe_blockers(relation: Option<&str>, blockers: &[Blocker]) -> String
 
 /// A classified database failure. Cheap to clone; never contains a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{op}: {kind_text} after {attempts} attempt(s) in {elapsed:?}: {message}")]
+#[error("{op}: {} after {attempts} attempt(s) in {elapsed:?}: {message}", .kind.text())]
 pub struct DbError {
     kind: DbErrorKind,
-    kind_text: &'static str,
     op: &'static str,
     sqlstate: Option<String>,
     attempts: u32,
@@ -125,7 +139,8 @@ pub struct DbError {
     message: String,
     write: bool,
     reach: Reach,
-    blockers: Vec<Blocker>,
+    /// Shared, so the error stays small and cheap to clone.
+    blockers: Option<std::sync::Arc<[Blocker]>>,
 }
 
 /// What to do when no connection could be opened, by cause.
@@ -197,7 +212,7 @@ impl DbError {
     /// (their pids are what `pg_terminate_backend` takes); empty for other kinds, or
     /// when they could not be looked up (the message then says so).
     pub fn blockers(&self) -> &[Blocker] {
-        &self.blockers
+        self.blockers.as_deref().unwrap_or(&[])
     }
 
     /// The kind.
@@ -252,14 +267,6 @@ impl DbError {
         sqlstate: Option<String>,
         message: String,
     ) -> Self {
-        let kind_text = match kind {
-            DbErrorKind::Unavailable => "database unavailable",
-            DbErrorKind::Locked => "locked by another session",
-            DbErrorKind::NoPrimary => "no primary",
-            DbErrorKind::SchemaMissing => "schema missing, run migrations",
-            DbErrorKind::Rejected => "rejected by the database",
-            DbErrorKind::Permanent => "database error",
-        };
         let reach = match kind {
             DbErrorKind::Unavailable => Reach::Unknown,
             DbErrorKind::NoPrimary => Reach::NotConnected,
@@ -267,7 +274,6 @@ impl DbError {
         };
         Self {
             kind,
-            kind_text,
             op,
             sqlstate,
             attempts: 1,
@@ -275,7 +281,7 @@ impl DbError {
             message,
             write: false,
             reach,
-            blockers: Vec::new(),
+            blockers: None,
         }
     }
 
@@ -295,7 +301,7 @@ impl DbError {
 
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn with_blockers(mut self, blockers: Vec<Blocker>, text: String) -> Self {
-        self.blockers = blockers;
+        self.blockers = (!blockers.is_empty()).then(|| blockers.into());
         self.message = format!("{text}: {}", self.message);
         self
     }
