@@ -11,17 +11,15 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum DbErrorKind {
     /// No writable server answered within the retry budget (refused, reset, hung,
-    /// too many connections …). Try again later or fail over.
+    /// too many connections, no primary yet …). Try again later or fail over.
+    /// [`DbError::no_primary`] says when every host answered but each was in recovery
+    /// or read-only; [`DbError::reached_server`] whether any statement was sent.
     Unavailable,
     /// The statement waited longer than `lock_timeout` for a row or table lock held by
     /// another session (SQLSTATE 55P03) and was cancelled: nothing was written. The
     /// database is up; [`DbError::blockers`] names the sessions in the way. Ending
     /// them (or waiting for them to commit) and trying again helps.
     Locked,
-    /// Every host answered, but each is in recovery or read-only: there is no primary
-    /// yet (a promotion under way, or the DSN names only standbys). Nothing was
-    /// written. Wait for the promotion, or point the DSN at the primary.
-    NoPrimary,
     /// A table or function is missing: the migrations were not run.
     SchemaMissing,
     /// A constraint or trigger refused the statement (for example an append-only table).
@@ -37,7 +35,6 @@ impl DbErrorKind {
         match self {
             Self::Unavailable => "database unavailable",
             Self::Locked => "locked by another session",
-            Self::NoPrimary => "no primary",
             Self::SchemaMissing => "schema missing, run migrations",
             Self::Rejected => "rejected by the database",
             Self::Permanent => "database error",
@@ -139,6 +136,7 @@ pub struct DbError {
     message: String,
     write: bool,
     reach: Reach,
+    no_primary: bool,
     /// Shared, so the error stays small and cheap to clone.
     blockers: Option<std::sync::Arc<[Blocker]>>,
 }
@@ -176,6 +174,23 @@ impl DbError {
         self.reach != Reach::NotConnected
     }
 
+    /// True when every host answered but each was in recovery or read-only: no
+    /// primary yet (a promotion under way, or the DSN names only standbys). The kind
+    /// is [`DbErrorKind::Unavailable`]; the message starts with "every host is in
+    /// recovery: no primary yet"; nothing was sent.
+    pub fn no_primary(&self) -> bool {
+        self.no_primary
+    }
+
+    /// Marks the error as "no primary yet" (see [`no_primary`](Self::no_primary));
+    /// nothing was sent.
+    #[must_use]
+    pub fn with_no_primary(mut self) -> Self {
+        self.no_primary = true;
+        self.reach = Reach::NotConnected;
+        self
+    }
+
     /// How far the operation got.
     pub fn reach(&self) -> Reach {
         self.reach
@@ -194,7 +209,7 @@ impl DbError {
         match self.reach {
             Reach::Unknown => UNKNOWN,
             Reach::NotConnected => match (self.kind, self.sqlstate.as_deref()) {
-                (DbErrorKind::NoPrimary, _) => NOT_CONNECTED_NO_PRIMARY,
+                _ if self.no_primary => NOT_CONNECTED_NO_PRIMARY,
                 (_, Some("53300")) => NOT_CONNECTED_SLOTS,
                 (_, Some("57P03")) => NOT_CONNECTED_STARTING,
                 (_, Some(c)) if c.starts_with("28") => NOT_CONNECTED_AUTH,
@@ -246,20 +261,18 @@ impl DbError {
         self.elapsed
     }
 
-    /// Retryable (`Unavailable`, `Locked`, `NoPrimary`: trying again later may
-    /// succeed) or permanent.
+    /// Retryable (`Unavailable`, `Locked`: trying again later may succeed) or
+    /// permanent.
     pub fn class(&self) -> ErrorClass {
         match self.kind {
-            DbErrorKind::Unavailable | DbErrorKind::Locked | DbErrorKind::NoPrimary => {
-                ErrorClass::Retryable
-            }
+            DbErrorKind::Unavailable | DbErrorKind::Locked => ErrorClass::Retryable,
             _ => ErrorClass::Permanent,
         }
     }
 
     /// A classified error (used by the pool and by stores that wrap their own checks).
     /// Its [`reach`](Self::reach) is [`Reach::Unknown`] for `Unavailable` (the
-    /// cautious guess), [`Reach::NotConnected`] for `NoPrimary`, else
+    /// cautious guess), else
     /// [`Reach::Refused`] (the server answered).
     pub fn new(
         kind: DbErrorKind,
@@ -269,7 +282,6 @@ impl DbError {
     ) -> Self {
         let reach = match kind {
             DbErrorKind::Unavailable => Reach::Unknown,
-            DbErrorKind::NoPrimary => Reach::NotConnected,
             _ => Reach::Refused,
         };
         Self {
@@ -281,6 +293,7 @@ impl DbError {
             message,
             write: false,
             reach,
+            no_primary: false,
             blockers: None,
         }
     }
@@ -388,8 +401,10 @@ mod tests {
         assert!(auth.outcome_note().contains("refused the login"));
         let refused = write_error(DbErrorKind::Unavailable, None, Reach::NotConnected);
         assert!(refused.outcome_note().starts_with(" (nothing was written"));
-        let no_primary =
-            DbError::new(DbErrorKind::NoPrimary, "op", None, "x".into()).during_write();
+        let no_primary = DbError::new(DbErrorKind::Unavailable, "op", None, "x".into())
+            .with_no_primary()
+            .during_write();
+        assert!(no_primary.no_primary());
         assert!(!no_primary.reached_server());
         assert!(no_primary.outcome_note().contains("wait for the promotion"));
     }

@@ -42,7 +42,8 @@ async fn a_dsn_naming_only_the_replica_says_no_primary_yet_and_reads_from_the_st
         "took {:?}",
         start.elapsed()
     );
-    assert_eq!(err.kind(), DbErrorKind::NoPrimary, "{err}");
+    assert_eq!(err.kind(), DbErrorKind::Unavailable, "{err}");
+    assert!(err.no_primary(), "{err}");
     assert!(
         err.to_string()
             .contains("every host is in recovery: no primary yet"),

@@ -173,7 +173,6 @@ pub fn classify_sqlstate(code: &SqlState) -> ErrorClass {
 
 fn kind_of(failure: &AttemptError<PgFailure>, give_up: GiveUp) -> (DbErrorKind, Option<String>) {
     match failure {
-        AttemptError::Failed(PgFailure::NoPrimary(_)) => (DbErrorKind::NoPrimary, None),
         AttemptError::Failed(f) => kind_of_code(f.sqlstate(), give_up),
         AttemptError::TimedOut(_) => kind_of_code(None, give_up),
     }
@@ -190,7 +189,12 @@ pub(crate) fn from_retry(
     if let (AttemptError::TimedOut(_), Some(hint)) = (&e.last, hint) {
         message.push_str(&format!(" (last connect: {hint})"));
     }
-    let err = DbError::new(kind, op, sqlstate, message).with_reach(reach);
+    let mut err = DbError::new(kind, op, sqlstate, message).with_reach(reach);
+    if let AttemptError::Failed(PgFailure::NoPrimary(_)) = &e.last {
+        // The last attempt found no primary; an earlier one may still have sent the
+        // statement, so keep the reach of all attempts.
+        err = err.with_no_primary().with_reach(reach);
+    }
     err.with_attempts(e.attempts, e.elapsed)
 }
 

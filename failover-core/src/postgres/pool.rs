@@ -21,7 +21,8 @@
 //!   sessions holding the lock ([`DbError::blockers`]) and how to end them. A lock is
 //!   not an outage: [`PgPool::unreachable`] stays `None`.
 //! * When every host answers but each is in recovery or read-only, the error is
-//!   [`DbErrorKind::NoPrimary`] ("every host is in recovery: no primary yet …").
+//!   [`DbErrorKind::Unavailable`] with [`DbError::no_primary`] ("every host is in
+//!   recovery: no primary yet …"), and health says so.
 //! * Each error says how far it got ([`DbError::reach`]): no connection opened,
 //!   refused by the server, or lost in flight — only the last leaves a write's
 //!   outcome unknown.
@@ -841,14 +842,25 @@ impl PgPool {
                 Ok(connected)
             }
             Err(e) => {
-                let (kind, text) = if e.starts_with(NO_PRIMARY) {
-                    (DbErrorKind::NoPrimary, e)
+                let no_primary = e.starts_with(NO_PRIMARY);
+                let text = if no_primary {
+                    e
                 } else {
-                    (DbErrorKind::Unavailable, format!("no writable host: {e}"))
+                    format!("no writable host: {e}")
                 };
                 self.not_reached(&text);
-                Err(DbError::new(kind, "pool.connect_dedicated", None, text)
-                    .with_reach(Reach::NotConnected))
+                let err = DbError::new(
+                    DbErrorKind::Unavailable,
+                    "pool.connect_dedicated",
+                    None,
+                    text,
+                )
+                .with_reach(Reach::NotConnected);
+                Err(if no_primary {
+                    err.with_no_primary()
+                } else {
+                    err
+                })
             }
         }
     }
@@ -918,13 +930,16 @@ const LOCK_LOOKUP_BOUND: Duration = Duration::from_millis(400);
 
 /// A failed checkout as a [`DbError`]: no connection, so nothing was sent.
 fn checkout_error(op: &'static str, f: &PgFailure) -> DbError {
-    let kind = match (f, f.class()) {
-        (PgFailure::NoPrimary(_), _) => DbErrorKind::NoPrimary,
-        (_, ErrorClass::Retryable) => DbErrorKind::Unavailable,
-        (_, ErrorClass::Permanent) => DbErrorKind::Permanent,
+    let kind = match f.class() {
+        ErrorClass::Retryable => DbErrorKind::Unavailable,
+        ErrorClass::Permanent => DbErrorKind::Permanent,
     };
-    DbError::new(kind, op, f.sqlstate().map(str::to_owned), f.to_string())
-        .with_reach(Reach::NotConnected)
+    let err = DbError::new(kind, op, f.sqlstate().map(str::to_owned), f.to_string())
+        .with_reach(Reach::NotConnected);
+    match f {
+        PgFailure::NoPrimary(_) => err.with_no_primary(),
+        _ => err,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
