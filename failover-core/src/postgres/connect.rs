@@ -1,8 +1,11 @@
 //! Multi-host connect: every host of the DSN tried in order, each bounded by the
-//! connect timeout, only a writable server accepted; the last failure of each host
-//! remembered for error messages and health.
+//! connect timeout, only a writable server accepted (any server for a pool that reads
+//! from standbys); the last failure of each host remembered for error messages and
+//! health. When every host answered but each refused writes, the failure says there is
+//! no primary yet. Pooled connections get the session settings (`lock_timeout`) right
+//! after connecting.
 
-use super::error::describe;
+use super::error::{describe, NO_PRIMARY};
 use super::tls::Connector;
 use deadpool_postgres::Connect;
 use futures_util::future::BoxFuture;
@@ -25,7 +28,13 @@ pub(super) struct FailoverConnect {
     pub(super) last_host: Arc<Mutex<Option<String>>>,
 }
 
-pub(super) struct SharedConnect(pub(super) Arc<FailoverConnect>);
+/// The pool's connector: a multi-host connect, then `session` (e.g. `SET lock_timeout
+/// = '500ms'`) on the new connection, bounded by the connect timeout.
+pub(super) struct SharedConnect(pub(super) Arc<FailoverConnect>, pub(super) Option<String>);
+
+/// The message tokio-postgres gives when `target_session_attrs=read-write` refuses a
+/// standby or a read-only primary.
+const REFUSES_WRITES: &str = "does not allow writes";
 
 enum AnyConnection {
     Plain(
@@ -67,6 +76,7 @@ impl FailoverConnect {
         let mut last_error = None;
         let mut failures: Vec<String> = Vec::new();
         let mut last_text = String::from("no host configured");
+        let mut read_only = 0;
         for (label, config) in &self.hosts {
             let attempt = async {
                 match &self.tls {
@@ -93,7 +103,11 @@ impl FailoverConnect {
                     return Ok((client, conn, label.clone()));
                 }
                 Ok(Err(e)) => {
-                    failures.push(format!("{label}: {}", describe(&e)));
+                    let text = describe(&e);
+                    if text.contains(REFUSES_WRITES) {
+                        read_only += 1;
+                    }
+                    failures.push(format!("{label}: {text}"));
                     last_error = Some(e);
                 }
                 Err(_) => {
@@ -106,6 +120,10 @@ impl FailoverConnect {
             // Every host's reason: the first host's "connection refused" matters as
             // much as the standby's "does not allow writes".
             last_text = failures.join("; ");
+            if read_only == self.hosts.len() {
+                // Every host answered, and every one refused writes.
+                last_text = format!("{NO_PRIMARY}: {last_text}");
+            }
             metrics::counter!("failover_pg_connects_total", "component" => self.component, "outcome" => "error").increment(1);
             tracing::debug!(component = self.component, error = %last_text, "connect failed");
             *lock(&self.last_connect) = Some(last_text.clone());
@@ -142,6 +160,23 @@ impl Connect for SharedConnect {
                             tracing::debug!(component, error = %e, "postgres connection ended");
                         }
                     });
+                    if let Some(session) = &self.1 {
+                        match tokio::time::timeout(self.0.timeout, client.batch_execute(session))
+                            .await
+                        {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => {
+                                task.abort();
+                                return Err(e);
+                            }
+                            // No tokio-postgres error to return: the pool's create
+                            // timeout reports it (retryable).
+                            Err(_) => {
+                                task.abort();
+                                return std::future::pending().await;
+                            }
+                        }
+                    }
                     Ok((client, task))
                 }
                 Err((Some(e), _)) => Err(e),

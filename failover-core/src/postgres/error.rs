@@ -1,21 +1,32 @@
 //! Database errors, classified once for every store.
 
-use crate::errors::{DbError, DbErrorKind};
+use crate::errors::{DbError, DbErrorKind, Reach};
 use crate::retry::{AttemptError, Classify, ErrorClass, GiveUp, RetryError};
 use tokio_postgres::error::SqlState;
+
+/// SQLSTATE 55P03 lock_not_available: `lock_timeout` cancelled the statement.
+pub(crate) const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// The words every no-primary error starts with.
+pub(crate) const NO_PRIMARY: &str = "every host is in recovery: no primary yet (a promotion under way, or the DSN names only standbys)";
 
 /// One attempt's failure inside the pool.
 #[derive(Debug)]
 pub(crate) enum PgFailure {
     Query(tokio_postgres::Error),
     Pool(String, ErrorClass),
+    /// No connection could be opened; the SQLSTATE the server refused it with, if any
+    /// (53300 too many connections, 57P03 starting up …).
+    Connect(String, Option<String>),
+    /// Every host answered, each in recovery or read-only.
+    NoPrimary(String),
 }
 
 impl std::fmt::Display for PgFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Query(e) => f.write_str(&describe(e)),
-            Self::Pool(m, _) => f.write_str(m),
+            Self::Pool(m, _) | Self::Connect(m, _) | Self::NoPrimary(m) => f.write_str(m),
         }
     }
 }
@@ -25,8 +36,69 @@ impl Classify for PgFailure {
         match self {
             Self::Query(e) => classify(e),
             Self::Pool(_, c) => *c,
+            Self::Connect(..) | Self::NoPrimary(_) => ErrorClass::Retryable,
         }
     }
+}
+
+impl PgFailure {
+    /// The SQLSTATE of the failure, when the server sent one.
+    pub(crate) fn sqlstate(&self) -> Option<&str> {
+        match self {
+            Self::Query(e) => e.code().map(SqlState::code),
+            Self::Connect(_, code) => code.as_deref(),
+            Self::Pool(..) | Self::NoPrimary(_) => None,
+        }
+    }
+
+    /// True when the server answered the statement with an error, so that a single
+    /// statement in its own transaction certainly did not take effect. Connection-level
+    /// errors (class 08, 57P0x shutdown) leave the outcome open.
+    pub(crate) fn refused_by_server(&self) -> bool {
+        match self {
+            Self::Query(e) => e.as_db_error().is_some_and(|db| {
+                let c = db.code().code();
+                !c.starts_with("08") && !c.starts_with("57P0")
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Where a statement waited for a lock, from the error's context: `while locking
+/// tuple (0,1) in relation "kill_switch_state"`, `while updating tuple (0,1) in
+/// relation "t"`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct LockSite {
+    /// The relation, as PostgreSQL prints it (unqualified).
+    pub(crate) relation: Option<String>,
+    /// The tuple's `ctid`, e.g. `(0,1)`.
+    pub(crate) tuple: Option<String>,
+}
+
+pub(crate) fn lock_site(e: &tokio_postgres::Error) -> LockSite {
+    let Some(context) = e.as_db_error().and_then(|db| db.where_()) else {
+        return LockSite::default();
+    };
+    lock_site_of(context)
+}
+
+fn lock_site_of(context: &str) -> LockSite {
+    let relation = context.find("in relation \"").and_then(|at| {
+        let rest = &context[at + "in relation \"".len()..];
+        let end = rest.find('"')?;
+        Some(rest[..end].to_owned()).filter(|r| !r.is_empty())
+    });
+    let tuple = context.find("tuple (").and_then(|at| {
+        let rest = &context[at + "tuple ".len()..];
+        let end = rest.find(')')? + 1;
+        let ctid = &rest[..end];
+        ctid[1..end - 1]
+            .split(',')
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| ctid.to_owned())
+    });
+    LockSite { relation, tuple }
 }
 
 /// Full text of a tokio-postgres error, including the server's message and cause
@@ -57,6 +129,10 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 /// transaction: a standby or a demoted primary), 40001 (serialization), 40P01
 /// (deadlock), 53300 (too many connections), and a server refused by
 /// `target_session_attrs=read-write`.
+///
+/// 55P03 (lock_not_available: `lock_timeout` cancelled the statement) is permanent
+/// here, so the pool does not wait for the same session again and again; the
+/// [`DbError`] it becomes ([`DbErrorKind::Locked`]) is retryable for callers.
 pub fn classify(e: &tokio_postgres::Error) -> ErrorClass {
     if let Some(code) = e.code() {
         return classify_sqlstate(code);
@@ -96,24 +172,29 @@ pub fn classify_sqlstate(code: &SqlState) -> ErrorClass {
 }
 
 fn kind_of(failure: &AttemptError<PgFailure>, give_up: GiveUp) -> (DbErrorKind, Option<String>) {
-    let code = match failure {
-        AttemptError::Failed(PgFailure::Query(e)) => e.code().map(|c| c.code().to_owned()),
-        _ => None,
-    };
-    kind_of_code(code.as_deref(), give_up)
+    match failure {
+        AttemptError::Failed(f) => kind_of_code(f.sqlstate(), give_up),
+        AttemptError::TimedOut(_) => kind_of_code(None, give_up),
+    }
 }
 
 pub(crate) fn from_retry(
     op: &'static str,
     e: RetryError<PgFailure>,
     hint: Option<String>,
+    reach: Reach,
 ) -> DbError {
     let (kind, sqlstate) = kind_of(&e.last, e.reason);
     let mut message = e.last.to_string();
     if let (AttemptError::TimedOut(_), Some(hint)) = (&e.last, hint) {
         message.push_str(&format!(" (last connect: {hint})"));
     }
-    let err = DbError::new(kind, op, sqlstate, message);
+    let mut err = DbError::new(kind, op, sqlstate, message).with_reach(reach);
+    if let AttemptError::Failed(PgFailure::NoPrimary(_)) = &e.last {
+        // The last attempt found no primary; an earlier one may still have sent the
+        // statement, so keep the reach of all attempts.
+        err = err.with_no_primary().with_reach(reach);
+    }
     err.with_attempts(e.attempts, e.elapsed)
 }
 
@@ -128,11 +209,20 @@ pub fn db_error(op: &'static str, e: &tokio_postgres::Error) -> DbError {
         Some(code) => kind_of_code(Some(code.code()), give_up),
         None => kind_of_code(None, give_up),
     };
-    DbError::new(kind, op, sqlstate, describe(e))
+    let reach = if e.as_db_error().is_some_and(|db| {
+        let c = db.code().code();
+        !c.starts_with("08") && !c.starts_with("57P0")
+    }) {
+        Reach::Refused
+    } else {
+        Reach::Unknown
+    };
+    DbError::new(kind, op, sqlstate, describe(e)).with_reach(reach)
 }
 
 fn kind_of_code(code: Option<&str>, give_up: GiveUp) -> (DbErrorKind, Option<String>) {
     let kind = match (give_up, code) {
+        (_, Some(LOCK_NOT_AVAILABLE)) => DbErrorKind::Locked,
         (GiveUp::BudgetExhausted, _) => DbErrorKind::Unavailable,
         (_, Some("42P01" | "42883" | "3F000")) => DbErrorKind::SchemaMissing,
         (_, Some(c)) if c.starts_with("23") || c == "P0001" => DbErrorKind::Rejected,
@@ -172,6 +262,11 @@ mod tests {
             ("28P01", ErrorClass::Permanent, "bad password"),
             ("P0001", ErrorClass::Permanent, "raised by a trigger"),
             ("26000", ErrorClass::Permanent, "prepared statement missing"),
+            (
+                "55P03",
+                ErrorClass::Permanent,
+                "lock timeout: not waited for again by the pool",
+            ),
         ];
         for (code, class, what) in table {
             assert_eq!(
@@ -197,6 +292,8 @@ mod tests {
             (Some("23505"), GiveUp::Permanent, DbErrorKind::Rejected),
             (Some("P0001"), GiveUp::Permanent, DbErrorKind::Rejected),
             (Some("42501"), GiveUp::Permanent, DbErrorKind::Permanent),
+            (Some("55P03"), GiveUp::Permanent, DbErrorKind::Locked),
+            (Some("55P03"), GiveUp::BudgetExhausted, DbErrorKind::Locked),
         ];
         for (code, give_up, kind) in table {
             assert_eq!(
@@ -205,6 +302,24 @@ mod tests {
                 "{code:?} {give_up:?}"
             );
         }
+    }
+
+    #[test]
+    fn lock_errors_name_the_relation_and_tuple_waited_for() {
+        let site = lock_site_of(
+            "while locking tuple (0,1) in relation \"kill_switch_state\"\nSQL statement \"SELECT …\"\nPL/pgSQL function engage() line 1",
+        );
+        assert_eq!(site.relation.as_deref(), Some("kill_switch_state"));
+        assert_eq!(site.tuple.as_deref(), Some("(0,1)"));
+        let site = lock_site_of("while updating tuple (12,3) in relation \"t\"");
+        assert_eq!(
+            (site.relation.as_deref(), site.tuple.as_deref()),
+            (Some("t"), Some("(12,3)"))
+        );
+        assert_eq!(
+            lock_site_of("PL/pgSQL function f() line 3"),
+            LockSite::default()
+        );
     }
 
     #[test]
@@ -221,6 +336,10 @@ mod tests {
             ),
             ("timed out after 2s", "timed out after 2s"),
             ("connection closed", "connection lost: "),
+            (
+                "every host is in recovery: no primary yet (a promotion under way, or the DSN names only standbys): 127.0.0.1:5433: error connecting to server: database does not allow writes",
+                "every host is in recovery: no primary yet",
+            ),
         ];
         for (text, start) in table {
             assert!(

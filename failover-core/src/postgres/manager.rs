@@ -60,7 +60,9 @@ impl managed::Manager for VerifyingManager {
     async fn create(&self) -> Result<VerifiedClient, tokio_postgres::Error> {
         let epoch = self.epoch.load(Ordering::Acquire);
         let client = managed::Manager::create(&self.inner).await?;
-        // A fresh connection went through target_session_attrs=read-write.
+        // A fresh connection went through target_session_attrs=read-write (or
+        // `any` for a pool that reads from standbys, which recycles with a plain
+        // round trip instead of the standby check).
         Ok(VerifiedClient {
             client,
             verified_at: Instant::now(),

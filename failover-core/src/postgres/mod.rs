@@ -3,6 +3,7 @@
 //! migrations and a reconnecting LISTEN/NOTIFY listener.
 
 mod connect;
+mod diagnose;
 mod error;
 pub mod hub;
 mod listen;
@@ -14,8 +15,9 @@ mod store;
 mod switchover;
 mod tls;
 
-pub use crate::errors::{ConfigError, DbError, DbErrorKind};
+pub use crate::errors::{Blocker, ConfigError, DbError, DbErrorKind, Reach};
 pub use connect::DedicatedConnection;
+pub use diagnose::{AnsweredBy, Headroom};
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};
 pub use listen::{Channels, ListenEvent, ListenOptions, Listener};
 pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS, ROLES_SQL};

@@ -14,6 +14,21 @@
 //! * Every operation runs under [`RetryPolicy`](crate::RetryPolicy): each attempt is
 //!   bounded by the operation timeout, the whole call by the retry budget; a
 //!   connection that failed or timed out is discarded, never reused.
+//! * Every pooled connection gets `SET lock_timeout` when it is opened
+//!   ([`PgSettings::effective_lock_timeout`], 500 ms by default): a statement stuck
+//!   behind another session's lock fails as [`DbErrorKind::Locked`] within it, is not
+//!   retried (it would wait for the same session again), and the error names the
+//!   sessions holding the lock ([`DbError::blockers`]) and how to end them. A lock is
+//!   not an outage: [`PgPool::unreachable`] stays `None`.
+//! * When every host answers but each is in recovery or read-only, the error is
+//!   [`DbErrorKind::Unavailable`] with [`DbError::no_primary`] ("every host is in
+//!   recovery: no primary yet …"), and health says so.
+//! * Each error says how far it got ([`DbError::reach`]): no connection opened,
+//!   refused by the server, or lost in flight — only the last leaves a write's
+//!   outcome unknown.
+//! * [`PgPool::read_only_from_standby`] gives a pool for read-only commands that
+//!   accepts any server, standbys included; [`PgPool::answered_by`] says which server
+//!   answered and its replay lag.
 //! * [`PgPool::swap_dsn`] points the pool at a new primary without a restart.
 //! * Every attempt's outcome is remembered: [`PgPool::unreachable`] says at once
 //!   (not after the retry budget) when the database cannot be reached, so health can
@@ -25,22 +40,23 @@
 //! Metrics (through the `metrics` facade, label `component`):
 //! `failover_pg_attempts_total`, `failover_pg_retries_total`,
 //! `failover_pg_timeouts_total`, `failover_pg_errors_total{class}`,
+//! `failover_pg_lock_timeouts_total{op}`,
 //! `failover_pg_failovers_total`, `failover_pg_connects_total{host,outcome}`,
 //! histogram `failover_pg_operation_seconds{op}`.
 
 use super::connect::{DedicatedConnection, FailoverConnect, SharedConnect};
-use super::error::{from_retry, PgFailure};
+use super::error::{from_retry, lock_site, LockSite, PgFailure, LOCK_NOT_AVAILABLE, NO_PRIMARY};
 use super::manager::{Object, Pool, VerifyingManager, RECYCLE_CHECK};
 use super::settings::{PgSettings, StatementMode};
 use super::tls::connector;
 use crate::errors::ConfigError;
-use crate::errors::{DbError, DbErrorKind};
+use crate::errors::{describe_blockers, Blocker, DbError, DbErrorKind, Reach};
 use crate::log::Throttle;
 use crate::retry::{Classify, ErrorClass};
 use arc_swap::ArcSwap;
 use deadpool_postgres::{Manager, ManagerConfig, PoolError, RecyclingMethod, Runtime, Timeouts};
 use futures_util::future::BoxFuture;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -141,6 +157,8 @@ struct Inner {
     unnamed: std::sync::atomic::AtomicBool,
     /// The generation id, for listeners that must follow a DSN swap.
     generation: watch::Sender<u64>,
+    /// Any server is accepted, standbys included (a pool for reads).
+    standby: bool,
 }
 
 /// Whether the database can be reached now, from the outcome of the last attempt.
@@ -175,6 +193,9 @@ impl std::fmt::Debug for PgPool {
 /// operator greps for ("connection refused", "no writable host", "timed out after 2s").
 pub(crate) fn cause_of(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
+    if text.starts_with(NO_PRIMARY) {
+        return text.to_owned();
+    }
     let word = if lower.contains("connection refused") {
         "connection refused"
     } else if lower.starts_with("no writable host")
@@ -201,10 +222,45 @@ impl PgPool {
     /// A pool for `component` (used in metrics and as default `application_name`).
     /// Does not connect: the first operation does.
     pub fn new(component: &'static str, settings: PgSettings) -> Result<Self, ConfigError> {
+        Self::with_mode(component, settings, false)
+    }
+
+    /// A pool over the same settings for **read-only** commands that accepts any
+    /// server, a standby included (libpq's `target_session_attrs=any`): the hosts are
+    /// tried in DSN order and the first that answers serves, whether primary or
+    /// standby, and a pooled connection is not dropped for being on a standby. Use it
+    /// to show state while there is no primary (a promotion under way) or through a
+    /// DSN that names a replica, and say where the answer came from with
+    /// [`answered_by`](Self::answered_by): a standby may lag behind the primary.
+    /// Writes through it fail on a standby (SQLSTATE 25006). The new pool has
+    /// connections of its own; its settings follow [`swap_settings`](Self::swap_settings)
+    /// of the new pool only.
+    pub fn read_only_from_standby(&self) -> Result<PgPool, ConfigError> {
+        Self::with_mode(self.inner.component, self.settings(), true)
+    }
+
+    /// True for a pool made by [`read_only_from_standby`](Self::read_only_from_standby).
+    pub fn accepts_standby(&self) -> bool {
+        self.inner.standby
+    }
+
+    fn with_mode(
+        component: &'static str,
+        settings: PgSettings,
+        standby: bool,
+    ) -> Result<Self, ConfigError> {
         let last_connect = Arc::new(Mutex::new(None));
         let last_host = Arc::new(Mutex::new(None));
         let epoch = Arc::new(AtomicU64::new(0));
-        let generation = build(component, 0, settings, &last_connect, &last_host, &epoch)?;
+        let generation = build(
+            component,
+            0,
+            settings,
+            &last_connect,
+            &last_host,
+            &epoch,
+            standby,
+        )?;
         Ok(Self {
             inner: Arc::new(Inner {
                 component,
@@ -216,6 +272,7 @@ impl PgPool {
                 link: Mutex::new(Link::default()),
                 unnamed: std::sync::atomic::AtomicBool::new(false),
                 generation: watch::channel(0).0,
+                standby,
             }),
         })
     }
@@ -248,7 +305,10 @@ impl PgPool {
     /// Why the database cannot be reached **now**: the last attempt (of any operation,
     /// or of the LISTEN connection) failed with a retryable error and none succeeded
     /// since. The text starts with the cause, e.g. "connection refused: …",
-    /// "no writable host: …", "timed out after 2s". `None` while reachable.
+    /// "no writable host: …", "every host is in recovery: no primary yet …",
+    /// "timed out after 2s". `None` while reachable — also while a statement fails
+    /// because another session holds a lock ([`DbErrorKind::Locked`]): the server
+    /// answered.
     pub fn unreachable(&self) -> Option<String> {
         lock(&self.inner.link)
             .failing
@@ -301,6 +361,7 @@ impl PgPool {
             &self.inner.last_connect,
             &self.inner.last_host,
             &self.inner.epoch,
+            self.inner.standby,
         )?;
         tracing::info!(component = self.inner.component, dsn = %generation.settings, "postgres DSN swapped");
         metrics::counter!("failover_pg_failovers_total", "component" => self.inner.component, "cause" => "dsn_swap").increment(1);
@@ -445,9 +506,20 @@ impl PgPool {
         let span = tracing::debug_span!("pg", component, op);
         let started = Instant::now();
         let policy = self.inner.current.load().settings.retry.clone();
+        // Inside the attempt, after a lock wait of at most three quarters of the
+        // operation timeout: the look-up must not make the attempt time out.
+        let lookup_bound = policy.attempt_timeout.mul_f64(0.2).min(LOCK_LOOKUP_BOUND);
+        // How far the attempts got: a statement sent whose answer was lost (the
+        // connection dropped, the attempt timed out) leaves a write's outcome unknown;
+        // one the server refused or cancelled did not take effect.
+        let uncertain = AtomicBool::new(false);
+        let refused = AtomicBool::new(false);
+        // Who held the lock a cancelled statement waited for, asked on its own
+        // connection (idle again after the cancel) before that one is discarded.
+        let holders: Mutex<Option<Result<Vec<Blocker>, String>>> = Mutex::new(None);
         let result = policy
             .run(|attempt| {
-                let f = &f;
+                let (f, uncertain, refused, holders) = (&f, &uncertain, &refused, &holders);
                 async move {
                     metrics::counter!("failover_pg_attempts_total", "component" => component, "op" => op).increment(1);
                     if attempt > 1 {
@@ -463,10 +535,14 @@ impl PgPool {
                         }
                     };
                     let mut guard = ClientGuard(None, self.inner.epoch.clone());
+                    // Dropped armed (the attempt timed out mid-statement), it marks
+                    // the outcome unknown.
+                    let mut sent = InFlight(Some(uncertain));
                     let (object, result) = f(object).await;
                     guard.0 = Some(object);
                     match result {
                         Ok(v) => {
+                            sent.0 = None;
                             self.reached();
                             guard.keep();
                             Ok(v)
@@ -475,6 +551,21 @@ impl PgPool {
                         // aborted transaction or point at a dead server.
                         Err(e) => {
                             let failure = PgFailure::Query(e);
+                            if failure.refused_by_server() {
+                                sent.0 = None;
+                                refused.store(true, Ordering::Relaxed);
+                            }
+                            if let (PgFailure::Query(q), Some(client)) = (&failure, &guard.0) {
+                                if q.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) {
+                                    let found = super::diagnose::blockers_on(
+                                        client,
+                                        &lock_site(q),
+                                        lookup_bound,
+                                    )
+                                    .await;
+                                    *lock(holders) = Some(found);
+                                }
+                            }
                             if failure.class() == ErrorClass::Retryable {
                                 self.not_reached(&failure.to_string());
                             } else {
@@ -488,20 +579,88 @@ impl PgPool {
             })
             .instrument(span)
             .await;
+        let e = match result {
+            Ok(value) => {
+                metrics::histogram!("failover_pg_operation_seconds", "component" => component, "op" => op)
+                    .record(started.elapsed().as_secs_f64());
+                return Ok(value);
+            }
+            Err(e) => e,
+        };
+        if let crate::retry::AttemptError::TimedOut(bound) = &e.last {
+            metrics::counter!("failover_pg_timeouts_total", "component" => component, "op" => op)
+                .increment(1);
+            self.not_reached(&format!(
+                "timed out after {}",
+                humantime::format_duration(*bound)
+            ));
+        }
+        let class = e.last_class();
+        metrics::counter!("failover_pg_errors_total", "component" => component, "op" => op, "class" => class).increment(1);
+        let locked = match &e.last {
+            crate::retry::AttemptError::Failed(PgFailure::Query(q))
+                if q.code().map(|c| c.code()) == Some(LOCK_NOT_AVAILABLE) =>
+            {
+                Some(lock_site(q))
+            }
+            _ => None,
+        };
+        let reach = if uncertain.load(Ordering::Relaxed) {
+            Reach::Unknown
+        } else if refused.load(Ordering::Relaxed) {
+            Reach::Refused
+        } else {
+            Reach::NotConnected
+        };
+        let hint = self.last_connect_error();
+        let mut err = from_retry(op, e, hint, reach);
+        if let Some(site) = locked {
+            metrics::counter!("failover_pg_lock_timeouts_total", "component" => component, "op" => op).increment(1);
+            let asked = lock(&holders).take();
+            err = self.name_blockers(err, site, asked).await;
+        }
         metrics::histogram!("failover_pg_operation_seconds", "component" => component, "op" => op)
             .record(started.elapsed().as_secs_f64());
-        result.map_err(|e| {
-            if let crate::retry::AttemptError::TimedOut(bound) = &e.last {
-                metrics::counter!("failover_pg_timeouts_total", "component" => component, "op" => op).increment(1);
-                self.not_reached(&format!("timed out after {}", humantime::format_duration(*bound)));
+        tracing::debug!(component, op, error = %err, "postgres operation failed");
+        Err(err)
+    }
+
+    /// Adds who holds the lock a cancelled statement waited for, looked up on one
+    /// bounded attempt so that the error still comes back promptly.
+    /// `asked`: the answer got on the failed statement's own connection, if any; when
+    /// that did not work, another connection is asked.
+    async fn name_blockers(
+        &self,
+        err: DbError,
+        site: LockSite,
+        asked: Option<Result<Vec<Blocker>, String>>,
+    ) -> DbError {
+        let bound = self
+            .inner
+            .current
+            .load()
+            .settings
+            .operation_timeout
+            .min(LOCK_LOOKUP_BOUND);
+        let found = match asked {
+            Some(Ok(blockers)) => Ok(blockers),
+            _ => super::diagnose::lookup_blockers(self, &site, bound).await,
+        };
+        let relation = site.relation;
+        match found {
+            Ok(blockers) => {
+                let text = describe_blockers(relation.as_deref(), &blockers);
+                tracing::warn!(component = self.inner.component, op = err.op(), "{text}");
+                err.with_blockers(blockers, text)
             }
-            let class = e.last_class();
-            metrics::counter!("failover_pg_errors_total", "component" => component, "op" => op, "class" => class).increment(1);
-            let hint = self.last_connect_error();
-            let err = from_retry(op, e, hint);
-            tracing::debug!(component, op, error = %err, "postgres operation failed");
-            err
-        })
+            Err(why) => {
+                let text = format!(
+                    "{} is locked by another session, which could not be named ({why}); look for it in pg_locks joined with pg_stat_activity",
+                    relation.as_deref().unwrap_or("the row or table")
+                );
+                err.with_blockers(Vec::new(), text)
+            }
+        }
     }
 
     /// Runs `f` with a pooled client under the retry policy: every attempt bounded by
@@ -543,6 +702,11 @@ impl PgPool {
     ///
     /// `f`'s error type decides what is retried through [`Classify`]: a refusal (a
     /// stale fencing token, say) is permanent and returned at once.
+    ///
+    /// A statement cancelled by `lock_timeout` reaches `f` as a tokio-postgres error
+    /// with SQLSTATE 55P03; [`db_error`](super::db_error) turns it into
+    /// [`DbErrorKind::Locked`], which `E` may retry (a [`DbError`] says retryable) or
+    /// not. The holders are not looked up here: ask [`blockers_of`](Self::blockers_of).
     pub async fn transaction<T, E, F>(&self, op: &'static str, f: F) -> Result<T, E>
     where
         T: Send,
@@ -563,11 +727,7 @@ impl PgPool {
                         if self.is_connect_failure(&f) {
                             self.not_reached(&f.to_string());
                         }
-                        let kind = match f.class() {
-                            ErrorClass::Retryable => DbErrorKind::Unavailable,
-                            ErrorClass::Permanent => DbErrorKind::Permanent,
-                        };
-                        E::from(DbError::new(kind, op, None, f.to_string()))
+                        E::from(checkout_error(op, &f))
                     })?;
                     let mut guard = ClientGuard(Some(object), self.inner.epoch.clone());
                     let client = guard.0.as_mut().expect("guard holds the client until done");
@@ -603,13 +763,9 @@ impl PgPool {
     /// out: for a transaction of your own prefer [`transaction`](Self::transaction),
     /// which retries it.
     pub async fn get(&self) -> Result<PgClient, DbError> {
-        self.checkout().await.map_err(|f| {
-            let kind = match f.class() {
-                ErrorClass::Retryable => DbErrorKind::Unavailable,
-                ErrorClass::Permanent => DbErrorKind::Permanent,
-            };
-            DbError::new(kind, "pool.get", None, f.to_string())
-        })
+        self.checkout()
+            .await
+            .map_err(|f| checkout_error("pool.get", &f))
     }
 
     /// A checkout failure that says the database cannot be reached (a failed connect),
@@ -621,6 +777,7 @@ impl PgPool {
                 text.starts_with("no writable host") || self.last_connect_error().is_some()
             }
             PgFailure::Pool(_, ErrorClass::Permanent) => false,
+            PgFailure::Connect(..) | PgFailure::NoPrimary(_) => true,
         }
     }
 
@@ -630,7 +787,7 @@ impl PgPool {
         self.inner.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    async fn checkout(&self) -> Result<Object, PgFailure> {
+    pub(super) async fn checkout(&self) -> Result<Object, PgFailure> {
         let generation = self.inner.current.load_full();
         let result = generation.pool.get().await;
         if result.is_err() {
@@ -639,8 +796,17 @@ impl PgPool {
         result.map_err(|e| match e {
             PoolError::Backend(e) => match self.last_connect_error() {
                 // A connect failure: name every host's reason, not only the last one.
+                Some(hosts) if hosts.starts_with(NO_PRIMARY) => PgFailure::NoPrimary(hosts),
                 Some(hosts) if super::error::classify(&e) == ErrorClass::Retryable => {
-                    PgFailure::Pool(format!("no writable host: {hosts}"), ErrorClass::Retryable)
+                    let what = if self.inner.standby {
+                        "no host answered"
+                    } else {
+                        "no writable host"
+                    };
+                    PgFailure::Connect(
+                        format!("{what}: {hosts}"),
+                        e.code().map(|c| c.code().to_owned()),
+                    )
                 }
                 _ => PgFailure::Query(e),
             },
@@ -676,13 +842,25 @@ impl PgPool {
                 Ok(connected)
             }
             Err(e) => {
-                self.not_reached(&format!("no writable host: {e}"));
-                Err(DbError::new(
+                let no_primary = e.starts_with(NO_PRIMARY);
+                let text = if no_primary {
+                    e
+                } else {
+                    format!("no writable host: {e}")
+                };
+                self.not_reached(&text);
+                let err = DbError::new(
                     DbErrorKind::Unavailable,
                     "pool.connect_dedicated",
                     None,
-                    e,
-                ))
+                    text,
+                )
+                .with_reach(Reach::NotConnected);
+                Err(if no_primary {
+                    err.with_no_primary()
+                } else {
+                    err
+                })
             }
         }
     }
@@ -735,6 +913,35 @@ impl Drop for ClientGuard {
     }
 }
 
+/// Marks the operation's outcome unknown when dropped still armed: the statement
+/// was sent and no answer came back (the attempt timed out or the connection died).
+struct InFlight<'a>(Option<&'a AtomicBool>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Bound of the look-up of who holds a lock after a lock timeout.
+const LOCK_LOOKUP_BOUND: Duration = Duration::from_millis(400);
+
+/// A failed checkout as a [`DbError`]: no connection, so nothing was sent.
+fn checkout_error(op: &'static str, f: &PgFailure) -> DbError {
+    let kind = match f.class() {
+        ErrorClass::Retryable => DbErrorKind::Unavailable,
+        ErrorClass::Permanent => DbErrorKind::Permanent,
+    };
+    let err = DbError::new(kind, op, f.sqlstate().map(str::to_owned), f.to_string())
+        .with_reach(Reach::NotConnected);
+    match f {
+        PgFailure::NoPrimary(_) => err.with_no_primary(),
+        _ => err,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -746,12 +953,18 @@ fn build(
     last_connect: &Arc<Mutex<Option<String>>>,
     last_host: &Arc<Mutex<Option<String>>>,
     epoch: &Arc<AtomicU64>,
+    standby: bool,
 ) -> Result<Generation, ConfigError> {
     if settings.config.get_application_name().is_none() {
         settings.config.application_name(component);
     }
     let tls = connector(&settings.names, &settings.tls)?;
-    let hosts = settings.per_host_configs();
+    let mut hosts = settings.per_host_configs();
+    if standby {
+        for (_, config) in &mut hosts {
+            config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+        }
+    }
     let n_hosts = hosts.len().max(1) as u32;
     let connect = Arc::new(FailoverConnect {
         component,
@@ -761,11 +974,20 @@ fn build(
         last_connect: last_connect.clone(),
         last_host: last_host.clone(),
     });
+    let session = format!(
+        "SET lock_timeout = '{}ms'",
+        settings.effective_lock_timeout().as_millis()
+    );
     let manager = Manager::from_connect(
         settings.config.clone(),
-        SharedConnect(connect.clone()),
+        SharedConnect(connect.clone(), Some(session)),
         ManagerConfig {
-            recycling_method: RecyclingMethod::Custom(RECYCLE_CHECK.into()),
+            // A standby is what a reading pool may use; a writing pool drops it.
+            recycling_method: if standby {
+                RecyclingMethod::Verified
+            } else {
+                RecyclingMethod::Custom(RECYCLE_CHECK.into())
+            },
         },
     );
     let listen = settings.listen.is_some().then(|| {

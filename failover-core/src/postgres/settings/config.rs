@@ -51,6 +51,9 @@ pub struct PgConfig {
     /// Total time an operation may spend retrying (default 5 s).
     #[serde(with = "crate::time::humantime_option")]
     pub retry_budget: Option<Duration>,
+    /// Longest wait of a statement for another session's lock (default 500 ms).
+    #[serde(with = "crate::time::humantime_option")]
+    pub lock_timeout: Option<Duration>,
     /// `application_name` reported to the server (default: the component).
     pub application_name: Option<String>,
     /// Where push's LISTEN connection goes (default: `dsn`).
@@ -88,6 +91,7 @@ impl fmt::Debug for PgConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("operation_timeout", &self.operation_timeout)
             .field("retry_budget", &self.retry_budget)
+            .field("lock_timeout", &self.lock_timeout)
             .field("application_name", &self.application_name)
             .field(
                 "listen_dsn",
@@ -123,6 +127,7 @@ impl PgSettingsBuilder {
             operation_timeout: config
                 .operation_timeout
                 .unwrap_or(defaults.operation_timeout),
+            lock_timeout: config.lock_timeout.unwrap_or(defaults.lock_timeout),
             retry,
             application_name: config.application_name,
             password_file: config.password_file,
@@ -159,6 +164,7 @@ mod tests {
             "connect_timeout": "300ms",
             "operation_timeout": "1s",
             "retry_budget": "1m 30s",
+            "lock_timeout": "200ms",
             "application_name": "gw-1",
         });
         let config: PgConfig = serde_json::from_value(json).unwrap();
@@ -169,6 +175,7 @@ mod tests {
         assert_eq!(s.connect_timeout(), Duration::from_millis(300));
         assert_eq!(s.operation_timeout(), Duration::from_secs(1));
         assert_eq!(s.retry_policy().budget, Duration::from_secs(90));
+        assert_eq!(s.lock_timeout(), Duration::from_millis(200));
         assert_eq!(s.config.get_password(), Some(&b"pw"[..]));
         assert_eq!(s.config.get_application_name(), Some("gw-1"));
         assert_eq!(s.per_host_configs().len(), 2);

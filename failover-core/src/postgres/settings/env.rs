@@ -48,6 +48,9 @@ impl PgSettingsBuilder {
         if let Some(v) = get("OPERATION_TIMEOUT") {
             b.operation_timeout = parse_duration(names.name("OPERATION_TIMEOUT"), &v)?;
         }
+        if let Some(v) = get("LOCK_TIMEOUT") {
+            b.lock_timeout = parse_duration(names.name("LOCK_TIMEOUT"), &v)?;
+        }
         if let Some(v) = get("RETRY_BUDGET") {
             b.retry.budget = parse_duration(names.name("RETRY_BUDGET"), &v)?;
         }
@@ -281,6 +284,7 @@ mod tests {
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__CONNECT_TIMEOUT", "300ms"),
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__OPERATION_TIMEOUT", "1s"),
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__RETRY_BUDGET", "1m"),
+                ("TRADEPULSE_KILL_SWITCH_POSTGRES__LOCK_TIMEOUT", "250ms"),
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__APPLICATION_NAME", "gw-1"),
                 ("TRADEPULSE_KILL_SWITCH_POSTGRES__IGNORED", "x"),
             ]),
@@ -295,6 +299,7 @@ mod tests {
         assert_eq!(s.operation_timeout(), Duration::from_secs(1));
         assert_eq!(s.retry_policy().budget, Duration::from_secs(60));
         assert_eq!(s.retry_policy().attempt_timeout, Duration::from_secs(1));
+        assert_eq!(s.lock_timeout(), Duration::from_millis(250));
         assert_eq!(s.config.get_application_name(), Some("gw-1"));
     }
 

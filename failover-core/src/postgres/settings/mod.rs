@@ -18,6 +18,9 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::config::SslMode;
 
+/// The default longest wait of a statement for another session's lock.
+pub(crate) const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsMode {
@@ -143,6 +146,7 @@ impl std::str::FromStr for StatementMode {
 /// | `…_POSTGRES__CONNECT_TIMEOUT` | bound of one connection attempt to one host, e.g. `2s` | `2s` |
 /// | `…_POSTGRES__OPERATION_TIMEOUT` | bound of one attempt of one operation | `2s` |
 /// | `…_POSTGRES__RETRY_BUDGET` | total time an operation may spend retrying | `5s` |
+/// | `…_POSTGRES__LOCK_TIMEOUT` | longest wait of a statement for a row or table lock another session holds (`SET lock_timeout` on every pooled connection); then it fails as `Locked`, naming the holder | `500ms` |
 /// | `…_POSTGRES__APPLICATION_NAME` | `application_name` reported to the server | the component |
 /// | `…_POSTGRES__LISTEN_DSN` | where the LISTEN connection for push goes: the primary directly, or a session-mode pool — needed when `DSN` is a transaction pooler, which cannot pass LISTEN | `DSN` |
 /// | `…_POSTGRES__STATEMENTS` | `auto`, `prepared` or `unnamed` (for a transaction pooler; `auto` switches by itself) | `auto` |
@@ -163,6 +167,7 @@ pub struct PgSettings {
     pub(crate) pool_size: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) operation_timeout: Duration,
+    pub(crate) lock_timeout: Duration,
     pub(crate) retry: RetryPolicy,
     pub(crate) password_file: Option<PathBuf>,
     pub(crate) listen: Option<tokio_postgres::Config>,
@@ -179,6 +184,7 @@ impl std::fmt::Debug for PgSettings {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("operation_timeout", &self.operation_timeout)
+            .field("lock_timeout", &self.lock_timeout)
             .field("retry_budget", &self.retry.budget)
             .field("listen_dsn", &self.listen.as_ref().map(dsn::redact))
             .field("statements", &self.statements)
@@ -269,6 +275,25 @@ impl PgSettings {
         self.operation_timeout
     }
 
+    /// Longest wait of a statement for a lock another session holds, as configured.
+    pub fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
+    /// The `lock_timeout` the pool sets on its connections: the configured one, cut to
+    /// three quarters of the operation timeout so that a lock wait always ends as a
+    /// lock error naming its holder, never as an anonymous timeout.
+    ///
+    /// It is a session setting, set once when a connection is opened. Behind a
+    /// transaction pooler (pgbouncer in transaction mode) a later statement may run on
+    /// a server connection that never got it; there, set `lock_timeout` on the
+    /// database or role (`ALTER ROLE … SET lock_timeout = '500ms'`) as well.
+    pub fn effective_lock_timeout(&self) -> Duration {
+        self.lock_timeout
+            .min(self.operation_timeout.mul_f64(0.75))
+            .max(Duration::from_millis(1))
+    }
+
     /// The retry policy of operations.
     pub fn retry_policy(&self) -> &RetryPolicy {
         &self.retry
@@ -313,6 +338,7 @@ impl PgSettings {
             pool_size: self.pool_size,
             connect_timeout: self.connect_timeout,
             operation_timeout: self.operation_timeout,
+            lock_timeout: self.lock_timeout,
             retry: self.retry.clone(),
             application_name: self.config.get_application_name().map(str::to_owned),
             password_file: self.password_file.clone(),
@@ -343,6 +369,7 @@ pub struct PgSettingsBuilder {
     pool_size: usize,
     connect_timeout: Duration,
     operation_timeout: Duration,
+    lock_timeout: Duration,
     retry: RetryPolicy,
     application_name: Option<String>,
     password_file: Option<PathBuf>,
@@ -364,6 +391,7 @@ impl Default for PgSettingsBuilder {
             pool_size: 8,
             connect_timeout: Duration::from_secs(2),
             operation_timeout: Duration::from_secs(2),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
             retry: RetryPolicy::default(),
             application_name: None,
             password_file: None,
@@ -450,6 +478,14 @@ impl PgSettingsBuilder {
         self
     }
 
+    /// Longest wait of a statement for a row or table lock another session holds
+    /// (default 500 ms); see [`PgSettings::effective_lock_timeout`].
+    #[must_use]
+    pub fn with_lock_timeout(mut self, timeout: Duration) -> Self {
+        self.lock_timeout = timeout;
+        self
+    }
+
     /// Total time an operation may spend retrying.
     #[must_use]
     pub fn with_retry_budget(mut self, budget: Duration) -> Self {
@@ -518,6 +554,7 @@ impl PgSettingsBuilder {
         for (key, d) in [
             ("CONNECT_TIMEOUT", self.connect_timeout),
             ("OPERATION_TIMEOUT", self.operation_timeout),
+            ("LOCK_TIMEOUT", self.lock_timeout),
             ("RETRY_BUDGET", self.retry.budget),
         ] {
             if d.is_zero() {
@@ -577,6 +614,7 @@ impl PgSettingsBuilder {
             pool_size: self.pool_size,
             connect_timeout: self.connect_timeout,
             operation_timeout: self.operation_timeout,
+            lock_timeout: self.lock_timeout,
             retry,
             password_file: self.password_file,
             listen,
@@ -810,5 +848,24 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(err.to_string().contains("pool_size"), "{err}");
+    }
+
+    #[test]
+    fn the_lock_timeout_defaults_to_500ms_and_stays_below_the_operation_timeout() {
+        let s = PgSettings::builder().with_dsn("host=a").build().unwrap();
+        assert_eq!(s.lock_timeout(), Duration::from_millis(500));
+        assert_eq!(s.effective_lock_timeout(), Duration::from_millis(500));
+        let s = PgSettings::builder()
+            .with_dsn("host=a")
+            .with_operation_timeout(Duration::from_millis(400))
+            .build()
+            .unwrap();
+        assert_eq!(s.effective_lock_timeout(), Duration::from_millis(300));
+        let err = PgSettings::builder()
+            .with_dsn("host=a")
+            .with_lock_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("lock_timeout"), "{err}");
     }
 }
