@@ -577,3 +577,56 @@ async fn a_typo_halts_nothing() {
         .await;
     assert_eq!(status, 200);
 }
+
+/// A session holding the symbol-mode row does not make an operator's halt wait out
+/// its budget or look like an outage: 423 `locked` naming the session's pid, for a
+/// symbol and for the global mode; once the session ends, the halt succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_in_the_way_answers_423_naming_the_session() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    let s = start_all(&dsn, Duration::from_secs(300)).await;
+    s.api
+        .put(
+            OPERATOR,
+            "/admin/symbols/BTC-USD",
+            r#"{"reason":"listing"}"#,
+        )
+        .await;
+    let held = Held::begin(
+        &dsn,
+        "SELECT * FROM symbol_mode_state WHERE id = 1 FOR UPDATE",
+    )
+    .await;
+    let pid = held.pid();
+    for path in ["/admin/symbols/BTC-USD/mode", "/admin/global-mode"] {
+        let started = std::time::Instant::now();
+        let (status, body) = s
+            .api
+            .put(OPERATOR, path, r#"{"mode":"HARD_HALT","reason":"halt"}"#)
+            .await;
+        let took = started.elapsed();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (423, Some("locked")),
+            "{path}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("pid {pid}")), "{message}");
+        assert!(
+            message.contains(&format!("pg_terminate_backend({pid})")),
+            "{message}"
+        );
+        assert!(took < Duration::from_secs(1), "{path}: {took:?}");
+    }
+    held.rollback().await;
+    let (status, body) = s
+        .api
+        .put(
+            OPERATOR,
+            "/admin/global-mode",
+            r#"{"mode":"HARD_HALT","reason":"halt"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}

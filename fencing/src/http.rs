@@ -59,6 +59,7 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
+            Error::Locked { .. } => (StatusCode::LOCKED, "locked"),
             Error::FencingToken { .. } => (StatusCode::CONFLICT, crate::FENCING_TOKEN),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };

@@ -226,6 +226,15 @@ pub enum Error {
         /// The database error.
         source: DbError,
     },
+    /// Another session holds the row this command must change (a transaction left
+    /// open in psql, an application idle in transaction): the wait was bounded by
+    /// `lock_timeout`, nothing was written, and the message names the session and
+    /// the statement that ends it ([`DbError::blockers`] has their pids).
+    #[error("fencing store locked, nothing was written: {source}")]
+    Locked {
+        /// The database error, with the blocking sessions.
+        source: DbError,
+    },
     /// Any other database error.
     #[error("fencing database error: {source}")]
     Database {
@@ -278,6 +287,7 @@ impl From<DbError> for Error {
         match source.kind() {
             DbErrorKind::Unavailable => Self::Unavailable { source },
             DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
+            DbErrorKind::Locked => Self::Locked { source },
             _ => Self::Database { source },
         }
     }

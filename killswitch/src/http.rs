@@ -118,6 +118,7 @@ impl From<Error> for ApiError {
             Error::Refused(r) => return ApiError::from(r.clone()),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
+            Error::Locked { .. } => (StatusCode::LOCKED, "locked"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
         ApiError::new(status, code, e.to_string())

@@ -1,8 +1,9 @@
 //! The commands. Exit codes: 0 done; 2 refused (bad input, ticket missing,
 //! transition forbidden, not the login's authority, the state moved since it was
 //! read, a replay superseded or reused, an unknown symbol — nothing changed); 3
-//! unavailable within the retry budget; 1 anything else (schema missing, a database
-//! error). Every error says what to do.
+//! not done now, nothing written, safe to retry: unavailable within the retry budget,
+//! or the row locked by another session (named, with the statement that ends it); 1
+//! anything else (schema missing, a database error). Every error says what to do.
 //!
 //! Authority is the database login's: the CLI claims supervisor authority and the
 //! database grants what the login holds (roles `tradepulse_operator`,
@@ -261,7 +262,7 @@ impl From<killswitch::Error> for Failure {
         use killswitch::Error as E;
         let code = match &e {
             E::InvalidAudit(_) | E::Refused(_) | E::Config(_) => EXIT_REFUSED,
-            E::Unavailable { .. } => EXIT_UNAVAILABLE,
+            E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_FAILED,
         };
         Self {
@@ -282,7 +283,7 @@ impl From<symbol_mode::Error> for Failure {
             | E::UnknownSymbol { .. }
             | E::SymbolConflict { .. }
             | E::Config(_) => EXIT_REFUSED,
-            E::Unavailable { .. } => EXIT_UNAVAILABLE,
+            E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_FAILED,
         };
         Self {
@@ -297,7 +298,7 @@ impl From<fencing::Error> for Failure {
         use fencing::Error as E;
         let code = match &e {
             E::Invalid { .. } | E::Config(_) => EXIT_REFUSED,
-            E::Unavailable { .. } => EXIT_UNAVAILABLE,
+            E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_FAILED,
         };
         Self {

@@ -401,3 +401,44 @@ async fn a_typo_halts_nothing() {
         "only the registered symbol changed"
     );
 }
+
+/// A session left holding the kill switch row (a DBA's `SELECT … FOR UPDATE` in an
+/// open transaction) does not send the operator looking for an outage: the engage
+/// fails within a second, naming that session and the statement that ends it, and
+/// succeeds once it is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_in_the_way_is_named_within_a_second() {
+    let db = db().await;
+    let held = Held::begin(
+        &db.dsn,
+        "SELECT * FROM kill_switch_state WHERE id = 1 FOR UPDATE",
+    )
+    .await;
+    let pid = held.pid();
+    let started = std::time::Instant::now();
+    let o = safetyctl(&db.dsn, &["kill-switch", "engage", "--reason", "runaway"]);
+    let took = started.elapsed();
+    eprintln!("engage behind a held row lock failed after {took:?}");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("locked by pid {pid}")),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains(&format!("SELECT pg_terminate_backend({pid})")),
+        "{}",
+        text(&o)
+    );
+    assert!(err.contains("nothing was written"), "{}", text(&o));
+    assert!(
+        !err.contains("unreachable") && !err.contains("outcome is unknown"),
+        "{}",
+        text(&o)
+    );
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    held.rollback().await;
+    let o = safetyctl(&db.dsn, &["kill-switch", "engage", "--reason", "runaway"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

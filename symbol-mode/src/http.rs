@@ -136,6 +136,7 @@ impl From<Error> for ApiError {
             Error::SymbolConflict { .. } => (StatusCode::CONFLICT, "symbol_conflict"),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
+            Error::Locked { .. } => (StatusCode::LOCKED, "locked"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         };
         ApiError::new(status, code, e.to_string())
