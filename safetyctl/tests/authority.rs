@@ -437,7 +437,7 @@ async fn a_lock_in_the_way_is_named_within_a_second() {
         "{}",
         text(&o)
     );
-    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
     held.rollback().await;
     let o = safetyctl(&db.dsn, &["kill-switch", "engage", "--reason", "runaway"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
