@@ -205,3 +205,145 @@ async fn the_password_from_the_file_is_the_one_the_server_checks() {
         "the password read from the file is accepted"
     );
 }
+
+/// Settings of the kill switch store from exactly these variables (full names).
+fn kill_switch_from(vars: &[(&str, &str)]) -> Result<PgSettings, String> {
+    let env: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    PgSettings::from_lookup(PREFIX, |k| env.get(k).cloned()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_shared_dsn_alone_configures_every_store() {
+    let vars = [
+        ("TRADEPULSE_POSTGRES__DSN", "host=shared-db user=u dbname=d"),
+        ("TRADEPULSE_POSTGRES__POOL_SIZE", "3"),
+    ];
+    let env: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for prefix in [
+        "TRADEPULSE_KILL_SWITCH",
+        "TRADEPULSE_SYMBOL_MODE",
+        "TRADEPULSE_FENCING",
+    ] {
+        let s = PgSettings::from_lookup(prefix, |k| env.get(k).cloned()).unwrap();
+        assert!(s.redacted_dsn().contains("host=shared-db"), "{prefix}: {s}");
+        assert_eq!(s.pool_size(), 3, "{prefix}");
+        assert_eq!(
+            PgSettings::dsn_variable(prefix, |k| env.get(k).cloned()).as_deref(),
+            Some("TRADEPULSE_POSTGRES__DSN")
+        );
+    }
+}
+
+#[test]
+fn the_stores_own_dsn_alone_is_used() {
+    let s = kill_switch_from(&[(
+        "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN",
+        "host=own-db user=u dbname=d",
+    )])
+    .unwrap();
+    assert!(s.redacted_dsn().contains("host=own-db"), "{s}");
+    assert_eq!(
+        PgSettings::dsn_variable(PREFIX, |k| {
+            (k == "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN").then(|| "host=own-db".to_owned())
+        })
+        .as_deref(),
+        Some("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN")
+    );
+}
+
+#[test]
+fn the_stores_own_variables_win_over_the_shared_ones_key_by_key() {
+    let s = kill_switch_from(&[
+        ("TRADEPULSE_POSTGRES__DSN", "host=shared-db user=u dbname=d"),
+        ("TRADEPULSE_POSTGRES__POOL_SIZE", "3"),
+        ("TRADEPULSE_POSTGRES__RETRY_BUDGET", "9s"),
+        (
+            "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN",
+            "host=own-db user=u dbname=d",
+        ),
+        ("TRADEPULSE_KILL_SWITCH_POSTGRES__POOL_SIZE", "5"),
+    ])
+    .unwrap();
+    assert!(s.redacted_dsn().contains("host=own-db"), "{s}");
+    assert!(!s.redacted_dsn().contains("shared-db"), "{s}");
+    assert_eq!(s.pool_size(), 5);
+    // A key the store's prefix does not set still comes from the shared prefix.
+    assert_eq!(s.retry_policy().budget, Duration::from_secs(9));
+    // A blank store variable counts as unset.
+    let s = kill_switch_from(&[
+        ("TRADEPULSE_POSTGRES__DSN", "host=shared-db user=u dbname=d"),
+        ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "  "),
+    ])
+    .unwrap();
+    assert!(s.redacted_dsn().contains("host=shared-db"), "{s}");
+}
+
+#[test]
+fn shared_tls_settings_apply_to_a_store_with_its_own_dsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not parsed until the pool is built").unwrap();
+    let ca_text = ca.display().to_string();
+    let s = kill_switch_from(&[
+        ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "host=own-db user=u"),
+        ("TRADEPULSE_POSTGRES__TLS__MODE", "verify-full"),
+        ("TRADEPULSE_POSTGRES__TLS__CA_FILE", &ca_text),
+    ])
+    .unwrap();
+    assert_eq!(s.tls().mode, TlsMode::VerifyFull);
+    assert_eq!(s.tls().ca_file.as_deref(), Some(ca.as_path()));
+    // An error about a shared key names the shared variable, the one actually read.
+    let err = kill_switch_from(&[
+        ("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", "host=own-db user=u"),
+        ("TRADEPULSE_POSTGRES__TLS__MODE", "verify-full"),
+        ("TRADEPULSE_POSTGRES__TLS__CA_FILE", "no/such/ca.pem"),
+    ])
+    .unwrap_err();
+    assert!(
+        err.starts_with("TRADEPULSE_POSTGRES__TLS__CA_FILE names 'no/such/ca.pem'"),
+        "{err}"
+    );
+    let err = kill_switch_from(&[
+        ("TRADEPULSE_POSTGRES__DSN", "host=shared-db port=many"),
+        ("TRADEPULSE_KILL_SWITCH_POSTGRES__POOL_SIZE", "2"),
+    ])
+    .unwrap_err();
+    assert!(
+        err.starts_with("TRADEPULSE_POSTGRES__DSN is invalid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_dsn_names_the_stores_variable_and_the_shared_one() {
+    let err = kill_switch_from(&[("TRADEPULSE_KILL_SWITCH_POSTGRES__POOL_SIZE", "2")]).unwrap_err();
+    assert!(
+        err.starts_with(
+            "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN or TRADEPULSE_POSTGRES__DSN is not set"
+        ),
+        "{err}"
+    );
+    assert_eq!(PgSettings::dsn_variable(PREFIX, |_| None), None);
+    // A DSN set for another store configures no other.
+    let err = kill_switch_from(&[("TRADEPULSE_FENCING_POSTGRES__DSN", "host=a")]).unwrap_err();
+    assert!(err.contains("TRADEPULSE_POSTGRES__DSN is not set"), "{err}");
+}
+
+#[test]
+fn a_missing_key_is_named_beside_the_dsn_it_goes_with() {
+    let err = kill_switch_from(&[
+        ("TRADEPULSE_POSTGRES__DSN", "host=a"),
+        ("TRADEPULSE_POSTGRES__TLS__MODE", "verify-ca"),
+    ])
+    .unwrap_err();
+    assert!(
+        err.starts_with("TRADEPULSE_POSTGRES__TLS__CA_FILE is invalid"),
+        "{err}"
+    );
+}

@@ -24,8 +24,9 @@ use std::time::SystemTime;
 use symbol_mode::{SymbolMode, SymbolModeStore};
 
 /// The runbooks' CLI: talks to PostgreSQL directly with the services' settings
-/// (`TRADEPULSE_KILL_SWITCH_POSTGRES__DSN`, `TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN`,
-/// `TRADEPULSE_FENCING_POSTGRES__DSN` and their `__TLS__*`, `__RETRY_BUDGET` …), so
+/// (`TRADEPULSE_POSTGRES__DSN` for every control, or a control's own
+/// `TRADEPULSE_KILL_SWITCH_POSTGRES__DSN`, `TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN`,
+/// `TRADEPULSE_FENCING_POSTGRES__DSN`, and their `__TLS__*`, `__RETRY_BUDGET` …), so
 /// it works when every service is down.
 #[derive(Debug, Parser)]
 #[command(name = "safetyctl", version, about, long_about = None)]
@@ -110,6 +111,14 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditCmd,
     },
+    /// Applies every control's migrations (kill switch, symbol modes, fencing).
+    Migrate {
+        /// Print the SQL that creates the roles (for a DBA); touches no database.
+        #[arg(long)]
+        print_roles: bool,
+    },
+    /// Checks whether the database is ready for the controls; exit 0 only when all pass.
+    Doctor,
     /// The failover drill on throw-away local clusters; writes evidence files.
     #[cfg(feature = "drill")]
     Drill {
@@ -353,8 +362,10 @@ fn set_by(by: &str, at: SystemTime) -> String {
     }
 }
 
+/// True when the control with env prefix `prefix` has a DSN: its own or the shared
+/// `TRADEPULSE_POSTGRES__DSN`, by the stores' own rule.
 fn env_set(prefix: &str) -> bool {
-    std::env::var_os(format!("{prefix}_POSTGRES__DSN")).is_some_and(|v| !v.is_empty())
+    failover_core::postgres::PgSettings::dsn_variable(prefix, |k| std::env::var(k).ok()).is_some()
 }
 
 fn kill_store() -> Result<Arc<killswitch::PostgresKillSwitchStore>, Failure> {
@@ -603,6 +614,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             audit_export(g.json, since, format, out).await?;
         }
+        Command::Migrate { print_roles } => crate::migrate::run(print_roles, g.json).await?,
+        Command::Doctor => crate::doctor::run(g.json).await?,
         #[cfg(feature = "drill")]
         Command::Drill { sync, report_dir } => {
             let config = crate::drill::DrillConfig {
@@ -788,7 +801,7 @@ async fn audit_export(
         }
     }
     if sources.is_empty() {
-        return Err(Failure::refused("nothing to export: set TRADEPULSE_KILL_SWITCH_POSTGRES__DSN, TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN and/or TRADEPULSE_FENCING_POSTGRES__DSN"));
+        return Err(Failure::refused("nothing to export: set TRADEPULSE_POSTGRES__DSN (every control), or TRADEPULSE_KILL_SWITCH_POSTGRES__DSN, TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN and/or TRADEPULSE_FENCING_POSTGRES__DSN"));
     }
     let events = export::prepare(events, since);
     let bytes = export::render(&events, format);

@@ -4,13 +4,22 @@ use clap::Parser;
 
 fn main() {
     let cli = safetyctl::cli::Cli::parse();
-    // Store logs go to stderr, plain text, warnings only unless RUST_LOG says more.
+    // Store logs go to stderr, plain text, warnings only unless RUST_LOG says more. The
+    // drill and doctor provoke failures on purpose (the drill kills the primary under a
+    // load that flips the kill switch every few milliseconds; doctor tries a standby
+    // for a primary) and report them themselves, so they log only errors by default
+    // (RUST_LOG=warn shows the rest).
+    let default_filter = if reports_itself(&cli.command) {
+        "error"
+    } else {
+        "warn"
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .try_init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -30,4 +39,15 @@ fn main() {
             std::process::exit(failure.code);
         }
     }
+}
+
+#[cfg(feature = "drill")]
+fn reports_itself(command: &safetyctl::cli::Command) -> bool {
+    use safetyctl::cli::Command;
+    matches!(command, Command::Drill { .. } | Command::Doctor)
+}
+
+#[cfg(not(feature = "drill"))]
+fn reports_itself(command: &safetyctl::cli::Command) -> bool {
+    matches!(command, safetyctl::cli::Command::Doctor)
 }

@@ -156,7 +156,11 @@ async fn ten_thousand_symbols_reload_from_postgres_and_then_follow_single_change
     );
     assert!(modes.ready(WAIT).await, "the snapshot loads");
     let snapshot = modes.snapshot();
-    assert_eq!(snapshot.version(), 20_000, "10,000 registrations and 10,000 modes");
+    assert_eq!(
+        snapshot.version(),
+        20_000,
+        "10,000 registrations and 10,000 modes"
+    );
     assert_eq!(
         snapshot.restricted_symbols(),
         7_500,

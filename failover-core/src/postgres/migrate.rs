@@ -95,6 +95,12 @@ pub async fn migrate(
     pool.run("migrate", |client| {
         Box::pin(async move {
             let tx = begin(client).await?;
+            // The migrations' `DROP … IF EXISTS` and `CREATE … IF NOT EXISTS` make the
+            // server send a NOTICE each time ("trigger … does not exist, skipping"),
+            // which the connection would log on every start: only warnings and errors
+            // are wanted from a migration. SET LOCAL ends with the transaction.
+            tx.batch_execute("SET LOCAL client_min_messages = warning")
+                .await?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
                 .await?;
             tx.batch_execute(BOOTSTRAP).await?;

@@ -24,6 +24,7 @@ pub use migrate::{migrate, Migration, MigrationReport, CORE_MIGRATIONS, ROLES_SQ
 pub use pool::{Param, PgClient, PgPool};
 pub use settings::{
     PgConfig, PgSettings, PgSettingsBuilder, StatementMode, TlsConfig, TlsMode, TlsSettings,
+    SHARED_ENV_PREFIX,
 };
 pub use store::{
     reload_when_newer, Interpret, Notified, PgChangeFeed, PgFeedStore, PgStore, Reload,

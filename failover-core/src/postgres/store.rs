@@ -46,7 +46,8 @@ pub trait PgStore: Sized + Send + Sync {
     /// The store's pool.
     fn pool(&self) -> &PgPool;
 
-    /// A store with settings from `<ENV_PREFIX>_POSTGRES__*`.
+    /// A store with settings from `<ENV_PREFIX>_POSTGRES__*`, each key the prefix does
+    /// not set read from `TRADEPULSE_POSTGRES__*` (one DSN for every store).
     fn from_env() -> Result<Self, Self::Error> {
         Self::new(PgSettings::from_env(Self::ENV_PREFIX)?)
     }

@@ -1,35 +1,107 @@
-//! Settings from environment variables: `{prefix}_POSTGRES__{KEY}`, `__` nesting.
+//! Settings from environment variables: `{prefix}_POSTGRES__{KEY}`, `__` nesting, with
+//! `TRADEPULSE_POSTGRES__{KEY}` shared by every store.
+//!
+//! The rule, key by key: a store's own variable (`TRADEPULSE_KILL_SWITCH_POSTGRES__DSN`)
+//! wins where it is set; a key the store's prefix does not set is read from the shared
+//! prefix (`TRADEPULSE_POSTGRES__DSN`). So one `TRADEPULSE_POSTGRES__DSN` serves every
+//! store, a store with a DSN of its own still gets the shared TLS files, and a single
+//! store-prefixed key (`TRADEPULSE_FENCING_POSTGRES__POOL_SIZE`) overrides only itself.
+//! Errors name the variable the value was read from; a missing key names both.
 
 use super::{PgSettingsBuilder, VarNames};
 use crate::errors::ConfigError;
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The prefix whose `TRADEPULSE_POSTGRES__*` variables every store falls back to for a
+/// key its own prefix does not set.
+pub const SHARED_ENV_PREFIX: &str = "TRADEPULSE";
+
+/// Reads `{prefix}_POSTGRES__{key}` and, failing that, the shared variable, and
+/// remembers which keys came from where so that errors name the variable consulted.
+struct EnvSource<L> {
+    prefix: String,
+    shared: Option<&'static str>,
+    lookup: L,
+    own: RefCell<Vec<String>>,
+    from_shared: RefCell<Vec<String>>,
+}
+
+impl<L: Fn(&str) -> Option<String>> EnvSource<L> {
+    fn new(prefix: &str, lookup: L) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            shared: (prefix != SHARED_ENV_PREFIX).then_some(SHARED_ENV_PREFIX),
+            lookup,
+            own: RefCell::new(Vec::new()),
+            from_shared: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// A variable's value; blank counts as unset.
+    fn value(&self, prefix: &str, key: &str) -> Option<String> {
+        (self.lookup)(&format!("{prefix}_POSTGRES__{key}"))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn get(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.value(&self.prefix, key) {
+            self.own.borrow_mut().push(key.to_owned());
+            return Some(v);
+        }
+        let v = self.value(self.shared?, key)?;
+        self.from_shared.borrow_mut().push(key.to_owned());
+        Some(v)
+    }
+
+    /// The names errors use, as far as the keys read so far tell.
+    fn names(&self) -> VarNames {
+        VarNames::Env {
+            prefix: self.prefix.clone(),
+            shared: self.shared.map(str::to_owned),
+            own: self.own.borrow().clone(),
+            from_shared: self.from_shared.borrow().clone(),
+        }
+    }
+
+    fn var(&self, key: &str) -> String {
+        self.names().name(key)
+    }
+}
+
+/// The variable that supplies the DSN of the store with env prefix `prefix`:
+/// `{prefix}_POSTGRES__DSN` when set, else `TRADEPULSE_POSTGRES__DSN` when set, else
+/// `None` (the store is not configured through the environment).
+pub(super) fn dsn_variable(
+    prefix: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    let source = EnvSource::new(prefix, lookup);
+    source.get("DSN").map(|_| source.var("DSN"))
+}
+
 impl PgSettingsBuilder {
     /// Reads `{prefix}_POSTGRES__…` through `lookup` into a builder, so code can
-    /// still override single settings before [`build`](Self::build). Blank values
-    /// count as unset.
+    /// still override single settings before [`build`](Self::build). A key the
+    /// prefix does not set is read from `TRADEPULSE_POSTGRES__…`
+    /// ([`SHARED_ENV_PREFIX`](super::SHARED_ENV_PREFIX)). Blank values count as unset.
     pub fn from_lookup(
         prefix: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let names = VarNames::Env {
-            prefix: prefix.to_owned(),
-        };
-        let get = |key: &str| {
-            lookup(&names.name(key))
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let source = EnvSource::new(prefix, lookup);
+        let get = |key: &str| source.get(key);
+        let var = |key: &str| source.var(key);
         let mut b = Self {
-            names: names.clone(),
+            dsn: get("DSN"),
             ..Self::default()
         };
-        b.dsn = get("DSN");
         b.password_file = get("PASSWORD_FILE").map(PathBuf::from);
         if let Some(mode) = get("TLS__MODE") {
             b.tls_mode = Some(mode.parse().map_err(|reason| ConfigError::Invalid {
-                var: names.name("TLS__MODE"),
+                var: var("TLS__MODE"),
                 reason,
             })?);
         }
@@ -38,30 +110,32 @@ impl PgSettingsBuilder {
         b.key_file = get("TLS__KEY_FILE").map(PathBuf::from);
         if let Some(v) = get("POOL_SIZE") {
             b.pool_size = v.parse().map_err(|_| ConfigError::Invalid {
-                var: names.name("POOL_SIZE"),
+                var: var("POOL_SIZE"),
                 reason: format!("'{v}' is not a whole number"),
             })?;
         }
         if let Some(v) = get("CONNECT_TIMEOUT") {
-            b.connect_timeout = parse_duration(names.name("CONNECT_TIMEOUT"), &v)?;
+            b.connect_timeout = parse_duration(var("CONNECT_TIMEOUT"), &v)?;
         }
         if let Some(v) = get("OPERATION_TIMEOUT") {
-            b.operation_timeout = parse_duration(names.name("OPERATION_TIMEOUT"), &v)?;
+            b.operation_timeout = parse_duration(var("OPERATION_TIMEOUT"), &v)?;
         }
         if let Some(v) = get("LOCK_TIMEOUT") {
-            b.lock_timeout = parse_duration(names.name("LOCK_TIMEOUT"), &v)?;
+            b.lock_timeout = parse_duration(var("LOCK_TIMEOUT"), &v)?;
         }
         if let Some(v) = get("RETRY_BUDGET") {
-            b.retry.budget = parse_duration(names.name("RETRY_BUDGET"), &v)?;
+            b.retry.budget = parse_duration(var("RETRY_BUDGET"), &v)?;
         }
         b.application_name = get("APPLICATION_NAME");
         b.listen_dsn = get("LISTEN_DSN");
         if let Some(v) = get("STATEMENTS") {
             b.statements = v.parse().map_err(|reason| ConfigError::Invalid {
-                var: names.name("STATEMENTS"),
+                var: var("STATEMENTS"),
                 reason,
             })?;
         }
+        // Every key has been read: errors from `build` name where each came from.
+        b.names = source.names();
         Ok(b)
     }
 }
@@ -191,8 +265,9 @@ mod tests {
     fn missing_and_malformed_variables_are_named() {
         let err = PgSettings::from_lookup(P, env(&[])).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN is not set"),
+            err.to_string().contains(
+                "TRADEPULSE_KILL_SWITCH_POSTGRES__DSN or TRADEPULSE_POSTGRES__DSN is not set"
+            ),
             "{err}"
         );
         let err = PgSettings::from_lookup(

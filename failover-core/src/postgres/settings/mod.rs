@@ -8,6 +8,7 @@ mod dsn;
 mod env;
 
 pub use config::{PgConfig, TlsConfig};
+pub use env::SHARED_ENV_PREFIX;
 
 use crate::errors::ConfigError;
 use crate::retry::RetryPolicy;
@@ -151,6 +152,15 @@ impl std::str::FromStr for StatementMode {
 /// | `…_POSTGRES__LISTEN_DSN` | where the LISTEN connection for push goes: the primary directly, or a session-mode pool — needed when `DSN` is a transaction pooler, which cannot pass LISTEN | `DSN` |
 /// | `…_POSTGRES__STATEMENTS` | `auto`, `prepared` or `unnamed` (for a transaction pooler; `auto` switches by itself) | `auto` |
 ///
+/// Every store falls back to the shared prefix `TRADEPULSE` ([`SHARED_ENV_PREFIX`]),
+/// key by key: a store's own variable wins where it is set, and a key its prefix does
+/// not set is read from `TRADEPULSE_POSTGRES__…`. One `TRADEPULSE_POSTGRES__DSN` (with
+/// `TRADEPULSE_POSTGRES__TLS__MODE` …) thus serves every store of a process or of
+/// `safetyctl`; `TRADEPULSE_KILL_SWITCH_POSTGRES__DSN` points the kill switch elsewhere
+/// and keeps the shared TLS files unless it sets its own. Errors name the variable a
+/// value was read from, and a missing DSN names both
+/// (`TRADEPULSE_KILL_SWITCH_POSTGRES__DSN or TRADEPULSE_POSTGRES__DSN is not set`).
+///
 /// [`PgConfig`] has the same settings as fields named like the variables in lower case
 /// (`dsn`, `password_file`, `tls.mode`, `tls.ca_file`, `pool_size`, `connect_timeout` …).
 /// Durations take `humantime` syntax (`500ms`, `2s`, `1m`). A password, given in the
@@ -202,7 +212,15 @@ impl std::fmt::Display for PgSettings {
 /// builder methods. `key` is the variable's suffix, e.g. `TLS__CA_FILE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum VarNames {
-    Env { prefix: String },
+    /// `{prefix}_POSTGRES__{key}`, falling back per key to `{shared}_POSTGRES__{key}`:
+    /// `own` keys were read from the prefix, `from_shared` keys from the shared prefix;
+    /// a key set by neither is named where the DSN was read, or as both without a DSN.
+    Env {
+        prefix: String,
+        shared: Option<String>,
+        own: Vec<String>,
+        from_shared: Vec<String>,
+    },
     Config,
     Builder,
 }
@@ -210,7 +228,26 @@ pub(crate) enum VarNames {
 impl VarNames {
     pub(crate) fn name(&self, key: &str) -> String {
         match self {
-            Self::Env { prefix } => format!("{prefix}_POSTGRES__{key}"),
+            Self::Env {
+                prefix,
+                shared,
+                own,
+                from_shared,
+            } => match shared {
+                Some(shared) if from_shared.iter().any(|k| k == key) => {
+                    format!("{shared}_POSTGRES__{key}")
+                }
+                // A key set by neither belongs beside the DSN, wherever that was read.
+                Some(shared)
+                    if !own.iter().any(|k| k == key) && from_shared.iter().any(|k| k == "DSN") =>
+                {
+                    format!("{shared}_POSTGRES__{key}")
+                }
+                Some(shared) if !own.iter().any(|k| k == key || k == "DSN") => {
+                    format!("{prefix}_POSTGRES__{key} or {shared}_POSTGRES__{key}")
+                }
+                _ => format!("{prefix}_POSTGRES__{key}"),
+            },
             Self::Config => format!("PgConfig.{}", key.to_ascii_lowercase().replace("__", ".")),
             Self::Builder => format!(
                 "PgSettingsBuilder::{}",
@@ -226,7 +263,9 @@ impl PgSettings {
         PgSettingsBuilder::default()
     }
 
-    /// Reads `{prefix}_POSTGRES__…` from the process environment.
+    /// Reads `{prefix}_POSTGRES__…` from the process environment; a key the prefix
+    /// does not set is read from `TRADEPULSE_POSTGRES__…` ([`SHARED_ENV_PREFIX`]), so
+    /// one `TRADEPULSE_POSTGRES__DSN` serves every store.
     pub fn from_env(prefix: &str) -> Result<Self, ConfigError> {
         Self::from_lookup(prefix, |name| std::env::var(name).ok())
     }
@@ -237,6 +276,28 @@ impl PgSettings {
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         PgSettingsBuilder::from_lookup(prefix, lookup)?.build()
+    }
+
+    /// The variable that supplies the DSN of the store with env prefix `prefix`, by the
+    /// rule of [`from_lookup`](Self::from_lookup): `{prefix}_POSTGRES__DSN` when set,
+    /// else `TRADEPULSE_POSTGRES__DSN` when set, else `None`.
+    pub fn dsn_variable(prefix: &str, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
+        env::dsn_variable(prefix, lookup)
+    }
+
+    /// A copy that accepts whichever server answers first, a standby or a read-only
+    /// server too (`target_session_attrs=any`): for diagnostics that must say what they
+    /// reached, never for writes.
+    #[must_use]
+    pub fn accepting_any_server(&self) -> Self {
+        let mut settings = self.clone();
+        settings
+            .config
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+        if let Some(listen) = settings.listen.as_mut() {
+            listen.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
+        }
+        settings
     }
 
     /// From a deserialized [`PgConfig`]; errors name the field (`PgConfig.pool_size`).
