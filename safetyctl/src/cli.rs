@@ -59,6 +59,11 @@ pub struct Global {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Reading commands (`show`, `history`, `symbols list`, `audit export`) may answer
+    /// from a standby — during a promotion, or through a DSN naming a replica — and say
+    /// on stderr which server answered and its replay lag.
+    #[arg(long, global = true)]
+    pub allow_standby: bool,
 }
 
 /// The commands.
@@ -368,6 +373,25 @@ fn env_set(prefix: &str) -> bool {
     failover_core::postgres::PgSettings::dsn_variable(prefix, |k| std::env::var(k).ok()).is_some()
 }
 
+/// The store a reading command uses: as it is, or with `--allow-standby` on a pool
+/// that also accepts a standby, saying on stderr which server answered (a standby
+/// with its replay lag: its answer may be behind the primary's).
+async fn reading<S: PgStore>(store: Arc<S>, allow_standby: bool) -> Result<Arc<S>, Failure> {
+    if !allow_standby {
+        return Ok(store);
+    }
+    let pool = store
+        .pool()
+        .read_only_from_standby()
+        .map_err(|e| Failure::refused(e.to_string()))?;
+    let answered = pool.answered_by().await.map_err(|e| Failure {
+        code: EXIT_UNAVAILABLE,
+        message: format!("no server answered: {e}"),
+    })?;
+    eprintln!("{answered}");
+    Ok(Arc::new(S::from_pool(pool)))
+}
+
 fn kill_store() -> Result<Arc<killswitch::PostgresKillSwitchStore>, Failure> {
     Ok(Arc::new(killswitch::PostgresKillSwitchStore::from_env()?))
 }
@@ -404,7 +428,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::KillSwitch { action } => {
             let store = kill_store()?;
             let state = match action {
-                KillSwitchCmd::Show => store.load().await?,
+                KillSwitchCmd::Show => reading(store, g.allow_standby).await?.load().await?,
                 KillSwitchCmd::Engage => store.engage(&g.audit(&*store)?).await?.into_inner(),
                 KillSwitchCmd::Disengage => {
                     let audit = g.audit(&*store)?;
@@ -425,6 +449,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
                     store.disengage(&audit).await?.into_inner()
                 }
                 KillSwitchCmd::History { limit } => {
+                    let store = reading(store, g.allow_standby).await?;
                     let events = store.history(limit).await?;
                     let text = events
                         .iter()
@@ -462,6 +487,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             match action {
                 ModeCmd::Show { symbol } => {
                     symbol_mode::validate_symbol(&symbol).map_err(symbol_mode::Error::from)?;
+                    let store = reading(store, g.allow_standby).await?;
                     let own = store.symbol_state(&symbol).await?;
                     let venue = store.venue().await?;
                     let mode = own.as_ref().map_or(SymbolMode::Normal, |s| s.mode);
@@ -509,7 +535,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             let store = mode_store()?;
             match action {
                 GlobalModeCmd::Show => {
-                    let venue = store.venue().await?;
+                    let venue = reading(store, g.allow_standby).await?.venue().await?;
                     print(
                         g.json,
                         to_json(&venue),
@@ -592,7 +618,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Lease {
             action: LeaseCmd::Show { resource },
         } => {
-            let store = lease_store()?;
+            let store = reading(lease_store()?, g.allow_standby).await?;
             let lease = store.current(&resource).await?;
             let value = match &lease {
                 Some(l) => {
@@ -612,7 +638,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit {
             action: AuditCmd::Export { since, format, out },
         } => {
-            audit_export(g.json, since, format, out).await?;
+            audit_export(g.json, g.allow_standby, since, format, out).await?;
         }
         Command::Migrate { print_roles } => crate::migrate::run(print_roles, g.json).await?,
         Command::Doctor => crate::doctor::run(g.json).await?,
@@ -676,7 +702,7 @@ async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
     let store = mode_store()?;
     let wanted: Vec<String> = match action {
         SymbolsCmd::List => {
-            let all = store.symbols().await?;
+            let all = reading(store, g.allow_standby).await?.symbols().await?;
             let text = all
                 .iter()
                 .map(|r| {
@@ -746,6 +772,7 @@ const ALL: usize = i64::MAX as usize;
 
 async fn audit_export(
     json: bool,
+    allow_standby: bool,
     since: Option<SystemTime>,
     format: Format,
     out: Option<PathBuf>,
@@ -754,7 +781,11 @@ async fn audit_export(
     let mut sources = Vec::new();
     if env_set(killswitch::postgres::ENV_PREFIX) {
         sources.push("kill_switch");
-        for e in kill_store()?.history(ALL).await? {
+        for e in reading(kill_store()?, allow_standby)
+            .await?
+            .history(ALL)
+            .await?
+        {
             events.push(ExportEvent::new(
                 "kill_switch",
                 e.position.0,
@@ -770,7 +801,11 @@ async fn audit_export(
     }
     if env_set(symbol_mode::postgres::ENV_PREFIX) {
         sources.push("symbol_mode");
-        for e in mode_store()?.history(ALL).await? {
+        for e in reading(mode_store()?, allow_standby)
+            .await?
+            .history(ALL)
+            .await?
+        {
             events.push(ExportEvent::new(
                 "symbol_mode",
                 e.position.0,
@@ -786,7 +821,11 @@ async fn audit_export(
     }
     if env_set(fencing::postgres::ENV_PREFIX) {
         sources.push("lease");
-        for e in lease_store()?.lease_history(None, ALL).await? {
+        for e in reading(lease_store()?, allow_standby)
+            .await?
+            .lease_history(None, ALL)
+            .await?
+        {
             events.push(ExportEvent::new(
                 "lease",
                 e.id,

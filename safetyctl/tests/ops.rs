@@ -206,6 +206,65 @@ async fn doctor_against_the_replica_says_it_is_a_standby() {
         "a migrated, streaming standby passes: {}",
         text(&o)
     );
+    // Through a DSN naming only the replica, a write says why it cannot be done and
+    // reads answer from the standby only when asked to, saying so with the lag.
+    let o = safetyctl(
+        &cluster.primary().dsn(&db),
+        &[
+            "kill-switch",
+            "engage",
+            "--reason",
+            "before the standby read",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    cluster
+        .wait_replica_caught_up(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let replica_dsn = replica.dsn(&db);
+    let o = safetyctl(&replica_dsn, &["kill-switch", "engage", "--reason", "x"]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no primary yet"),
+        "{}",
+        text(&o)
+    );
+    let o = safetyctl(&replica_dsn, &["kill-switch", "show"]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "without --allow-standby: {}",
+        text(&o)
+    );
+    let o = safetyctl(
+        &replica_dsn,
+        &["kill-switch", "show", "--allow-standby", "--json"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let state: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        state["engaged"], true,
+        "the standby has the engage: {state}"
+    );
+    let label = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(
+        label.contains("standby")
+            && label.contains(&format!(":{}", replica.port()))
+            && label.contains("replay lag"),
+        "{label}"
+    );
+    for args in [
+        &["kill-switch", "history", "--allow-standby"][..],
+        &["global-mode", "show", "--allow-standby"],
+        &["audit", "export", "--allow-standby"],
+    ] {
+        let o = safetyctl(&replica_dsn, args).await;
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+    }
+
     // The primary sees its standby.
     let o = safetyctl(&cluster.primary().dsn(&db), &["doctor"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
