@@ -226,6 +226,14 @@ impl<T> Applied<T> {
     pub fn into_inner(self) -> T {
         self.value
     }
+
+    /// The same answer with its value mapped (replayed stays as it was).
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Applied<U> {
+        Applied {
+            value: f(self.value),
+            replayed: self.replayed,
+        }
+    }
 }
 
 impl<T> std::ops::Deref for Applied<T> {
@@ -270,6 +278,46 @@ pub fn replay_verdict(same_request: bool, in_force: bool) -> ReplayVerdict {
         (false, _) => ReplayVerdict::Reused,
         (true, true) => ReplayVerdict::Replayed,
         (true, false) => ReplayVerdict::Superseded,
+    }
+}
+
+/// The change an apply function's row names (columns `other_position`,
+/// `other_actor`, `other_what`, `other_at`), if it names one.
+#[cfg(feature = "postgres")]
+pub fn other_change(row: &tokio_postgres::Row) -> Option<ChangeRef> {
+    row.get::<_, Option<i64>>("other_position")
+        .map(|p| ChangeRef {
+            position: Position::from_i64(p),
+            actor: row.get("other_actor"),
+            what: row.get("other_what"),
+            at: row.get("other_at"),
+        })
+}
+
+/// The answer to a request id seen before, in memory (the SQL apply functions
+/// return the same as statuses): the original result while its change is in force,
+/// else the refusal naming the change that superseded it, or the earlier use.
+/// `same_request` when actor and command match; `in_force` when the earlier change is
+/// still the latest of its target; `earlier` describes the earlier use
+/// (`"engage by ops:alice"`), `latest` the change in force.
+pub fn replay<T>(
+    request_id: Uuid,
+    same_request: bool,
+    in_force: bool,
+    original: impl FnOnce() -> T,
+    earlier: impl FnOnce() -> String,
+    latest: impl FnOnce() -> ChangeRef,
+) -> Result<Applied<T>, Refusal> {
+    match replay_verdict(same_request, in_force) {
+        ReplayVerdict::Replayed => Ok(Applied::replayed(original())),
+        ReplayVerdict::Superseded => Err(counted(Refusal::Superseded {
+            request_id,
+            by: latest(),
+        })),
+        ReplayVerdict::Reused => Err(counted(Refusal::RequestReused {
+            request_id,
+            previous: earlier(),
+        })),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::{
     describe, validate, Action, Applied, Audit, Error, KillSwitchEvent, KillSwitchState,
     KillSwitchStore, Refusal, Subscription,
 };
-use failover_core::authority::{check_relaxation, counted, replay_verdict, ReplayVerdict};
+use failover_core::authority::{check_relaxation, replay};
 use failover_core::{ChangeFeed, FeedSource, Position};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -102,19 +102,15 @@ impl MemoryKillSwitchStore {
         if let Some(&i) = inner.by_request.get(&audit.request_id()) {
             let e = &inner.events[i];
             let same = e.action == action && e.actor == audit.actor();
-            return match replay_verdict(same, e.position == inner.state.position) {
-                ReplayVerdict::Replayed => Ok(Applied::replayed(e.state())),
-                ReplayVerdict::Superseded => Err(counted(Refusal::Superseded {
-                    request_id: e.request_id,
-                    by: latest(&inner).unwrap_or_else(|| e.change_ref()),
-                })
-                .into()),
-                ReplayVerdict::Reused => Err(counted(Refusal::RequestReused {
-                    request_id: e.request_id,
-                    previous: format!("{} by {}", e.action, e.actor),
-                })
-                .into()),
-            };
+            return replay(
+                e.request_id,
+                same,
+                e.position == inner.state.position,
+                || e.state(),
+                || format!("{} by {}", e.action, e.actor),
+                || latest(&inner).unwrap_or_else(|| e.change_ref()),
+            )
+            .map_err(Error::from);
         }
         if action == Action::Disengage {
             if !audit.authority().may_relax() {

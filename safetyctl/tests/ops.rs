@@ -7,6 +7,9 @@ use failover_core::testkit::{shared_primary, Cluster};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+mod support;
+use support::text;
+
 /// Runs the binary with only the shared variables set (every store prefix removed).
 async fn safetyctl(dsn: &str, args: &[&str]) -> Output {
     safetyctl_env(dsn, args, &[]).await
@@ -31,15 +34,6 @@ async fn safetyctl_env(dsn: &str, args: &[&str], extra: &[(&str, &str)]) -> Outp
     tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn stdout(o: &Output) -> String {

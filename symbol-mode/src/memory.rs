@@ -11,8 +11,8 @@ use crate::{
     Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Transition,
     VenueState,
 };
-use failover_core::authority::{check_relaxation, counted, replay_verdict, ReplayVerdict};
-use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position, Refusal};
+use failover_core::authority::{check_relaxation, replay};
+use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -211,20 +211,16 @@ impl MemorySymbolModeStore {
         if let Some(&i) = inner.by_request.get(&audit.request_id()) {
             let e = &inner.events[i];
             let same = request.matches(&e.command) && e.actor == audit.actor();
-            let in_force = target.is_none_or(|t| t == e.position);
-            return match replay_verdict(same, in_force) {
-                ReplayVerdict::Replayed => Ok(Some(Applied::replayed(e.clone()))),
-                ReplayVerdict::Superseded => Err(counted(Refusal::Superseded {
-                    request_id: e.request_id,
-                    by: latest(&inner).unwrap_or_else(|| e.change_ref()),
-                })
-                .into()),
-                ReplayVerdict::Reused => Err(counted(Refusal::RequestReused {
-                    request_id: e.request_id,
-                    previous: format!("{} by {}", e.command.describe(), e.actor),
-                })
-                .into()),
-            };
+            return replay(
+                e.request_id,
+                same,
+                target.is_none_or(|t| t == e.position),
+                || e.clone(),
+                || format!("{} by {}", e.command.describe(), e.actor),
+                || latest(&inner).unwrap_or_else(|| e.change_ref()),
+            )
+            .map(Some)
+            .map_err(Error::from);
         }
         match request {
             Request::SetMode {
@@ -447,10 +443,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
     ) -> Result<Applied<CancelAllCommand>, Error> {
         let event = expect_event(self.apply(Request::CancelAll { symbol }, audit)?)?;
         let command = CancelAllCommand::from_event(&event).ok_or(Error::Closed)?;
-        Ok(Applied {
-            value: command,
-            replayed: event.replayed,
-        })
+        Ok(event.map(|_| command))
     }
 
     async fn withdrawals_halt(

@@ -72,3 +72,16 @@ BEGIN
     RETURN 'operator';
 END
 $$;
+
+-- Bounds the lock waits of the calling transaction when the caller set no bound of its
+-- own: a lock held by another session (a transaction left open in psql, an
+-- application idle in transaction) must not make an emergency command wait out the
+-- caller's whole budget. Every control's apply function calls it before it locks.
+CREATE OR REPLACE FUNCTION tradepulse_bound_lock_wait() RETURNS VOID
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF current_setting('lock_timeout') IN ('0', '0ms') THEN
+        PERFORM set_config('lock_timeout', '500ms', true);
+    END IF;
+END
+$$;

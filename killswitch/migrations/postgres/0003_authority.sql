@@ -55,12 +55,7 @@ BEGIN
             USING ERRCODE = '22023';
     END IF;
     v_authority := tradepulse_authority(p_authority, p_actor);
-    -- A lock held by another session (a transaction left open in psql) must not make
-    -- the emergency stop wait out the caller's whole budget: a bound the caller did
-    -- not set itself.
-    IF current_setting('lock_timeout') IN ('0', '0ms') THEN
-        PERFORM set_config('lock_timeout', '500ms', true);
-    END IF;
+    PERFORM tradepulse_bound_lock_wait();
     SELECT * INTO s FROM kill_switch_state WHERE id = 1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'kill_switch_state row id = 1 is missing: run killswitch migrations'

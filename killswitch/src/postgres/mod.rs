@@ -14,10 +14,10 @@
 //!   [`PgStore`], which also gives `new`, `from_lookup`, `migrate` and `swap_dsn`).
 
 use crate::{
-    describe, validate, Action, Applied, Audit, Authority, ChangeRef, Error, KillSwitchEvent,
-    KillSwitchState, KillSwitchStore, Position,
+    describe, validate, Action, Applied, Audit, Authority, Error, KillSwitchEvent, KillSwitchState,
+    KillSwitchStore, Position,
 };
-use failover_core::authority::refusal_from_status;
+use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
     reload_when_newer, ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool,
     Reload,
@@ -59,7 +59,7 @@ const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, vers
 const APPLY: &str = "SELECT o_status AS status, o_engaged AS engaged, o_reason AS reason, \
                      o_updated_at AS updated_at, o_updated_by AS updated_by, o_ticket AS ticket, \
                      o_version AS version, o_position AS position, o_other_position AS other_position, \
-                     o_other_actor AS other_actor, o_other_action AS other_action, o_other_at AS other_at \
+                     o_other_actor AS other_actor, o_other_action AS other_what, o_other_at AS other_at \
                      FROM kill_switch_apply($1, $2, $3, $4, $5, $6, $7, $8)";
 const HISTORY: &str =
     "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at, login, authority \
@@ -204,14 +204,7 @@ impl PostgresKillSwitchStore {
             .map_err(|e| Error::from(e.during_write()))?;
         let status: String = row.get("status");
         let state = state_from(&row);
-        let other = row
-            .get::<_, Option<i64>>("other_position")
-            .map(|p| ChangeRef {
-                position: Position::from_i64(p),
-                actor: row.get("other_actor"),
-                what: row.get("other_action"),
-                at: row.get("other_at"),
-            });
+        let other = other_change(&row);
         if let Some(refusal) = refusal_from_status(
             &status,
             describe(action),

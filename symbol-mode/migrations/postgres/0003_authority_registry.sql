@@ -140,11 +140,7 @@ BEGIN
         RAISE EXCEPTION 'unknown command %', p_command USING ERRCODE = '22023';
     END IF;
     v_authority := tradepulse_authority(p_authority, p_actor);
-    -- A lock held by another session must not make an emergency command wait out
-    -- the caller's whole budget: a bound the caller did not set itself.
-    IF current_setting('lock_timeout') IN ('0', '0ms') THEN
-        PERFORM set_config('lock_timeout', '500ms', true);
-    END IF;
+    PERFORM tradepulse_bound_lock_wait();
     SELECT * INTO s FROM symbol_mode_state WHERE id = 1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'symbol_mode_state row id = 1 is missing: run symbol-mode migrations'

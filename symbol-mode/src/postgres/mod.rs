@@ -22,10 +22,10 @@
 use crate::subscription::CancelAllFeed;
 use crate::{
     near_match, transition_refusal, Applied, Audit, AuditEvent, Authority, CancelAllCommand,
-    CancelAllSubscription, ChangeRef, Command, CommandKind, Error, ModeChange, ModeDelta,
-    RegisteredSymbol, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, VenueState,
+    CancelAllSubscription, Command, CommandKind, Error, ModeChange, ModeDelta, RegisteredSymbol,
+    Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, VenueState,
 };
-use failover_core::authority::refusal_from_status;
+use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
     hub, hub::HubSubscription, ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed,
     PgFeedStore, PgPool, Reload,
@@ -410,14 +410,7 @@ impl PostgresSymbolModeStore {
                     },
                 }
                 .describe();
-                let other = row
-                    .get::<_, Option<i64>>("other_position")
-                    .map(|p| ChangeRef {
-                        position: Position::from_i64(p),
-                        actor: row.get("other_actor"),
-                        what: row.get("other_what"),
-                        at: row.get("other_at"),
-                    });
+                let other = other_change(&row);
                 let target = Position::from_i64(row.get::<_, Option<i64>>("target").unwrap_or(0));
                 match refusal_from_status(&status, &what, request_id, precondition, target, other) {
                     Some(refusal) => Err(refusal.into()),
@@ -547,10 +540,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
         let event = self.finish(Request::CancelAll { symbol }, audit).await?;
         let command = CancelAllCommand::from_event(&event)
             .ok_or_else(|| corrupt("symbol_mode.cancel_all", "not a CancelAll event".into()))?;
-        Ok(Applied {
-            value: command,
-            replayed: event.replayed,
-        })
+        Ok(event.map(|_| command))
     }
 
     async fn withdrawals_halt(
