@@ -68,6 +68,15 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
+/// `path` as written from the workspace root, for messages.
+fn relative(path: &Path) -> String {
+    let root = workspace();
+    path.strip_prefix(&root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
 fn read(relative: &str) -> String {
     let path = workspace().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
@@ -108,7 +117,7 @@ fn rule_files() -> Vec<(String, RuleFile)> {
             let text = std::fs::read_to_string(&path).unwrap();
             let parsed: RuleFile = serde_yaml_ng::from_str(&text)
                 .unwrap_or_else(|e| panic!("{} is not a rules file: {e}", path.display()));
-            (path.display().to_string(), parsed)
+            (relative(&path), parsed)
         })
         .collect()
 }
@@ -127,7 +136,7 @@ fn dashboards() -> Vec<(String, Value)> {
             let text = std::fs::read_to_string(&path).unwrap();
             let parsed: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
-            (path.display().to_string(), parsed)
+            (relative(&path), parsed)
         })
         .collect()
 }
