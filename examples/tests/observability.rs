@@ -253,12 +253,17 @@ fn lex(expr: &str) -> Result<Vec<Tok>, String> {
                 }
                 out.push(Tok::Ident(chars[start..i].iter().collect()));
             }
-            '(' => (out.push(Tok::LParen), i += 1).1,
-            ')' => (out.push(Tok::RParen), i += 1).1,
-            '{' => (out.push(Tok::LBrace), i += 1).1,
-            '}' => (out.push(Tok::RBrace), i += 1).1,
-            ',' => (out.push(Tok::Comma), i += 1).1,
-            _ => (out.push(Tok::Other), i += 1).1,
+            _ => {
+                out.push(match c {
+                    '(' => Tok::LParen,
+                    ')' => Tok::RParen,
+                    '{' => Tok::LBrace,
+                    '}' => Tok::RBrace,
+                    ',' => Tok::Comma,
+                    _ => Tok::Other,
+                });
+                i += 1;
+            }
         }
     }
     Ok(out)
