@@ -533,3 +533,52 @@ async fn a_command_is_decided_inside_the_write_against_the_change_that_beat_it()
         .count();
     assert_eq!(relaxing, 0, "nothing was relaxed");
 }
+
+/// A database whose symbols had modes before the registry existed: the migration
+/// registers each of them (the first of any that fold alike), so operators keep
+/// addressing them, and a look-alike row stays unregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_registers_the_symbols_that_already_had_a_mode() {
+    let (cluster, db) = support::shared_primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let store =
+        PostgresSymbolModeStore::new(failover_core::testkit::fast_settings(&dsn).build().unwrap())
+            .unwrap();
+    let before_registry: &'static [failover_core::postgres::Migration] =
+        &tradepulse_symbol_mode::postgres::MIGRATIONS[..2];
+    failover_core::postgres::migrate(store.pool(), "symbol_mode", before_registry)
+        .await
+        .unwrap();
+    cluster
+        .primary()
+        .execute(
+            &db,
+            "INSERT INTO symbol_modes (symbol, mode, version, updated_at, updated_by, reason) VALUES \
+             ('ETH-USD', 'HARD_HALT', 1, now(), 'ops', 'old'), \
+             ('eth-usd', 'SOFT_HALT', 2, now(), 'ops', 'old typo')",
+        )
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let names: Vec<String> = store
+        .symbols()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.symbol)
+        .collect();
+    assert_eq!(names, ["ETH-USD"], "the first spelling is registered");
+    store
+        .set_symbol_mode(
+            "ETH-USD",
+            SymbolMode::CancelOnly,
+            &Audit::new("ops", "resume").with_ticket("INC-1"),
+        )
+        .await
+        .expect("the registered symbol is addressable after the migration");
+    let err = store
+        .set_symbol_mode("eth-usd", SymbolMode::HardHalt, &Audit::new("ops", "typo"))
+        .await
+        .expect_err("the look-alike is not registered");
+    assert!(err.to_string().contains("did you mean ETH-USD?"), "{err}");
+}
