@@ -341,6 +341,9 @@ impl Watcher {
 
 /// Starts the watcher on the current tokio runtime. `name` is the health component.
 pub fn spawn<W: Watched>(name: &'static str, config: WatchConfig, watched: Arc<W>) -> Watcher {
+    // The series exists from the start (at 0), so an alert on its increase fires on
+    // the first divergence too.
+    metrics::counter!("failover_history_diverged_total", "component" => name).increment(0);
     let unreachable: Unreachable = {
         let watched = watched.clone();
         Box::new(move || watched.store().unreachable())
