@@ -1,5 +1,5 @@
-//! Evidence files of a drill (seed 001: "Evidence for each exercise is archived in
-//! `reports/disaster-recovery/` … log the checksum"): `<UTC date>-<kind>.json`,
+//! Evidence files of a drill, archived under `reports/disaster-recovery/` with their
+//! checksums so that an exercise can be shown later: `<UTC date>-<kind>.json`,
 //! `<UTC date>-<kind>.md` and `<UTC date>-<kind>.sha256` (the two files' SHA-256 in
 //! `sha256sum` format, so `sha256sum -c` verifies them). A second report of the same
 //! kind on the same day gets a `-2`, `-3` … suffix: evidence is never overwritten.

@@ -78,7 +78,7 @@ impl std::fmt::Display for TradingAction {
     }
 }
 
-/// The action matrix of DESIGN.md, one row per mode (in severity order), one column
+/// The action matrix: what each mode allows, one row per mode (in severity order), one column
 /// per [`TradingAction`] (in [`TradingAction::ALL`] order).
 ///
 /// `CANCEL_ONLY` allows matching of *resting* orders: no new order can arrive, so

@@ -1,4 +1,4 @@
-//! The settlement-lag policy of runbook 3.2: past T2 throttle new orders of the
+//! The settlement-lag policy: past T2 throttle new orders of the
 //! symbol; past T3 put it in `SOFT_HALT`, automatically and audited with the policy
 //! as the actor.
 //!

@@ -37,6 +37,10 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
+        "failover_history_diverged_total",
+        "Times a handle found its position lost from the store's history after a failover and adopted the store's state, by component"
+    );
+    describe_counter!(
         "failover_pg_attempts_total",
         "PostgreSQL operation attempts, by component and op"
     );

@@ -21,8 +21,9 @@
 //!   state, then `operational` again), a lossy asynchronous failover in both
 //!   directions (a lost relaxation returns the running handle to the stricter state;
 //!   a tightening on the new timeline reaches it by push although its position's
-//!   counter is below the lost ones), and a planned switchover with seed 004's SQL
-//!   verbatim (push follows the new primary; health is not `operational` in between).
+//!   counter is below the lost ones), and a planned switchover as an operator runs it
+//!   (make the primary read-only, then promote the replica; push follows the new
+//!   primary; health is not `operational` in between).
 
 use super::{fast_settings, own_primary, wait_until, Cluster};
 use crate::health::{ComponentHealth, ComponentStatus};
@@ -509,7 +510,8 @@ pub async fn lossy_failover_new_tightening_reaches_the_running_handle<S: SuiteHa
     }
 }
 
-/// A planned switchover with seed 004's SQL verbatim on separate connections: between
+/// A planned switchover as an operator runs it (read-only primary, then promote), on
+/// separate connections: between
 /// the read-only step and the promotion health is not `operational`; after
 /// `pg_promote()` a change reaches a handle in another pool by push (polling at 1 h)
 /// within 1 s.

@@ -223,7 +223,7 @@ impl PostgresKillSwitchStore {
     }
 }
 
-/// The name seed 000 gives the store.
+/// The name operators' runbooks give the store.
 pub type PostgresKillSwitchStateStore = PostgresKillSwitchStore;
 
 #[async_trait::async_trait]
