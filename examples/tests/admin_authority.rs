@@ -70,18 +70,7 @@ async fn an_operator_cannot_relax_a_halt_that_landed_while_its_request_waited() 
             .await
     })
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("supervisor"),
-        "{body}"
-    );
+    assert_refused(&(status, body), 403, "forbidden", "supervisor");
     let (_, venue) = s.api.get("/admin/global-mode").await;
     assert_eq!(venue["global"], "HARD_HALT", "the halt stands");
     assert_eq!(
@@ -107,11 +96,7 @@ async fn an_operator_cannot_relax_a_halt_that_landed_while_its_request_waited() 
         },
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{body}"
-    );
+    assert_refused(&(status, body.clone()), 403, "forbidden", "");
     let (_, symbol) = s.api.get("/admin/symbols/BTC-USD/mode").await;
     assert_eq!(symbol["mode"], "HARD_HALT");
 
@@ -147,17 +132,11 @@ async fn an_operator_cannot_relax_a_halt_that_landed_while_its_request_waited() 
         },
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (412, Some("precondition_failed")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("engage by ops:dave"),
-        "{body}"
+    assert_refused(
+        &(status, body),
+        412,
+        "precondition_failed",
+        "engage by ops:dave",
     );
     let (_, state) = s.api.get("/admin/kill-switch").await;
     assert_eq!(state["state"]["engaged"], true);
@@ -194,17 +173,11 @@ async fn an_operator_cannot_relax_a_halt_that_landed_while_its_request_waited() 
         },
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (412, Some("precondition_failed")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("WithdrawalsHalt on by ops:dave"),
-        "{body}"
+    assert_refused(
+        &(status, body),
+        412,
+        "precondition_failed",
+        "WithdrawalsHalt on by ops:dave",
     );
     let (_, withdrawals) = s.api.get("/admin/withdrawals").await;
     assert_eq!(withdrawals["withdrawals_halted"], true);
@@ -245,28 +218,13 @@ async fn a_relaxation_names_the_state_it_relaxes() {
         r#"{"mode":"CANCEL_ONLY","reason":"resume","ticket":"INC-1"}"#,
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (428, Some("precondition_required")),
-        "{body}"
-    );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("If-Match"),
-        "{body}"
-    );
+    assert_refused(&(status, body), 428, "precondition_required", "If-Match");
     let (status, body) = put(
         Some(seen.clone()),
         r#"{"mode":"CANCEL_ONLY","reason":"resume","ticket":"INC-1"}"#,
     )
     .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (412, Some("precondition_failed")),
-        "{body}"
-    );
+    assert_refused(&(status, body.clone()), 412, "precondition_failed", "");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("SetGlobalMode SOFT_HALT -> HARD_HALT by ops:dave"),
@@ -383,11 +341,7 @@ async fn a_replay_answers_the_original_only_while_it_is_in_force() {
     assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
     assert_eq!(again["position"], first["position"]);
     let (status, _, body) = send(SUPERVISOR, "/admin/kill-switch/engage", engage.clone()).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("request_reused")),
-        "{body}"
-    );
+    assert_refused(&(status, body.clone()), 409, "request_reused", "");
 
     let etag = s.api.etag("/admin/kill-switch").await;
     let (status, _, body) = s
@@ -402,11 +356,7 @@ async fn a_replay_answers_the_original_only_while_it_is_in_force() {
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, headers, body) = send(OPERATOR, "/admin/kill-switch/engage", engage).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("superseded")),
-        "{body}"
-    );
+    assert_refused(&(status, body.clone()), 409, "superseded", "");
     assert!(headers.get("idempotent-replayed").is_none());
     assert!(
         body["error"]["message"]
@@ -515,11 +465,7 @@ async fn a_typo_halts_nothing() {
         .api
         .put(OPERATOR, "/admin/symbols/eth-usd", r#"{"reason":"typo"}"#)
         .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (409, Some("symbol_conflict")),
-        "{body}"
-    );
+    assert_refused(&(status, body.clone()), 409, "symbol_conflict", "");
     for (path, near) in [
         ("/admin/symbols/eth-usd/mode", Some("ETH-USD")),
         ("/admin/symbols/ETHUSD/mode", Some("ETH-USD")),
@@ -553,11 +499,7 @@ async fn a_typo_halts_nothing() {
             r#"{"reason":"typo"}"#,
         )
         .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("unknown_symbol")),
-        "{body}"
-    );
+    assert_refused(&(status, body.clone()), 404, "unknown_symbol", "");
     let (_, list) = s.api.get("/admin/symbols").await;
     assert_eq!(list["symbols"].as_array().unwrap().len(), 1, "{list}");
     let observer = session(&dsn).await;

@@ -100,8 +100,24 @@ impl Api {
         (status, headers, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// A relaxing POST: `If-Match` carries the `ETag` of `seen` (the GET the
+    /// A relaxing request: `If-Match` carries the `ETag` of `seen` (the GET the
     /// decision is made on), read just before.
+    pub async fn matching(
+        &self,
+        method: reqwest::Method,
+        token: &str,
+        path: &str,
+        body: &str,
+        seen: &str,
+    ) -> (u16, Value) {
+        let etag = self.etag(seen).await;
+        let (status, _, body) = self
+            .request(method, path, Some(body), token, &[("if-match", etag)])
+            .await;
+        (status, body)
+    }
+
+    /// A relaxing POST, like [`matching`](Self::matching).
     pub async fn post_matching(
         &self,
         token: &str,
@@ -109,20 +125,11 @@ impl Api {
         body: &str,
         seen: &str,
     ) -> (u16, Value) {
-        let etag = self.etag(seen).await;
-        let (status, _, body) = self
-            .request(
-                reqwest::Method::POST,
-                path,
-                Some(body),
-                token,
-                &[("if-match", etag)],
-            )
-            .await;
-        (status, body)
+        self.matching(reqwest::Method::POST, token, path, body, seen)
+            .await
     }
 
-    /// A relaxing PUT, like [`post_matching`](Self::post_matching).
+    /// A relaxing PUT, like [`matching`](Self::matching).
     pub async fn put_matching(
         &self,
         token: &str,
@@ -130,17 +137,8 @@ impl Api {
         body: &str,
         seen: &str,
     ) -> (u16, Value) {
-        let etag = self.etag(seen).await;
-        let (status, _, body) = self
-            .request(
-                reqwest::Method::PUT,
-                path,
-                Some(body),
-                token,
-                &[("if-match", etag)],
-            )
-            .await;
-        (status, body)
+        self.matching(reqwest::Method::PUT, token, path, body, seen)
+            .await
     }
 
     /// The `ETag` of a GET, as sent back in `If-Match`.
@@ -284,4 +282,19 @@ pub async fn eventually(what: &str, timeout: Duration, mut probe: impl AsyncFnMu
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Asserts a refusal: its status, its error code, and that its message names `mentions`.
+pub fn assert_refused(answer: &(u16, Value), status: u16, code: &str, mentions: &str) {
+    let (got, body) = answer;
+    assert_eq!(
+        (*got, body["error"]["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(mentions),
+        "expected {mentions:?} in: {body}"
+    );
 }
