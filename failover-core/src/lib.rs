@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod authority;
+pub mod clock;
 pub mod errors;
 pub mod feed;
 pub mod health;

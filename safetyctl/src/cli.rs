@@ -98,6 +98,12 @@ pub enum Command {
         #[command(subcommand)]
         action: SymbolsCmd,
     },
+    /// A symbol's order-rate throttle: new orders a second per process, and a burst.
+    Throttle {
+        /// set SYMBOL RATE [--burst N] | clear SYMBOL | show [SYMBOL]
+        #[command(subcommand)]
+        action: crate::throttle::ThrottleCmd,
+    },
     /// `WithdrawalsHalt(on/off)`.
     Withdrawals {
         /// halt | lift
@@ -291,6 +297,7 @@ impl From<symbol_mode::Error> for Failure {
         use symbol_mode::Error as E;
         let code = match &e {
             E::InvalidSymbol(_)
+            | E::InvalidThrottle(_)
             | E::InvalidAudit(_)
             | E::TransitionForbidden { .. }
             | E::Refused(_)
@@ -332,7 +339,7 @@ pub fn default_actor() -> String {
 impl Global {
     /// The audit of a change made through `store`: the actor is `--actor` or the
     /// store's database login.
-    fn audit<S: PgStore>(&self, store: &S) -> Result<Audit, Failure> {
+    pub(crate) fn audit<S: PgStore>(&self, store: &S) -> Result<Audit, Failure> {
         let reason = self.reason.as_deref().ok_or_else(|| {
             Failure::refused("refused, nothing changed: --reason is required for every change: say why (e.g. --reason \"runaway algo\")")
         })?;
@@ -354,12 +361,12 @@ impl Global {
 
 /// Says on stderr what a relaxation is about to relax, and makes it conditional on
 /// that state: when it moved in between, the store refuses (exit 2) naming the change.
-fn relaxing(audit: Audit, what: String, position: Position) -> Audit {
+pub(crate) fn relaxing(audit: Audit, what: String, position: Position) -> Audit {
     eprintln!("about to relax: {what} (position {position})");
     audit.expecting(position)
 }
 
-fn set_by(by: &str, at: SystemTime) -> String {
+pub(crate) fn set_by(by: &str, at: SystemTime) -> String {
     if by.is_empty() {
         String::from("initial state")
     } else {
@@ -376,7 +383,10 @@ fn env_set(prefix: &str) -> bool {
 /// The store a reading command uses: as it is, or with `--allow-standby` on a pool
 /// that also accepts a standby, saying on stderr which server answered (a standby
 /// with its replay lag: its answer may be behind the primary's).
-async fn reading<S: PgStore>(store: Arc<S>, allow_standby: bool) -> Result<Arc<S>, Failure> {
+pub(crate) async fn reading<S: PgStore>(
+    store: Arc<S>,
+    allow_standby: bool,
+) -> Result<Arc<S>, Failure> {
     if !allow_standby {
         return Ok(store);
     }
@@ -396,7 +406,7 @@ fn kill_store() -> Result<Arc<killswitch::PostgresKillSwitchStore>, Failure> {
     Ok(Arc::new(killswitch::PostgresKillSwitchStore::from_env()?))
 }
 
-fn mode_store() -> Result<Arc<symbol_mode::PostgresSymbolModeStore>, Failure> {
+pub(crate) fn mode_store() -> Result<Arc<symbol_mode::PostgresSymbolModeStore>, Failure> {
     Ok(Arc::new(symbol_mode::PostgresSymbolModeStore::from_env()?))
 }
 
@@ -405,7 +415,7 @@ fn lease_store() -> Result<Arc<fencing::PostgresLeaseFencer>, Failure> {
 }
 
 /// What a command printed: text for people, JSON with `--json`.
-fn print(json: bool, value: serde_json::Value, text: String) {
+pub(crate) fn print(json: bool, value: serde_json::Value, text: String) {
     if json {
         println!("{value}");
     } else {
@@ -413,11 +423,11 @@ fn print(json: bool, value: serde_json::Value, text: String) {
     }
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-fn time(t: SystemTime) -> String {
+pub(crate) fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
@@ -615,6 +625,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
         Command::Symbols { action } => symbols(&g, action).await?,
+        Command::Throttle { action } => crate::throttle::run(&g, action).await?,
         Command::Lease {
             action: LeaseCmd::Show { resource },
         } => {

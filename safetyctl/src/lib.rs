@@ -1,5 +1,5 @@
 //! `safetyctl`, the operators' CLI of the safety controls, as a library: the
-//! commands ([`cli`]), the audit export ([`export`]), migrations ([`migrate`]), the
+//! commands ([`cli`]), the audit export ([`export`]), migrations ([`migrate`]), order-rate throttles ([`throttle`]), the
 //! readiness checks ([`doctor`]), the failover drill ([`drill`], feature `drill`) and
 //! its evidence files ([`evidence`]).
 //!
@@ -15,3 +15,4 @@ pub mod drill;
 pub mod evidence;
 pub mod export;
 pub mod migrate;
+pub mod throttle;

@@ -11,7 +11,8 @@
 use crate::{
     Audit, AuditError, AuditEvent, Authority, CancelAllCommand, Command, CommandKind, Error,
     ModeSnapshot, Scope, SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore,
-    SymbolModes, SymbolModesConfig, TradingAction, Transition, MAX_SYMBOL_CHARS, POLICY_ACTOR,
+    SymbolModes, SymbolModesConfig, Throttle, TradingAction, Transition, MAX_SYMBOL_CHARS,
+    POLICY_ACTOR,
 };
 use failover_core::Refusal;
 use std::collections::BTreeMap;
@@ -948,34 +949,60 @@ pub async fn tighten_symbol_mode_only_tightens(store: &dyn SymbolModeStore) {
     assert_eq!(trail(store).await.len(), 2);
 }
 
-/// The settlement-lag policy: above T2 throttle (nothing written), above T3
-/// `SOFT_HALT` audited with the policy as actor, once; never lowers `HARD_HALT`.
-pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeStore) {
+/// The settlement-lag policy: above T2 the symbol's throttle is lowered to the
+/// policy's limit, above T3 it is also put in `SOFT_HALT`, each audited with the
+/// policy as actor, once; it never lowers `HARD_HALT` and never raises a throttle.
+pub async fn settlement_lag_policy_throttles_above_t2_and_soft_halts_above_t3(
+    store: &dyn SymbolModeStore,
+) {
     known(store, &["BTC-USD", "ETH-USD"]).await;
-    let policy =
-        SettlementLagPolicy::new(Duration::from_secs(2), Duration::from_secs(10)).expect("policy");
+    let limit = Throttle::new(20, 40).expect("limit");
+    let policy = SettlementLagPolicy::new(Duration::from_secs(2), Duration::from_secs(10))
+        .expect("policy")
+        .with_throttle(limit);
     let within = policy
         .apply(store, "BTC-USD", Duration::from_secs(1))
         .await
         .expect("apply");
     assert_eq!(
-        (within.verdict, within.halted),
-        (crate::LagVerdict::WithinPolicy, None)
+        (within.verdict, within.halted, within.throttled),
+        (crate::LagVerdict::WithinPolicy, None, None)
+    );
+    assert!(
+        trail(store).await.is_empty(),
+        "nothing written within policy"
     );
     let throttle = policy
         .apply(store, "BTC-USD", Duration::from_secs(5))
         .await
         .expect("apply");
     assert_eq!(
-        (throttle.verdict, throttle.halted),
-        (crate::LagVerdict::Throttle, None)
+        (throttle.verdict, &throttle.halted),
+        (crate::LagVerdict::Throttle, &None)
     );
-    assert!(trail(store).await.is_empty());
+    let event = throttle.throttled.expect("throttled now");
+    assert_eq!(event.actor, POLICY_ACTOR);
+    assert!(event.reason.contains("T2"), "{}", event.reason);
+    assert_eq!(
+        event.command,
+        Command::SetThrottle {
+            symbol: "BTC-USD".into(),
+            from: None,
+            to: Some(limit)
+        }
+    );
+    assert_eq!(throttle_of(store, "BTC-USD").await, Some(limit));
+    let again = policy
+        .apply(store, "BTC-USD", Duration::from_secs(6))
+        .await
+        .expect("apply");
+    assert_eq!(again.throttled, None, "no second audit row");
     let halt = policy
         .apply(store, "BTC-USD", Duration::from_secs(30))
         .await
         .expect("apply");
     assert_eq!(halt.verdict, crate::LagVerdict::Halt);
+    assert_eq!(halt.throttled, None, "already throttled at the limit");
     let event = halt.halted.expect("halted now");
     assert_eq!(event.actor, POLICY_ACTOR);
     assert!(event.reason.contains("T3"), "{}", event.reason);
@@ -993,10 +1020,16 @@ pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeSto
         .await
         .expect("apply");
     assert_eq!(
-        (again.verdict, again.halted),
-        (crate::LagVerdict::Halt, None),
+        (again.verdict, again.halted, again.throttled),
+        (crate::LagVerdict::Halt, None, None),
         "no second audit row"
     );
+    // A stricter limit set by an operator stays: the policy only lowers.
+    let strict = Throttle::new(5, 100).expect("limit");
+    store
+        .set_throttle("ETH-USD", Some(strict), &ops("manual"))
+        .await
+        .expect("throttle");
     store
         .set_symbol_mode("ETH-USD", HardHalt, &ops("hard"))
         .await
@@ -1011,7 +1044,197 @@ pub async fn settlement_lag_policy_soft_halts_above_t3(store: &dyn SymbolModeSto
         HardHalt,
         "the policy never lowers a mode"
     );
-    assert_eq!(trail(store).await.len(), 2);
+    assert_eq!(
+        hard.throttled.expect("burst lowered").command,
+        Command::SetThrottle {
+            symbol: "ETH-USD".into(),
+            from: Some(strict),
+            to: Some(Throttle::new(5, 40).expect("limit"))
+        },
+        "each dimension at most the policy's, never raised"
+    );
+    assert_eq!(trail(store).await.len(), 5);
+}
+
+async fn throttle_of(store: &dyn SymbolModeStore, symbol: &str) -> Option<Throttle> {
+    store
+        .throttles()
+        .await
+        .expect("throttles")
+        .into_iter()
+        .find(|t| t.symbol == symbol)
+        .and_then(|t| t.limit)
+}
+
+/// A throttle is set, lowered, raised and cleared through the audited store:
+/// setting and lowering tighten (no ticket, an operator may); raising and clearing
+/// relax (supervisor, ticket, the throttle's own position); an unknown symbol is
+/// refused; every change is one audit event and travels in `changes_since`.
+pub async fn throttles_tighten_freely_and_relax_with_authority(store: &dyn SymbolModeStore) {
+    let base = known(store, &["BTC-USD", "ETH-USD"]).await;
+    let five = Throttle::new(5, 5).expect("limit");
+    let operator = || ops("throttle").with_authority(Authority::Operator);
+    let set = store
+        .set_throttle("BTC-USD", Some(five), &operator())
+        .await
+        .expect("an operator may throttle");
+    assert_eq!(
+        set.command,
+        Command::SetThrottle {
+            symbol: "BTC-USD".into(),
+            from: None,
+            to: Some(five)
+        }
+    );
+    assert!(!set.command.relaxes_safety());
+    assert_eq!(
+        set.command.describe(),
+        "SetThrottle BTC-USD none -> 5/s burst 5"
+    );
+    let delta = store.changes_since(base).await.expect("changes");
+    assert_eq!(delta.throttles, vec![("BTC-USD".to_owned(), Some(five))]);
+    assert!(delta.symbols.is_empty(), "a throttle is not a mode change");
+
+    // Raising and clearing relax: an operator is refused, nothing changes.
+    let err = store
+        .set_throttle("BTC-USD", None, &operator().with_ticket("INC-1"))
+        .await
+        .expect_err("an operator may not clear");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::Forbidden { message }) if message.contains("BTC-USD") && message.contains("supervisor")),
+        "{err:?}"
+    );
+    let err = store
+        .set_throttle(
+            "BTC-USD",
+            Some(Throttle::new(50, 5).expect("limit")),
+            &operator().with_ticket("INC-1"),
+        )
+        .await
+        .expect_err("an operator may not raise");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::Forbidden { .. })),
+        "{err:?}"
+    );
+    let err = store
+        .set_throttle("BTC-USD", None, &ops("clear"))
+        .await
+        .expect_err("clearing needs a ticket");
+    assert!(
+        matches!(&err, Error::InvalidAudit(AuditError::TicketRequired { action }) if action.contains("BTC-USD")),
+        "{err:?}"
+    );
+    assert_eq!(throttle_of(store, "BTC-USD").await, Some(five));
+
+    // Lowering tightens; a relaxation names the throttle's own position.
+    let lower = store
+        .set_throttle(
+            "BTC-USD",
+            Some(Throttle::new(2, 5).expect("limit")),
+            &operator(),
+        )
+        .await
+        .expect("lower");
+    let err = store
+        .set_throttle("BTC-USD", None, &ticketed("clear").expecting(set.position))
+        .await
+        .expect_err("the throttle moved since it was read");
+    match &err {
+        Error::Refused(Refusal::PreconditionFailed { current, .. }) => {
+            assert_eq!(current.position, lower.position);
+            assert_eq!(
+                current.what,
+                "SetThrottle BTC-USD 5/s burst 5 -> 2/s burst 5"
+            );
+        }
+        other => panic!("expected precondition_failed, got {other:?}"),
+    }
+    let cleared = store
+        .set_throttle(
+            "BTC-USD",
+            None,
+            &ticketed("clear").expecting(lower.position),
+        )
+        .await
+        .expect("a supervisor clears with a ticket");
+    assert!(cleared.command.relaxes_safety());
+    assert_eq!(throttle_of(store, "BTC-USD").await, None);
+    let rows = store.throttles().await.expect("throttles");
+    assert_eq!(rows.len(), 1, "a cleared throttle keeps its row: {rows:?}");
+    assert_eq!(rows[0].position, cleared.position);
+    assert_eq!(rows[0].ticket.as_deref(), Some("INC-1"));
+
+    let replay = store
+        .set_throttle(
+            "BTC-USD",
+            None,
+            &ticketed("clear")
+                .expecting(lower.position)
+                .with_request_id(cleared.request_id),
+        )
+        .await
+        .expect("the same request again");
+    assert!(replay.replayed);
+    assert_eq!(replay.position, cleared.position);
+
+    let err = store
+        .set_throttle("btc-usd", Some(five), &ops("typo"))
+        .await
+        .expect_err("not registered");
+    assert!(
+        matches!(&err, Error::UnknownSymbol { did_you_mean: Some(s), .. } if s == "BTC-USD"),
+        "{err:?}"
+    );
+    let delta = store.changes_since(base).await.expect("changes");
+    assert_eq!(delta.throttles, vec![("BTC-USD".to_owned(), None)]);
+    assert_eq!(trail(store).await.len(), 3);
+}
+
+/// A handle admits a throttled symbol's burst, refuses the next order with when
+/// to retry, counts the refusal, and admits freely once the throttle is cleared;
+/// other symbols are never throttled.
+pub async fn handle_admits_the_burst_then_throttles(store: Arc<dyn SymbolModeStore>) {
+    known(&*store, &["BTC-USD", "ETH-USD"]).await;
+    let handle = SymbolModes::spawn(store.clone(), SymbolModesConfig::default());
+    assert!(handle.ready(WAIT).await);
+    let gate = handle.gate("BTC-USD");
+    assert_eq!(gate.admit(), Ok(()), "no limit yet");
+    let event = store
+        .set_throttle(
+            "BTC-USD",
+            Some(Throttle::new(5, 5).expect("limit")),
+            &ops("throttle"),
+        )
+        .await
+        .expect("throttle");
+    assert!(handle.wait_for_version(event.version, WAIT).await);
+    let mut reader = handle.reader();
+    for i in 0..5 {
+        assert_eq!(reader.admit("BTC-USD"), Ok(()), "order {i} of the burst");
+    }
+    let refused = handle.admit("BTC-USD").expect_err("the sixth is throttled");
+    assert!(
+        refused.retry_after > Duration::from_millis(100)
+            && refused.retry_after <= Duration::from_millis(200),
+        "{refused:?}"
+    );
+    assert!(gate.admit().is_err(), "the gate shares the symbol's bucket");
+    assert_eq!(handle.admit("ETH-USD"), Ok(()));
+    assert_eq!(handle.status().throttled_symbols, 1);
+    assert_eq!(
+        handle.throttle_refusals(),
+        vec![("BTC-USD".to_owned(), 2)],
+        "refusals counted per symbol"
+    );
+    let event = store
+        .set_throttle("BTC-USD", None, &ticketed("clear"))
+        .await
+        .expect("clear");
+    assert!(handle.wait_for_version(event.version, WAIT).await);
+    for _ in 0..100 {
+        assert_eq!(handle.admit("BTC-USD"), Ok(()));
+        assert_eq!(gate.admit(), Ok(()));
+    }
 }
 
 /// A subscriber first gets the current position, then each newer one.
@@ -1621,7 +1844,9 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                         assert_eq!(after.0.global, *to);
                     }
                     Command::WithdrawalsHalt { on } => assert_eq!(after.0.withdrawals_halted, *on),
-                    Command::CancelAll { .. } | Command::RegisterSymbol { .. } => {}
+                    Command::CancelAll { .. }
+                    | Command::RegisterSymbol { .. }
+                    | Command::SetThrottle { .. } => {}
                 }
                 // Only the addressed entry changed.
                 let mut expected = before.clone();
@@ -1652,7 +1877,9 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                         expected.0.withdrawals_halted = *on;
                         expected.0.withdrawals_position = event.position;
                     }
-                    Command::CancelAll { .. } | Command::RegisterSymbol { .. } => {}
+                    Command::CancelAll { .. }
+                    | Command::RegisterSymbol { .. }
+                    | Command::SetThrottle { .. } => {}
                 }
                 assert_eq!(
                     after, expected,
@@ -1772,7 +1999,8 @@ macro_rules! conformance_tests {
             cancel_all_reaches_each_subscriber_exactly_once,
             withdrawals_halt_is_audited_and_lifting_needs_a_ticket,
             tighten_symbol_mode_only_tightens,
-            settlement_lag_policy_soft_halts_above_t3,
+            settlement_lag_policy_throttles_above_t2_and_soft_halts_above_t3,
+            throttles_tighten_freely_and_relax_with_authority,
             subscribers_see_new_versions,
             operator_may_not_relax,
             relaxation_of_a_moved_target_is_refused,
@@ -1782,6 +2010,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@arc_tests $setup;
             effective_mode_is_the_more_severe_for_every_pair,
             handle_follows_the_store,
+            handle_admits_the_burst_then_throttles,
             concurrent_commands_serialise,
         );
     };

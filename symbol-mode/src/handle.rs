@@ -22,20 +22,33 @@
 //! a read. When the store's history no longer holds the handle's position (lost in an
 //! asynchronous failover) the handle reloads everything from the database of record.
 //!
+//! New orders are also metered: [`SymbolModes::admit`] (or a [`ThrottleGate`] from
+//! [`SymbolModes::gate`]) takes a token from the symbol's order-rate throttle, a
+//! lock-free bucket per symbol in this process, and answers [`Throttled`] when it
+//! is used up (see the `throttle` module docs: the limit is per process). Call it
+//! after the mode check, so that an order the mode refuses takes no token. The
+//! watcher puts every throttle change in force with the snapshot that carries it,
+//! and a full reload after a failover puts back every limit the database holds.
+//!
 //! Health component `symbol_mode`: `failed` when the store cannot be reached now
 //! (details carry the cause), when stale or never loaded; `degraded` when reads work
 //! but push does not, or the history diverged; `operational` when both work.
 
-use crate::snapshot::ModeSnapshot;
+use crate::snapshot::{ModeSnapshot, SymbolHasher};
+use crate::throttle::Bucket;
 use crate::{
-    Error, ModeChange, ModeDelta, SymbolMode, SymbolModeStore, TradingAction, HEALTH_COMPONENT,
+    Error, ModeChange, ModeDelta, SymbolMode, SymbolModeStore, ThrottleGate, Throttled,
+    TradingAction, HEALTH_COMPONENT,
 };
 use arc_swap::ArcSwap;
+use failover_core::clock::CoarseClock;
 use failover_core::health::HealthSource;
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
 use failover_core::{ComponentHealth, Position};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
@@ -117,17 +130,28 @@ pub struct SymbolModesStatus {
     pub withdrawals_halted: bool,
     /// How many symbols are stricter than `NORMAL` in the snapshot.
     pub restricted_symbols: usize,
+    /// How many symbols have an order-rate throttle in the snapshot.
+    pub throttled_symbols: usize,
     /// Wall-clock time of the last successful read.
     pub last_success: Option<SystemTime>,
     /// The error of the last failed refresh, cleared by the next success.
     pub last_error: Option<String>,
 }
 
+type BucketMap = HashMap<Box<str>, Arc<Bucket>, SymbolHasher>;
+
 #[derive(Debug)]
 struct Shared {
     word: AtomicU8,
     snapshot: Arc<ArcSwap<ModeSnapshot>>,
     version: watch::Sender<u64>,
+    /// This process's token buckets: every throttled symbol, and every symbol a
+    /// gate was made for. Replaced (copy on write) only when a symbol is added.
+    buckets: Arc<ArcSwap<BucketMap>>,
+    /// Serialises changes of `buckets`.
+    bucket_writer: Mutex<()>,
+    /// Started with the first bucket.
+    clock: OnceLock<CoarseClock>,
 }
 
 /// The effective mode of `symbol` under the freshness word `word` (not `NOT_LOADED`).
@@ -151,6 +175,7 @@ fn resolve_in(word: u8, snapshot: &ModeSnapshot, symbol: &str) -> (SymbolMode, C
 pub struct ModeReader {
     shared: Arc<Shared>,
     cache: arc_swap::Cache<Arc<ArcSwap<ModeSnapshot>>, Arc<ModeSnapshot>>,
+    buckets: arc_swap::Cache<Arc<ArcSwap<BucketMap>>, Arc<BucketMap>>,
 }
 
 impl std::fmt::Debug for ModeReader {
@@ -187,6 +212,13 @@ impl ModeReader {
         }
     }
 
+    /// Takes a token from `symbol`'s order-rate throttle for one new order, or says
+    /// when to retry ([`SymbolModes::admit`]).
+    #[inline]
+    pub fn admit(&mut self, symbol: &str) -> Result<(), Throttled> {
+        admit_in(self.buckets.load(), symbol)
+    }
+
     #[inline]
     fn resolve(&mut self, symbol: &str) -> (SymbolMode, Cause) {
         let word = self.shared.word.load(Ordering::Acquire);
@@ -194,6 +226,17 @@ impl ModeReader {
             return (SymbolModes::NOT_LOADED_MODE, Cause::NotLoaded);
         }
         resolve_in(word, self.cache.load(), symbol)
+    }
+}
+
+#[inline]
+fn admit_in(buckets: &BucketMap, symbol: &str) -> Result<(), Throttled> {
+    if buckets.is_empty() {
+        return Ok(());
+    }
+    match buckets.get(symbol) {
+        Some(bucket) => bucket.admit(),
+        None => Ok(()),
     }
 }
 
@@ -258,6 +301,9 @@ impl SymbolModes {
             word: AtomicU8::new(NOT_LOADED),
             snapshot: Arc::new(ArcSwap::from_pointee(ModeSnapshot::default())),
             version,
+            buckets: Arc::new(ArcSwap::from_pointee(BucketMap::default())),
+            bucket_writer: Mutex::new(()),
+            clock: OnceLock::new(),
         });
         let watched = Arc::new(Source {
             store,
@@ -315,7 +361,57 @@ impl SymbolModes {
         ModeReader {
             shared: self.shared.clone(),
             cache: arc_swap::Cache::new(self.shared.snapshot.clone()),
+            buckets: arc_swap::Cache::new(self.shared.buckets.clone()),
         }
+    }
+
+    /// Takes a token from `symbol`'s order-rate throttle for one new order:
+    /// `Ok(())` when the symbol has no throttle or a token was left, else
+    /// [`Throttled`] with when to retry, counted as a refusal of the symbol. No
+    /// lock, no allocation, no clock read beyond one counter a background thread
+    /// advances. The limit applies per process. Unknown symbols are not throttled
+    /// (the mode check decides what they may do).
+    #[inline]
+    pub fn admit(&self, symbol: &str) -> Result<(), Throttled> {
+        admit_in(&self.shared.buckets.load(), symbol)
+    }
+
+    /// `symbol`'s throttle resolved once, for an order loop: its `admit` costs one
+    /// atomic load while the symbol has no limit, and it follows every change (a
+    /// limit set later applies to it as well).
+    pub fn gate(&self, symbol: &str) -> ThrottleGate {
+        if let Some(bucket) = self.shared.buckets.load().get(symbol) {
+            return ThrottleGate {
+                bucket: bucket.clone(),
+            };
+        }
+        let _writer = lock(&self.shared.bucket_writer);
+        let current = self.shared.buckets.load_full();
+        if let Some(bucket) = current.get(symbol) {
+            return ThrottleGate {
+                bucket: bucket.clone(),
+            };
+        }
+        let limit = self.shared.snapshot.load().throttle(symbol);
+        let bucket = Arc::new(Bucket::new(limit, self.shared.clock()));
+        let mut next = (*current).clone();
+        next.insert(symbol.into(), bucket.clone());
+        self.shared.buckets.store(Arc::new(next));
+        ThrottleGate { bucket }
+    }
+
+    /// How many new orders the throttle refused, per symbol, in this process (for
+    /// metrics; not for the order path).
+    pub fn throttle_refusals(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self
+            .shared
+            .buckets
+            .load()
+            .iter()
+            .map(|(s, b)| (s.to_string(), b.refused()))
+            .collect();
+        all.sort();
+        all
     }
 
     /// The global mode including the fail-closed floor (what a symbol with no mode of
@@ -388,6 +484,7 @@ impl SymbolModes {
             global: snapshot.global(),
             withdrawals_halted: snapshot.withdrawals_halted(),
             restricted_symbols: snapshot.restricted_symbols(),
+            throttled_symbols: snapshot.throttles().count(),
             last_success: freshness.last_success(),
             last_error: freshness.last_error(),
         }
@@ -410,7 +507,38 @@ impl HealthSource for SymbolModes {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Shared {
+    fn clock(&self) -> CoarseClock {
+        self.clock.get_or_init(CoarseClock::shared).clone()
+    }
+
+    /// Puts the throttles of `snapshot` in force in this process's buckets: every
+    /// bucket takes its symbol's limit (none when the snapshot has none), and a
+    /// symbol throttled for the first time gets a bucket.
+    fn sync_buckets(&self, snapshot: &ModeSnapshot) {
+        let _writer = lock(&self.bucket_writer);
+        let current = self.buckets.load_full();
+        for (symbol, bucket) in current.iter() {
+            bucket.set(snapshot.throttle(symbol));
+        }
+        let mut next: Option<BucketMap> = None;
+        for (symbol, limit) in snapshot.throttles() {
+            if !current.contains_key(symbol) {
+                next.get_or_insert_with(|| (*current).clone()).insert(
+                    symbol.into(),
+                    Arc::new(Bucket::new(Some(limit), self.clock())),
+                );
+            }
+        }
+        if let Some(next) = next {
+            self.buckets.store(Arc::new(next));
+        }
+    }
+
     fn set_word(&self, word: u8) {
         let old = self.word.swap(word, Ordering::AcqRel);
         if old != word {
@@ -435,7 +563,9 @@ impl Shared {
         match next {
             Some(next) => {
                 let version = next.version();
-                self.snapshot.store(Arc::new(next));
+                let next = Arc::new(next);
+                self.snapshot.store(next.clone());
+                self.sync_buckets(&next);
                 self.set_word(FRESH);
                 // Always sent, also for version 0, so `ready()` wakes on the first load.
                 self.version.send_replace(version);

@@ -11,6 +11,9 @@
 //! | `PUT /admin/global-mode` | operator to tighten, supervisor to relax | body `{"mode", "reason", "ticket"?, "request_id"?}` |
 //! | `GET /admin/withdrawals` | viewer | whether withdrawals are halted |
 //! | `POST /admin/withdrawals/halt` | operator to halt, supervisor to lift | `WithdrawalsHalt`: body `{"on", "reason", "ticket"?, "request_id"?}` |
+//! | `GET /admin/throttles` | viewer | every symbol that has or had an order-rate throttle |
+//! | `GET /admin/symbols/{symbol}/throttle` | viewer | the symbol's throttle (`limit` null: none) and its `ETag` |
+//! | `PUT /admin/symbols/{symbol}/throttle` | operator to set or lower, supervisor to raise or clear | `SetThrottle`: body `{"per_second", "burst"?, "reason", "ticket"?, "request_id"?}`; `per_second` null clears |
 //! | `GET /admin/symbol-modes/history?limit=&before=` | viewer | audit events newest first; `next` is the cursor of the following page |
 //!
 //! Whether a command tightens or relaxes is decided by the store inside the write,
@@ -27,7 +30,7 @@
 //! for another caller or command. The audit actor is the authenticated caller; a
 //! body `actor` is refused with 400 `actor_not_accepted`.
 
-use crate::{AuditEvent, Error, Position, SymbolMode, SymbolModeStore, SymbolModes};
+use crate::{AuditEvent, Error, Position, SymbolMode, SymbolModeStore, SymbolModes, Throttle};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -86,6 +89,25 @@ pub struct WithdrawalsBody {
     pub request_id: Option<Uuid>,
 }
 
+/// Body of `PUT /admin/symbols/{symbol}/throttle`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleBody {
+    /// New orders a second; `null` clears the throttle.
+    pub per_second: Option<u32>,
+    /// Orders at once (default: `per_second`).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Why.
+    pub reason: String,
+    /// Ticket; required to raise or clear.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+}
+
 /// What the routes need.
 #[derive(Debug, Clone)]
 pub struct SymbolModeRoutes {
@@ -119,6 +141,11 @@ impl SymbolModeRoutes {
             .route("/admin/global-mode", get(global_get).put(global_put))
             .route("/admin/withdrawals", get(withdrawals_get))
             .route("/admin/withdrawals/halt", post(withdrawals))
+            .route("/admin/throttles", get(throttles_list))
+            .route(
+                "/admin/symbols/{symbol}/throttle",
+                get(throttle_get).put(throttle_put),
+            )
             .route("/admin/symbol-modes/history", get(history))
             .with_state(Arc::new(self))
     }
@@ -129,6 +156,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let (status, code) = match &e {
             Error::InvalidSymbol(_) => (StatusCode::BAD_REQUEST, "invalid_symbol"),
+            Error::InvalidThrottle(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_throttle"),
             Error::InvalidAudit(a) => return ApiError::from(a.clone()),
             Error::TransitionForbidden { .. } => (StatusCode::CONFLICT, "transition_forbidden"),
             Error::Refused(r) => return ApiError::from(r.clone()),
@@ -285,6 +313,56 @@ async fn withdrawals(
     Ok(applied(event, position))
 }
 
+async fn throttles_list(State(s): S, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read the throttles")?;
+    let throttles = s.store.throttles().await?;
+    Ok(axum::Json(serde_json::json!({ "throttles": throttles })).into_response())
+}
+
+async fn throttle_get(
+    State(s): S,
+    caller: Caller,
+    Path(symbol): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read a throttle")?;
+    crate::validate_symbol(&symbol).map_err(Error::from)?;
+    let state = s
+        .store
+        .throttles()
+        .await?
+        .into_iter()
+        .find(|t| t.symbol == symbol);
+    let position = state.as_ref().map_or(Position::ZERO, |t| t.position);
+    let body = serde_json::json!({
+        "symbol": symbol,
+        "limit": state.as_ref().and_then(|t| t.limit),
+        "last_change": state,
+        "position": position,
+    });
+    Ok(with_etag(position, &body))
+}
+
+async fn throttle_put(
+    State(s): S,
+    caller: Caller,
+    Path(symbol): Path<String>,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<ThrottleBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator, "set a throttle")?;
+    let limit = match body.per_second {
+        Some(rate) => Some(Throttle::new(rate, body.burst.unwrap_or(rate)).map_err(Error::from)?),
+        None => None,
+    };
+    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
+    let event = s.store.set_throttle(&symbol, limit, &audit).await?;
+    if !event.replayed {
+        tracing::warn!(%symbol, limit = %crate::throttle::describe(limit), actor = caller.actor(), "SetThrottle via admin API");
+    }
+    let position = event.position;
+    Ok(applied(event, position))
+}
+
 #[derive(Serialize)]
 struct Page {
     events: Vec<AuditEvent>,
@@ -320,6 +398,18 @@ pub fn describe_metrics() {
         "symbol_mode_settlement_lag_verdicts_total",
         "Settlement-lag policy verdicts, by verdict"
     );
+    metrics::describe_gauge!(
+        "symbol_mode_throttle_per_second",
+        "The order-rate throttle in force, new orders a second per process, by symbol (0: none)"
+    );
+    metrics::describe_gauge!(
+        "symbol_mode_throttle_burst",
+        "The burst of the order-rate throttle in force, by symbol (0: none)"
+    );
+    metrics::describe_counter!(
+        "symbol_mode_throttled_total",
+        "New orders this process's throttle refused, by symbol"
+    );
 }
 
 /// A scrape-time collector of the effective-mode counts per mode, the global mode and
@@ -347,5 +437,13 @@ pub fn gauges(modes: SymbolModes) -> impl Fn() + Send + Sync + 'static {
         } else {
             0.0
         });
+        for (symbol, refused) in modes.throttle_refusals() {
+            let limit = snapshot.throttle(&symbol);
+            metrics::gauge!("symbol_mode_throttle_per_second", "symbol" => symbol.clone())
+                .set(limit.map_or(0.0, |t| f64::from(t.per_second())));
+            metrics::gauge!("symbol_mode_throttle_burst", "symbol" => symbol.clone())
+                .set(limit.map_or(0.0, |t| f64::from(t.burst())));
+            metrics::counter!("symbol_mode_throttled_total", "symbol" => symbol).absolute(refused);
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod postgres;
 mod snapshot;
 mod subscription;
 mod symbol;
+pub(crate) mod throttle;
 
 pub use failover_core::{
     Applied, Audit, AuditError, Authority, ChangeRef, ComponentHealth, ComponentStatus,
@@ -35,6 +36,7 @@ pub use symbol::{
     fold_symbol, is_symbol_char, near_match, validate_symbol, SymbolError, MAX_SYMBOL_CHARS,
     SYMBOL_PUNCTUATION,
 };
+pub use throttle::{Throttle, ThrottleError, ThrottleGate, ThrottleState, Throttled};
 
 pub use failover_core::{FeedSource, Position, Positioned};
 
@@ -133,6 +135,10 @@ pub struct ModeDelta {
     /// Every symbol whose own mode was set after `since`, with its mode at `version`
     /// (all symbols ever set when `since` is 0).
     pub symbols: Vec<(String, SymbolMode)>,
+    /// Every symbol whose throttle was set or cleared after `since`, with its limit
+    /// at `version` (`None`: no limit; every symbol ever throttled when `since` is 0).
+    #[serde(default)]
+    pub throttles: Vec<(String, Option<Throttle>)>,
 }
 
 impl Positioned for ModeDelta {
@@ -182,6 +188,8 @@ pub enum CommandKind {
     WithdrawalsHalt,
     /// `RegisterSymbol(symbol)`: makes a symbol known to the registry.
     RegisterSymbol,
+    /// `SetThrottle(symbol, limit)`: a limit of new orders per second, or none.
+    SetThrottle,
 }
 
 impl CommandKind {
@@ -193,6 +201,7 @@ impl CommandKind {
             Self::CancelAll => "CancelAll",
             Self::WithdrawalsHalt => "WithdrawalsHalt",
             Self::RegisterSymbol => "RegisterSymbol",
+            Self::SetThrottle => "SetThrottle",
         }
     }
 
@@ -203,6 +212,7 @@ impl CommandKind {
             Self::CancelAll,
             Self::WithdrawalsHalt,
             Self::RegisterSymbol,
+            Self::SetThrottle,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -250,6 +260,15 @@ pub enum Command {
         /// The symbol, verbatim.
         symbol: String,
     },
+    /// A symbol's order-rate throttle changed from `from` to `to` (`None`: no limit).
+    SetThrottle {
+        /// The symbol, verbatim.
+        symbol: String,
+        /// The limit before.
+        from: Option<Throttle>,
+        /// The limit after.
+        to: Option<Throttle>,
+    },
 }
 
 impl Command {
@@ -261,6 +280,7 @@ impl Command {
             Self::CancelAll { .. } => CommandKind::CancelAll,
             Self::WithdrawalsHalt { .. } => CommandKind::WithdrawalsHalt,
             Self::RegisterSymbol { .. } => CommandKind::RegisterSymbol,
+            Self::SetThrottle { .. } => CommandKind::SetThrottle,
         }
     }
 
@@ -278,6 +298,11 @@ impl Command {
                 format!("WithdrawalsHalt {}", if *on { "on" } else { "off" })
             }
             Self::RegisterSymbol { symbol } => format!("RegisterSymbol {symbol}"),
+            Self::SetThrottle { symbol, from, to } => format!(
+                "SetThrottle {symbol} {} -> {}",
+                throttle::describe(*from),
+                throttle::describe(*to)
+            ),
         }
     }
 
@@ -289,6 +314,9 @@ impl Command {
             }
             Self::CancelAll { .. } | Self::RegisterSymbol { .. } => false,
             Self::WithdrawalsHalt { on } => !on,
+            Self::SetThrottle { from, to, .. } => {
+                Throttle::transition(*from, *to) == Transition::Relax
+            }
         }
     }
 }
@@ -416,6 +444,9 @@ pub enum Error {
     /// The symbol is empty, too long, or contains white space or control characters.
     #[error("refused, nothing changed: {0}")]
     InvalidSymbol(#[from] SymbolError),
+    /// The throttle's rate or burst cannot be used.
+    #[error("refused, nothing changed: {0}")]
+    InvalidThrottle(#[from] ThrottleError),
     /// The audit context is invalid (blank, control characters, too long) or a ticket
     /// is missing for a command that relaxes safety.
     #[error("refused, nothing changed: {0}")]
@@ -625,6 +656,28 @@ pub trait SymbolModeStore:
     }
     /// The registered symbols, in order.
     async fn symbols(&self) -> Result<Vec<RegisteredSymbol>, Error>;
+    /// `SetThrottle(symbol, limit)`: puts an order-rate limit on a registered
+    /// symbol, or clears it (`None`). Clearing or raising a limit relaxes (supervisor
+    /// authority, a ticket, and the throttle's position when the audit requires a
+    /// precondition); setting or lowering one tightens.
+    async fn set_throttle(
+        &self,
+        symbol: &str,
+        limit: Option<Throttle>,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error>;
+    /// Lowers `symbol`'s throttle to at most `limit` in each dimension (sets it where
+    /// there is none); `None` (nothing written) when it already is at most that.
+    /// For automated policies, which never relax.
+    async fn tighten_throttle(
+        &self,
+        symbol: &str,
+        limit: Throttle,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error>;
+    /// Every symbol that has or had a throttle (cleared ones with `limit: None`),
+    /// in symbol order.
+    async fn throttles(&self) -> Result<Vec<ThrottleState>, Error>;
     /// Audit events, newest first.
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error>;
     /// A stream of `CancelAll` commands after `start`, each exactly once.
@@ -649,6 +702,11 @@ pub(crate) enum Request<'a> {
     Register {
         symbol: &'a str,
     },
+    Throttle {
+        symbol: &'a str,
+        to: Option<Throttle>,
+        only_tighten: bool,
+    },
 }
 
 impl Request<'_> {
@@ -661,6 +719,7 @@ impl Request<'_> {
             Self::CancelAll { .. } => CommandKind::CancelAll,
             Self::Withdrawals { .. } => CommandKind::WithdrawalsHalt,
             Self::Register { .. } => CommandKind::RegisterSymbol,
+            Self::Throttle { .. } => CommandKind::SetThrottle,
         }
     }
 
@@ -668,7 +727,9 @@ impl Request<'_> {
     pub(crate) fn symbol(&self) -> Option<&str> {
         match self {
             Self::SetMode { symbol, .. } => *symbol,
-            Self::CancelAll { symbol } | Self::Register { symbol } => Some(symbol),
+            Self::CancelAll { symbol }
+            | Self::Register { symbol }
+            | Self::Throttle { symbol, .. } => Some(symbol),
             Self::Withdrawals { .. } => None,
         }
     }
@@ -711,9 +772,33 @@ impl Request<'_> {
             (Self::CancelAll { symbol: s }, Command::CancelAll { symbol }) => *s == symbol,
             (Self::Withdrawals { on }, Command::WithdrawalsHalt { on: done }) => on == done,
             (Self::Register { symbol: s }, Command::RegisterSymbol { symbol }) => *s == symbol,
+            // A policy's "at most this" lands on a limit of its own: the symbol decides.
+            (
+                Self::Throttle {
+                    symbol: s,
+                    to,
+                    only_tighten,
+                },
+                Command::SetThrottle {
+                    symbol, to: done, ..
+                },
+            ) => *s == symbol && (*only_tighten || to == done),
             _ => false,
         }
     }
+}
+
+/// What relaxing a throttle is called in a `TicketRequired` refusal.
+pub(crate) fn throttle_relax_action(
+    symbol: &str,
+    from: Option<Throttle>,
+    to: Option<Throttle>,
+) -> String {
+    format!(
+        "relax the throttle of {symbol} from {} to {}",
+        throttle::describe(from),
+        throttle::describe(to)
+    )
 }
 
 /// An operator's command that would relax (decided against the current state).

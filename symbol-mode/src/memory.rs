@@ -8,10 +8,11 @@ use crate::subscription::CancelAllFeed;
 use crate::{
     fold_symbol, near_match, transition_refusal, Applied, Audit, AuditEvent, CancelAllCommand,
     CancelAllSubscription, ChangeRef, Command, Error, ModeChange, ModeDelta, RegisteredSymbol,
-    Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Transition,
-    VenueState,
+    Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Throttle,
+    ThrottleState, Transition, VenueState,
 };
 use failover_core::authority::{check_relaxation, replay};
+use failover_core::AuditError;
 use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ struct Inner {
     global: SymbolMode,
     withdrawals_halted: bool,
     symbols: BTreeMap<String, SymbolState>,
+    throttles: BTreeMap<String, ThrottleState>,
     /// The registry, by folded key.
     registry: BTreeMap<String, RegisteredSymbol>,
     global_position: Position,
@@ -51,6 +53,7 @@ impl Default for Inner {
             global: SymbolMode::Normal,
             withdrawals_halted: false,
             symbols: BTreeMap::new(),
+            throttles: BTreeMap::new(),
             registry: BTreeMap::new(),
             global_position: Position::ZERO,
             withdrawals_position: Position::ZERO,
@@ -107,6 +110,21 @@ impl Inner {
                     },
                 );
             }
+            Command::SetThrottle { symbol, to, .. } => {
+                self.throttles.insert(
+                    symbol.clone(),
+                    ThrottleState {
+                        symbol: symbol.clone(),
+                        limit: *to,
+                        version: event.version,
+                        updated_by: event.actor.clone(),
+                        reason: event.reason.clone(),
+                        ticket: event.ticket.clone(),
+                        updated_at: event.at,
+                        position: event.position,
+                    },
+                );
+            }
             Command::CancelAll { .. } => {}
         }
     }
@@ -120,6 +138,11 @@ impl Inner {
             } => Some(self.symbols.get(*s).map_or(Position::ZERO, |m| m.position)),
             Request::SetMode { symbol: None, .. } => Some(self.global_position),
             Request::Withdrawals { .. } => Some(self.withdrawals_position),
+            Request::Throttle { symbol, .. } => Some(
+                self.throttles
+                    .get(*symbol)
+                    .map_or(Position::ZERO, |t| t.position),
+            ),
             Request::CancelAll { .. } | Request::Register { .. } => None,
         }
     }
@@ -228,6 +251,7 @@ impl MemorySymbolModeStore {
                 ..
             }
             | Request::CancelAll { symbol }
+            | Request::Throttle { symbol, .. }
                 if !inner.registered(symbol) =>
             {
                 return Err(Error::UnknownSymbol {
@@ -297,6 +321,40 @@ impl MemorySymbolModeStore {
                 },
                 false,
             ),
+            Request::Throttle {
+                symbol,
+                to,
+                only_tighten,
+            } => {
+                let from = inner.throttles.get(symbol).and_then(|t| t.limit);
+                let to = match (only_tighten, to) {
+                    (true, Some(limit)) => {
+                        let tighter = from.map_or(limit, |f| f.tightest(limit));
+                        if Some(tighter) == from {
+                            return Ok(None);
+                        }
+                        Some(tighter)
+                    }
+                    _ => to,
+                };
+                let command = Command::SetThrottle {
+                    symbol: symbol.to_owned(),
+                    from,
+                    to,
+                };
+                let relaxes = Throttle::transition(from, to) == Transition::Relax;
+                if relaxes {
+                    if !audit.authority().may_relax() {
+                        return Err(crate::relax_forbidden(&command, audit));
+                    }
+                    if audit.ticket().is_none() {
+                        return Err(Error::InvalidAudit(AuditError::TicketRequired {
+                            action: crate::throttle_relax_action(symbol, from, to),
+                        }));
+                    }
+                }
+                (command, relaxes)
+            }
         };
         if relaxes {
             if !audit.authority().may_relax() {
@@ -337,6 +395,10 @@ impl MemorySymbolModeStore {
             withdrawals_halted: inner.withdrawals_halted,
             symbols: match &event.command {
                 Command::SetSymbolMode { symbol, to, .. } => vec![(symbol.clone(), *to)],
+                _ => Vec::new(),
+            },
+            throttles: match &event.command {
+                Command::SetThrottle { symbol, to, .. } => vec![(symbol.clone(), *to)],
                 _ => Vec::new(),
             },
         };
@@ -391,6 +453,12 @@ impl SymbolModeStore for MemorySymbolModeStore {
                 .values()
                 .filter(|s| s.version > version)
                 .map(|s| (s.symbol.clone(), s.mode))
+                .collect(),
+            throttles: inner
+                .throttles
+                .values()
+                .filter(|t| t.version > version)
+                .map(|t| (t.symbol.clone(), t.limit))
                 .collect(),
         })
     }
@@ -468,6 +536,38 @@ impl SymbolModeStore for MemorySymbolModeStore {
         let mut all: Vec<RegisteredSymbol> = self.lock().registry.values().cloned().collect();
         all.sort_by(|a, b| a.symbol.cmp(&b.symbol));
         Ok(all)
+    }
+
+    async fn set_throttle(
+        &self,
+        symbol: &str,
+        limit: Option<Throttle>,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
+        let request = Request::Throttle {
+            symbol,
+            to: limit,
+            only_tighten: false,
+        };
+        expect_event(self.apply(request, audit)?)
+    }
+
+    async fn tighten_throttle(
+        &self,
+        symbol: &str,
+        limit: Throttle,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error> {
+        let request = Request::Throttle {
+            symbol,
+            to: Some(limit),
+            only_tighten: true,
+        };
+        Ok(self.apply(request, audit)?.map(Applied::into_inner))
+    }
+
+    async fn throttles(&self) -> Result<Vec<ThrottleState>, Error> {
+        Ok(self.lock().throttles.values().cloned().collect())
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {

@@ -1,14 +1,17 @@
 //! The settlement-lag policy: past T2 throttle new orders of the
-//! symbol; past T3 put it in `SOFT_HALT`, automatically and audited with the policy
-//! as the actor.
+//! symbol (its order-rate throttle lowered to the policy's limit, default
+//! [`SettlementLagPolicy::DEFAULT_THROTTLE`]); past T3 put it in `SOFT_HALT`,
+//! automatically and audited with the policy as the actor.
 //!
 //! The policy only ever tightens. It never lifts a halt: resuming needs an operator
 //! with a ticket, like any relaxation. It never lowers a stricter mode either (a
 //! `HARD_HALT` symbol stays `HARD_HALT`), and a symbol already in `SOFT_HALT` or
 //! stricter is left alone without writing an audit row, so evaluating the policy
-//! every second does not flood the audit trail.
+//! every second does not flood the audit trail. The same holds for the throttle: a
+//! symbol already throttled at or below the policy's limit is left alone, and the
+//! policy never clears or raises a throttle.
 
-use crate::{Audit, AuditEvent, Error, SymbolMode, SymbolModeStore};
+use crate::{Audit, AuditEvent, Error, SymbolMode, SymbolModeStore, Throttle};
 use std::time::Duration;
 
 /// The actor recorded in the audit trail for changes made by the policy.
@@ -44,6 +47,9 @@ pub struct LagOutcome {
     /// The audited `SetSymbolMode(symbol, SOFT_HALT)` when the policy halted the
     /// symbol now; `None` when no change was needed.
     pub halted: Option<AuditEvent>,
+    /// The audited `SetThrottle(symbol, …)` when the policy throttled the symbol
+    /// now; `None` when no change was needed.
+    pub throttled: Option<AuditEvent>,
 }
 
 /// Thresholds that cannot be used.
@@ -65,15 +71,39 @@ pub enum PolicyError {
 pub struct SettlementLagPolicy {
     t2: Duration,
     t3: Duration,
+    throttle: Throttle,
 }
 
 impl SettlementLagPolicy {
+    /// The limit put on a symbol past T2 unless [`with_throttle`](Self::with_throttle)
+    /// says otherwise: 10 new orders a second, 10 at once, per process.
+    pub const DEFAULT_THROTTLE: Throttle = match Throttle::const_new(10, 10) {
+        Some(t) => t,
+        None => panic!("the default throttle is valid"),
+    };
+
     /// A policy with throttle threshold `t2` and halt threshold `t3` (`t2 <= t3`).
     pub fn new(t2: Duration, t3: Duration) -> Result<Self, PolicyError> {
         if t2 > t3 {
             return Err(PolicyError::ThresholdsOutOfOrder { t2, t3 });
         }
-        Ok(Self { t2, t3 })
+        Ok(Self {
+            t2,
+            t3,
+            throttle: Self::DEFAULT_THROTTLE,
+        })
+    }
+
+    /// The limit put on a symbol past T2 (each process's new orders).
+    #[must_use]
+    pub fn with_throttle(mut self, throttle: Throttle) -> Self {
+        self.throttle = throttle;
+        self
+    }
+
+    /// The limit put on a symbol past T2.
+    pub fn throttle(&self) -> Throttle {
+        self.throttle
     }
 
     /// T2, the throttle threshold.
@@ -98,11 +128,13 @@ impl SettlementLagPolicy {
         }
     }
 
-    /// Evaluates `lag` for `symbol` and, above T3, raises the symbol to `SOFT_HALT`
-    /// (unless it already is at least that) through
-    /// [`SymbolModeStore::tighten_symbol_mode`], audited with actor
-    /// [`POLICY_ACTOR`] and a reason stating the lag and the threshold. Throttling is
-    /// reported in the outcome (and as a metric); the caller applies it.
+    /// Evaluates `lag` for `symbol`: above T2 lowers the symbol's order-rate
+    /// throttle to the policy's limit (unless it already is at most that) through
+    /// [`SymbolModeStore::tighten_throttle`]; above T3 also raises the symbol to
+    /// `SOFT_HALT` (unless it already is at least that) through
+    /// [`SymbolModeStore::tighten_symbol_mode`]. Both are audited with actor
+    /// [`POLICY_ACTOR`] and a reason stating the lag and the threshold, and reach
+    /// every handle on the change feed.
     pub async fn apply(
         &self,
         store: &dyn SymbolModeStore,
@@ -113,12 +145,29 @@ impl SettlementLagPolicy {
         let verdict = self.verdict(lag);
         metrics::counter!("symbol_mode_settlement_lag_verdicts_total", "verdict" => verdict.as_str())
             .increment(1);
-        let halted = match verdict {
+        let throttled = match verdict {
             LagVerdict::WithinPolicy => None,
-            LagVerdict::Throttle => {
-                tracing::warn!(symbol, ?lag, t2 = ?self.t2, "settlement lag above T2: throttle new orders");
-                None
+            LagVerdict::Throttle | LagVerdict::Halt => {
+                let audit = Audit::new(
+                    POLICY_ACTOR,
+                    format!(
+                        "settlement lag {} above T2 {}: throttle {} per settlement-lag policy",
+                        humantime::format_duration(lag),
+                        humantime::format_duration(self.t2),
+                        self.throttle
+                    ),
+                );
+                let event = store
+                    .tighten_throttle(symbol, self.throttle, &audit)
+                    .await?;
+                if event.is_some() {
+                    tracing::warn!(symbol, ?lag, t2 = ?self.t2, limit = %self.throttle, "settlement lag above T2: new orders throttled");
+                }
+                event
             }
+        };
+        let halted = match verdict {
+            LagVerdict::WithinPolicy | LagVerdict::Throttle => None,
             LagVerdict::Halt => {
                 let audit = Audit::new(
                     POLICY_ACTOR,
@@ -137,7 +186,11 @@ impl SettlementLagPolicy {
                 event
             }
         };
-        Ok(LagOutcome { verdict, halted })
+        Ok(LagOutcome {
+            verdict,
+            halted,
+            throttled,
+        })
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`ModeSnapshot`]: every symbol's own mode plus the global mode, as one immutable
 //! value the hot path reads without a lock.
 
-use crate::{ModeDelta, SymbolMode};
+use crate::{ModeDelta, SymbolMode, Throttle};
 use failover_core::Position;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -10,9 +10,10 @@ use uuid::Uuid;
 /// multiplications for a typical symbol. Minimal DoS resistance is fine here: the key
 /// set is written only by operators through the audited store; order flow only looks
 /// keys up.
-type SymbolHasher = foldhash::fast::FixedState;
+pub(crate) type SymbolHasher = foldhash::fast::FixedState;
 
 type SymbolMap = HashMap<Box<str>, SymbolMode, SymbolHasher>;
+type ThrottleMap = HashMap<Box<str>, Throttle, SymbolHasher>;
 
 /// Every symbol's own mode and the global mode at one store version.
 ///
@@ -28,6 +29,7 @@ pub struct ModeSnapshot {
     global: SymbolMode,
     withdrawals_halted: bool,
     symbols: SymbolMap,
+    throttles: ThrottleMap,
 }
 
 impl ModeSnapshot {
@@ -75,6 +77,16 @@ impl ModeSnapshot {
                 self.symbols.insert(symbol.as_str().into(), *mode);
             }
         }
+        for (symbol, limit) in &delta.throttles {
+            match limit {
+                Some(limit) => {
+                    self.throttles.insert(symbol.as_str().into(), *limit);
+                }
+                None => {
+                    self.throttles.remove(symbol.as_str());
+                }
+            }
+        }
     }
 
     /// The store version this snapshot reflects.
@@ -114,6 +126,16 @@ impl ModeSnapshot {
         SymbolMode::effective(self.global, self.symbol_mode(symbol))
     }
 
+    /// The order-rate throttle of `symbol`, if it has one.
+    pub fn throttle(&self, symbol: &str) -> Option<Throttle> {
+        self.throttles.get(symbol).copied()
+    }
+
+    /// Every throttled symbol with its limit (any order).
+    pub fn throttles(&self) -> impl Iterator<Item = (&str, Throttle)> {
+        self.throttles.iter().map(|(s, t)| (&**s, *t))
+    }
+
     /// How many symbols have a mode stricter than `NORMAL`.
     pub fn restricted_symbols(&self) -> usize {
         self.symbols.len()
@@ -139,6 +161,7 @@ mod tests {
             global: SymbolMode::Normal,
             withdrawals_halted: false,
             symbols: symbols.iter().map(|(s, m)| (s.to_string(), *m)).collect(),
+            throttles: Vec::new(),
         }
     }
 

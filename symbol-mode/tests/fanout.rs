@@ -12,7 +12,7 @@ use tradepulse_symbol_mode::{
     Applied, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Error, FeedSource,
     MemorySymbolModeStore, ModeChange, ModeDelta, Position, PostgresSymbolModeStore,
     RegisteredSymbol, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolModes,
-    SymbolModesConfig, SymbolState, VenueState,
+    SymbolModesConfig, SymbolState, Throttle, ThrottleState, VenueState,
 };
 
 /// Counts the reads a handle makes of the store it watches.
@@ -93,6 +93,25 @@ impl SymbolModeStore for Counting {
     async fn symbols(&self) -> Result<Vec<RegisteredSymbol>, Error> {
         self.inner.symbols().await
     }
+    async fn set_throttle(
+        &self,
+        symbol: &str,
+        limit: Option<Throttle>,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
+        self.inner.set_throttle(symbol, limit, audit).await
+    }
+    async fn tighten_throttle(
+        &self,
+        symbol: &str,
+        limit: Throttle,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error> {
+        self.inner.tighten_throttle(symbol, limit, audit).await
+    }
+    async fn throttles(&self) -> Result<Vec<ThrottleState>, Error> {
+        self.inner.throttles().await
+    }
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {
         self.inner.history(limit).await
     }
@@ -157,6 +176,23 @@ async fn changes_arrive_without_reads(
         .await
         .unwrap();
     arrived(e.position).await;
+    let limit = Throttle::new(5, 5).unwrap();
+    let e = writer
+        .set_throttle("ETH-USD", Some(limit), &ops())
+        .await
+        .unwrap();
+    arrived(e.position).await;
+    assert_eq!(modes.snapshot().throttle("ETH-USD"), Some(limit));
+    let e = writer
+        .set_throttle("ETH-USD", None, &ops().with_ticket("OPS-1"))
+        .await
+        .unwrap();
+    arrived(e.position).await;
+    assert_eq!(
+        modes.snapshot().throttle("ETH-USD"),
+        None,
+        "cleared by push"
+    );
     assert_eq!(modes.mode("BTC-USD"), SymbolMode::SoftHalt);
     assert_eq!(modes.mode("ETH-USD"), SymbolMode::HardHalt);
     assert_eq!(modes.mode("XRP-USD"), SymbolMode::CancelOnly, "global mode");

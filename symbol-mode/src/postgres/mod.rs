@@ -23,7 +23,8 @@ use crate::subscription::CancelAllFeed;
 use crate::{
     near_match, transition_refusal, Applied, Audit, AuditEvent, Authority, CancelAllCommand,
     CancelAllSubscription, Command, CommandKind, Error, ModeChange, ModeDelta, RegisteredSymbol,
-    Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, VenueState,
+    Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, Throttle, ThrottleState,
+    VenueState,
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
@@ -66,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "authority_registry",
         include_str!("../../migrations/postgres/0003_authority_registry.sql"),
     ),
+    Migration::new(
+        4,
+        "throttles",
+        include_str!("../../migrations/postgres/0004_throttles.sql"),
+    ),
 ];
 
 const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position, \
@@ -77,26 +83,38 @@ const SYMBOL: &str =
 const SYMBOLS: &str = "SELECT symbol, registered_by, registered_at, position \
                        FROM symbol_registry ORDER BY symbol";
 /// One statement, one snapshot: the state row, the ids of the events at `$1` and at
-/// the head, and every symbol set after `$1` (none: one row of NULLs).
+/// the head, and every symbol mode and throttle set after `$1` (none: one row of
+/// NULLs).
 const CHANGES: &str = "SELECT s.version, s.position, s.global_mode, s.withdrawals_halted, \
        (SELECT request_id FROM symbol_mode_events WHERE version = $1) AS since_event, \
        (SELECT request_id FROM symbol_mode_events WHERE version = s.version) AS head_event, \
-       m.symbol, m.mode \
-     FROM symbol_mode_state s LEFT JOIN symbol_modes m ON m.version > $1 \
+       c.throttle, c.symbol, c.mode, c.per_second, c.burst \
+     FROM symbol_mode_state s LEFT JOIN ( \
+       SELECT FALSE AS throttle, symbol, mode, NULL::INTEGER AS per_second, NULL::INTEGER AS burst \
+         FROM symbol_modes WHERE version > $1 \
+       UNION ALL \
+       SELECT TRUE, symbol, NULL, per_second, burst FROM symbol_throttles WHERE version > $1 \
+     ) c ON TRUE \
      WHERE s.id = 1";
+const THROTTLES: &str = "SELECT symbol, per_second, burst, version, updated_by, reason, ticket, \
+       updated_at, position FROM symbol_throttles ORDER BY symbol";
 const APPLY: &str = "SELECT o_status AS status, o_version AS version, o_position AS position, \
        o_request_id AS request_id, o_command AS command, o_symbol AS symbol, \
        o_from AS from_mode, o_to AS to_mode, o_withdrawals AS withdrawals_halted, \
        o_reason AS reason, o_actor AS actor, o_ticket AS ticket, o_at AS at, \
        o_login AS login, o_authority AS authority, o_target AS target, \
        o_other_position AS other_position, o_other_actor AS other_actor, \
-       o_other_what AS other_what, o_other_at AS other_at \
-     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+       o_other_what AS other_what, o_other_at AS other_at, \
+       o_from_rate AS from_rate, o_from_burst AS from_burst, o_to_rate AS to_rate, \
+       o_to_burst AS to_burst \
+     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 const HISTORY: &str = "SELECT version, position, request_id, command, symbol, from_mode, to_mode, \
-       withdrawals_halted, reason, actor, ticket, at, login, authority \
+       withdrawals_halted, reason, actor, ticket, at, login, authority, \
+       from_rate, from_burst, to_rate, to_burst \
      FROM symbol_mode_events ORDER BY position DESC LIMIT $1";
 const CANCEL_ALL_AFTER: &str = "SELECT version, position, request_id, command, symbol, from_mode, \
-       to_mode, withdrawals_halted, reason, actor, ticket, at, login, authority \
+       to_mode, withdrawals_halted, reason, actor, ticket, at, login, authority, \
+       from_rate, from_burst, to_rate, to_burst \
      FROM symbol_mode_events WHERE command = 'CancelAll' AND position > $1 ORDER BY position LIMIT 1000";
 
 /// Symbol modes in PostgreSQL.
@@ -119,6 +137,25 @@ fn mode(op: &'static str, text: &str) -> Result<SymbolMode, Error> {
         .map_err(|e: crate::ParseModeError| corrupt(op, e.to_string()))
 }
 
+/// A limit from its two columns (both NULL: none).
+fn throttle(
+    op: &'static str,
+    rate: Option<i32>,
+    burst: Option<i32>,
+) -> Result<Option<Throttle>, Error> {
+    match (rate, burst) {
+        (None, None) => Ok(None),
+        (Some(rate), Some(burst)) => {
+            let rate = u32::try_from(rate).unwrap_or(0);
+            let burst = u32::try_from(burst).unwrap_or(0);
+            Throttle::new(rate, burst)
+                .map(Some)
+                .map_err(|e| corrupt(op, e.to_string()))
+        }
+        _ => Err(corrupt(op, "a throttle with a rate but no burst".into())),
+    }
+}
+
 fn version(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -128,7 +165,8 @@ fn since_param(v: u64) -> i64 {
 }
 
 /// An audit event from the columns `version, position, request_id, command, symbol,
-/// from_mode, to_mode, withdrawals_halted, reason, actor, ticket, at`.
+/// from_mode, to_mode, withdrawals_halted, reason, actor, ticket, at, login,
+/// authority, from_rate, from_burst, to_rate, to_burst`.
 fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
     let kind: String = row.get("command");
     let symbol: Option<String> = row.get("symbol");
@@ -154,6 +192,11 @@ fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
         },
         Some(CommandKind::RegisterSymbol) => Command::RegisterSymbol {
             symbol: symbol.ok_or_else(missing)?,
+        },
+        Some(CommandKind::SetThrottle) => Command::SetThrottle {
+            symbol: symbol.ok_or_else(missing)?,
+            from: throttle(op, row.get("from_rate"), row.get("from_burst"))?,
+            to: throttle(op, row.get("to_rate"), row.get("to_burst"))?,
         },
         None => return Err(corrupt(op, format!("unknown command {kind:?}"))),
     };
@@ -244,6 +287,16 @@ pub struct NotifiedDelta {
     withdrawals_halted: bool,
     symbol: Option<String>,
     mode: Option<String>,
+    #[serde(default)]
+    throttle: Option<NotifiedThrottle>,
+}
+
+/// The limit a `SetThrottle` notification carries (`per_second`/`burst` null: cleared).
+#[derive(Debug, serde::Deserialize)]
+struct NotifiedThrottle {
+    symbol: String,
+    per_second: Option<i32>,
+    burst: Option<i32>,
 }
 
 impl NotifiedDelta {
@@ -252,6 +305,10 @@ impl NotifiedDelta {
         let symbols = match (self.symbol, self.mode) {
             (Some(symbol), Some(m)) => vec![(symbol, mode(op, &m).ok()?)],
             _ => Vec::new(),
+        };
+        let throttles = match self.throttle {
+            Some(t) => vec![(t.symbol, throttle(op, t.per_second, t.burst).ok()?)],
+            None => Vec::new(),
         };
         let position = Position(self.position);
         Some(ModeChange {
@@ -265,6 +322,7 @@ impl NotifiedDelta {
                 global: mode(op, &self.global).ok()?,
                 withdrawals_halted: self.withdrawals_halted,
                 symbols,
+                throttles,
             }),
         })
     }
@@ -331,13 +389,25 @@ impl PostgresSymbolModeStore {
                 (Some(symbol), None, None, false)
             }
             Request::Withdrawals { on } => (None, None, Some(on), false),
+            Request::Throttle {
+                symbol,
+                only_tighten,
+                ..
+            } => (Some(symbol), None, None, only_tighten),
         };
+        let limit = match request {
+            Request::Throttle { to, .. } => to,
+            _ => None,
+        };
+        let rate = limit.map(|t| i32::try_from(t.per_second()).unwrap_or(i32::MAX));
+        let burst = limit.map(|t| i32::try_from(t.burst()).unwrap_or(i32::MAX));
         let op = match kind {
             CommandKind::SetSymbolMode => "symbol_mode.set_symbol_mode",
             CommandKind::SetGlobalMode => "symbol_mode.set_global_mode",
             CommandKind::CancelAll => "symbol_mode.cancel_all",
             CommandKind::WithdrawalsHalt => "symbol_mode.withdrawals_halt",
             CommandKind::RegisterSymbol => "symbol_mode.register_symbol",
+            CommandKind::SetThrottle => "symbol_mode.set_throttle",
         };
         let request_id = audit.request_id();
         let precondition = audit.precondition();
@@ -360,6 +430,8 @@ impl PostgresSymbolModeStore {
                     (&audit.authority().as_str(), Type::TEXT),
                     (&precondition.expected(), Type::INT8),
                     (&precondition.required(), Type::BOOL),
+                    (&rate, Type::INT4),
+                    (&burst, Type::INT4),
                 ],
             )
             .await
@@ -391,6 +463,18 @@ impl PostgresSymbolModeStore {
                 symbol: symbol.unwrap_or_default().to_owned(),
                 registered: row.get("symbol"),
             }),
+            "ticket_required" if kind == CommandKind::SetThrottle => {
+                let from = throttle(op, row.get("from_rate"), row.get("from_burst"))?;
+                Err(Error::InvalidAudit(
+                    failover_core::AuditError::TicketRequired {
+                        action: crate::throttle_relax_action(
+                            symbol.unwrap_or_default(),
+                            from,
+                            limit,
+                        ),
+                    },
+                ))
+            }
             "transition_forbidden" | "ticket_required" => {
                 let (from, to) = (from()?, to.unwrap_or_default());
                 Err(transition_refusal(symbol, from, to, audit.ticket())
@@ -398,6 +482,11 @@ impl PostgresSymbolModeStore {
             }
             _ => {
                 let what = match (symbol, to, withdrawals) {
+                    _ if kind == CommandKind::SetThrottle => Command::SetThrottle {
+                        symbol: symbol.unwrap_or_default().to_owned(),
+                        from: throttle(op, row.get("from_rate"), row.get("from_burst"))?,
+                        to: limit,
+                    },
                     (Some(s), Some(to), _) => Command::SetSymbolMode {
                         symbol: s.to_owned(),
                         from: from()?,
@@ -472,8 +561,17 @@ impl SymbolModeStore for PostgresSymbolModeStore {
             .await?;
         let first = rows.first().ok_or_else(|| schema_missing(op))?;
         let mut symbols = Vec::with_capacity(rows.len());
+        let mut throttles = Vec::new();
         for row in &rows {
-            if let Some(symbol) = row.get::<_, Option<String>>("symbol") {
+            let Some(symbol) = row.get::<_, Option<String>>("symbol") else {
+                continue;
+            };
+            if row.get::<_, bool>("throttle") {
+                throttles.push((
+                    symbol,
+                    throttle(op, row.get("per_second"), row.get("burst"))?,
+                ));
+            } else {
                 symbols.push((symbol, mode(op, row.get("mode"))?));
             }
         }
@@ -486,6 +584,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
             global: mode(op, first.get("global_mode"))?,
             withdrawals_halted: first.get("withdrawals_halted"),
             symbols,
+            throttles,
         };
         self.changes.feed().publish(ModeChange::at(delta.position));
         Ok(delta)
@@ -573,6 +672,53 @@ impl SymbolModeStore for PostgresSymbolModeStore {
                 position: Position::from_i64(r.get("position")),
             })
             .collect())
+    }
+
+    async fn set_throttle(
+        &self,
+        symbol: &str,
+        limit: Option<Throttle>,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
+        let request = Request::Throttle {
+            symbol,
+            to: limit,
+            only_tighten: false,
+        };
+        self.finish(request, audit).await
+    }
+
+    async fn tighten_throttle(
+        &self,
+        symbol: &str,
+        limit: Throttle,
+        audit: &Audit,
+    ) -> Result<Option<AuditEvent>, Error> {
+        let request = Request::Throttle {
+            symbol,
+            to: Some(limit),
+            only_tighten: true,
+        };
+        Ok(self.apply(request, audit).await?.map(Applied::into_inner))
+    }
+
+    async fn throttles(&self) -> Result<Vec<ThrottleState>, Error> {
+        let op = "symbol_mode.throttles";
+        let rows = self.pool.query(op, THROTTLES, &[]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ThrottleState {
+                    symbol: r.get("symbol"),
+                    limit: throttle(op, r.get("per_second"), r.get("burst"))?,
+                    version: version(r.get("version")),
+                    updated_by: r.get("updated_by"),
+                    reason: r.get("reason"),
+                    ticket: r.get("ticket"),
+                    updated_at: r.get("updated_at"),
+                    position: Position::from_i64(r.get("position")),
+                })
+            })
+            .collect()
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {
