@@ -6,35 +6,10 @@
 
 mod support;
 
-use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
 use failover_core::testkit::Held;
 use std::process::Stdio;
 use std::time::Duration;
 use support::*;
-
-async fn session(dsn: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-/// `dsn` with another login (the test cluster trusts local logins).
-fn as_login(dsn: &str, login: &str) -> String {
-    dsn.replace("user=postgres", &format!("user={login}"))
-}
-
-/// A login holding `role`, unique to this database (roles belong to the cluster).
-async fn login(db: &Db, name: &str, role: &str) -> String {
-    let login = format!("{name}_{}", db.db);
-    let admin = session(&db.dsn).await;
-    admin
-        .batch_execute(&format!(
-            "CREATE ROLE {login} LOGIN; GRANT {role} TO {login};"
-        ))
-        .await
-        .unwrap();
-    login
-}
 
 async fn engaged(db: &Db) -> bool {
     db.runbook_row().await[0].as_deref() == Some("t")

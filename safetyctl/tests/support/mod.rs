@@ -2,6 +2,7 @@
 //! built binary run against it.
 #![allow(dead_code, unreachable_pub)]
 
+use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
 use failover_core::postgres::PgStore;
 use failover_core::testkit::{shared_primary, Cluster};
 use std::process::{Command, Output};
@@ -76,4 +77,28 @@ impl Db {
             .unwrap()
             .remove(0)
     }
+}
+
+pub async fn session(dsn: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// `dsn` with another login (the test cluster trusts local logins).
+pub fn as_login(dsn: &str, login: &str) -> String {
+    dsn.replace("user=postgres", &format!("user={login}"))
+}
+
+/// A login holding `role`, unique to this database (roles belong to the cluster).
+pub async fn login(db: &Db, name: &str, role: &str) -> String {
+    let login = format!("{name}_{}", db.db);
+    let admin = session(&db.dsn).await;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN; GRANT {role} TO {login};"
+        ))
+        .await
+        .unwrap();
+    login
 }
