@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_symbol_mode::{
     Audit, MemorySymbolModeStore, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig,
-    TradingAction,
+    Throttle, TradingAction,
 };
 
 #[global_allocator]
@@ -27,6 +27,93 @@ fn main() {
         .expect("runtime")
         .block_on(lookups_over_ten_thousand_symbols_allocate_nothing());
     println!("ok");
+    // After the first: a throttle starts the coarse clock's thread.
+    print!("test admits_allocate_nothing ... ");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(admits_allocate_nothing());
+    println!("ok");
+}
+
+/// `admit` by name (handle and reader) and through a gate, on throttled and
+/// unthrottled symbols, admitted and refused: no allocation. The only other thread
+/// is the coarse clock's, whose loop sleeps and stores one atomic.
+async fn admits_allocate_nothing() {
+    let store = Arc::new(MemorySymbolModeStore::new());
+    let limit = Throttle::new(1, 50).unwrap();
+    for i in 0..1_000usize {
+        let symbol = format!("SYM-{i:05}");
+        store
+            .register_symbol(&symbol, &Audit::new("ops", "listing"))
+            .await
+            .unwrap();
+        if i % 2 == 0 {
+            store
+                .set_throttle(&symbol, Some(limit), &Audit::new("ops", "seed"))
+                .await
+                .unwrap();
+        }
+    }
+    let modes = SymbolModes::spawn(store, SymbolModesConfig::default());
+    assert!(modes.ready(Duration::from_secs(5)).await);
+    let mut reader = modes.reader();
+    let gate = modes.gate("SYM-00000");
+    assert_eq!(reader.admit("SYM-00001"), Ok(()), "warm up the reader");
+    assert_eq!(modes.admit("SYM-00001"), Ok(()), "warm up the handle");
+
+    // The clock's thread has started (and finished starting: std allocates for a
+    // new thread's handle) once it has ticked.
+    let clock = failover_core::clock::CoarseClock::shared();
+    let ticked = clock.now_nanos();
+    while clock.now_nanos() == ticked {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut key = *b"SYM-00000";
+    let (mut admitted, mut refused) = (0usize, 0usize);
+    let threads = thread_count();
+    let region = Region::new(GLOBAL);
+    for round in 0..100usize {
+        for i in 0..1_000usize {
+            for (slot, digit) in key[4..].iter_mut().zip(format_digits(i)) {
+                *slot = digit;
+            }
+            let symbol = std::str::from_utf8(&key).unwrap();
+            let answer = if round % 2 == 0 {
+                modes.admit(black_box(symbol))
+            } else {
+                reader.admit(black_box(symbol))
+            };
+            match answer {
+                Ok(()) => admitted += 1,
+                Err(t) => {
+                    refused += 1;
+                    black_box(t.retry_after);
+                }
+            }
+        }
+        refused += usize::from(gate.admit().is_err());
+    }
+    let stats = region.change();
+    assert_eq!(thread_count(), threads, "no thread started while counting");
+    assert_eq!(stats.allocations, 0, "admits allocated: {stats:?}");
+    assert_eq!(stats.reallocations, 0, "admits reallocated: {stats:?}");
+    // Unthrottled: 500 symbols x 100 rounds; throttled: a burst of 50 each (the
+    // gate shares SYM-00000's), plus whatever accrued at 1/s while the loop ran.
+    assert!(admitted >= 50_000 + 499 * 50, "admitted {admitted}");
+    assert!(refused >= 20_000, "refused {refused}");
+}
+
+fn thread_count() -> Option<String> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Threads:"))
+                .map(|n| n.trim().to_owned())
+        })
 }
 
 async fn lookups_over_ten_thousand_symbols_allocate_nothing() {
