@@ -46,7 +46,7 @@ use failover_core::health::HealthSource;
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
 use failover_core::{ComponentHealth, Position};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -152,6 +152,9 @@ struct Shared {
     bucket_writer: Mutex<()>,
     /// Started with the first bucket.
     clock: OnceLock<CoarseClock>,
+    /// How many symbols have a limit in force: while none has, `admit` by name is
+    /// one load of this word.
+    limited: AtomicUsize,
 }
 
 /// The effective mode of `symbol` under the freshness word `word` (not `NOT_LOADED`).
@@ -216,6 +219,9 @@ impl ModeReader {
     /// when to retry ([`SymbolModes::admit`]).
     #[inline]
     pub fn admit(&mut self, symbol: &str) -> Result<(), Throttled> {
+        if self.shared.limited.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         admit_in(self.buckets.load(), symbol)
     }
 
@@ -304,6 +310,7 @@ impl SymbolModes {
             buckets: Arc::new(ArcSwap::from_pointee(BucketMap::default())),
             bucket_writer: Mutex::new(()),
             clock: OnceLock::new(),
+            limited: AtomicUsize::new(0),
         });
         let watched = Arc::new(Source {
             store,
@@ -373,6 +380,9 @@ impl SymbolModes {
     /// (the mode check decides what they may do).
     #[inline]
     pub fn admit(&self, symbol: &str) -> Result<(), Throttled> {
+        if self.shared.limited.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         admit_in(&self.shared.buckets.load(), symbol)
     }
 
@@ -537,6 +547,9 @@ impl Shared {
         if let Some(next) = next {
             self.buckets.store(Arc::new(next));
         }
+        // After the buckets: a reader that sees the count sees their limits.
+        self.limited
+            .store(snapshot.throttles().count(), Ordering::Release);
     }
 
     fn set_word(&self, word: u8) {
