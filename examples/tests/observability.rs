@@ -537,6 +537,36 @@ async fn every_metric_and_label_the_dashboard_and_alerts_use_is_exported() {
             "{body}"
         );
     }
+    // A symbol throttled: the handle exports its limit and its refusals by symbol.
+    let (status, body) = s
+        .api
+        .put(
+            OPERATOR,
+            "/admin/symbols/BTC-USD",
+            r#"{"reason":"listing"}"#,
+        )
+        .await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+    let (status, body) = s
+        .api
+        .put(
+            OPERATOR,
+            "/admin/symbols/BTC-USD/throttle",
+            r#"{"per_second":5,"burst":5,"reason":"settlement lag"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually(
+        "the throttle reaches the admin's handle",
+        Duration::from_secs(5),
+        async || {
+            s.api
+                .text("/metrics")
+                .await
+                .contains("symbol_mode_throttle_per_second{symbol=\"BTC-USD\"} 5")
+        },
+    )
+    .await;
     // A change refused because another session holds the row.
     let held = Held::begin(
         &dsn,
