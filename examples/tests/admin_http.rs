@@ -344,6 +344,106 @@ async fn bad_requests_change_nothing_and_a_resent_request_is_applied_once() {
     assert_eq!(store.history(10).await.unwrap().len(), 2);
 }
 
+/// A throttle through the API: an operator sets and lowers it; raising or clearing
+/// is a supervisor's, with a ticket and `If-Match` on the throttle's `ETag`; the
+/// admin's own handle enforces it, and bad limits change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttles_through_the_api() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let s = support::start_all(&cluster.primary().dsn(&db), Duration::from_secs(300)).await;
+    let api = &s.api;
+    let engine = symbol_mode::SymbolModes::spawn(s.modes.clone(), Default::default());
+    assert!(engine.ready(Duration::from_secs(5)).await);
+    let (status, body) = api
+        .put(
+            OPERATOR,
+            "/admin/symbols/BTC-USD",
+            r#"{"reason":"listing"}"#,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let path = "/admin/symbols/BTC-USD/throttle";
+    let (status, body) = api.get(path).await;
+    assert_eq!((status, &body["limit"]), (200, &json!(null)), "{body}");
+
+    for (payload, code) in [
+        (r#"{"per_second":0,"reason":"x"}"#, "invalid_throttle"),
+        (r#"{"per_second":2000000,"reason":"x"}"#, "invalid_throttle"),
+    ] {
+        assert_refused(
+            &api.put(OPERATOR, path, payload).await,
+            422,
+            code,
+            "throttle",
+        );
+    }
+    assert_refused(
+        &api.put(
+            OPERATOR,
+            "/admin/symbols/btc-usd/throttle",
+            r#"{"per_second":5,"reason":"x"}"#,
+        )
+        .await,
+        404,
+        "unknown_symbol",
+        "BTC-USD",
+    );
+    let (status, body) = api
+        .put(
+            OPERATOR,
+            path,
+            r#"{"per_second":5,"burst":5,"reason":"settlement lag"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["command"]["to"],
+        json!({"per_second": 5, "burst": 5}),
+        "{body}"
+    );
+    eventually(
+        "the admin's handle has the limit",
+        Duration::from_secs(5),
+        async || engine.snapshot().throttle("BTC-USD").is_some(),
+    )
+    .await;
+    let admitted = (0..6).filter(|_| engine.admit("BTC-USD").is_ok()).count();
+    assert_eq!(admitted, 5);
+
+    // Clearing relaxes.
+    let clear = r#"{"per_second":null,"reason":"lag gone","ticket":"CHG-7"}"#;
+    assert_refused(
+        &api.put(OPERATOR, path, clear).await,
+        403,
+        "forbidden",
+        "supervisor",
+    );
+    assert_refused(
+        &api.put(SUPERVISOR, path, clear).await,
+        428,
+        "precondition_required",
+        "If-Match",
+    );
+    let (status, body) = api
+        .put_matching(
+            SUPERVISOR,
+            path,
+            r#"{"per_second":null,"reason":"lag gone"}"#,
+            path,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("ticket_required")),
+        "{body}"
+    );
+    let (status, body) = api.put_matching(SUPERVISOR, path, clear, path).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = api.get("/admin/throttles").await;
+    assert_eq!(body["throttles"][0]["limit"], json!(null), "{body}");
+    assert_eq!(body["throttles"][0]["ticket"], "CHG-7", "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn symbol_modes_global_mode_cancel_all_withdrawals_and_leases_through_the_api() {
     let (cluster, db) = shared_primary().await.unwrap();
