@@ -16,12 +16,12 @@
 #![allow(missing_docs)]
 
 use failover_core::postgres::{PgSettings, PgStore};
-use failover_core::testkit::{own_primary, wait_until};
 use failover_core::ComponentStatus;
 use killswitch::{KillSwitch, KillSwitchConfig, PostgresKillSwitchStore};
 use safetyctl::drill::{run, DrillConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tradepulse_testkit::{own_primary, wait_until};
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)

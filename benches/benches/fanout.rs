@@ -30,7 +30,6 @@
 
 use criterion::Criterion;
 use failover_core::postgres::{hub, PgSettings, PgStore};
-use failover_core::testkit::Cluster;
 use failover_core::ComponentStatus;
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
 use std::io::{BufRead, Write};
@@ -38,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
+use tradepulse_testkit::Cluster;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -115,7 +115,7 @@ async fn until_operational(handles: &[KillSwitch], timeout: Duration) -> Result<
 
 /// Backends in `db` on `node` (without the counting connection itself), and how many
 /// of them are push (`*_listen`) connections.
-async fn connections(node: &failover_core::testkit::Node, db: &str) -> (usize, usize) {
+async fn connections(node: &tradepulse_testkit::Node, db: &str) -> (usize, usize) {
     let rows = node
         .query(
             "postgres",

@@ -13,10 +13,10 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use failover_core::postgres::PgStore;
 use failover_core::postgres::{tokio_postgres, PgSettings};
-use failover_core::testkit::Cluster;
 use fencing::{LeaseFencer, MemoryFence, PostgresLeaseFencer};
 use std::sync::Mutex;
 use std::time::Duration;
+use tradepulse_testkit::Cluster;
 
 fn fence_check(c: &mut Criterion) {
     let mut group = c.benchmark_group("fenced_token_check");

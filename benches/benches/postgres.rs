@@ -15,11 +15,11 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use failover_core::postgres::PgStore;
 use failover_core::postgres::{tokio_postgres, PgSettings};
-use failover_core::testkit::Cluster;
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
+use tradepulse_testkit::Cluster;
 
 #[path = "common/mod.rs"]
 mod common;

@@ -6,11 +6,11 @@
 mod support;
 
 use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
-use failover_core::testkit::{shared_primary, Held};
 use reqwest::Method;
 use serde_json::Value;
 use std::time::Duration;
 use support::*;
+use tradepulse_testkit::{shared_primary, Held};
 
 /// A session of its own, as a DBA's psql or another service would hold one.
 async fn session(dsn: &str) -> Client {

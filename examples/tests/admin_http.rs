@@ -7,13 +7,13 @@
 use failover_core::http::tls::{serve_tls, server_config, ClientAuth};
 use failover_core::postgres::PgSettings;
 use failover_core::postgres::PgStore;
-use failover_core::testkit::{shared_primary, Cluster};
 use fencing::LeaseFencer;
 use killswitch::KillSwitchStore;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tradepulse_testkit::{shared_primary, Cluster};
 
 mod support;
 use support::*;

@@ -33,7 +33,6 @@
 
 use failover_core::postgres::PgStore;
 use failover_core::postgres::{db_error, PgPool};
-use failover_core::testkit::{fast_settings, wait_until, Cluster, Node};
 use failover_core::{Audit, ComponentStatus};
 use fencing::postgres::token_timeline;
 use fencing::{Lease, LeaseFencer, LostReason, PostgresLeaseFencer, FENCING_TOKEN};
@@ -47,6 +46,7 @@ use symbol_mode::{
     TradingAction,
 };
 use tokio::time::{sleep, timeout, Instant};
+use tradepulse_testkit::{fast_settings, wait_until, Cluster, Node};
 
 /// Every store's retry budget: the bound on a call during an outage.
 const BUDGET: Duration = Duration::from_millis(1500);

@@ -8,7 +8,6 @@
 
 mod support;
 
-use failover_core::testkit::{shared_primary, Held};
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, MemoryKillSwitchStore};
 use serde::Deserialize;
 use serde_json::Value;
@@ -17,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
+use tradepulse_testkit::{shared_primary, Held};
 
 /// Labels Prometheus adds to every series it scrapes (the target's), so a rule may
 /// group or match on them although `/metrics` does not carry them.

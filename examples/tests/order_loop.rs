@@ -33,7 +33,7 @@ async fn in_memory_run_halts_cancels_and_resumes() {
 
 #[tokio::test]
 async fn postgres_run_gives_the_same_summary() {
-    let cluster = failover_core::testkit::Cluster::start().await.unwrap();
+    let cluster = tradepulse_testkit::Cluster::start().await.unwrap();
     let db = cluster.create_database().await.unwrap();
     let dsn = cluster.primary().dsn(&db);
     let store = PostgresKillSwitchStore::from_lookup(|k| {

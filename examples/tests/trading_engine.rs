@@ -1,8 +1,8 @@
 //! The trading-engine example's scripted incident gives the same summary in memory
 //! and on a real PostgreSQL.
 
-use failover_core::testkit::{fast_settings, own_primary};
 use tradepulse_examples::trading_engine::{run, Stores, Summary};
+use tradepulse_testkit::{fast_settings, own_primary};
 
 fn expected() -> Summary {
     Summary {

@@ -21,10 +21,6 @@ pub mod postgres;
 #[cfg(feature = "http")]
 pub mod http;
 
-#[cfg(feature = "testkit")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
-pub mod testkit;
-
 pub use audit::{Audit, AuditError, Safety};
 pub use authority::{Applied, Authority, ChangeRef, Precondition, Refusal};
 pub use errors::{ConfigError, DbError, DbErrorKind};

@@ -1,11 +1,11 @@
 //! A write stuck behind another session's lock, and a server without a free
 //! connection slot, against real servers: each fails promptly, says what is in the way
 //! and what to do, and says that nothing was written.
-#![cfg(feature = "testkit")]
+#![cfg(feature = "postgres")]
 
 use std::time::{Duration, Instant};
 use tradepulse_failover_core::postgres::{DbErrorKind, PgPool, PgSettings, Reach};
-use tradepulse_failover_core::testkit::{fast_settings, Cluster};
+use tradepulse_testkit::{fast_settings, Cluster};
 
 /// A session of its own (like an operator's psql), with the connection driven in the
 /// background.

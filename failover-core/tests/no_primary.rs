@@ -1,11 +1,11 @@
 //! Only standbys reachable, against a real primary+replica cluster: a write says there
 //! is no primary yet (and health says so), while a pool that accepts a standby serves
 //! reads and says which server answered and how far behind it is.
-#![cfg(feature = "testkit")]
+#![cfg(feature = "postgres")]
 
 use std::time::{Duration, Instant};
 use tradepulse_failover_core::postgres::{DbErrorKind, PgPool, Reach};
-use tradepulse_failover_core::testkit::{fast_settings, Cluster};
+use tradepulse_testkit::{fast_settings, Cluster};
 
 #[tokio::test]
 async fn a_dsn_naming_only_the_replica_says_no_primary_yet_and_reads_from_the_standby() {

@@ -1,12 +1,12 @@
 //! The pool and the listener against real servers: a hung host does not stall the
 //! next one, reads do not linger on a demoted primary, LISTEN reconnects.
-#![cfg(feature = "testkit")]
+#![cfg(feature = "postgres")]
 
 use std::time::{Duration, Instant};
 use tradepulse_failover_core::postgres::{
     ListenEvent, ListenOptions, Listener, PgPool, PgSettings,
 };
-use tradepulse_failover_core::testkit::Cluster;
+use tradepulse_testkit::Cluster;
 
 fn pool(dsn: &str) -> PgPool {
     let settings = PgSettings::builder()

@@ -2,13 +2,13 @@
 //! server's: TLS `verify-ca` accepts a certificate that chains to the CA under any
 //! host name (where `verify-full` refuses it) and refuses a foreign CA; a password file
 //! is read, and an unreadable one is named.
-#![cfg(feature = "testkit")]
+#![cfg(feature = "postgres")]
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 use tradepulse_failover_core::postgres::{PgPool, PgSettings, TlsMode};
-use tradepulse_failover_core::testkit::{generate_ca_file, Cluster};
+use tradepulse_testkit::{generate_ca_file, Cluster};
 
 const PREFIX: &str = "TRADEPULSE_KILL_SWITCH";
 

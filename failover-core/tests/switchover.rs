@@ -1,9 +1,9 @@
 //! The runbooks' planned switchover and emergency failover on real servers.
-#![cfg(feature = "testkit")]
+#![cfg(feature = "postgres")]
 
 use std::time::Duration;
 use tradepulse_failover_core::postgres::{emergency_failover, planned_switchover, PgSettings};
-use tradepulse_failover_core::testkit::Cluster;
+use tradepulse_testkit::Cluster;
 
 fn settings() -> PgSettings {
     PgSettings::builder()

@@ -1,5 +1,5 @@
 //! Tests of the testkit itself: every fault must really happen, observed from a client.
-#![cfg(feature = "testkit")]
+#![cfg(feature = "postgres")]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +8,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
-use tradepulse_failover_core::testkit::{generate_ca_file, Cluster, ClusterBuilder, Node};
+use tradepulse_testkit::{generate_ca_file, Cluster, ClusterBuilder, Node};
 
 /// The rows of `sql` on `node`, flattened to text ("NULL" for NULL).
 async fn rows(node: &Node, db: &str, sql: &str) -> Vec<Vec<String>> {
@@ -224,7 +224,7 @@ async fn synchronous_replica_is_sync_and_holds_commits() {
     assert!(
         matches!(
             blocked,
-            Err(tradepulse_failover_core::testkit::TestkitError::Timeout { .. })
+            Err(tradepulse_testkit::TestkitError::Timeout { .. })
         ),
         "commit returned without the synchronous replica: {blocked:?}"
     );

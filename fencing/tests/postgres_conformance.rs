@@ -3,10 +3,10 @@
 
 mod support;
 
-use failover_core::testkit::Cluster;
 use std::sync::Arc;
 use tradepulse_fencing::conformance::FencedLog;
 use tradepulse_fencing::LeaseFencer;
+use tradepulse_testkit::Cluster;
 
 async fn setup() -> (Arc<dyn LeaseFencer>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;

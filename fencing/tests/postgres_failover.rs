@@ -5,7 +5,6 @@
 
 mod support;
 
-use failover_core::testkit::Cluster;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::{timeout, Instant};
@@ -13,6 +12,7 @@ use tradepulse_fencing::postgres::token_timeline;
 use tradepulse_fencing::{
     ElectorConfig, FollowerReason, LeaderElector, Leadership, LeaseFencer, LostReason,
 };
+use tradepulse_testkit::Cluster;
 
 const LONG: Duration = Duration::from_secs(30);
 

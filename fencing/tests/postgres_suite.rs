@@ -3,10 +3,10 @@
 //! grants a lease (its token is the change's position); "relax" grants and releases
 //! one. Fencing has no hot-path handle, so the handle suite does not apply.
 
-use failover_core::testkit::suite::SuiteStore;
 use failover_core::Position;
 use std::time::Duration;
 use tradepulse_fencing::{Error, LeaseFencer, PostgresLeaseFencer};
+use tradepulse_testkit::suite::SuiteStore;
 
 struct FencingSuite;
 
@@ -40,4 +40,4 @@ impl SuiteStore for FencingSuite {
     }
 }
 
-failover_core::pg_store_suite!(FencingSuite);
+tradepulse_testkit::pg_store_suite!(FencingSuite);

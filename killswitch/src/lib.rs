@@ -86,6 +86,7 @@ impl Action {
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // read back from the database
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "engage" => Some(Self::Engage),

@@ -4,12 +4,12 @@
 //! one NOTIFY (the payload carries the state: no handle reads it back).
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::{fast_settings, own_primary, wait_until, Cluster};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tradepulse_killswitch::{
     Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore,
 };
+use tradepulse_testkit::{fast_settings, own_primary, wait_until, Cluster};
 
 const HANDLES: usize = 100;
 

@@ -8,7 +8,6 @@ use failover_core::postgres::PgStore;
 use support::wait_until;
 
 use failover_core::postgres::TlsMode;
-use failover_core::testkit::{generate_ca_file, Cluster};
 use failover_core::{ComponentStatus, HealthRegistry};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 use tradepulse_killswitch::{
     Audit, Halt, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore, Trading,
 };
+use tradepulse_testkit::{generate_ca_file, Cluster};
 
 const RUNBOOK_QUERY: &str =
     "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";
@@ -213,8 +213,8 @@ async fn verify_full_tls_connects_and_a_wrong_ca_is_refused() {
 /// refused naming the engage in between. Nothing is relaxed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disengage_is_decided_inside_the_write_against_the_change_that_beat_it() {
-    use failover_core::testkit::Held;
     use tradepulse_killswitch::{Authority, Error};
+    use tradepulse_testkit::Held;
     let (cluster, db) = support::shared_primary().await;
     let dsn = cluster.primary().dsn(&db);
     let store = Arc::new(support::store(&dsn).await);

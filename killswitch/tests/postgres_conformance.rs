@@ -3,9 +3,9 @@
 
 mod support;
 
-use failover_core::testkit::Cluster;
 use std::sync::Arc;
 use tradepulse_killswitch::KillSwitchStore;
+use tradepulse_testkit::Cluster;
 
 async fn setup() -> (Arc<dyn KillSwitchStore>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;

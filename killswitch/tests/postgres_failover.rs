@@ -6,10 +6,10 @@
 mod support;
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::Cluster;
 use failover_core::DbErrorKind;
 use std::time::{Duration, Instant};
 use tradepulse_killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};
+use tradepulse_testkit::Cluster;
 
 const RUNBOOK_QUERY: &str =
     "SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;";

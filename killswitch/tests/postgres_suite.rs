@@ -2,10 +2,10 @@
 //! migrations, the append-only trail, outages, push to another pool, health on the
 //! default settings, lossy failovers and a planned switchover — all on real servers.
 
-use failover_core::testkit::suite::{SuiteHandle, SuiteHandleStore, SuiteStore};
 use failover_core::{ComponentHealth, Position, WatchConfig};
 use std::sync::Arc;
 use tradepulse_killswitch::{Audit, Error, KillSwitch, KillSwitchStore, PostgresKillSwitchStore};
+use tradepulse_testkit::suite::{SuiteHandle, SuiteHandleStore, SuiteStore};
 
 struct KillSwitchSuite;
 
@@ -56,6 +56,6 @@ impl SuiteHandleStore for KillSwitchSuite {
     }
 }
 
-failover_core::pg_store_suite!(KillSwitchSuite);
-failover_core::pg_handle_suite!(KillSwitchSuite);
-failover_core::pg_pooler_suite!(KillSwitchSuite);
+tradepulse_testkit::pg_store_suite!(KillSwitchSuite);
+tradepulse_testkit::pg_handle_suite!(KillSwitchSuite);
+tradepulse_testkit::pg_pooler_suite!(KillSwitchSuite);

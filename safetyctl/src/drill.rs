@@ -1,5 +1,5 @@
 //! The failover drill: a quarterly game day as one command (feature `drill`: it
-//! starts throw-away clusters through failover-core's testkit).
+//! starts throw-away clusters through tradepulse-testkit).
 //!
 //! Starts a local primary + streaming replica (testkit), drives a steady load of
 //! kill-switch, symbol-mode and lease writes through stores over a multi-host DSN,
@@ -21,7 +21,6 @@
 //! load (every state change of the kill switch it flips) are the caller's to filter.
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::{fast_settings, Cluster};
 use failover_core::{Audit, ComponentStatus};
 use fencing::LeaseFencer;
 use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore};
@@ -30,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use symbol_mode::{SymbolMode, SymbolModeStore};
 use tokio::time::Instant;
+use tradepulse_testkit::{fast_settings, Cluster};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -6,10 +6,10 @@
 
 mod support;
 
-use failover_core::testkit::Held;
 use std::process::Stdio;
 use std::time::Duration;
 use support::*;
+use tradepulse_testkit::Held;
 
 async fn engaged(db: &Db) -> bool {
     db.runbook_row().await[0].as_deref() == Some("t")

@@ -3,9 +3,9 @@
 //! (testkit), as an operator runs them.
 
 use failover_core::postgres::tokio_postgres;
-use failover_core::testkit::{shared_primary, Cluster};
 use std::process::{Command, Output};
 use std::time::Duration;
+use tradepulse_testkit::{shared_primary, Cluster};
 
 mod support;
 use support::text;

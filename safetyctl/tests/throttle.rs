@@ -6,11 +6,11 @@
 mod support;
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::wait_until;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use symbol_mode::{SymbolModes, SymbolModesConfig, Throttle};
+use tradepulse_testkit::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_set_by_the_cli_throttles_a_running_handle_and_clearing_needs_a_supervisor_and_a_ticket(
@@ -143,36 +143,26 @@ async fn a_limit_set_by_the_cli_throttles_a_running_handle_and_clearing_needs_a_
         )
         .await
         .unwrap();
-    let trail: Vec<(
-        String,
-        String,
-        String,
-        Option<i32>,
-        Option<i32>,
-        Option<String>,
-    )> = rows
+    // actor, login, authority, rate and burst after, ticket: as text, one line each.
+    let trail: Vec<String> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .map(|r| {
+            format!(
+                "{} {} {} {:?} {:?} {:?}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, Option<i32>>(3),
+                r.get::<_, Option<i32>>(4),
+                r.get::<_, Option<String>>(5)
+            )
+        })
         .collect();
     assert_eq!(
         trail,
         vec![
-            (
-                alice.clone(),
-                alice.clone(),
-                "operator".into(),
-                Some(5),
-                Some(5),
-                None
-            ),
-            (
-                bob.clone(),
-                bob.clone(),
-                "supervisor".into(),
-                None,
-                None,
-                Some("CHG-7".into())
-            ),
+            format!("{alice} {alice} operator Some(5) Some(5) None"),
+            format!("{bob} {bob} supervisor None None Some(\"CHG-7\")"),
         ]
     );
 }

@@ -205,6 +205,7 @@ impl CommandKind {
         }
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // read back from the database
     pub(crate) fn parse(s: &str) -> Option<Self> {
         [
             Self::SetSymbolMode,
@@ -710,6 +711,7 @@ pub(crate) enum Request<'a> {
 }
 
 impl Request<'_> {
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))] // read back from the database
     pub(crate) fn kind(&self) -> CommandKind {
         match self {
             Self::SetMode {

@@ -4,7 +4,6 @@
 //! (another pool writes; the reader's store counts its reads).
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::{fast_settings, shared_primary, wait_until};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +13,7 @@ use tradepulse_symbol_mode::{
     RegisteredSymbol, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolModes,
     SymbolModesConfig, SymbolState, Throttle, ThrottleState, VenueState,
 };
+use tradepulse_testkit::{fast_settings, shared_primary, wait_until};
 
 /// Counts the reads a handle makes of the store it watches.
 #[derive(Debug)]

@@ -448,9 +448,9 @@ async fn the_database_ladder_is_the_library_ladder() {
 /// the withdrawals halt decided on the earlier state is refused naming the change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_is_decided_inside_the_write_against_the_change_that_beat_it() {
-    use failover_core::testkit::Held;
     use failover_core::Refusal;
     use tradepulse_symbol_mode::{Authority, Error};
+    use tradepulse_testkit::Held;
     let (cluster, db) = support::shared_primary().await;
     let dsn = cluster.primary().dsn(&db);
     let store = Arc::new(support::store(&dsn).await);
@@ -542,7 +542,7 @@ async fn the_migration_registers_the_symbols_that_already_had_a_mode() {
     let (cluster, db) = support::shared_primary().await;
     let dsn = cluster.primary().dsn(&db);
     let store =
-        PostgresSymbolModeStore::new(failover_core::testkit::fast_settings(&dsn).build().unwrap())
+        PostgresSymbolModeStore::new(tradepulse_testkit::fast_settings(&dsn).build().unwrap())
             .unwrap();
     let before_registry: &'static [failover_core::postgres::Migration] =
         &tradepulse_symbol_mode::postgres::MIGRATIONS[..2];

@@ -3,9 +3,9 @@
 
 mod support;
 
-use failover_core::testkit::Cluster;
 use std::sync::Arc;
 use tradepulse_symbol_mode::SymbolModeStore;
+use tradepulse_testkit::Cluster;
 
 async fn setup() -> (Arc<dyn SymbolModeStore>, Arc<Cluster>) {
     let (cluster, db) = support::shared_primary().await;

@@ -5,7 +5,6 @@
 mod support;
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::Cluster;
 use failover_core::ComponentStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use support::wait_until;
 use tradepulse_symbol_mode::{
     Audit, StartAt, SymbolMode, SymbolModeStore, SymbolModes, SymbolModesConfig,
 };
+use tradepulse_testkit::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_primary_and_promote_replica_then_set_symbol_mode_succeeds_and_the_handle_converges()

@@ -4,13 +4,13 @@
 //! "Tighten" is `SetSymbolMode(BTC-USD, SOFT_HALT)`, "relax" is back to `NORMAL` with
 //! a ticket; the handle counts as halted when BTC-USD may not take new orders.
 
-use failover_core::testkit::suite::{SuiteHandle, SuiteHandleStore, SuiteStore};
 use failover_core::{ComponentHealth, Position, WatchConfig};
 use std::sync::Arc;
 use tradepulse_symbol_mode::{
     Audit, Error, PostgresSymbolModeStore, SnapshotState, SymbolMode, SymbolModeStore, SymbolModes,
     TradingAction,
 };
+use tradepulse_testkit::suite::{SuiteHandle, SuiteHandleStore, SuiteStore};
 
 const SYMBOL: &str = "BTC-USD";
 
@@ -74,6 +74,6 @@ impl SuiteHandleStore for SymbolModeSuite {
     }
 }
 
-failover_core::pg_store_suite!(SymbolModeSuite);
-failover_core::pg_handle_suite!(SymbolModeSuite);
-failover_core::pg_pooler_suite!(SymbolModeSuite);
+tradepulse_testkit::pg_store_suite!(SymbolModeSuite);
+tradepulse_testkit::pg_handle_suite!(SymbolModeSuite);
+tradepulse_testkit::pg_pooler_suite!(SymbolModeSuite);

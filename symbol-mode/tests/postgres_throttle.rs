@@ -4,12 +4,12 @@
 //! halted while the limit is in force in its snapshot. A lost clear returns the
 //! running handle to the limit; a new limit on the new timeline reaches it by push.
 
-use failover_core::testkit::suite::{self, SuiteHandle, SuiteHandleStore, SuiteStore};
 use failover_core::{ComponentHealth, Position, WatchConfig};
 use std::sync::Arc;
 use tradepulse_symbol_mode::{
     Audit, Error, PostgresSymbolModeStore, SnapshotState, SymbolModeStore, SymbolModes, Throttle,
 };
+use tradepulse_testkit::suite::{self, SuiteHandle, SuiteHandleStore, SuiteStore};
 
 const SYMBOL: &str = "BTC-USD";
 

@@ -2,16 +2,16 @@
 #![allow(dead_code, unused_imports, unreachable_pub)]
 
 use failover_core::postgres::PgStore;
-use failover_core::testkit::Cluster;
 use std::time::Duration;
 use tradepulse_killswitch::PostgresKillSwitchStore;
+use tradepulse_testkit::Cluster;
 
-/// Short-bound settings over `dsn` (see `failover_core::testkit::fast_settings`).
-pub use failover_core::testkit::{fast_settings as settings, wait_until};
+/// Short-bound settings over `dsn` (see `tradepulse_testkit::fast_settings`).
+pub use tradepulse_testkit::{fast_settings as settings, wait_until};
 
 /// A primary-only cluster of its own with a fresh database; returns (cluster, dbname).
 pub async fn primary() -> (Cluster, String) {
-    failover_core::testkit::own_primary()
+    tradepulse_testkit::own_primary()
         .await
         .expect("start cluster")
 }
@@ -19,7 +19,7 @@ pub async fn primary() -> (Cluster, String) {
 /// A fresh database on a primary shared by the concurrently running tests of this
 /// binary (for tests that inflict no fault on the server).
 pub async fn shared_primary() -> (std::sync::Arc<Cluster>, String) {
-    failover_core::testkit::shared_primary()
+    tradepulse_testkit::shared_primary()
         .await
         .expect("start cluster")
 }

@@ -4,9 +4,9 @@
 
 use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
 use failover_core::postgres::PgStore;
-use failover_core::testkit::{shared_primary, Cluster};
 use std::process::{Command, Output};
 use std::sync::Arc;
+use tradepulse_testkit::{shared_primary, Cluster};
 
 pub struct Db {
     pub cluster: Arc<Cluster>,

@@ -6,8 +6,8 @@
 //! has a hot-path handle) and expand the macros:
 //!
 //! ```text
-//! failover_core::pg_store_suite!(KillSwitchSuite);
-//! failover_core::pg_handle_suite!(KillSwitchSuite);
+//! tradepulse_testkit::pg_store_suite!(KillSwitchSuite);
+//! tradepulse_testkit::pg_handle_suite!(KillSwitchSuite);
 //! ```
 //!
 //! Each macro expands to named `#[tokio::test]`s:
@@ -26,10 +26,10 @@
 //!   primary; health is not `operational` in between).
 
 use super::{fast_settings, own_primary, wait_until, Cluster};
-use crate::health::{ComponentHealth, ComponentStatus};
-use crate::position::Position;
-use crate::postgres::{PgSettings, PgStore};
-use crate::watcher::WatchConfig;
+use failover_core::health::{ComponentHealth, ComponentStatus};
+use failover_core::position::Position;
+use failover_core::postgres::{PgSettings, PgStore};
+use failover_core::watcher::WatchConfig;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,7 +127,7 @@ impl Db {
     }
 
     /// Fast settings along the route.
-    fn settings(&self) -> crate::postgres::PgSettingsBuilder {
+    fn settings(&self) -> failover_core::postgres::PgSettingsBuilder {
         match &self.bouncer {
             None => fast_settings(&self.direct()),
             Some(bouncer) => fast_settings(&bouncer.dsn(&self.name)).with_listen_dsn(self.direct()),
@@ -573,7 +573,7 @@ pub async fn planned_switchover_push_follows_the_new_primary<S: SuiteHandleStore
     .await;
 }
 
-/// Expands to the named tests every PostgreSQL store runs (see [`crate::testkit::suite`]).
+/// Expands to the named tests every PostgreSQL store runs (see [`crate::suite`]).
 #[macro_export]
 macro_rules! pg_store_suite {
     (@route $suite:ty, $module:ident, $route:ident) => {
@@ -581,29 +581,29 @@ macro_rules! pg_store_suite {
             use super::*;
             #[tokio::test]
             async fn concurrent_migrations_apply_once() {
-                $crate::testkit::suite::concurrent_migrations_apply_once::<$suite>(
-                    $crate::testkit::suite::Route::$route,
+                $crate::suite::concurrent_migrations_apply_once::<$suite>(
+                    $crate::suite::Route::$route,
                 )
                 .await;
             }
             #[tokio::test]
             async fn unmigrated_database_says_run_migrations() {
-                $crate::testkit::suite::unmigrated_database_says_run_migrations::<$suite>(
-                    $crate::testkit::suite::Route::$route,
+                $crate::suite::unmigrated_database_says_run_migrations::<$suite>(
+                    $crate::suite::Route::$route,
                 )
                 .await;
             }
             #[tokio::test]
             async fn audit_trail_is_append_only() {
-                $crate::testkit::suite::audit_trail_is_append_only::<$suite>(
-                    $crate::testkit::suite::Route::$route,
+                $crate::suite::audit_trail_is_append_only::<$suite>(
+                    $crate::suite::Route::$route,
                 )
                 .await;
             }
             #[tokio::test]
             async fn outage_fails_fast_and_recovers() {
-                $crate::testkit::suite::outage_fails_fast_and_recovers::<$suite>(
-                    $crate::testkit::suite::Route::$route,
+                $crate::suite::outage_fails_fast_and_recovers::<$suite>(
+                    $crate::suite::Route::$route,
                 )
                 .await;
             }
@@ -612,7 +612,7 @@ macro_rules! pg_store_suite {
     ($suite:ty) => {
         #[tokio::test]
         async fn suite_env_settings_hide_the_password() {
-            $crate::testkit::suite::env_settings_hide_the_password::<$suite>().await;
+            $crate::suite::env_settings_hide_the_password::<$suite>().await;
         }
         $crate::pg_store_suite!(@route $suite, suite, Direct);
         $crate::pg_store_suite!(@route $suite, suite_behind_pgbouncer, TransactionPooler);
@@ -621,39 +621,38 @@ macro_rules! pg_store_suite {
 }
 
 /// Expands to the named tests every PostgreSQL store with a hot-path handle runs (see
-/// [`crate::testkit::suite`]).
+/// [`crate::suite`]).
 #[macro_export]
 macro_rules! pg_handle_suite {
     ($suite:ty) => {
         #[tokio::test]
         async fn suite_push_reaches_another_pool() {
-            $crate::testkit::suite::push_reaches_another_pool::<$suite>(
-                $crate::testkit::suite::Route::Direct,
-            )
-            .await;
+            $crate::suite::push_reaches_another_pool::<$suite>($crate::suite::Route::Direct).await;
         }
         #[tokio::test]
         async fn suite_behind_pgbouncer_push_reaches_another_pool() {
-            $crate::testkit::suite::push_reaches_another_pool::<$suite>(
-                $crate::testkit::suite::Route::TransactionPooler,
+            $crate::suite::push_reaches_another_pool::<$suite>(
+                $crate::suite::Route::TransactionPooler,
             )
             .await;
         }
         #[tokio::test]
         async fn suite_default_settings_report_a_dead_primary_within_a_second() {
-            $crate::testkit::suite::default_settings_report_a_dead_primary_within_a_second::<$suite>().await;
+            $crate::suite::default_settings_report_a_dead_primary_within_a_second::<$suite>().await;
         }
         #[tokio::test]
         async fn suite_lossy_failover_lost_relaxation_halts_the_running_handle() {
-            $crate::testkit::suite::lossy_failover_lost_relaxation_halts_the_running_handle::<$suite>().await;
+            $crate::suite::lossy_failover_lost_relaxation_halts_the_running_handle::<$suite>()
+                .await;
         }
         #[tokio::test]
         async fn suite_lossy_failover_new_tightening_reaches_the_running_handle() {
-            $crate::testkit::suite::lossy_failover_new_tightening_reaches_the_running_handle::<$suite>().await;
+            $crate::suite::lossy_failover_new_tightening_reaches_the_running_handle::<$suite>()
+                .await;
         }
         #[tokio::test]
         async fn suite_planned_switchover_push_follows_the_new_primary() {
-            $crate::testkit::suite::planned_switchover_push_follows_the_new_primary::<$suite>().await;
+            $crate::suite::planned_switchover_push_follows_the_new_primary::<$suite>().await;
         }
     };
 }
@@ -788,25 +787,27 @@ pub async fn push_unavailable_through_a_transaction_pooler_is_reported<S: SuiteH
 }
 
 /// Expands to the named tests every PostgreSQL store with a handle runs behind
-/// pgbouncer (see [`crate::testkit::suite`]).
+/// pgbouncer (see [`crate::suite`]).
 #[macro_export]
 macro_rules! pg_pooler_suite {
     ($suite:ty) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn pooler_transaction_mode_serves_concurrent_calls() {
-            $crate::testkit::suite::transaction_pooler_serves_concurrent_calls::<$suite>().await;
+            $crate::suite::transaction_pooler_serves_concurrent_calls::<$suite>().await;
         }
         #[tokio::test]
         async fn pooler_push_through_the_listen_dsn_beside_a_transaction_pooler() {
-            $crate::testkit::suite::push_through_the_listen_dsn_beside_a_transaction_pooler::<$suite>().await;
+            $crate::suite::push_through_the_listen_dsn_beside_a_transaction_pooler::<$suite>()
+                .await;
         }
         #[tokio::test]
         async fn pooler_push_unavailable_through_a_transaction_pooler_is_reported() {
-            $crate::testkit::suite::push_unavailable_through_a_transaction_pooler_is_reported::<$suite>().await;
+            $crate::suite::push_unavailable_through_a_transaction_pooler_is_reported::<$suite>()
+                .await;
         }
         #[tokio::test]
         async fn pooler_push_through_a_session_pooler() {
-            $crate::testkit::suite::push_through_a_session_pooler::<$suite>().await;
+            $crate::suite::push_through_a_session_pooler::<$suite>().await;
         }
     };
 }

@@ -1,7 +1,7 @@
 //! Ready-made setups for store tests, shared by every crate's test suite.
 
 use super::{Cluster, TestkitError};
-use crate::postgres::{PgSettings, PgSettingsBuilder};
+use failover_core::postgres::{PgSettings, PgSettingsBuilder};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 

@@ -38,7 +38,7 @@ pub enum TestkitError {
         what: String,
     },
     /// A connection or a query failed.
-    #[error("{what}: {}", crate::postgres::describe_error(source))]
+    #[error("{what}: {}", failover_core::postgres::describe_error(source))]
     Postgres {
         /// What was being done.
         what: String,

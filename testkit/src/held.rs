@@ -3,7 +3,7 @@
 //! and left uncommitted, the request under test is started, and the change commits
 //! only once the request is seen waiting on its lock (not after a sleep).
 
-use crate::postgres::tokio_postgres::{self, Client, NoTls};
+use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
 use std::future::Future;
 use std::time::{Duration, Instant};
 

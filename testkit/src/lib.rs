@@ -1,4 +1,5 @@
-//! Throw-away PostgreSQL clusters for tests (feature `testkit`).
+//! Throw-away PostgreSQL clusters for tests, and the shared PostgreSQL store suite of
+//! the safety-controls crates ([`suite`]).
 //!
 //! A [`Cluster`] is a primary and optionally one streaming replica (asynchronous or
 //! synchronous, optionally with TLS), built from the system's PostgreSQL binaries
@@ -13,8 +14,8 @@
 //! ([`Node::promote`]). [`Cluster::create_database`] gives each test a fresh database.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), tradepulse_failover_core::testkit::TestkitError> {
-//! use tradepulse_failover_core::testkit::Cluster;
+//! # async fn demo() -> Result<(), tradepulse_testkit::TestkitError> {
+//! use tradepulse_testkit::Cluster;
 //!
 //! let cluster = Cluster::start_with_replica().await?;
 //! let db = cluster.create_database().await?;
