@@ -39,8 +39,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// How a watcher refreshes and when it gives up on its state. Deserializes from
-/// `humantime` strings (`{"staleness_window": "5m", "poll_interval": "1s"}`); absent
-/// fields keep their defaults.
+/// `humantime` strings (`{"staleness_window": "5m", "poll_interval": "1s",
+/// "divergence_notice": "10m"}`); absent fields keep their defaults.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WatchConfig {
@@ -51,6 +51,7 @@ pub struct WatchConfig {
     #[serde(with = "crate::time::humantime")]
     pub poll_interval: Duration,
     /// How long health stays `degraded` after the history diverged. Default 5 minutes.
+    #[serde(with = "crate::time::humantime")]
     pub divergence_notice: Duration,
 }
 
@@ -687,6 +688,26 @@ mod tests {
             Some(Position::new(2, 1)),
             "late answer ignored"
         );
+    }
+
+    #[test]
+    fn every_duration_deserializes_from_a_humantime_string() {
+        let c: WatchConfig = serde_json::from_str(
+            r#"{"staleness_window": "2m", "poll_interval": "250ms", "divergence_notice": "10m"}"#,
+        )
+        .expect("humantime strings");
+        assert_eq!(
+            c,
+            WatchConfig::default()
+                .with_staleness_window(Duration::from_secs(120))
+                .with_poll_interval(Duration::from_millis(250))
+                .with_divergence_notice(Duration::from_secs(600))
+        );
+        let partial: WatchConfig =
+            serde_json::from_str(r#"{"divergence_notice": "1h"}"#).expect("partial");
+        assert_eq!(partial.divergence_notice, Duration::from_secs(3600));
+        assert_eq!(partial.poll_interval, WatchConfig::default().poll_interval);
+        assert!(serde_json::from_str::<WatchConfig>(r#"{"divergence_notice": 300}"#).is_err());
     }
 
     #[test]
