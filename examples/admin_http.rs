@@ -17,7 +17,6 @@
 
 use failover_core::http::tls::{serve_tls_with_shutdown, server_config, ClientAuth};
 use failover_core::http::{serve_with_shutdown, ServeLimits};
-use failover_core::postgres::PgStore;
 use failover_core::HealthRegistry;
 use fencing::LeaseFencer;
 use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore, MemoryKillSwitchStore};

@@ -4,7 +4,7 @@
 //! On PostgreSQL:         TRADEPULSE_KILL_SWITCH_POSTGRES__DSN='host=… dbname=…' \
 //!                        cargo run --example order-loop -- --postgres
 
-use killswitch::{KillSwitchStore, MemoryKillSwitchStore, PgStore};
+use killswitch::{KillSwitchStore, MemoryKillSwitchStore};
 use std::sync::Arc;
 
 #[tokio::main]

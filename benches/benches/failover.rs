@@ -15,7 +15,7 @@
 // A plain `harness = false` bench: no criterion items to document.
 #![allow(missing_docs)]
 
-use failover_core::postgres::{PgSettings, PgStore};
+use failover_core::postgres::PgSettings;
 use failover_core::ComponentStatus;
 use killswitch::{KillSwitch, KillSwitchConfig, PostgresKillSwitchStore};
 use safetyctl::drill::{run, DrillConfig};

@@ -29,7 +29,7 @@
 #![allow(missing_docs)]
 
 use criterion::Criterion;
-use failover_core::postgres::{hub, PgSettings, PgStore};
+use failover_core::postgres::{hub, PgSettings};
 use failover_core::ComponentStatus;
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
 use std::io::{BufRead, Write};

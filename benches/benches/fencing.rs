@@ -11,7 +11,6 @@
 #![allow(missing_docs)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use failover_core::postgres::PgStore;
 use failover_core::postgres::{tokio_postgres, PgSettings};
 use fencing::{LeaseFencer, MemoryFence, PostgresLeaseFencer};
 use std::sync::Mutex;

@@ -13,7 +13,6 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use failover_core::postgres::PgStore;
 use failover_core::postgres::{tokio_postgres, PgSettings};
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
 use std::sync::Arc;

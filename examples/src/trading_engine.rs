@@ -10,7 +10,6 @@
 //!    token; the paused one wakes and its fill is refused with `FENCING_TOKEN`;
 //! 6. resume through CANCEL_ONLY to NORMAL, with tickets; trading flows again.
 
-use failover_core::postgres::PgStore;
 use fencing::{LeaseFencer, FENCING_TOKEN};
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore};
 use std::collections::BTreeMap;

@@ -6,7 +6,6 @@
 
 use failover_core::http::tls::{serve_tls, server_config, ClientAuth};
 use failover_core::postgres::PgSettings;
-use failover_core::postgres::PgStore;
 use fencing::LeaseFencer;
 use killswitch::KillSwitchStore;
 use serde_json::{json, Value};

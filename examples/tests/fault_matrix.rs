@@ -31,7 +31,6 @@
 //! Each cell prints one line, `matrix <fault> <control>: failed fast in …, recovered in …`,
 //! with the measured times.
 
-use failover_core::postgres::PgStore;
 use failover_core::postgres::{db_error, PgPool};
 use failover_core::{Audit, ComponentStatus};
 use fencing::postgres::token_timeline;

@@ -1,6 +1,5 @@
 //! The order loop example's summary, in memory and on a real PostgreSQL.
 
-use failover_core::postgres::PgStore;
 use killswitch::{KillSwitchStore, MemoryKillSwitchStore, PostgresKillSwitchStore};
 use std::sync::Arc;
 use tradepulse_examples::order_loop::run;

@@ -9,7 +9,6 @@
 mod support;
 
 use failover_core::postgres::PgPool;
-use failover_core::postgres::PgStore;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

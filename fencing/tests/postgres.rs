@@ -5,7 +5,6 @@
 mod support;
 
 use failover_core::postgres::PgPool;
-use failover_core::postgres::PgStore;
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -16,7 +16,6 @@
 
 use crate::postgres::PostgresKillSwitchStore;
 use crate::Error;
-use failover_core::postgres::PgStore;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

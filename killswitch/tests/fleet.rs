@@ -3,7 +3,6 @@
 //! 1 h), the primary sees one LISTEN connection for all of them, and a change costs
 //! one NOTIFY (the payload carries the state: no handle reads it back).
 
-use failover_core::postgres::PgStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tradepulse_killswitch::{

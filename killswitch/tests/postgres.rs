@@ -4,7 +4,6 @@
 
 mod support;
 
-use failover_core::postgres::PgStore;
 use support::wait_until;
 
 use failover_core::postgres::TlsMode;

@@ -5,7 +5,6 @@
 
 mod support;
 
-use failover_core::postgres::PgStore;
 use failover_core::DbErrorKind;
 use std::time::{Duration, Instant};
 use tradepulse_killswitch::{Audit, Error, KillSwitchStore, PostgresKillSwitchStore};

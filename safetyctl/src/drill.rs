@@ -20,7 +20,6 @@
 //! It prints a handful of progress lines and the report; the log lines of its own
 //! load (every state change of the kill switch it flips) are the caller's to filter.
 
-use failover_core::postgres::PgStore;
 use failover_core::{Audit, ComponentStatus};
 use fencing::LeaseFencer;
 use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore};

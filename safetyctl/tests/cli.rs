@@ -1,7 +1,6 @@
 //! `safetyctl` end to end: the built binary against a real PostgreSQL (testkit),
 //! checked with the runbook's own SQL.
 
-use failover_core::postgres::PgStore;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,6 @@
 //! it without reading the store. Checked against the in-memory store and PostgreSQL
 //! (another pool writes; the reader's store counts its reads).
 
-use failover_core::postgres::PgStore;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,6 @@
 
 mod support;
 
-use failover_core::postgres::PgStore;
 use failover_core::{ComponentStatus, HealthRegistry};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,6 @@
 
 mod support;
 
-use failover_core::postgres::PgStore;
 use failover_core::ComponentStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

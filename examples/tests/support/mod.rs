@@ -5,7 +5,6 @@
 use failover_core::http::auth::token_sha256_hex;
 use failover_core::http::Authenticator;
 use failover_core::postgres::PgSettings;
-use failover_core::postgres::PgStore;
 use failover_core::HealthRegistry;
 use fencing::LeaseFencer;
 use killswitch::{KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};

@@ -75,6 +75,70 @@ pub trait PgStore: Sized + Send + Sync {
     }
 }
 
+/// Gives a [`PgStore`] its constructors, migrations, DSN swap and pool as inherent
+/// methods, so that a user builds the store without importing the trait:
+/// `PostgresKillSwitchStore::from_env()?.migrate().await?`. Every store of the family
+/// expands it once, right after its `impl PgStore`.
+#[macro_export]
+macro_rules! pg_store_inherent {
+    ($store:ty) => {
+        impl $store {
+            /// A store with settings from its `<PREFIX>_POSTGRES__*` variables, each key
+            /// the prefix does not set read from `TRADEPULSE_POSTGRES__*` (one DSN for
+            /// every store).
+            pub fn from_env(
+            ) -> ::std::result::Result<Self, <Self as $crate::postgres::PgStore>::Error> {
+                <Self as $crate::postgres::PgStore>::from_env()
+            }
+
+            /// Like [`from_env`](Self::from_env) with a custom lookup of the same
+            /// variable names (a config map, a secret store, tests).
+            pub fn from_lookup(
+                lookup: impl Fn(&str) -> Option<String>,
+            ) -> ::std::result::Result<Self, <Self as $crate::postgres::PgStore>::Error> {
+                <Self as $crate::postgres::PgStore>::from_lookup(lookup)
+            }
+
+            /// A store with these settings. Does not connect; the first call does.
+            pub fn new(
+                settings: $crate::postgres::PgSettings,
+            ) -> ::std::result::Result<Self, <Self as $crate::postgres::PgStore>::Error> {
+                <Self as $crate::postgres::PgStore>::new(settings)
+            }
+
+            /// A store over an existing pool (shared with other stores of the process).
+            pub fn from_pool(pool: $crate::postgres::PgPool) -> Self {
+                <Self as $crate::postgres::PgStore>::from_pool(pool)
+            }
+
+            /// Applies the embedded migrations (idempotent, safe under concurrent
+            /// start).
+            pub async fn migrate(
+                &self,
+            ) -> ::std::result::Result<
+                $crate::postgres::MigrationReport,
+                <Self as $crate::postgres::PgStore>::Error,
+            > {
+                <Self as $crate::postgres::PgStore>::migrate(self).await
+            }
+
+            /// Points the store at another DSN (a promoted replica) without a restart;
+            /// its LISTEN connection follows.
+            pub fn swap_dsn(
+                &self,
+                dsn: &str,
+            ) -> ::std::result::Result<(), <Self as $crate::postgres::PgStore>::Error> {
+                <Self as $crate::postgres::PgStore>::swap_dsn(self, dsn)
+            }
+
+            /// The store's pool (settings, which server answered, `pg_pool_*` gauges).
+            pub fn pool(&self) -> &$crate::postgres::PgPool {
+                <Self as $crate::postgres::PgStore>::pool(self)
+            }
+        }
+    };
+}
+
 /// A PostgreSQL store with a change feed: name the feed and its audit table, and
 /// [`FeedSource`] — subscribe, contains, unreachable, retry budget — comes with it.
 pub trait PgFeedStore: PgStore {

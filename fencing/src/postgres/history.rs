@@ -4,7 +4,6 @@
 use super::PostgresLeaseFencer;
 use crate::Error;
 use failover_core::postgres::tokio_postgres::types::Type;
-use failover_core::postgres::PgStore;
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
 

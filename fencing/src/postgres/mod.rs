@@ -178,6 +178,8 @@ impl PgStore for PostgresLeaseFencer {
     }
 }
 
+failover_core::pg_store_inherent!(PostgresLeaseFencer);
+
 impl PostgresLeaseFencer {
     /// Sets the share of the ttl by which a lease's local deadline precedes its expiry
     /// (default [`DEFAULT_SAFETY_MARGIN`], clamped to 0.0..=0.5). Widen it when the

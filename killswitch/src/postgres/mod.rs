@@ -155,6 +155,8 @@ impl PgStore for PostgresKillSwitchStore {
     }
 }
 
+failover_core::pg_store_inherent!(PostgresKillSwitchStore);
+
 impl PgFeedStore for PostgresKillSwitchStore {
     type Item = KillSwitchState;
 

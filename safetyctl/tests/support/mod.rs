@@ -3,7 +3,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
-use failover_core::postgres::PgStore;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use tradepulse_testkit::{shared_primary, Cluster};

@@ -276,6 +276,8 @@ impl PgStore for PostgresSymbolModeStore {
     }
 }
 
+failover_core::pg_store_inherent!(PostgresSymbolModeStore);
+
 /// The delta a `symbol_mode_changed` notification carries.
 #[derive(Debug, serde::Deserialize)]
 pub struct NotifiedDelta {
