@@ -2,11 +2,12 @@
 //! one background thread per process, so that a rate check reads one atomic
 //! instead of the system clock.
 //!
-//! The counter lags real time by at most one tick (1 ms) plus scheduling delay. A
-//! rate limit of up to a few thousand orders a second is exact to within that lag;
-//! a burst is never widened by it (a late tick only makes the limiter stricter).
-//! The thread starts with the first [`CoarseClock::shared`] and stops once every
-//! clone of it is dropped.
+//! The counter lags real time by one tick (1 ms) plus scheduling delay. A limiter
+//! read against it admits at most its burst per tick, so a burst must hold at least
+//! a millisecond's worth of its rate; and when a tick comes late, the time it
+//! skipped is credited at once (at most `rate × delay` orders more in that instant,
+//! never more over a second). The thread starts with the first
+//! [`CoarseClock::shared`] and stops once every clone of it is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,7 +40,6 @@ impl CoarseClock {
         let ticker = Arc::new(Ticker {
             nanos: AtomicU64::new(0),
         });
-        *slot = Arc::downgrade(&ticker);
         let weak = Arc::downgrade(&ticker);
         let start = Instant::now();
         let spawned = std::thread::Builder::new()
@@ -50,10 +50,14 @@ impl CoarseClock {
                 let elapsed = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 ticker.nanos.store(elapsed, Ordering::Relaxed);
             });
-        if let Err(e) = spawned {
-            // Without the thread the counter stands still: a limiter on it admits
-            // its burst and then refuses, which fails closed.
-            tracing::error!(error = %e, "could not start the coarse clock's thread; rate limits will refuse after their burst");
+        match spawned {
+            Ok(_) => *slot = Arc::downgrade(&ticker),
+            // Without the thread this counter stands still: a limiter on it admits
+            // its burst and then refuses (fails closed). Not shared, so the next
+            // caller tries to start the thread again.
+            Err(e) => {
+                tracing::error!(error = %e, "could not start the coarse clock's thread; rate limits on this clock refuse after their burst")
+            }
         }
         Self { ticker }
     }

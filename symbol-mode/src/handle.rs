@@ -389,6 +389,10 @@ impl SymbolModes {
     /// `symbol`'s throttle resolved once, for an order loop: its `admit` costs one
     /// atomic load while the symbol has no limit, and it follows every change (a
     /// limit set later applies to it as well).
+    ///
+    /// For the symbols the loop trades (registered ones): every gate keeps a bucket
+    /// for the handle's lifetime, so gates made from client-supplied names would grow
+    /// without bound.
     pub fn gate(&self, symbol: &str) -> ThrottleGate {
         if let Some(bucket) = self.shared.buckets.load().get(symbol) {
             return ThrottleGate {

@@ -145,6 +145,28 @@ impl SettlementLagPolicy {
         let verdict = self.verdict(lag);
         metrics::counter!("symbol_mode_settlement_lag_verdicts_total", "verdict" => verdict.as_str())
             .increment(1);
+        // Past T3 the halt comes first: a throttle that cannot be written (a lock,
+        // an outage) must not keep the symbol from being halted.
+        let halted = match verdict {
+            LagVerdict::WithinPolicy | LagVerdict::Throttle => None,
+            LagVerdict::Halt => {
+                let audit = Audit::new(
+                    POLICY_ACTOR,
+                    format!(
+                        "settlement lag {} above T3 {}: SOFT_HALT per settlement-lag policy",
+                        humantime::format_duration(lag),
+                        humantime::format_duration(self.t3)
+                    ),
+                );
+                let event = store
+                    .tighten_symbol_mode(symbol, SymbolMode::SoftHalt, &audit)
+                    .await?;
+                if event.is_some() {
+                    tracing::error!(symbol, ?lag, t3 = ?self.t3, "settlement lag above T3: symbol put in SOFT_HALT");
+                }
+                event
+            }
+        };
         let throttled = match verdict {
             LagVerdict::WithinPolicy => None,
             LagVerdict::Throttle | LagVerdict::Halt => {
@@ -162,26 +184,6 @@ impl SettlementLagPolicy {
                     .await?;
                 if event.is_some() {
                     tracing::warn!(symbol, ?lag, t2 = ?self.t2, limit = %self.throttle, "settlement lag above T2: new orders throttled");
-                }
-                event
-            }
-        };
-        let halted = match verdict {
-            LagVerdict::WithinPolicy | LagVerdict::Throttle => None,
-            LagVerdict::Halt => {
-                let audit = Audit::new(
-                    POLICY_ACTOR,
-                    format!(
-                        "settlement lag {} above T3 {}: SOFT_HALT per settlement-lag policy",
-                        humantime::format_duration(lag),
-                        humantime::format_duration(self.t3)
-                    ),
-                );
-                let event = store
-                    .tighten_symbol_mode(symbol, SymbolMode::SoftHalt, &audit)
-                    .await?;
-                if event.is_some() {
-                    tracing::error!(symbol, ?lag, t3 = ?self.t3, "settlement lag above T3: symbol put in SOFT_HALT");
                 }
                 event
             }

@@ -3,8 +3,9 @@
 //! and enforced by the hot-path handle ([`SymbolModes::admit`](crate::SymbolModes::admit)).
 //!
 //! # Per process, and how a fleet divides it
-//! A limit is enforced **per handle**: every process (every [`SymbolModes`](crate::SymbolModes)) holds its
-//! own token bucket per symbol. `50/s` on `BTC-USD` lets each gateway process place
+//! A limit is enforced **per handle**: every [`SymbolModes`](crate::SymbolModes) (and its clones, which
+//! share it) holds its own token bucket per symbol. Spawn one handle per process and
+//! clone it; two handles in one process would each admit the limit. `50/s` on `BTC-USD` lets each gateway process place
 //! 50 new orders a second on it. A fleet that must stay under a total divides the
 //! total by the number of processes that place orders on the symbol and sets that
 //! (10 gateways under a fleet-wide 500/s: `throttle set BTC-USD 50/s`). Counting
@@ -73,6 +74,16 @@ pub enum ThrottleError {
         /// The largest allowed.
         max: u32,
     },
+    /// A burst too small for the rate on a clock that ticks once a millisecond.
+    #[error("{per_second}/s needs a burst of at least {least} (the limiter's clock advances once a millisecond, so at most the burst passes per millisecond); give --burst {least} or more")]
+    BurstTooSmall {
+        /// The rate.
+        per_second: u32,
+        /// The burst given.
+        burst: u32,
+        /// The smallest burst that lets the rate through.
+        least: u32,
+    },
     /// Not `N/s`.
     #[error("{text:?} is not a rate: write orders per second as N/s (e.g. 50/s)")]
     Format {
@@ -96,16 +107,35 @@ impl Throttle {
                 });
             }
         }
-        match (NonZeroU32::new(per_second), NonZeroU32::new(burst)) {
-            (Some(per_second), Some(burst)) => Ok(Self { per_second, burst }),
-            _ => Err(ThrottleError::Zero),
+        let (Some(per_second), Some(burst)) = (NonZeroU32::new(per_second), NonZeroU32::new(burst))
+        else {
+            return Err(ThrottleError::Zero);
+        };
+        let least = Self::least_burst(per_second.get());
+        if burst.get() < least {
+            return Err(ThrottleError::BurstTooSmall {
+                per_second: per_second.get(),
+                burst: burst.get(),
+                least,
+            });
         }
+        Ok(Self { per_second, burst })
+    }
+
+    /// The smallest burst that lets `per_second` through: the bucket is read
+    /// against a clock that advances once a millisecond, so at most `burst` orders
+    /// pass per tick.
+    pub const fn least_burst(per_second: u32) -> u32 {
+        per_second.div_ceil(1_000)
     }
 
     /// [`new`](Self::new) for constants: `None` when either is 0 or above
     /// [`MAX`](Self::MAX).
     pub const fn const_new(per_second: u32, burst: u32) -> Option<Self> {
         if per_second > Self::MAX || burst > Self::MAX {
+            return None;
+        }
+        if burst < Self::least_burst(per_second) {
             return None;
         }
         match (NonZeroU32::new(per_second), NonZeroU32::new(burst)) {
@@ -168,7 +198,8 @@ impl Throttle {
     /// burst in the low 32 (0 for no limit).
     fn packed(limit: Option<Self>) -> u64 {
         limit.map_or(0, |t| {
-            let emission = 1_000_000_000 / u64::from(t.per_second());
+            // Rounded up: the rate admitted never exceeds the rate set.
+            let emission = 1_000_000_000u64.div_ceil(u64::from(t.per_second()));
             (emission << 32) | u64::from(t.burst())
         })
     }
@@ -250,9 +281,29 @@ impl Bucket {
         }
     }
 
-    /// Puts `limit` in force; the tokens already taken stay taken.
+    /// Puts `limit` in force. A limit set where there was none starts with its
+    /// whole burst; a changed limit keeps the tokens already taken, but never a
+    /// wait longer than the new limit's own (a backlog built under a stricter
+    /// limit does not outlast its relaxation).
     pub(crate) fn set(&self, limit: Option<Throttle>) {
-        self.limit.store(Throttle::packed(limit), Ordering::Release);
+        let packed = Throttle::packed(limit);
+        let old = self.limit.swap(packed, Ordering::AcqRel);
+        if old == packed || packed == 0 {
+            return;
+        }
+        if old == 0 {
+            self.tat.store(0, Ordering::Release);
+            return;
+        }
+        let emission = packed >> 32;
+        let longest = emission * (packed & 0xFFFF_FFFF);
+        let cap = self.clock.now_nanos() + longest;
+        self.tat.fetch_min(cap, Ordering::AcqRel);
+    }
+
+    /// Whether a limit is in force.
+    pub(crate) fn is_limited(&self) -> bool {
+        self.limit.load(Ordering::Acquire) != 0
     }
 
     /// How many orders this bucket refused.
@@ -306,6 +357,12 @@ impl ThrottleGate {
     pub fn admit(&self) -> Result<(), Throttled> {
         self.bucket.admit()
     }
+
+    /// Whether the symbol has a limit in force in this handle (what `admit` reads;
+    /// for admin pages and tests).
+    pub fn is_limited(&self) -> bool {
+        self.bucket.is_limited()
+    }
 }
 
 #[cfg(test)]
@@ -351,23 +408,71 @@ mod tests {
     fn a_burst_is_admitted_then_refused_until_a_token_accrues() {
         let clock = CoarseClock::shared();
         let bucket = Bucket::new(t(5, 5), clock);
-        // The clock ticks every millisecond; 5/s accrues one token in 200 ms, so
-        // the six calls below see at most a few ms pass.
         for i in 0..5 {
             assert_eq!(bucket.admit(), Ok(()), "order {i} of the burst");
         }
         let refused = bucket.admit().unwrap_err();
+        // One token accrues every 200 ms at 5/s.
         assert!(
-            refused.retry_after > Duration::from_millis(150)
+            refused.retry_after > Duration::ZERO
                 && refused.retry_after <= Duration::from_millis(200),
             "{refused:?}"
         );
         assert_eq!(bucket.refused(), 1);
-        std::thread::sleep(refused.retry_after + Duration::from_millis(5));
-        assert_eq!(bucket.admit(), Ok(()), "a token accrued");
+        std::thread::sleep(refused.retry_after);
+        admitted_within(&bucket, Duration::from_millis(500), "a token accrued");
         bucket.set(None);
         for _ in 0..100 {
             assert_eq!(bucket.admit(), Ok(()), "cleared: no limit");
         }
+        bucket.set(t(5, 5));
+        for i in 0..5 {
+            assert_eq!(
+                bucket.admit(),
+                Ok(()),
+                "set again: order {i} of a whole burst"
+            );
+        }
+    }
+
+    /// Admits within `bound` (the coarse clock may lag a loaded machine by a tick
+    /// or two).
+    fn admitted_within(bucket: &Bucket, bound: Duration, what: &str) {
+        let start = std::time::Instant::now();
+        while bucket.admit().is_err() {
+            assert!(
+                start.elapsed() < bound,
+                "{what}: still refused after {bound:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_relaxed_limit_does_not_keep_the_stricter_backlog() {
+        let bucket = Bucket::new(t(1, 60), CoarseClock::shared());
+        while bucket.admit().is_ok() {}
+        let refused = bucket.admit().unwrap_err();
+        assert!(
+            refused.retry_after > Duration::from_millis(900),
+            "{refused:?}"
+        );
+        // Raised by a supervisor: the wait is the new limit's (10 ms), not the
+        // minute the old backlog would take.
+        bucket.set(t(100, 100));
+        admitted_within(&bucket, Duration::from_millis(200), "after the raise");
+    }
+
+    #[test]
+    fn a_burst_below_one_tick_of_the_rate_is_refused() {
+        assert_eq!(Throttle::least_burst(50), 1);
+        assert_eq!(Throttle::least_burst(5_000), 5);
+        assert!(matches!(
+            Throttle::new(5_000, 1),
+            Err(ThrottleError::BurstTooSmall { least: 5, .. })
+        ));
+        assert!(Throttle::new(5_000, 5).is_ok());
+        let err = Throttle::parse("5000/s", Some(2)).unwrap_err().to_string();
+        assert!(err.contains("--burst 5"), "{err}");
     }
 }

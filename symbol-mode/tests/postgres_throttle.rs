@@ -1,13 +1,14 @@
 //! Order-rate throttles through asynchronous failovers, with failover-core's shared
 //! store suite on a real primary + replica: "tighten" is `SetThrottle(BTC-USD,
 //! 5/s burst 5)`, "relax" is clearing it with a ticket; the handle counts as
-//! halted while the limit is in force in its snapshot. A lost clear returns the
+//! halted while the limit is in force in its bucket for the symbol. A lost clear returns the
 //! running handle to the limit; a new limit on the new timeline reaches it by push.
 
 use failover_core::{ComponentHealth, Position, WatchConfig};
 use std::sync::Arc;
 use tradepulse_symbol_mode::{
     Audit, Error, PostgresSymbolModeStore, SnapshotState, SymbolModeStore, SymbolModes, Throttle,
+    ThrottleGate,
 };
 use tradepulse_testkit::suite::{self, SuiteHandle, SuiteHandleStore, SuiteStore};
 
@@ -53,11 +54,13 @@ impl SuiteStore for ThrottleSuite {
     }
 }
 
-struct Handle(SymbolModes);
+/// The handle and its gate for the symbol: "halted" is what `admit` reads, the
+/// limit in force in the handle's bucket.
+struct Handle(SymbolModes, ThrottleGate);
 
 impl SuiteHandle for Handle {
     fn halted(&self) -> bool {
-        self.0.snapshot().throttle(SYMBOL).is_some()
+        self.1.is_limited()
     }
     fn health(&self) -> ComponentHealth {
         self.0.health()
@@ -69,7 +72,9 @@ impl SuiteHandle for Handle {
 
 impl SuiteHandleStore for ThrottleSuite {
     fn handle(store: Arc<Self::Store>, config: WatchConfig) -> Box<dyn SuiteHandle> {
-        Box::new(Handle(SymbolModes::spawn(store, config)))
+        let modes = SymbolModes::spawn(store, config);
+        let gate = modes.gate(SYMBOL);
+        Box::new(Handle(modes, gate))
     }
 }
 

@@ -21,7 +21,10 @@ CREATE TABLE IF NOT EXISTS symbol_throttles (
     reason     TEXT        NOT NULL,
     ticket     TEXT,
     position   BIGINT      NOT NULL,
-    CHECK ((per_second IS NULL) = (burst IS NULL))
+    CHECK ((per_second IS NULL) = (burst IS NULL)),
+    -- The limiter's clock advances once a millisecond: at most the burst passes per
+    -- tick, so a burst below a millisecond's worth of the rate could not let it through.
+    CHECK (burst >= (per_second + 999) / 1000)
 );
 CREATE INDEX IF NOT EXISTS symbol_throttles_version ON symbol_throttles (version);
 
@@ -118,8 +121,9 @@ BEGIN
         RAISE EXCEPTION 'unknown command %', p_command USING ERRCODE = '22023';
     END IF;
     IF p_command = 'SetThrottle' AND ((p_per_second IS NULL) <> (p_burst IS NULL)
-        OR p_per_second NOT BETWEEN 1 AND 1000000 OR p_burst NOT BETWEEN 1 AND 1000000) THEN
-        RAISE EXCEPTION 'a throttle needs a rate and a burst between 1 and 1000000 (or neither, to clear it), not % and %',
+        OR p_per_second NOT BETWEEN 1 AND 1000000 OR p_burst NOT BETWEEN 1 AND 1000000
+        OR p_burst < (p_per_second + 999) / 1000) THEN
+        RAISE EXCEPTION 'a throttle needs a rate and a burst between 1 and 1000000, the burst at least a millisecond''s worth of the rate (or neither, to clear it), not % and %',
             p_per_second, p_burst USING ERRCODE = '22023';
     END IF;
     v_authority := tradepulse_authority(p_authority, p_actor);
