@@ -69,6 +69,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0001_positions.sql"),
     ),
     Migration::new(2, "roles", ROLES_SQL),
+    Migration::new(
+        5,
+        "append_only",
+        include_str!("../../migrations/postgres/0005_append_only.sql"),
+    ),
 ];
 
 /// The roles of the operators' authority model (`tradepulse_viewer`,

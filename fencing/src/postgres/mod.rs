@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "fenced_writes",
         include_str!("../../migrations/postgres/0002_fenced_writes.sql"),
     ),
+    Migration::new(
+        4,
+        "shared_functions",
+        include_str!("../../migrations/postgres/0004_shared_functions.sql"),
+    ),
 ];
 
 const COMPONENT: &str = "fencing";

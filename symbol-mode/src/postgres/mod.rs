@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "throttles",
         include_str!("../../migrations/postgres/0004_throttles.sql"),
     ),
+    Migration::new(
+        7,
+        "append_only",
+        include_str!("../../migrations/postgres/0007_append_only.sql"),
+    ),
 ];
 
 const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position, \
