@@ -16,14 +16,14 @@
 //!   connection that failed or timed out is discarded, never reused.
 //! * Every pooled connection gets `SET lock_timeout` when it is opened
 //!   ([`PgSettings::effective_lock_timeout`], 500 ms by default): a statement stuck
-//!   behind another session's lock fails as [`DbErrorKind::Locked`](super::DbErrorKind::Locked) within it, is not
+//!   behind another session's lock fails as [`DbErrorKind::Locked`] within it, is not
 //!   retried (it would wait for the same session again), and the error names the
-//!   sessions holding the lock ([`DbError::blockers`](super::DbError::blockers)) and how to end them. A lock is
+//!   sessions holding the lock ([`DbError::blockers`]) and how to end them. A lock is
 //!   not an outage: [`PgPool::unreachable`] stays `None`.
 //! * When every host answers but each is in recovery or read-only, the error is
-//!   [`DbErrorKind::Unavailable`](super::DbErrorKind::Unavailable) with [`DbError::no_primary`](super::DbError::no_primary) ("every host is in
+//!   [`DbErrorKind::Unavailable`] with [`DbError::no_primary`] ("every host is in
 //!   recovery: no primary yet …"), and health says so.
-//! * Each error says how far it got ([`DbError::reach`](super::DbError::reach)): no connection opened,
+//! * Each error says how far it got ([`DbError::reach`]): no connection opened,
 //!   refused by the server, or lost in flight — only the last leaves a write's
 //!   outcome unknown.
 //! * [`PgPool::read_only_from_standby`] gives a pool for read-only commands that
@@ -43,6 +43,12 @@
 //! `failover_pg_lock_timeouts_total{op}`,
 //! `failover_pg_failovers_total`, `failover_pg_connects_total{host,outcome}`,
 //! histogram `failover_pg_operation_seconds{op}`.
+//!
+//! [`DbErrorKind::Locked`]: super::DbErrorKind::Locked
+//! [`DbError::blockers`]: super::DbError::blockers
+//! [`DbErrorKind::Unavailable`]: super::DbErrorKind::Unavailable
+//! [`DbError::no_primary`]: super::DbError::no_primary
+//! [`DbError::reach`]: super::DbError::reach
 
 mod attempts;
 mod checkout;

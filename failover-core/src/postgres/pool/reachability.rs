@@ -49,8 +49,10 @@ impl PgPool {
     /// since. The text starts with the cause, e.g. "connection refused: …",
     /// "no writable host: …", "every host is in recovery: no primary yet …",
     /// "timed out after 2s". `None` while reachable — also while a statement fails
-    /// because another session holds a lock ([`DbErrorKind::Locked`](crate::postgres::DbErrorKind::Locked)): the server
+    /// because another session holds a lock ([`DbErrorKind::Locked`]): the server
     /// answered.
+    ///
+    /// [`DbErrorKind::Locked`]: crate::postgres::DbErrorKind::Locked
     pub fn unreachable(&self) -> Option<String> {
         lock(&self.inner.link)
             .failing
