@@ -28,10 +28,11 @@ pub async fn run(
     mut out: impl FnMut(String),
 ) -> Result<Summary, Box<dyn std::error::Error + Send + Sync>> {
     let switch = KillSwitch::spawn(store.clone(), KillSwitchConfig::default());
-    let ready = switch.ready(Duration::from_secs(10)).await;
-    if ready != Trading::Allowed {
+    let loaded = switch.ready(Duration::from_secs(10)).await;
+    if !loaded || switch.trading() != Trading::Allowed {
         return Err(format!(
-            "kill switch not ready: {ready:?} ({:?})",
+            "kill switch not ready: {:?} ({:?})",
+            switch.trading(),
             switch.health().details
         )
         .into());

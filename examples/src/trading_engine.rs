@@ -332,7 +332,8 @@ pub async fn run(stores: Stores, out: impl FnMut(String) + Send) -> Result<Summa
         .await?;
     let kill = KillSwitch::spawn(stores.kill.clone(), KillSwitchConfig::default());
     let modes = SymbolModes::spawn(stores.modes.clone(), SymbolModesConfig::default());
-    if kill.ready(Duration::from_secs(10)).await.is_halted()
+    if !kill.ready(Duration::from_secs(10)).await
+        || kill.is_halted()
         || !modes.ready(Duration::from_secs(10)).await
     {
         return Err(format!(

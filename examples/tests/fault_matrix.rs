@@ -184,7 +184,8 @@ impl Controls {
                 .with_staleness_window(WINDOW)
                 .with_poll_interval(POLL),
         );
-        assert!(!kill_switch.ready(CONVERGE).await.is_halted(), "{cell}");
+        assert!(kill_switch.ready(CONVERGE).await, "{cell}");
+        assert!(!kill_switch.is_halted(), "{cell}");
         assert!(modes.ready(CONVERGE).await, "{cell}");
         Self {
             cell,

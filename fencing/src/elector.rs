@@ -240,7 +240,7 @@ impl ElectorConfig {
 /// # use tradepulse_fencing::{ElectorConfig, LeaderElector, MemoryLeaseFencer};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tradepulse_fencing::Error> {
 /// let store = Arc::new(MemoryLeaseFencer::new());
-/// let elector = LeaderElector::spawn(store, ElectorConfig::new("btc-usd", "engine-a", Duration::from_secs(2)))?;
+/// let elector = LeaderElector::try_spawn(store, ElectorConfig::new("btc-usd", "engine-a", Duration::from_secs(2)))?;
 /// let mut role = elector.watch();
 /// role.wait_for(|r| r.is_leader()).await.unwrap();
 /// let token = elector.leadership().token().expect("leader"); // attach to every write
@@ -298,8 +298,22 @@ impl Shared {
 }
 
 impl LeaderElector {
-    /// Checks `config` and starts campaigning on the current tokio runtime.
-    pub fn spawn(fencer: Arc<dyn LeaseFencer>, config: ElectorConfig) -> Result<Self, Error> {
+    /// Starts campaigning on the current tokio runtime.
+    ///
+    /// # Panics
+    /// When `config` contradicts itself (see [`try_spawn`](Self::try_spawn)): a
+    /// configuration defect, refused at start-up rather than run unsafely — the same
+    /// rule as every handle of the family (`KillSwitch::spawn`, `SymbolModes::spawn`).
+    pub fn spawn(fencer: Arc<dyn LeaseFencer>, config: ElectorConfig) -> Self {
+        match Self::try_spawn(fencer, config) {
+            Ok(elector) => elector,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`spawn`](Self::spawn), returning the refusal of a `config` that
+    /// contradicts itself.
+    pub fn try_spawn(fencer: Arc<dyn LeaseFencer>, config: ElectorConfig) -> Result<Self, Error> {
         config.validate()?;
         let (role, _) = watch::channel(Leadership::Follower {
             reason: FollowerReason::Starting,

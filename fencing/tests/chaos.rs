@@ -84,7 +84,8 @@ async fn contender(id: usize, dsn: String, until: Instant, seed: u64, stats: Arc
     let store = Arc::new(PostgresLeaseFencer::new(settings()).unwrap());
     let writes = PgPool::new("chaos-writer", settings()).unwrap();
     let name = format!("engine-{id}");
-    let elector = LeaderElector::spawn(store, ElectorConfig::new(RESOURCE, &name, TTL)).unwrap();
+    let elector =
+        LeaderElector::try_spawn(store, ElectorConfig::new(RESOURCE, &name, TTL)).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed + id as u64);
     while Instant::now() < until {
         let Some(token) = elector.leadership().token() else {

@@ -58,7 +58,7 @@ async fn a_deserialized_config_is_validated_when_the_elector_starts() {
         r#"{"resource": "r", "holder": "h", "ttl": "3s", "renew_interval": "5s"}"#,
     )
     .unwrap();
-    let Err(err) = LeaderElector::spawn(Arc::new(MemoryLeaseFencer::new()), config) else {
+    let Err(err) = LeaderElector::try_spawn(Arc::new(MemoryLeaseFencer::new()), config) else {
         panic!("a renew interval above the ttl is refused");
     };
     assert!(err.to_string().contains("renew interval"), "{err}");

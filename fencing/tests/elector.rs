@@ -67,7 +67,7 @@ impl LeaseFencer for Hanging {
 #[tokio::test(start_paused = true)]
 async fn a_lone_elector_leads_and_keeps_its_token_through_many_renewals() {
     let store = Arc::new(MemoryLeaseFencer::new());
-    let elector = LeaderElector::spawn(store.clone(), config("engine-a")).unwrap();
+    let elector = LeaderElector::try_spawn(store.clone(), config("engine-a")).unwrap();
     let token = leader_token(&elector).await;
     let mut role = elector.watch();
     let mut renewals = 0;
@@ -96,9 +96,9 @@ async fn a_lone_elector_leads_and_keeps_its_token_through_many_renewals() {
 #[tokio::test(start_paused = true)]
 async fn of_two_electors_one_leads_and_shutdown_releases_to_the_other() {
     let store = Arc::new(MemoryLeaseFencer::new());
-    let a = LeaderElector::spawn(store.clone(), config("engine-a")).unwrap();
+    let a = LeaderElector::try_spawn(store.clone(), config("engine-a")).unwrap();
     let first = leader_token(&a).await;
-    let b = LeaderElector::spawn(store.clone(), config("engine-b")).unwrap();
+    let b = LeaderElector::try_spawn(store.clone(), config("engine-b")).unwrap();
     let mut b_role = b.watch();
     b_role
         .wait_for(|r| matches!(r, Leadership::Follower { reason: FollowerReason::HeldBy { holder, token } } if holder == "engine-a" && *token == first))
@@ -133,7 +133,7 @@ async fn a_leader_whose_store_stops_answering_steps_down_at_its_deadline_before_
         inner: MemoryLeaseFencer::new(),
         hang: AtomicBool::new(false),
     });
-    let elector = LeaderElector::spawn(store.clone(), config("engine-a")).unwrap();
+    let elector = LeaderElector::try_spawn(store.clone(), config("engine-a")).unwrap();
     leader_token(&elector).await;
     sleep(TTL * 3).await;
     store.hang.store(true, Ordering::SeqCst);
@@ -169,7 +169,7 @@ async fn a_lease_taken_over_meanwhile_is_reported_lost_at_the_next_renewal() {
     // expires in the store while the holder's deadline is still ahead.
     let clock = Arc::new(ManualClock::new());
     let store = Arc::new(MemoryLeaseFencer::new().with_clock(clock.clone()));
-    let a = LeaderElector::spawn(store.clone(), config("engine-a")).unwrap();
+    let a = LeaderElector::try_spawn(store.clone(), config("engine-a")).unwrap();
     let first = leader_token(&a).await;
     clock.advance(TTL * 2);
     let b = store
@@ -203,7 +203,7 @@ async fn a_lease_taken_over_meanwhile_is_reported_lost_at_the_next_renewal() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_shutdown_future_still_releases_the_lease() {
     let store = Arc::new(MemoryLeaseFencer::new());
-    let elector = LeaderElector::spawn(store.clone(), config("engine-a")).unwrap();
+    let elector = LeaderElector::try_spawn(store.clone(), config("engine-a")).unwrap();
     leader_token(&elector).await;
     let role = elector.watch();
     // Polled once, then abandoned (the caller was cancelled).
@@ -221,7 +221,7 @@ async fn a_dropped_shutdown_future_still_releases_the_lease() {
 #[tokio::test(start_paused = true)]
 async fn dropping_the_elector_steps_down_and_releases() {
     let store = Arc::new(MemoryLeaseFencer::new());
-    let elector = LeaderElector::spawn(store.clone(), config("engine-a")).unwrap();
+    let elector = LeaderElector::try_spawn(store.clone(), config("engine-a")).unwrap();
     leader_token(&elector).await;
     let role = elector.watch();
     drop(elector);
@@ -243,7 +243,7 @@ async fn dropping_the_elector_steps_down_and_releases() {
 #[tokio::test(start_paused = true)]
 async fn a_published_leadership_expires_on_its_own_when_the_elector_cannot_run() {
     let store = Arc::new(MemoryLeaseFencer::new());
-    let elector = LeaderElector::spawn(store, config("engine-a")).unwrap();
+    let elector = LeaderElector::try_spawn(store, config("engine-a")).unwrap();
     let token = leader_token(&elector).await;
     let seen = elector.leadership();
     assert_eq!(seen.token(), Some(token));
@@ -277,7 +277,7 @@ async fn invalid_settings_are_refused_before_campaigning() {
             "retry interval",
         ),
     ] {
-        let err = LeaderElector::spawn(store.clone(), config).expect_err("invalid");
+        let err = LeaderElector::try_spawn(store.clone(), config).expect_err("invalid");
         assert!(
             matches!(err, Error::Invalid { what: w, .. } if w == what),
             "{err:?}"

@@ -31,7 +31,7 @@ async fn with_the_server_stopped_a_leader_steps_down_before_its_lease_could_expi
     let store = Arc::new(support::store(&cluster.primary().dsn(&db)).await);
     let ttl = Duration::from_secs(1);
     let margin = ttl.mul_f64(tradepulse_fencing::DEFAULT_SAFETY_MARGIN);
-    let elector = LeaderElector::spawn(
+    let elector = LeaderElector::try_spawn(
         store.clone(),
         ElectorConfig::new("btc-usd", "engine-a", ttl),
     )
@@ -173,7 +173,7 @@ async fn after_kill9_and_promotion_of_an_async_replica_new_tokens_are_above_all_
     );
 
     // A new leader on the same store object: no restart.
-    let elector = LeaderElector::spawn(
+    let elector = LeaderElector::try_spawn(
         store.clone(),
         ElectorConfig::new("btc-usd", "engine-new", Duration::from_secs(1)),
     )

@@ -183,16 +183,17 @@ impl KillSwitch {
         self.shared.trading.subscribe()
     }
 
-    /// Waits until the first load succeeded, bounded by `timeout`. Returns what the
-    /// hot path answers then.
-    pub async fn ready(&self, timeout: Duration) -> Trading {
+    /// Waits until the first load succeeded, bounded by `timeout`. True when loaded
+    /// (then [`trading`](Self::trading) says what the hot path answers); the same
+    /// rule as every handle of the family (`SymbolModes::ready`).
+    pub async fn ready(&self, timeout: Duration) -> bool {
         let mut rx = self.subscribe();
         let _ = tokio::time::timeout(
             timeout,
             rx.wait_for(|t| *t != Trading::Halted(Halt::NotLoaded)),
         )
         .await;
-        self.trading()
+        self.trading() != Trading::Halted(Halt::NotLoaded)
     }
 
     /// A snapshot for admin pages (takes a lock; not for the order path).

@@ -82,7 +82,8 @@ async fn halts_before_the_first_successful_load() {
     assert_eq!(health.status, ComponentStatus::Failed);
     assert!(health.details.unwrap().contains("connection refused"));
     store.down.store(false, Ordering::SeqCst);
-    assert_eq!(switch.ready(Duration::from_secs(5)).await, Trading::Allowed);
+    assert!(switch.ready(Duration::from_secs(5)).await);
+    assert_eq!(switch.trading(), Trading::Allowed);
     assert_eq!(switch.health().status, ComponentStatus::Operational);
 }
 
@@ -93,7 +94,8 @@ async fn engagement_is_pushed_without_waiting_for_the_poll() {
         store.clone(),
         KillSwitchConfig::default().with_poll_interval(Duration::from_secs(3600)),
     );
-    assert_eq!(switch.ready(Duration::from_secs(1)).await, Trading::Allowed);
+    assert!(switch.ready(Duration::from_secs(1)).await);
+    assert_eq!(switch.trading(), Trading::Allowed);
     let mut pushed = switch.subscribe();
     store.engage(&Audit::new("ops", "halt now")).await.unwrap();
     tokio::time::timeout(
@@ -111,7 +113,8 @@ async fn engagement_is_pushed_without_waiting_for_the_poll() {
 async fn serves_the_last_state_within_the_window_then_fails_closed_then_recovers() {
     let store = Arc::new(Unreachable::default());
     let switch = KillSwitch::spawn(store.clone(), KillSwitchConfig::default());
-    assert_eq!(switch.ready(Duration::from_secs(1)).await, Trading::Allowed);
+    assert!(switch.ready(Duration::from_secs(1)).await);
+    assert_eq!(switch.trading(), Trading::Allowed);
 
     store.down.store(true, Ordering::SeqCst);
     // Health says `failed` at once — the store cannot be reached now — while the hot
@@ -171,10 +174,8 @@ async fn a_lost_disengage_halts_the_running_handle_again_at_once() {
     let store = Arc::new(MemoryKillSwitchStore::new());
     store.engage(&Audit::new("ops", "incident")).await.unwrap();
     let switch = KillSwitch::spawn(store.clone(), push_only());
-    assert_eq!(
-        switch.ready(Duration::from_secs(1)).await,
-        Trading::Halted(Halt::Engaged)
-    );
+    assert!(switch.ready(Duration::from_secs(1)).await);
+    assert_eq!(switch.trading(), Trading::Halted(Halt::Engaged));
     store
         .disengage(&Audit::new("ops", "resolved").with_ticket("INC-1"))
         .await
@@ -207,7 +208,8 @@ async fn an_engage_on_the_new_timeline_beats_newer_versions_that_were_lost() {
     store.engage(&Audit::new("ops", "a")).await.unwrap();
     store.disengage(&relax(1)).await.unwrap();
     let switch = KillSwitch::spawn(store.clone(), push_only());
-    assert_eq!(switch.ready(Duration::from_secs(1)).await, Trading::Allowed);
+    assert!(switch.ready(Duration::from_secs(1)).await);
+    assert_eq!(switch.trading(), Trading::Allowed);
     store.engage(&Audit::new("ops", "b")).await.unwrap();
     store.disengage(&relax(2)).await.unwrap(); // version 4, will be lost
     tokio::time::sleep(Duration::from_millis(10)).await;
