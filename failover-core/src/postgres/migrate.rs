@@ -69,6 +69,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0001_positions.sql"),
     ),
     Migration::new(2, "roles", ROLES_SQL),
+    Migration::new(
+        3,
+        "audit_log",
+        include_str!("../../migrations/postgres/0003_audit_log.sql"),
+    ),
 ];
 
 /// The roles of the operators' authority model (`tradepulse_viewer`,
