@@ -15,3 +15,4 @@ pub mod drill;
 pub mod evidence;
 pub mod export;
 pub mod migrate;
+pub mod verify;

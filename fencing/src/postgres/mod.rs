@@ -68,11 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         2,
         "fenced_writes",
         include_str!("../../migrations/postgres/0002_fenced_writes.sql"),
-        Migration::new(
-            3,
-            "audit_log",
-            include_str!("../../migrations/postgres/0003_audit_log.sql"),
-        ),
+    ),
+    Migration::new(
+        3,
+        "audit_log",
+        include_str!("../../migrations/postgres/0003_audit_log.sql"),
     ),
 ];
 

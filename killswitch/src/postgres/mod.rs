@@ -51,11 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         3,
         "authority",
         include_str!("../../migrations/postgres/0003_authority.sql"),
-        Migration::new(
-            4,
-            "audit_log",
-            include_str!("../../migrations/postgres/0004_audit_log.sql"),
-        ),
+    ),
+    Migration::new(
+        4,
+        "audit_log",
+        include_str!("../../migrations/postgres/0004_audit_log.sql"),
     ),
 ];
 

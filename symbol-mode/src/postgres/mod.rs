@@ -65,11 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         3,
         "authority_registry",
         include_str!("../../migrations/postgres/0003_authority_registry.sql"),
-        Migration::new(
-            5,
-            "audit_log",
-            include_str!("../../migrations/postgres/0005_audit_log.sql"),
-        ),
+    ),
+    Migration::new(
+        5,
+        "audit_log",
+        include_str!("../../migrations/postgres/0005_audit_log.sql"),
     ),
 ];
 
