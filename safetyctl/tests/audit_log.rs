@@ -381,3 +381,72 @@ async fn a_signed_checkpoint_pins_the_history_a_later_export_must_extend() {
         "the lost entries are listed: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_append_fails_within_the_lock_bound_naming_the_holder() {
+    let d = db().await;
+    // A session left open holding the log's head row (a psql left in a transaction).
+    let held = failover_core::testkit::Held::begin(
+        &format!("{} application_name=psql", d.dsn),
+        "SELECT * FROM audit_log_head FOR UPDATE",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let out = safetyctl(&d.dsn, &["kill-switch", "engage", "--reason", "blocked"]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "audit_log_head is locked by pid {} (psql",
+            held.pid()
+        )),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    held.rollback().await;
+    // Nothing was written: the engage rolled back with its append.
+    let rows = d
+        .cluster
+        .primary()
+        .query(&d.db, "SELECT count(*) FROM kill_switch_events")
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_read_the_log_and_only_the_trigger_writes_it() {
+    let d = db().await;
+    events(&d, "roles").await;
+    let primary = d.cluster.primary();
+    primary
+        .execute(
+            &d.db,
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'audit_reader') \
+             THEN CREATE ROLE audit_reader LOGIN; END IF; END $$; \
+             GRANT tradepulse_viewer TO audit_reader;",
+        )
+        .await
+        .unwrap();
+    let as_viewer = |sql: &str| format!("SET ROLE audit_reader; {sql}");
+    let rows = primary
+        .query(&d.db, &as_viewer("SELECT count(*) FROM audit_log"))
+        .await
+        .unwrap();
+    assert_eq!(rows.last().unwrap()[0].as_deref(), Some("7"));
+    for sql in [
+        "INSERT INTO audit_log (idx, control, position, entry, leaf_hash) VALUES (99, 'x', 1, '', sha256(''))",
+        "UPDATE audit_log_head SET size = 0",
+        "SELECT tradepulse_audit_append_row('kill_switch', '{}')",
+    ] {
+        let err = primary.execute(&d.db, &as_viewer(sql)).await.unwrap_err();
+        assert!(err.to_string().contains("permission denied"), "{sql}: {err}");
+    }
+    // Not even the owner rewrites the log while its triggers stand.
+    let err = primary
+        .execute(&d.db, "UPDATE audit_log SET control = 'x' WHERE idx = 0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}

@@ -59,35 +59,88 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// The canonical entry (`tp-audit-v1 {…}`): the bytes whose leaf hash the log keeps.
     pub fn canonical(&self) -> String {
-        let mut out = String::with_capacity(256);
-        out.push_str(ENCODING_VERSION);
-        out.push(' ');
-        out.push('{');
-        key(&mut out, "action", true);
-        string(&mut out, &self.action);
-        key(&mut out, "actor", false);
-        string(&mut out, &self.actor);
-        key(&mut out, "at", false);
-        string(&mut out, &self.at);
-        key(&mut out, "control", false);
-        string(&mut out, &self.control);
-        key(&mut out, "details", false);
-        out.push('{');
-        for (i, (k, v)) in self.details.iter().enumerate() {
-            key(&mut out, k, i == 0);
-            value(&mut out, v);
-        }
-        out.push('}');
-        key(&mut out, "position", false);
-        let _ = write!(out, "{}", self.position);
-        key(&mut out, "reason", false);
-        opt(&mut out, self.reason.as_deref());
-        key(&mut out, "request_id", false);
-        opt(&mut out, self.request_id.as_deref());
-        key(&mut out, "ticket", false);
-        opt(&mut out, self.ticket.as_deref());
-        out.push('}');
+        let mut out = String::with_capacity(320);
+        encode(
+            &mut out,
+            &Fields {
+                control: &self.control,
+                position: self.position,
+                request_id: self.request_id.as_deref(),
+                action: &self.action,
+                actor: &self.actor,
+                reason: self.reason.as_deref(),
+                ticket: self.ticket.as_deref(),
+                at: &self.at,
+            },
+            |out| {
+                for (i, (k, v)) in self.details.iter().enumerate() {
+                    key(out, k, i == 0);
+                    value(out, v);
+                }
+            },
+        );
         out
+    }
+}
+
+/// The fields of an entry besides `details`, borrowed.
+pub(crate) struct Fields<'a> {
+    pub(crate) control: &'a str,
+    pub(crate) position: u64,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) action: &'a str,
+    pub(crate) actor: &'a str,
+    pub(crate) reason: Option<&'a str>,
+    pub(crate) ticket: Option<&'a str>,
+    pub(crate) at: &'a str,
+}
+
+/// Writes the canonical entry of `f` into `out`; `details` writes the members of the
+/// details object (sorted, separated as [`key`] does).
+pub(crate) fn encode(out: &mut String, f: &Fields<'_>, details: impl FnOnce(&mut String)) {
+    out.push_str(ENCODING_VERSION);
+    out.push(' ');
+    out.push('{');
+    key(out, "action", true);
+    string(out, f.action);
+    key(out, "actor", false);
+    string(out, f.actor);
+    key(out, "at", false);
+    string(out, f.at);
+    key(out, "control", false);
+    string(out, f.control);
+    key(out, "details", false);
+    out.push('{');
+    details(out);
+    out.push('}');
+    key(out, "position", false);
+    let _ = write!(out, "{}", f.position);
+    key(out, "reason", false);
+    opt(out, f.reason);
+    key(out, "request_id", false);
+    opt(out, f.request_id);
+    key(out, "ticket", false);
+    opt(out, f.ticket);
+    out.push('}');
+}
+
+/// Writes a JSON value given as its raw text canonically: as is when it already is
+/// (`true`, `false`, `null`, a plain integer, a string without escapes), otherwise
+/// parsed and rewritten.
+pub(crate) fn raw_value(out: &mut String, raw: &str) {
+    let b = raw.as_bytes();
+    let plain_int = !b.is_empty()
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_digit() || (i == 0 && *c == b'-' && b.len() > 1));
+    let plain_str = b.len() >= 2 && b[0] == b'"' && !b.contains(&b'\\');
+    if plain_int || plain_str || raw == "true" || raw == "false" || raw == "null" {
+        out.push_str(raw);
+    } else {
+        match serde_json::from_str::<Value>(raw) {
+            Ok(v) => value(out, &v),
+            Err(_) => out.push_str(raw),
+        }
     }
 }
 
@@ -96,7 +149,7 @@ pub fn format_time(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()
 }
 
-fn key(out: &mut String, k: &str, first: bool) {
+pub(crate) fn key(out: &mut String, k: &str, first: bool) {
     if !first {
         out.push(',');
     }
@@ -104,23 +157,38 @@ fn key(out: &mut String, k: &str, first: bool) {
     out.push(':');
 }
 
+/// Writes `s` as a JSON string, escaped as the encoding escapes.
+pub(crate) fn json_string(out: &mut String, s: &str) {
+    string(out, s)
+}
+
 fn string(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of bytes that need no escape are copied whole; the escapes are all ASCII,
+    // so a run never splits a character.
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(escape);
         }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 

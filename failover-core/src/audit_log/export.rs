@@ -14,10 +14,13 @@
 //! checks its leaf hash against `leaf`, checks the indices run 0, 1, 2 … and checks the
 //! root of the recorded leaves against the head.
 
-use super::entry::AuditRecord;
+use super::entry::{json_string, key, raw_value, AuditRecord, ENCODING_VERSION};
 use super::merkle::{leaf_hash, Hash, RightEdge};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::BufRead;
 
 /// One entry line of an export.
@@ -194,106 +197,193 @@ fn malformed(line: u64, why: String) -> Finding {
     }
 }
 
+/// One entry line, its values kept as the line's raw JSON text: a value already in
+/// canonical form (a string without escapes, an integer, a boolean, null) is copied
+/// into the rebuilt entry as it is written, anything else is decoded and rewritten.
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    index: u64,
+    #[serde(borrow)]
+    control: Cow<'a, str>,
+    position: u64,
+    #[serde(borrow)]
+    request_id: &'a RawValue,
+    #[serde(borrow)]
+    action: &'a RawValue,
+    #[serde(borrow)]
+    actor: &'a RawValue,
+    #[serde(borrow)]
+    reason: &'a RawValue,
+    #[serde(borrow)]
+    ticket: &'a RawValue,
+    #[serde(borrow)]
+    at: &'a RawValue,
+    #[serde(borrow)]
+    details: BTreeMap<Cow<'a, str>, &'a RawValue>,
+    #[serde(borrow)]
+    entry: Option<&'a RawValue>,
+    #[serde(borrow)]
+    leaf: &'a str,
+}
+
+impl RawLine<'_> {
+    /// The canonical entry of the line's fields: the layout of
+    /// [`AuditRecord::canonical`], from raw values.
+    fn canonical(&self, out: &mut String) {
+        out.clear();
+        out.push_str(ENCODING_VERSION);
+        out.push_str(" {");
+        key(out, "action", true);
+        raw_value(out, self.action.get());
+        key(out, "actor", false);
+        raw_value(out, self.actor.get());
+        key(out, "at", false);
+        raw_value(out, self.at.get());
+        key(out, "control", false);
+        json_string(out, &self.control);
+        key(out, "details", false);
+        out.push('{');
+        for (i, (k, v)) in self.details.iter().enumerate() {
+            key(out, k, i == 0);
+            raw_value(out, v.get());
+        }
+        out.push('}');
+        key(out, "position", false);
+        let _ = write!(out, "{}", self.position);
+        key(out, "reason", false);
+        raw_value(out, self.reason.get());
+        key(out, "request_id", false);
+        raw_value(out, self.request_id.get());
+        key(out, "ticket", false);
+        raw_value(out, self.ticket.get());
+        out.push('}');
+    }
+}
+
+/// True when the JSON string `raw` (with its quotes and escapes) holds `text`: compared
+/// as written when the writer escaped as the encoding does (serde_json does), decoded
+/// otherwise.
+fn same_string(raw: &str, text: &str, quoted: &mut String) -> bool {
+    quoted.clear();
+    json_string(quoted, text);
+    raw == quoted.as_str() || serde_json::from_str::<String>(raw).is_ok_and(|s| s == text)
+}
+
 /// Verifies an export read from `reader`, calling `progress` with the bytes read so
 /// far every few thousand lines. Ok with the head and leaves; otherwise the first
 /// thing wrong, by line order.
 pub fn verify_export(
-    reader: impl BufRead,
+    mut reader: impl BufRead,
     mut progress: impl FnMut(u64),
 ) -> Result<Verified, Finding> {
-    // Per line: its index, position, control and whether its entry matched its leaf.
-    struct Seen {
-        index: u64,
-        position: u64,
-        control: String,
-        edited: Option<String>,
-    }
-    let mut seen: Vec<Seen> = Vec::new();
-    let mut leaves: BTreeMap<u64, Hash> = BTreeMap::new();
-    let mut in_order: Vec<Hash> = Vec::new();
+    // Per entry line: its index, position and control (as an index into `controls`).
+    let mut indices: Vec<(u64, u64, u8)> = Vec::new();
+    let mut controls: Vec<String> = Vec::new();
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut first_edit: Option<Finding> = None;
     let mut head = None;
     let mut bytes = 0u64;
     let mut lines = 0u64;
-    for text in reader.lines() {
+    let mut text = String::new();
+    let mut rebuilt = String::with_capacity(512);
+    let mut quoted = String::with_capacity(640);
+    loop {
+        text.clear();
+        let read = reader
+            .read_line(&mut text)
+            .map_err(|e| malformed(lines + 1, format!("cannot read: {e}")))?;
+        if read == 0 {
+            break;
+        }
         lines += 1;
-        let text = text.map_err(|e| malformed(lines, format!("cannot read: {e}")))?;
-        bytes += text.len() as u64 + 1;
+        bytes += read as u64;
         if lines % 4096 == 0 {
             progress(bytes);
         }
-        if text.is_empty() {
+        let line = text.trim_end_matches(['\n', '\r']);
+        if line.is_empty() {
             continue;
         }
         if head.is_some() {
             return Err(malformed(lines, "a line after the tree head".into()));
         }
-        match parse_line(&text).map_err(|e| malformed(lines, e))? {
-            Line::Head(h) => head = Some((h, lines)),
-            Line::Entry(l) => {
-                let recorded = parse_hex(&l.leaf).ok_or_else(|| Finding {
-                    index: Some(l.index),
-                    position: Some(l.record.position),
-                    control: Some(l.record.control.clone()),
-                    line: lines,
-                    problem: Problem::Malformed("leaf is not 64 hex digits".into()),
-                })?;
-                let rebuilt = l.record.canonical();
-                let edited = match &l.entry {
-                    None => Some("the event row is gone from the database".to_owned()),
-                    Some(e) if *e != rebuilt => {
-                        Some("the entry does not match the event's fields".to_owned())
-                    }
-                    Some(_) if leaf_hash(rebuilt.as_bytes()) != recorded => Some(
-                        "the event's fields do not hash to the leaf recorded when it was appended"
-                            .to_owned(),
-                    ),
-                    Some(_) => None,
-                };
-                if leaves.insert(l.index, recorded).is_some() {
-                    return Err(Finding {
-                        index: Some(l.index),
-                        position: Some(l.record.position),
-                        control: Some(l.record.control),
-                        line: lines,
-                        problem: Problem::Malformed("this index appears twice".into()),
-                    });
+        if line.starts_with("{\"tree_head\"") {
+            match parse_line(line).map_err(|e| malformed(lines, e))? {
+                Line::Head(h) => head = Some((h, lines)),
+                Line::Entry(_) => unreachable!("a tree head line parses as a head"),
+            }
+            continue;
+        }
+        let l: RawLine<'_> = serde_json::from_str(line)
+            .map_err(|e| malformed(lines, format!("not an export line: {e}")))?;
+        let control = match controls.iter().position(|c| *c == l.control) {
+            Some(i) => i,
+            None => {
+                controls.push(l.control.to_string());
+                controls.len() - 1
+            }
+        };
+        let at = |problem| Finding {
+            index: Some(l.index),
+            position: Some(l.position),
+            control: Some(l.control.to_string()),
+            line: lines,
+            problem,
+        };
+        let recorded = parse_hex(&l.leaf)
+            .ok_or_else(|| at(Problem::Malformed("leaf is not 64 hex digits".into())))?;
+        if first_edit.is_none() {
+            l.canonical(&mut rebuilt);
+            let edited = match l.entry.map(RawValue::get) {
+                None | Some("null") => Some("the event row is gone from the database"),
+                Some(e) if !same_string(e, &rebuilt, &mut quoted) => {
+                    Some("the entry does not match the event's fields")
                 }
-                in_order.push(recorded);
-                seen.push(Seen {
-                    index: l.index,
-                    position: l.record.position,
-                    control: l.record.control,
-                    edited,
-                });
+                Some(_) if leaf_hash(rebuilt.as_bytes()) != recorded => {
+                    Some("the event's fields do not hash to the leaf recorded when it was appended")
+                }
+                Some(_) => None,
+            };
+            if let Some(why) = edited {
+                first_edit = Some(at(Problem::Edited(why.to_owned())));
             }
         }
+        indices.push((
+            l.index,
+            l.position,
+            u8::try_from(control).unwrap_or(u8::MAX),
+        ));
+        leaves.push(recorded);
     }
     progress(bytes);
-    for (k, s) in seen.iter().enumerate() {
-        let k = k as u64;
-        if s.index != k {
-            let (problem, at) = if leaves.contains_key(&k) {
-                (Problem::Reordered, seen.iter().find(|x| x.index == k))
-            } else {
-                (Problem::Missing, None)
-            };
+    let named = |i: usize| {
+        let (_, position, control) = indices[i];
+        (Some(position), controls.get(usize::from(control)).cloned())
+    };
+    if let Some(k) = indices
+        .iter()
+        .enumerate()
+        .position(|(k, (index, _, _))| *index != k as u64)
+    {
+        let wanted = k as u64;
+        if first_edit.as_ref().is_none_or(|f| f.line > wanted + 1) {
+            let found = indices.iter().position(|(index, _, _)| *index == wanted);
+            let (position, control) = found.map_or((None, None), named);
             return Err(Finding {
-                index: Some(k),
-                position: at.map(|x| x.position),
-                control: at.map(|x| x.control.clone()),
-                line: k + 1,
-                problem,
+                index: Some(wanted),
+                position,
+                control,
+                line: k as u64 + 1,
+                problem: if found.is_some() {
+                    Problem::Reordered
+                } else {
+                    Problem::Missing
+                },
             });
         }
-        if let Some(why) = &s.edited {
-            return Err(Finding {
-                index: Some(k),
-                position: Some(s.position),
-                control: Some(s.control.clone()),
-                line: k + 1,
-                problem: Problem::Edited(why.clone()),
-            });
-        }
+    }
+    if let Some(f) = first_edit {
+        return Err(f);
     }
     let Some((head, head_line)) = head else {
         return Err(malformed(
@@ -301,7 +391,7 @@ pub fn verify_export(
             "no tree head line at the end: the export was cut short".into(),
         ));
     };
-    let n = seen.len() as u64;
+    let n = leaves.len() as u64;
     let wrong = |why: String| Finding {
         index: None,
         position: None,
@@ -316,7 +406,7 @@ pub fn verify_export(
         )));
     }
     let mut tree = RightEdge::new();
-    for leaf in &in_order {
+    for leaf in &leaves {
         tree.push(*leaf);
     }
     let root = tree.root();
@@ -327,8 +417,5 @@ pub fn verify_export(
             hex(&head.root)
         )));
     }
-    Ok(Verified {
-        head,
-        leaves: in_order,
-    })
+    Ok(Verified { head, leaves })
 }
