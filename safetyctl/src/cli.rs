@@ -230,8 +230,9 @@ pub enum AuditCmd {
     /// entry and the leaf hash recorded when it was appended, then the tree head; only
     /// JSONL verifies (`audit verify`). CSV is the events for a spreadsheet.
     Export {
-        /// Only events at or after this time (RFC 3339, e.g. 2025-01-31T00:00:00Z);
-        /// CSV only: a JSONL export is the whole log, to verify as one tree.
+        /// Only events at or after this time (RFC 3339, e.g. 2025-01-31T00:00:00Z). A
+        /// JSONL export with `--since` holds the events alone (no leaf hashes, no tree
+        /// head) and does not verify: only a whole-log export does.
         #[arg(long, value_parser = parse_time)]
         since: Option<SystemTime>,
         /// jsonl | csv
@@ -687,20 +688,31 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Audit { action } => match action {
             AuditCmd::Export {
-                since,
+                since: None,
                 format: Format::Jsonl,
                 out,
                 quiet,
             } => {
-                if since.is_some() {
-                    return Err(Failure::refused("--since applies to --format csv only: a JSONL export is the whole audit log, verified as one tree; filter after verifying"));
-                }
                 let pool = audit_pool(g.allow_standby).await?;
-                crate::verify::export_log(&pool, g.json, quiet, out).await?;
+                let controls: Vec<&str> = [
+                    (killswitch::postgres::ENV_PREFIX, "kill_switch"),
+                    (symbol_mode::postgres::ENV_PREFIX, "symbol_mode"),
+                    (fencing::postgres::ENV_PREFIX, "lease"),
+                ]
+                .into_iter()
+                .filter(|(prefix, _)| env_set(prefix))
+                .map(|(_, control)| control)
+                .collect();
+                crate::verify::export_log(&pool, &controls, g.json, quiet, out).await?;
             }
             AuditCmd::Export {
                 since, format, out, ..
-            } => audit_export(g.json, g.allow_standby, since, format, out).await?,
+            } => {
+                if since.is_some() && format == Format::Jsonl {
+                    eprintln!("note: with --since the export holds the events alone, without the log's leaf hashes and tree head: `audit verify` checks only a whole-log export (omit --since)");
+                }
+                audit_export(g.json, g.allow_standby, since, format, out).await?
+            }
             AuditCmd::Verify {
                 file,
                 checkpoint,

@@ -59,9 +59,11 @@ fn verify_failed(message: String) -> Failure {
 }
 
 /// Writes the log export (one line per entry, then the tree head) to `out` or stdout
-/// and prints its SHA-256 like the CSV export.
+/// and prints its SHA-256 like the CSV export. `controls` are those configured (the
+/// log holds every control whose events live in the database).
 pub async fn export_log(
     pool: &PgPool,
+    controls: &[&str],
     json: bool,
     quiet: bool,
     out: Option<PathBuf>,
@@ -103,7 +105,7 @@ pub async fn export_log(
     } else if json {
         println!(
             "{}",
-            serde_json::json!({"sha256": sha256, "entries": n, "root": root, "out": target})
+            serde_json::json!({"sha256": sha256, "entries": n, "events": n, "root": root, "controls": controls, "out": target})
         );
     } else {
         println!("sha256 {sha256}  {target}  ({n} entries, root {root}; `safetyctl audit verify {target}` checks it)");
