@@ -297,7 +297,7 @@ pub fn verify_export(
         }
         lines += 1;
         bytes += read as u64;
-        if lines % 4096 == 0 {
+        if lines.is_multiple_of(4096) {
             progress(bytes);
         }
         let line = text.trim_end_matches(['\n', '\r']);
@@ -330,7 +330,7 @@ pub fn verify_export(
             line: lines,
             problem,
         };
-        let recorded = parse_hex(&l.leaf)
+        let recorded = parse_hex(l.leaf)
             .ok_or_else(|| at(Problem::Malformed("leaf is not 64 hex digits".into())))?;
         if first_edit.is_none() {
             l.canonical(&mut rebuilt);

@@ -249,7 +249,7 @@ pub async fn read_log(pool: &PgPool, progress: impl Fn(u64, u64)) -> Result<LogS
             entry,
             leaf: hex(&leaf),
         });
-        if i % 4096 == 0 {
+        if i.is_multiple_of(4096) {
             progress(i as u64, total);
         }
     }
