@@ -260,13 +260,48 @@ impl RawLine<'_> {
     }
 }
 
-/// True when the JSON string `raw` (with its quotes and escapes) holds `text`: compared
-/// as written when the writer escaped as the encoding does (serde_json does), decoded
-/// otherwise.
-fn same_string(raw: &str, text: &str, quoted: &mut String) -> bool {
-    quoted.clear();
-    json_string(quoted, text);
-    raw == quoted.as_str() || serde_json::from_str::<String>(raw).is_ok_and(|s| s == text)
+/// True when the JSON string `raw` (with its quotes and escapes) holds `text`: the runs
+/// between escapes compared as they are, the simple escapes decoded on the way;
+/// anything else (`\u` escapes) decoded whole.
+fn same_string(raw: &str, text: &str) -> bool {
+    let slow = || serde_json::from_str::<String>(raw).is_ok_and(|s| s == text);
+    let r = raw.as_bytes();
+    if r.len() < 2 || r[0] != b'"' || r[r.len() - 1] != b'"' {
+        return false;
+    }
+    let (r, t) = (&r[1..r.len() - 1], text.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < r.len() {
+        let run = r[i..]
+            .iter()
+            .position(|&b| b == b'\\')
+            .unwrap_or(r.len() - i);
+        if t.get(j..j + run) != Some(&r[i..i + run]) {
+            return false;
+        }
+        i += run;
+        j += run;
+        if i == r.len() {
+            break;
+        }
+        let decoded = match r.get(i + 1) {
+            Some(b'"') => b'"',
+            Some(b'\\') => b'\\',
+            Some(b'/') => b'/',
+            Some(b'n') => b'\n',
+            Some(b't') => b'\t',
+            Some(b'r') => b'\r',
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0c,
+            _ => return slow(),
+        };
+        if t.get(j) != Some(&decoded) {
+            return false;
+        }
+        i += 2;
+        j += 1;
+    }
+    j == t.len()
 }
 
 /// Verifies an export read from `reader`, calling `progress` with the bytes read so
@@ -284,13 +319,12 @@ pub fn verify_export(
     let mut head = None;
     let mut bytes = 0u64;
     let mut lines = 0u64;
-    let mut text = String::new();
+    let mut text: Vec<u8> = Vec::with_capacity(1024);
     let mut rebuilt = String::with_capacity(512);
-    let mut quoted = String::with_capacity(640);
     loop {
         text.clear();
         let read = reader
-            .read_line(&mut text)
+            .read_until(b'\n', &mut text)
             .map_err(|e| malformed(lines + 1, format!("cannot read: {e}")))?;
         if read == 0 {
             break;
@@ -300,21 +334,27 @@ pub fn verify_export(
         if lines.is_multiple_of(4096) {
             progress(bytes);
         }
-        let line = text.trim_end_matches(['\n', '\r']);
+        let mut end = text.len();
+        while end > 0 && matches!(text[end - 1], b'\n' | b'\r') {
+            end -= 1;
+        }
+        let line = &text[..end];
         if line.is_empty() {
             continue;
         }
         if head.is_some() {
             return Err(malformed(lines, "a line after the tree head".into()));
         }
-        if line.starts_with("{\"tree_head\"") {
+        if line.starts_with(b"{\"tree_head\"") {
+            let line = std::str::from_utf8(line)
+                .map_err(|_| malformed(lines, "the tree head is not UTF-8".into()))?;
             match parse_line(line).map_err(|e| malformed(lines, e))? {
                 Line::Head(h) => head = Some((h, lines)),
                 Line::Entry(_) => unreachable!("a tree head line parses as a head"),
             }
             continue;
         }
-        let l: RawLine<'_> = serde_json::from_str(line)
+        let l: RawLine<'_> = serde_json::from_slice(line)
             .map_err(|e| malformed(lines, format!("not an export line: {e}")))?;
         let control = match controls.iter().position(|c| *c == l.control) {
             Some(i) => i,
@@ -336,7 +376,7 @@ pub fn verify_export(
             l.canonical(&mut rebuilt);
             let edited = match l.entry.map(RawValue::get) {
                 None | Some("null") => Some("the event row is gone from the database"),
-                Some(e) if !same_string(e, &rebuilt, &mut quoted) => {
+                Some(e) if !same_string(e, &rebuilt) => {
                     Some("the entry does not match the event's fields")
                 }
                 Some(_) if leaf_hash(rebuilt.as_bytes()) != recorded => {
@@ -418,4 +458,104 @@ pub fn verify_export(
         )));
     }
     Ok(Verified { head, leaves })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_entry_string_is_compared_through_its_escapes() {
+        let text = "tp-audit-v1 {\"a\":\"b\\\\c\\n\u{1}é\"}";
+        let raw = serde_json::to_string(text).unwrap();
+        assert!(same_string(&raw, text));
+        // Written with other (valid) escapes: still the same string.
+        assert!(same_string(&raw.replace('é', "\\u00e9"), text));
+        assert!(same_string(&raw.replace("\\\"", "\\u0022"), text));
+        assert!(!same_string(&raw, &text.replace('b', "x")));
+        assert!(!same_string(&raw, &format!("{text} ")));
+        assert!(!same_string("\"\"", text));
+    }
+
+    fn export(reasons: &[&str]) -> (Vec<String>, TreeHead) {
+        let mut tree = RightEdge::new();
+        let mut lines = Vec::new();
+        for (i, reason) in reasons.iter().enumerate() {
+            let record = AuditRecord {
+                control: "kill_switch".into(),
+                position: 10 + i as u64,
+                request_id: None,
+                action: "engage".into(),
+                actor: "ops:alice".into(),
+                reason: Some((*reason).into()),
+                ticket: None,
+                at: "2025-01-31T09:30:00.000000Z".into(),
+                details: [("version".to_owned(), json!(i))].into_iter().collect(),
+            };
+            let entry = record.canonical();
+            let leaf = leaf_hash(entry.as_bytes());
+            tree.push(leaf);
+            lines.push(
+                serde_json::to_string(&ExportLine {
+                    index: i as u64,
+                    record,
+                    entry: Some(entry),
+                    leaf: hex(&leaf),
+                })
+                .unwrap(),
+            );
+        }
+        let head = TreeHead {
+            size: tree.size(),
+            root: tree.root(),
+        };
+        lines.push(head.line());
+        (lines, head)
+    }
+
+    fn check(lines: &[String]) -> Result<Verified, Finding> {
+        verify_export(std::io::Cursor::new(lines.join("\n")), |_| {})
+    }
+
+    #[test]
+    fn verification_names_the_first_bad_line() {
+        let (lines, head) = export(&["a \"quoted\" reason", "b", "c", "d"]);
+        assert_eq!(check(&lines).unwrap().head, head);
+
+        // Only the entry text changed: the fields still hash to the leaf, but the
+        // export no longer says what it recorded.
+        let mut entry_only = lines.clone();
+        entry_only[1] =
+            entry_only[1].replacen("\\\"reason\\\":\\\"b\\\"", "\\\"reason\\\":\\\"x\\\"", 1);
+        assert_ne!(entry_only[1], lines[1]);
+        let f = check(&entry_only).unwrap_err();
+        assert_eq!((f.index, f.position), (Some(1), Some(11)));
+        assert!(matches!(f.problem, Problem::Edited(_)), "{f}");
+
+        // The same index twice, and a line after the head.
+        let mut twice = lines.clone();
+        twice[2] = twice[1].clone();
+        let f = check(&twice).unwrap_err();
+        assert_eq!(f.index, Some(2), "{f}");
+        let mut after = lines.clone();
+        after.push(lines[0].clone());
+        assert!(matches!(
+            check(&after).unwrap_err().problem,
+            Problem::Malformed(_)
+        ));
+
+        // Cut short: no head.
+        let f = check(&lines[..3]).unwrap_err();
+        assert!(f.to_string().contains("cut short"), "{f}");
+
+        // A head that claims fewer entries.
+        let mut short_head = lines.clone();
+        let last = short_head.len() - 1;
+        short_head[last] = TreeHead { size: 3, ..head }.line();
+        assert!(matches!(
+            check(&short_head).unwrap_err().problem,
+            Problem::WrongRoot(_)
+        ));
+    }
 }
