@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod audit;
+pub mod audit_log;
 pub mod authority;
 pub mod clock;
 pub mod errors;

@@ -231,9 +231,14 @@ pub enum LeaseCmd {
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Every control's audit events once each (those whose DSN is set), with the
-    /// SHA-256 of the export printed.
+    /// SHA-256 of the export printed. JSONL (the default) is the tamper-evident log:
+    /// one line per log entry in index order with the event's fields, its canonical
+    /// entry and the leaf hash recorded when it was appended, then the tree head; only
+    /// JSONL verifies (`audit verify`). CSV is the events for a spreadsheet.
     Export {
-        /// Only events at or after this time (RFC 3339, e.g. 2025-01-31T00:00:00Z).
+        /// Only events at or after this time (RFC 3339, e.g. 2025-01-31T00:00:00Z). A
+        /// JSONL export with `--since` holds the events alone (no leaf hashes, no tree
+        /// head) and does not verify: only a whole-log export does.
         #[arg(long, value_parser = parse_time)]
         since: Option<SystemTime>,
         /// jsonl | csv
@@ -242,6 +247,52 @@ pub enum AuditCmd {
         /// Write here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Verifies a JSONL export offline (no database): every entry hashes to the leaf
+    /// recorded at append time, indices run 0, 1, 2 … and the leaves hash to the tree
+    /// head. Prints `ok: N entries, root …`, or names the first bad index and what is
+    /// wrong (`edited`, `missing`, `reordered`, `wrong root`) and exits 5. With
+    /// `--checkpoint` and `--public-key`, the export must also extend that signed
+    /// checkpoint (exit 5 when the signature is by another key or the history differs).
+    Verify {
+        /// The export (`audit export --format jsonl`).
+        file: PathBuf,
+        /// A checkpoint note (`audit checkpoint`) the export must extend.
+        #[arg(long, requires = "public_key")]
+        checkpoint: Option<PathBuf>,
+        /// The public key the checkpoint is signed with (PEM, as `openssl pkey -in
+        /// key.pem -pubout` writes it).
+        #[arg(long, requires = "checkpoint")]
+        public_key: Option<PathBuf>,
+        /// An export taken with or before the checkpoint: when the new export does
+        /// not extend the checkpoint, names the first differing index and the
+        /// checkpointed entries it lacks.
+        #[arg(long, requires = "checkpoint")]
+        previous: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Signs the audit log's current tree head as a checkpoint (a C2SP signed note)
+    /// with an Ed25519 key that never enters the database. Keep the notes elsewhere:
+    /// `audit verify --checkpoint` proves a later export extends them.
+    Checkpoint {
+        /// The private key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519 -out
+        /// key.pem` writes it).
+        #[arg(long)]
+        key: PathBuf,
+        /// Write the note here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The log's name in the note (default `tradepulse/<host>/<database>`).
+        #[arg(long)]
+        origin: Option<String>,
+        /// The key's name in the signature line (default: the origin).
+        #[arg(long)]
+        key_name: Option<String>,
     },
 }
 
@@ -646,11 +697,59 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
             };
             print(g.json, value, text);
         }
-        Command::Audit {
-            action: AuditCmd::Export { since, format, out },
-        } => {
-            audit_export(g.json, g.allow_standby, since, format, out).await?;
-        }
+        Command::Audit { action } => match action {
+            AuditCmd::Export {
+                since: None,
+                format: Format::Jsonl,
+                out,
+                quiet,
+            } => {
+                let pool = audit_pool(g.allow_standby).await?;
+                let controls: Vec<&str> = [
+                    (killswitch::postgres::ENV_PREFIX, "kill_switch"),
+                    (symbol_mode::postgres::ENV_PREFIX, "symbol_mode"),
+                    (fencing::postgres::ENV_PREFIX, "lease"),
+                ]
+                .into_iter()
+                .filter(|(prefix, _)| env_set(prefix))
+                .map(|(_, control)| control)
+                .collect();
+                crate::verify::export_log(&pool, &controls, g.json, quiet, out).await?;
+            }
+            AuditCmd::Export {
+                since, format, out, ..
+            } => {
+                if since.is_some() && format == Format::Jsonl {
+                    eprintln!("note: with --since the export holds the events alone, without the log's leaf hashes and tree head: `audit verify` checks only a whole-log export (omit --since)");
+                }
+                audit_export(g.json, g.allow_standby, since, format, out).await?
+            }
+            AuditCmd::Verify {
+                file,
+                checkpoint,
+                public_key,
+                previous,
+                quiet,
+            } => crate::verify::verify(
+                &file,
+                crate::verify::VerifyArgs {
+                    checkpoint,
+                    public_key,
+                    previous,
+                },
+                g.json,
+                quiet,
+            )?,
+            AuditCmd::Checkpoint {
+                key,
+                out,
+                origin,
+                key_name,
+            } => {
+                let pool = audit_pool(false).await?;
+                crate::verify::checkpoint(&pool, &key, out, origin, key_name, g.json).await?;
+            }
+        },
         Command::Migrate { print_roles } => crate::migrate::run(print_roles, g.json).await?,
         Command::Doctor => crate::doctor::run(g.json).await?,
         #[cfg(feature = "drill")]
@@ -780,6 +879,22 @@ async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
 }
 
 const ALL: usize = i64::MAX as usize;
+
+/// The pool of the database whose audit log the audit commands read: the first
+/// control with a DSN (kill switch, symbol modes, fencing). The log covers every
+/// control whose events live in that database.
+async fn audit_pool(allow_standby: bool) -> Result<failover_core::postgres::PgPool, Failure> {
+    if env_set(killswitch::postgres::ENV_PREFIX) {
+        return Ok(reading(kill_store()?, allow_standby).await?.pool().clone());
+    }
+    if env_set(symbol_mode::postgres::ENV_PREFIX) {
+        return Ok(reading(mode_store()?, allow_standby).await?.pool().clone());
+    }
+    if env_set(fencing::postgres::ENV_PREFIX) {
+        return Ok(reading(lease_store()?, allow_standby).await?.pool().clone());
+    }
+    Err(Failure::refused("no database: set TRADEPULSE_POSTGRES__DSN (every control), or TRADEPULSE_KILL_SWITCH_POSTGRES__DSN, TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN or TRADEPULSE_FENCING_POSTGRES__DSN"))
+}
 
 async fn audit_export(
     json: bool,

@@ -16,3 +16,4 @@ pub mod evidence;
 pub mod export;
 pub mod migrate;
 pub mod throttle;
+pub mod verify;

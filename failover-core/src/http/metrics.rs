@@ -36,6 +36,7 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 /// `# HELP` text of failover-core's metrics, and its label-complete counters at zero.
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    crate::audit_log::describe_metrics();
     describe_counter!(
         "failover_history_diverged_total",
         "Times a handle found its position lost from the store's history after a failover and adopted the store's state, by component"

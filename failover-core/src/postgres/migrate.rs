@@ -70,6 +70,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
     ),
     Migration::new(2, "roles", ROLES_SQL),
     Migration::new(
+        3,
+        "audit_log",
+        include_str!("../../migrations/postgres/0003_audit_log.sql"),
+    ),
+    Migration::new(
         5,
         "append_only",
         include_str!("../../migrations/postgres/0005_append_only.sql"),

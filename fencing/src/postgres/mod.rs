@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0002_fenced_writes.sql"),
     ),
     Migration::new(
+        3,
+        "audit_log",
+        include_str!("../../migrations/postgres/0003_audit_log.sql"),
+    ),
+    Migration::new(
         4,
         "shared_functions",
         include_str!("../../migrations/postgres/0004_shared_functions.sql"),

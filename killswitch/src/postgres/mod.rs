@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0003_authority.sql"),
     ),
     Migration::new(
+        4,
+        "audit_log",
+        include_str!("../../migrations/postgres/0004_audit_log.sql"),
+    ),
+    Migration::new(
         6,
         "append_only",
         include_str!("../../migrations/postgres/0006_append_only.sql"),

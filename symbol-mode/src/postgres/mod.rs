@@ -73,6 +73,11 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0004_throttles.sql"),
     ),
     Migration::new(
+        5,
+        "audit_log",
+        include_str!("../../migrations/postgres/0005_audit_log.sql"),
+    ),
+    Migration::new(
         7,
         "append_only",
         include_str!("../../migrations/postgres/0007_append_only.sql"),

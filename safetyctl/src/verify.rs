@@ -1,0 +1,330 @@
+//! `safetyctl audit export --format jsonl`, `audit verify` and `audit checkpoint`: the
+//! tamper-evident audit log exported with its leaf hashes and tree head, verified
+//! offline (no database), and pinned by signed checkpoints kept outside the database.
+//! The work is `failover_core::audit_log`'s; this is the command line around it.
+
+use crate::cli::Failure;
+use failover_core::audit_log::{
+    self, check_extends, first_difference, hex, read_entries, signing_key_from_pem,
+    verify_checkpoint, verify_export, verifying_key_from_pem, Checkpoint, ExportLine, NotExtended,
+    Verified,
+};
+use failover_core::postgres::PgPool;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+/// Exit code of `audit verify` when the export or the checkpoint does not verify.
+pub const EXIT_VERIFY_FAILED: i32 = 5;
+
+/// A progress bar with rate and ETA on stderr when it is a terminal and the output is
+/// for people (no `--json`, no `--quiet`); hidden otherwise.
+pub fn progress_bar(total: u64, unit: &str, quiet: bool) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let template = if unit == "bytes" {
+        "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"
+    } else {
+        "{bar:40} {human_pos}/{human_len} entries {per_sec} ETA {eta}"
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn failed(message: String) -> Failure {
+    Failure {
+        code: crate::cli::EXIT_FAILED,
+        message,
+    }
+}
+
+fn refused(message: String) -> Failure {
+    Failure {
+        code: crate::cli::EXIT_REFUSED,
+        message,
+    }
+}
+
+fn verify_failed(message: String) -> Failure {
+    Failure {
+        code: EXIT_VERIFY_FAILED,
+        message,
+    }
+}
+
+/// Writes the log export (one line per entry, then the tree head) to `out` or stdout
+/// and prints its SHA-256 like the CSV export. `controls` are those configured (the
+/// log holds every control whose events live in the database).
+pub async fn export_log(
+    pool: &PgPool,
+    controls: &[&str],
+    json: bool,
+    quiet: bool,
+    out: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let bar = progress_bar(0, "entries", quiet || json);
+    let snapshot = audit_log::read_log(pool, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await
+    .map_err(|e| failed(format!("reading the audit log: {e}")))?;
+    bar.finish_and_clear();
+    let mut bytes = Vec::with_capacity(snapshot.lines.len() * 512);
+    for line in &snapshot.lines {
+        serde_json::to_writer(&mut bytes, line).expect("export lines serialise");
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(snapshot.head.line().as_bytes());
+    bytes.push(b'\n');
+    let sha256 = hex(&Sha256::digest(&bytes));
+    match &out {
+        Some(path) => std::fs::write(path, &bytes).map_err(|e| {
+            failed(format!(
+                "writing {}: {e}; give a writable --out path",
+                path.display()
+            ))
+        })?,
+        None => {
+            let _ = std::io::stdout().write_all(&bytes);
+        }
+    }
+    let target = out
+        .as_ref()
+        .map_or("-".to_owned(), |p| p.display().to_string());
+    let n = snapshot.head.size;
+    let root = hex(&snapshot.head.root);
+    if out.is_none() {
+        eprintln!("sha256 {sha256}  {target}  ({n} entries, root {root})");
+    } else if json {
+        println!(
+            "{}",
+            serde_json::json!({"sha256": sha256, "entries": n, "events": n, "root": root, "controls": controls, "out": target})
+        );
+    } else {
+        println!("sha256 {sha256}  {target}  ({n} entries, root {root}; `safetyctl audit verify {target}` checks it)");
+    }
+    Ok(())
+}
+
+fn open(path: &Path, what: &str) -> Result<(BufReader<std::fs::File>, u64), Failure> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        refused(format!(
+            "reading {what} {}: {e}; give a readable file",
+            path.display()
+        ))
+    })?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    Ok((BufReader::with_capacity(1 << 20, file), len))
+}
+
+fn read_to_string(path: &Path, what: &str) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| {
+        refused(format!(
+            "reading {what} {}: {e}; give a readable file",
+            path.display()
+        ))
+    })
+}
+
+fn verify_file(path: &Path, quiet: bool) -> Result<Verified, Failure> {
+    let (reader, len) = open(path, "the export")?;
+    let bar = progress_bar(len, "bytes", quiet);
+    let verified = verify_export(reader, |done| bar.set_position(done));
+    bar.finish_and_clear();
+    verified.map_err(|f| verify_failed(format!("{} does not verify: {f}", path.display())))
+}
+
+/// What `audit verify` checks besides the export itself.
+#[derive(Debug, Default)]
+pub struct VerifyArgs {
+    /// A signed checkpoint the export must extend.
+    pub checkpoint: Option<PathBuf>,
+    /// The public key the checkpoint must be signed by.
+    pub public_key: Option<PathBuf>,
+    /// An export taken with or before the checkpoint, to name what a new export lacks.
+    pub previous: Option<PathBuf>,
+}
+
+/// `safetyctl audit verify FILE`: no database involved.
+pub fn verify(file: &Path, args: VerifyArgs, json: bool, quiet: bool) -> Result<(), Failure> {
+    let checkpoint = match (&args.checkpoint, &args.public_key) {
+        (Some(note), Some(key)) => {
+            let key = verifying_key_from_pem(&read_to_string(key, "the public key")?)
+                .map_err(|e| refused(format!("{}: {e}", key.display())))?;
+            let text = read_to_string(note, "the checkpoint")?;
+            Some(verify_checkpoint(&text, &key).map_err(|e| {
+                verify_failed(format!("checkpoint {} refused: {e}", note.display()))
+            })?)
+        }
+        (None, None) => None,
+        _ => {
+            return Err(refused(
+                "--checkpoint and --public-key go together: give both, or neither".into(),
+            ))
+        }
+    };
+    let verified = verify_file(file, quiet || json)?;
+    let root = hex(&verified.head.root);
+    let n = verified.head.size;
+    let mut text = format!("ok: {n} entries, root {root}");
+    let mut value = serde_json::json!({"ok": true, "entries": n, "root": root});
+    if let Some(cp) = &checkpoint {
+        if let Err(not) = check_extends(&verified, cp) {
+            return Err(verify_failed(not_extended(
+                file, cp, &verified, &not, &args,
+            )?));
+        }
+        text.push_str(&format!(
+            "\nextends checkpoint {} of {} entries (root {})",
+            cp.origin,
+            cp.size,
+            hex(&cp.root)
+        ));
+        value["checkpoint"] =
+            serde_json::json!({"origin": cp.origin, "size": cp.size, "root": hex(&cp.root)});
+    }
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+/// Says how `file` fails to extend `cp`; with `--previous`, the first index at which
+/// they differ and the checkpointed entries the new export lacks.
+fn not_extended(
+    file: &Path,
+    cp: &Checkpoint,
+    new: &Verified,
+    not: &NotExtended,
+    args: &VerifyArgs,
+) -> Result<String, Failure> {
+    let mut message = format!(
+        "{} does not verify against checkpoint {} ({} entries): {not}",
+        file.display(),
+        cp.origin,
+        cp.size
+    );
+    let Some(previous) = &args.previous else {
+        message.push_str("; give --previous OLD-export.jsonl (taken with or before the checkpoint) to name the first differing index and the entries lost");
+        return Ok(message);
+    };
+    let old = verify_file(previous, true)?;
+    if check_extends(&old, cp).is_err() {
+        message.push_str(&format!(
+            "; the previous export {} does not match the checkpoint either, so it cannot name what was lost",
+            previous.display()
+        ));
+        return Ok(message);
+    }
+    let Some(first) = first_difference(&old.leaves, &new.leaves, cp.size) else {
+        return Ok(message);
+    };
+    message.push_str(&format!("; first differing index {first}"));
+    let (reader, _) = open(file, "the export")?;
+    // An entry is present when the new export holds the same entry (its leaf hash),
+    // at whatever index: the same position with other content is another event.
+    let present: HashSet<String> = read_entries(reader)
+        .map_err(|f| verify_failed(f.to_string()))?
+        .into_iter()
+        .map(|l| l.leaf)
+        .collect();
+    let (reader, _) = open(previous, "the previous export")?;
+    let lost: Vec<ExportLine> = read_entries(reader)
+        .map_err(|f| verify_failed(f.to_string()))?
+        .into_iter()
+        .filter(|l| l.index >= first && l.index < cp.size)
+        .filter(|l| !present.contains(&l.leaf))
+        .collect();
+    if !lost.is_empty() {
+        message.push_str(&format!(
+            "; {} checkpointed entr{} missing from the new export:",
+            lost.len(),
+            if lost.len() == 1 { "y is" } else { "ies are" }
+        ));
+        for l in lost.iter().take(50) {
+            message.push_str(&format!(
+                "\n  index {} {} {} by {} at {} (position {})",
+                l.index,
+                l.record.control,
+                l.record.action,
+                l.record.actor,
+                l.record.at,
+                l.record.position
+            ));
+        }
+        if lost.len() > 50 {
+            message.push_str(&format!("\n  … and {} more", lost.len() - 50));
+        }
+    }
+    Ok(message)
+}
+
+/// `safetyctl audit checkpoint`: the current tree head as a signed note.
+pub async fn checkpoint(
+    pool: &PgPool,
+    key: &Path,
+    out: Option<PathBuf>,
+    origin: Option<String>,
+    key_name: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    let signing = signing_key_from_pem(&read_to_string(key, "the private key")?)
+        .map_err(|e| refused(format!("{}: {e}", key.display())))?;
+    let origin = match origin {
+        Some(o) => o,
+        None => {
+            let db: String = pool
+                .query_one(
+                    "audit.checkpoint.origin",
+                    "SELECT current_database()::TEXT",
+                    &[],
+                )
+                .await
+                .map_err(|e| failed(format!("reading the database name: {e}")))?
+                .get(0);
+            let host = pool.current_host().unwrap_or_else(|| "localhost".into());
+            format!("tradepulse/{host}/{db}")
+        }
+    };
+    let key_name = key_name.unwrap_or_else(|| origin.clone());
+    let note = audit_log::publish_checkpoint(pool, &origin, &key_name, &signing)
+        .await
+        .map_err(|e| failed(format!("{e}")))?;
+    let cp =
+        failover_core::audit_log::Checkpoint::parse(&note).map_err(|e| failed(e.to_string()))?;
+    match &out {
+        Some(path) => {
+            std::fs::write(path, &note).map_err(|e| {
+                failed(format!(
+                    "writing {}: {e}; give a writable --out path",
+                    path.display()
+                ))
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"origin": cp.origin, "size": cp.size, "root": hex(&cp.root), "out": path.display().to_string()})
+                );
+            } else {
+                println!(
+                    "checkpoint {} at {} entries (root {}) written to {}; keep it outside the database",
+                    cp.origin,
+                    cp.size,
+                    hex(&cp.root),
+                    path.display()
+                );
+            }
+        }
+        None => print!("{note}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,452 @@
+//! The tamper-evident audit log through the real binary against a real PostgreSQL:
+//! exports verify offline, any change to an exported event (or to the database behind
+//! disabled triggers) is named by index, and signed checkpoints pin the history.
+
+mod support;
+
+use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::SigningKey;
+use failover_core::audit_log::ExportLine;
+use std::path::{Path, PathBuf};
+use support::{db, safetyctl, text, Db};
+
+/// A reason with what the canonical encoding must escape, and what it must not (the
+/// controls refuse control characters in reasons; a lease holder below carries them).
+const AWKWARD: &str = "quote \" back\\slash é ✓ / end";
+
+async fn events(d: &Db, tag: &str) {
+    let steps: Vec<Vec<String>> = vec![
+        vec!["kill-switch", "engage", "--reason", AWKWARD],
+        vec![
+            "kill-switch",
+            "disengage",
+            "--reason",
+            "resolved",
+            "--ticket",
+            "T-1",
+        ],
+        vec!["symbols", "add", "BTC-USD", "--reason", "listing"],
+        vec!["mode", "set", "BTC-USD", "SOFT_HALT", "--reason", tag],
+        vec!["global-mode", "set", "CANCEL_ONLY", "--reason", "widen"],
+        vec!["withdrawals", "halt", "--reason", "wallet"],
+    ]
+    .into_iter()
+    .map(|v| v.into_iter().map(str::to_owned).collect())
+    .collect();
+    for step in steps {
+        let args: Vec<&str> = step.iter().map(String::as_str).collect();
+        let out = safetyctl(&d.dsn, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    }
+    d.cluster
+        .primary()
+        .execute(
+            &d.db,
+            "SELECT * FROM fencing_acquire('orders', 'engine-a', 5000000)",
+        )
+        .await
+        .unwrap();
+}
+
+fn export(d: &Db, path: &Path) {
+    let out = safetyctl(
+        &d.dsn,
+        &[
+            "audit",
+            "export",
+            "--out",
+            path.to_str().unwrap(),
+            "--quiet",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+fn verify(dsn: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["audit", "verify"];
+    all.extend_from_slice(args);
+    let out = safetyctl(dsn, &all);
+    (out.status.code(), text(&out))
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_verifies_and_every_tampering_is_named_by_index() {
+    let d = db().await;
+    // Sessions in a zone far from UTC: the encoding must not depend on it.
+    d.cluster
+        .primary()
+        .execute(
+            "postgres",
+            &format!(
+                "ALTER DATABASE \"{}\" SET timezone = 'Pacific/Chatham'",
+                d.db
+            ),
+        )
+        .await
+        .unwrap();
+    events(&d, "lag").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    export(&d, &file);
+    let all = lines(&file);
+    let n = all.len() - 1;
+    assert_eq!(n, 7, "2 kill switch + 4 symbol mode + 1 lease events");
+
+    let (code, out) = verify("", &[p(&file)]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("ok: {n} entries, root ")), "{out}");
+
+    // One event's reason edited in the file.
+    let mut edited = all.clone();
+    edited[3] = edited[3].replace("\"reason\":\"lag\"", "\"reason\":\"lab\"");
+    assert_ne!(edited[3], all[3]);
+    let (code, out) = verify("", &[p(&write(dir.path(), "edited.jsonl", &edited))]);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(
+        out.contains("edited: index 3 (symbol_mode position"),
+        "{out}"
+    );
+
+    // One line deleted.
+    let mut missing = all.clone();
+    missing.remove(4);
+    let (code, out) = verify("", &[p(&write(dir.path(), "missing.jsonl", &missing))]);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("missing: index 4"), "{out}");
+
+    // Two adjacent lines swapped.
+    let mut swapped = all.clone();
+    swapped.swap(2, 3);
+    let (code, out) = verify("", &[p(&write(dir.path(), "swapped.jsonl", &swapped))]);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("reordered: index 2"), "{out}");
+
+    // The head's root changed.
+    let mut head = all.clone();
+    let last = head.len() - 1;
+    let root = head[last].split("\"root\":\"").nth(1).unwrap()[..64].to_owned();
+    let other = format!(
+        "{}{}",
+        if root.starts_with('0') { "1" } else { "0" },
+        &root[1..]
+    );
+    head[last] = head[last].replace(&root, &other);
+    let (code, out) = verify("", &[p(&write(dir.path(), "head.jsonl", &head))]);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("wrong root"), "{out}");
+
+    // A row rewritten in the database behind disabled triggers: the next export no
+    // longer verifies, naming that event's index.
+    let idx = d
+        .cluster
+        .primary()
+        .query(
+            &d.db,
+            "SELECT l.idx FROM audit_log l JOIN kill_switch_events e ON l.control = 'kill_switch' \
+             AND l.position = e.position WHERE e.action = 'disengage'",
+        )
+        .await
+        .unwrap()[0][0]
+        .clone()
+        .unwrap();
+    d.cluster
+        .primary()
+        .execute(
+            &d.db,
+            "ALTER TABLE kill_switch_events DISABLE TRIGGER USER; \
+             UPDATE kill_switch_events SET reason = 'nothing to see' WHERE action = 'disengage'; \
+             ALTER TABLE kill_switch_events ENABLE TRIGGER USER;",
+        )
+        .await
+        .unwrap();
+    let again = dir.path().join("again.jsonl");
+    export(&d, &again);
+    let (code, out) = verify("", &[p(&again)]);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(
+        out.contains(&format!("edited: index {idx} (kill_switch position")),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sql_encoding_is_the_rust_encoding_of_every_controls_rows() {
+    let d = db().await;
+    d.cluster
+        .primary()
+        .execute(
+            "postgres",
+            &format!(
+                "ALTER DATABASE \"{}\" SET timezone = 'America/St_Johns'",
+                d.db
+            ),
+        )
+        .await
+        .unwrap();
+    events(&d, "encoding").await;
+    d.cluster
+        .primary()
+        .execute(
+            &d.db,
+            "SELECT * FROM fencing_acquire('desk', E'tab\\there\\nnew line\\x01', 1500)",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    export(&d, &file);
+    let all = lines(&file);
+    let stored = d
+        .cluster
+        .primary()
+        .query(
+            &d.db,
+            "SELECT idx, convert_from(entry, 'UTF8') FROM audit_log ORDER BY idx",
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), all.len() - 1);
+    let mut controls = std::collections::BTreeSet::new();
+    for (line, row) in all.iter().zip(&stored) {
+        let l: ExportLine = serde_json::from_str(line).unwrap();
+        assert_eq!(Some(l.index.to_string()), row[0]);
+        // Built by Rust from the live row's fields, and by SQL at insert time.
+        assert_eq!(l.entry, row[1], "index {}", l.index);
+        assert_eq!(l.record.canonical(), row[1].clone().unwrap());
+        controls.insert(l.record.control.clone());
+    }
+    assert_eq!(
+        controls.into_iter().collect::<Vec<_>>(),
+        ["kill_switch", "lease", "symbol_mode"]
+    );
+    assert!(all[0].contains("back\\\\slash é ✓ / end"), "{}", all[0]);
+    assert!(
+        all[all.len() - 2].contains("tab\\there\\nnew line\\u0001"),
+        "{}",
+        all[all.len() - 2]
+    );
+    // The root SQL derives from the right edge is the export's.
+    let root = d
+        .cluster
+        .primary()
+        .query(
+            &d.db,
+            "SELECT encode(tradepulse_audit_root(edge), 'hex') FROM audit_log_head",
+        )
+        .await
+        .unwrap()[0][0]
+        .clone()
+        .unwrap();
+    assert!(all.last().unwrap().contains(&root), "{root}");
+}
+
+fn keys(dir: &Path, seed: u8) -> (PathBuf, PathBuf) {
+    let key = SigningKey::from_bytes(&[seed; 32]);
+    let private = dir.join(format!("key{seed}.pem"));
+    let public = dir.join(format!("pub{seed}.pem"));
+    std::fs::write(
+        &private,
+        key.to_pkcs8_pem(Default::default()).unwrap().as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        &public,
+        key.verifying_key()
+            .to_public_key_pem(Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    (private, public)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_checkpoint_pins_the_history_a_later_export_must_extend() {
+    let d = db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keys(dir.path(), 1);
+    let (_, other_public) = keys(dir.path(), 2);
+    events(&d, "first").await;
+    let note = dir.path().join("checkpoint.note");
+    let out = safetyctl(
+        &d.dsn,
+        &[
+            "audit",
+            "checkpoint",
+            "--key",
+            p(&key),
+            "--out",
+            p(&note),
+            "--origin",
+            "tradepulse/test/a",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let old = dir.path().join("old.jsonl");
+    export(&d, &old);
+
+    // More events: the later export extends the checkpoint.
+    let out = safetyctl(&d.dsn, &["cancel-all", "BTC-USD", "--reason", "sweep"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let new = dir.path().join("new.jsonl");
+    export(&d, &new);
+    let (code, out) = verify(
+        "",
+        &[
+            p(&new),
+            "--checkpoint",
+            p(&note),
+            "--public-key",
+            p(&public),
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok: 8 entries"), "{out}");
+    assert!(
+        out.contains("extends checkpoint tradepulse/test/a of 7 entries"),
+        "{out}"
+    );
+
+    // Another key's public half is refused, naming why.
+    let (code, out) = verify(
+        "",
+        &[
+            p(&new),
+            "--checkpoint",
+            p(&note),
+            "--public-key",
+            p(&other_public),
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("not signed by the given public key"), "{out}");
+
+    // Another history of the same size (a database that lost the checkpointed entries
+    // and wrote others) does not extend it: the first differing index and the entries
+    // lost are named.
+    let e = db().await;
+    let out = safetyctl(
+        &e.dsn,
+        &["kill-switch", "engage", "--reason", "another history"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    events(&e, "second").await;
+    let forked = dir.path().join("forked.jsonl");
+    export(&e, &forked);
+    let (code, out) = verify(
+        "",
+        &[
+            p(&forked),
+            "--checkpoint",
+            p(&note),
+            "--public-key",
+            p(&public),
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("does not extend the checkpoint"), "{out}");
+    let (code, out) = verify(
+        "",
+        &[
+            p(&forked),
+            "--checkpoint",
+            p(&note),
+            "--public-key",
+            p(&public),
+            "--previous",
+            p(&old),
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("first differing index 0"), "{out}");
+    assert!(
+        out.contains("index 0 kill_switch engage by "),
+        "the lost entries are listed: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_append_fails_within_the_lock_bound_naming_the_holder() {
+    let d = db().await;
+    // A session left open holding the log's head row (a psql left in a transaction).
+    let held = tradepulse_testkit::Held::begin(
+        &format!("{} application_name=psql", d.dsn),
+        "SELECT * FROM audit_log_head FOR UPDATE",
+    )
+    .await;
+    let start = std::time::Instant::now();
+    let out = safetyctl(&d.dsn, &["kill-switch", "engage", "--reason", "blocked"]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "audit_log_head is locked by pid {} (psql",
+            held.pid()
+        )),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    held.rollback().await;
+    // Nothing was written: the engage rolled back with its append.
+    let rows = d
+        .cluster
+        .primary()
+        .query(&d.db, "SELECT count(*) FROM kill_switch_events")
+        .await
+        .unwrap();
+    assert_eq!(rows[0][0].as_deref(), Some("0"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn viewers_read_the_log_and_only_the_trigger_writes_it() {
+    let d = db().await;
+    events(&d, "roles").await;
+    let primary = d.cluster.primary();
+    primary
+        .execute(
+            &d.db,
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'audit_reader') \
+             THEN CREATE ROLE audit_reader LOGIN; END IF; END $$; \
+             GRANT tradepulse_viewer TO audit_reader;",
+        )
+        .await
+        .unwrap();
+    let as_viewer = |sql: &str| format!("SET ROLE audit_reader; {sql}");
+    let rows = primary
+        .query(&d.db, &as_viewer("SELECT count(*) FROM audit_log"))
+        .await
+        .unwrap();
+    assert_eq!(rows.last().unwrap()[0].as_deref(), Some("7"));
+    for sql in [
+        "INSERT INTO audit_log (idx, control, position, entry, leaf_hash) VALUES (99, 'x', 1, '', sha256(''))",
+        "UPDATE audit_log_head SET size = 0",
+        "SELECT tradepulse_audit_append_row('kill_switch', '{}')",
+    ] {
+        let err = primary.execute(&d.db, &as_viewer(sql)).await.unwrap_err();
+        assert!(err.to_string().contains("permission denied"), "{sql}: {err}");
+    }
+    // Not even the owner rewrites the log while its triggers stand.
+    let err = primary
+        .execute(&d.db, "UPDATE audit_log SET control = 'x' WHERE idx = 0")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
