@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod approvals;
 pub mod audit;
 pub mod authority;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod http;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
+pub use approvals::{ApprovalError, ApprovalStore, PendingApproval};
 pub use audit::{Audit, AuditError, Safety};
 pub use authority::{Applied, Authority, ChangeRef, Precondition, Refusal};
 pub use errors::{ConfigError, DbError, DbErrorKind};

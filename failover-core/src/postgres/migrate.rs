@@ -69,6 +69,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0001_positions.sql"),
     ),
     Migration::new(2, "roles", ROLES_SQL),
+    Migration::new(
+        4,
+        "approvals",
+        include_str!("../../migrations/postgres/0004_approvals.sql"),
+    ),
 ];
 
 /// The roles of the operators' authority model (`tradepulse_viewer`,

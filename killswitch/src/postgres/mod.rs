@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "authority",
         include_str!("../../migrations/postgres/0003_authority.sql"),
     ),
+    Migration::new(
+        5,
+        "approvals",
+        include_str!("../../migrations/postgres/0005_approvals.sql"),
+    ),
 ];
 
 const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, version, position \

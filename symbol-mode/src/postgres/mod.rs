@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "throttles",
         include_str!("../../migrations/postgres/0004_throttles.sql"),
     ),
+    Migration::new(
+        6,
+        "approvals",
+        include_str!("../../migrations/postgres/0006_approvals.sql"),
+    ),
 ];
 
 const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position, \
