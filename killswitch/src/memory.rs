@@ -152,6 +152,8 @@ impl MemoryKillSwitchStore {
             at: state.updated_at,
             login: None,
             authority: Some(audit.authority()),
+            approval_id: None,
+            break_glass: false,
         });
         let index = inner.events.len() - 1;
         inner.by_request.insert(audit.request_id(), index);

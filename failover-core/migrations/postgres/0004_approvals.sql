@@ -10,7 +10,8 @@
 --     was required: the exact command (control, target, parameters, reason,
 --     ticket, actor, login) and the position of the state it was made against.
 --     It changed nothing. A different principal — another database login AND
---     another actor — holding supervisor authority approves it; the control's
+--     another actor (behind a service login, which authenticated the callers it
+--     acts for, another actor) — holding supervisor authority approves it; the control's
 --     apply function then runs inside the approving transaction under the
 --     control's row lock, with the request's position as its precondition.
 --   * approval_events: the append-only trail of requests, approvals,
@@ -222,6 +223,17 @@ BEGIN
 END
 $$;
 
+-- True when `p_actor` on this session is the principal who made request r: the
+-- same actor, or the same login acting in its own name. A service login
+-- (tradepulse_service) authenticated the callers it acts for, so behind it the
+-- actor alone is the principal; any other login is the principal itself.
+CREATE OR REPLACE FUNCTION tradepulse_same_principal(r approval_requests, p_actor TEXT) RETURNS BOOLEAN
+LANGUAGE sql STABLE AS $$
+    SELECT r.requested_by = p_actor
+        OR (r.requested_login = session_user::TEXT
+            AND NOT pg_has_role(session_user, 'tradepulse_service', 'MEMBER'))
+$$;
+
 -- Claims a request for approval by `p_actor` (the session's login is the other
 -- half of the principal). The control's `<control>_approve` calls it holding the
 -- control's row lock. Verdicts: 'ok' (claimed in this transaction), 'not_found',
@@ -242,7 +254,7 @@ BEGIN
         RETURN QUERY SELECT 'not_pending'::TEXT, r;
         RETURN;
     END IF;
-    IF r.requested_login = session_user::TEXT OR r.requested_by = p_actor THEN
+    IF tradepulse_same_principal(r, p_actor) THEN
         RETURN QUERY SELECT 'self_approval'::TEXT, r;
         RETURN;
     END IF;
@@ -440,7 +452,7 @@ BEGIN
         RETURN QUERY SELECT 'not_break_glass:' || r.status, r.id, r.action, r.what, r.decided_by, r.decision;
         RETURN;
     END IF;
-    IF r.requested_login = session_user::TEXT OR r.requested_by = p_actor THEN
+    IF tradepulse_same_principal(r, p_actor) THEN
         RETURN QUERY SELECT 'self_acknowledgement'::TEXT, r.id, r.action, r.what, r.requested_by, NULL::TEXT;
         RETURN;
     END IF;
@@ -609,6 +621,7 @@ BEGIN
         'tradepulse_approval_gate(UUID, TEXT, TEXT, TEXT, TEXT, JSONB, TEXT, TEXT, TEXT, BIGINT, BOOLEAN, BOOLEAN)',
         'tradepulse_approval_applied(TEXT, TEXT, BIGINT, TEXT, TEXT, UUID)',
         'tradepulse_approval_claim(UUID, TEXT)',
+        'tradepulse_same_principal(approval_requests, TEXT)',
         'tradepulse_approval_verify(UUID, TEXT)',
         'tradepulse_approval_close(UUID, TEXT, TEXT, BIGINT, BIGINT, TEXT, TEXT, TIMESTAMPTZ)']
     LOOP

@@ -37,6 +37,10 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
+        "approvals_break_glass_total",
+        "Relaxations that required a second person's approval and were applied at once by breaking the glass, by action; each waits in the review until a second supervisor acknowledges it"
+    );
+    describe_counter!(
         "failover_history_diverged_total",
         "Times a handle found its position lost from the store's history after a failover and adopted the store's state, by component"
     );
