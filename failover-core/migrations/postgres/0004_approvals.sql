@@ -73,6 +73,11 @@ CREATE TABLE IF NOT EXISTS approval_requests (
     decided_at        TIMESTAMPTZ,
     decision          TEXT,
     applied_position  BIGINT,
+    -- The change that made it stale or superseded it: what an approval names.
+    moved_position    BIGINT,
+    moved_actor       TEXT,
+    moved_what        TEXT,
+    moved_at          TIMESTAMPTZ,
     -- The transaction that claimed it for approval: the control's apply function
     -- accepts an approval only from the transaction that claimed it.
     claimed_txid      BIGINT
@@ -212,7 +217,9 @@ DECLARE
 BEGIN
     FOR r IN UPDATE approval_requests
                 SET status = 'superseded', decided_by = p_actor, decided_login = session_user,
-                    decided_at = now(), decision = 'superseded by ' || v_by
+                    decided_at = now(), decision = 'superseded by ' || v_by,
+                    moved_position = p_position, moved_actor = p_actor, moved_what = p_what,
+                    moved_at = now()
               WHERE control = p_control AND target = p_target AND status = 'pending'
                 AND id IS DISTINCT FROM p_approving
              RETURNING *
@@ -327,7 +334,9 @@ BEGIN
            SET status = 'stale', decided_by = p_actor, decided_login = session_user,
                decided_at = now(),
                decision = format('the state moved since the request (position %s): %s',
-                                 expected_position, v_change)
+                                 expected_position, v_change),
+               moved_position = p_other_position, moved_actor = p_other_actor,
+               moved_what = p_other_what, moved_at = p_other_at
          WHERE id = p_id RETURNING * INTO r;
         PERFORM tradepulse_approval_event(r.id, 'stale', r.action, r.what, p_actor, NULL, NULL,
             format('not applied: the state moved since position %s: %s', r.expected_position, v_change));
@@ -340,7 +349,10 @@ BEGIN
 END
 $$;
 
--- The answer row of a request that was not claimed.
+-- The answer row of a request that was not claimed. A request closed because its
+-- target changed (superseded by a tightening, or stale) answers 'stale_request'
+-- naming that change; other closed requests 'not_pending:<status>' with the
+-- decision.
 CREATE OR REPLACE FUNCTION tradepulse_approval_unclaimed(p_verdict TEXT, r approval_requests)
 RETURNS TABLE (
     o_status TEXT, o_id UUID, o_action TEXT, o_what TEXT, o_requested_by TEXT,
@@ -348,9 +360,15 @@ RETURNS TABLE (
     o_other_at TIMESTAMPTZ, o_expires_at TIMESTAMPTZ
 )
 LANGUAGE sql AS $$
-    SELECT CASE WHEN p_verdict = 'not_pending' THEN 'not_pending:' || r.status ELSE p_verdict END,
+    SELECT CASE WHEN p_verdict = 'not_pending' AND r.status IN ('superseded', 'stale') THEN 'stale_request'
+                WHEN p_verdict = 'not_pending' THEN 'not_pending:' || r.status
+                ELSE p_verdict END,
         r.id, r.action, r.what, r.requested_by, r.expected_position,
-        NULL::BIGINT, r.decided_by, r.decision, r.decided_at, r.expires_at
+        r.moved_position,
+        CASE WHEN r.status IN ('superseded', 'stale') THEN r.moved_actor ELSE r.decided_by END,
+        CASE WHEN r.status IN ('superseded', 'stale') THEN r.moved_what ELSE r.decision END,
+        CASE WHEN r.status IN ('superseded', 'stale') THEN r.moved_at ELSE r.decided_at END,
+        r.expires_at
 $$;
 
 -- Approves request p_id as p_actor: the login's authority (supervisor needed) is
