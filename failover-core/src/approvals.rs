@@ -837,3 +837,828 @@ mod postgres {
         }
     }
 }
+
+pub use self::memory::{Claimed, Gate, GateCommand, MemoryApprovals, MemoryApprover};
+
+mod memory {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+    /// A control store in memory that applies approved requests: under its own lock
+    /// it claims the request ([`MemoryApprovals::claim`]), applies the command with
+    /// the request's position as the precondition, and closes the request
+    /// ([`MemoryApprovals::close`]) — the same order as PostgreSQL (the control's
+    /// lock first, then the request).
+    pub trait MemoryApprover: Send + Sync + std::fmt::Debug {
+        /// The control it applies for: `kill_switch` or `symbol_mode`.
+        fn control(&self) -> &'static str;
+        /// Applies request `id`, approved by `actor`.
+        fn apply_approved(
+            &self,
+            id: Uuid,
+            actor: &str,
+            approvals: &MemoryApprovals,
+        ) -> Result<Approved, ApprovalError>;
+    }
+
+    /// A supervisor's relaxation, as a control's store submits it to the gate
+    /// under its own lock (authority, ticket and precondition already checked).
+    #[derive(Debug, Clone)]
+    pub struct GateCommand<'a> {
+        /// The action, e.g. `kill-switch.disengage`.
+        pub action: &'static str,
+        /// The control, e.g. `kill_switch`.
+        pub control: &'static str,
+        /// The target within the control, e.g. `mode:BTC-USD`.
+        pub target: String,
+        /// What it would do.
+        pub what: String,
+        /// The command's parameters, to apply it on approval.
+        pub params: serde_json::Value,
+        /// The audit of the command (actor, reason, ticket, request id, break-glass).
+        pub audit: &'a Audit,
+        /// The position of the target it is made against.
+        pub expected: Position,
+    }
+
+    /// What the gate decided.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Gate {
+        /// Not required: apply now.
+        Apply,
+        /// Required and the glass was broken: apply now, marked and reviewed.
+        BreakGlass,
+        /// Required: a pending request holds it; apply nothing.
+        Pending(PendingApproval),
+        /// This request id is a request closed earlier (its status); apply nothing.
+        Closed(String),
+    }
+
+    /// A request claimed for approval: the command to apply.
+    #[derive(Debug, Clone)]
+    pub struct Claimed {
+        /// The request.
+        pub request: ApprovalRequest,
+        /// The command's parameters.
+        pub params: serde_json::Value,
+    }
+
+    #[derive(Debug)]
+    struct Stored {
+        request: ApprovalRequest,
+        params: serde_json::Value,
+        moved: Option<ChangeRef>,
+    }
+
+    #[derive(Debug)]
+    struct Inner {
+        policy: BTreeMap<String, PolicyEntry>,
+        policy_position: u64,
+        requests: Vec<Stored>,
+        by_id: HashMap<Uuid, usize>,
+        events: Vec<ApprovalEvent>,
+    }
+
+    /// The approvals in memory, held to the same rules as PostgreSQL (the control
+    /// stores in memory call its gate). There are no database logins: the actor is
+    /// the principal.
+    #[derive(Debug)]
+    pub struct MemoryApprovals {
+        inner: Mutex<Inner>,
+        approvers: Mutex<HashMap<&'static str, Weak<dyn MemoryApprover>>>,
+    }
+
+    impl Default for MemoryApprovals {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    const LOGIN: &str = "memory";
+
+    fn now() -> SystemTime {
+        crate::time::now_micros()
+    }
+
+    impl Inner {
+        fn event(&mut self, r: &ApprovalRequest, event: &str, actor: &str, detail: String) {
+            self.event_with(r.id, event, &r.action, &r.what, actor, None, None, detail);
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn event_with(
+            &mut self,
+            request_id: Uuid,
+            event: &str,
+            action: &str,
+            what: &str,
+            actor: &str,
+            reason: Option<&str>,
+            ticket: Option<&str>,
+            detail: String,
+        ) {
+            let position = self.events.len() as u64 + 1;
+            self.events.push(ApprovalEvent {
+                position,
+                request_id,
+                event: event.into(),
+                action: action.into(),
+                what: what.into(),
+                actor: actor.into(),
+                login: LOGIN.into(),
+                reason: reason.map(str::to_owned),
+                ticket: ticket.map(str::to_owned),
+                detail: Some(detail),
+                at: now(),
+            });
+        }
+
+        fn get(&mut self, id: Uuid) -> Option<&mut Stored> {
+            self.by_id.get(&id).copied().map(|i| &mut self.requests[i])
+        }
+
+        fn decide(stored: &mut Stored, status: &str, actor: &str, decision: String) {
+            stored.request.status = status.into();
+            stored.request.decided_by = Some(actor.into());
+            stored.request.decided_login = Some(LOGIN.into());
+            stored.request.decision = Some(decision);
+        }
+
+        fn insert(&mut self, cmd: &GateCommand<'_>, status: &str) -> ApprovalRequest {
+            let expiry = self
+                .policy
+                .get(cmd.action)
+                .map_or(DEFAULT_EXPIRY, |p| Duration::from_secs(p.expiry_secs));
+            let at = now();
+            let request = ApprovalRequest {
+                id: cmd.audit.request_id(),
+                action: cmd.action.into(),
+                control: cmd.control.into(),
+                target: cmd.target.clone(),
+                what: cmd.what.clone(),
+                reason: cmd.audit.reason().into(),
+                ticket: cmd.audit.ticket().map(str::to_owned),
+                expected_position: cmd.expected,
+                requested_by: cmd.audit.actor().into(),
+                requested_login: LOGIN.into(),
+                requested_at: at,
+                expires_at: at + expiry,
+                status: status.into(),
+                decided_by: None,
+                decided_login: None,
+                decision: None,
+                applied_position: None,
+            };
+            self.by_id.insert(request.id, self.requests.len());
+            self.requests.push(Stored {
+                request: request.clone(),
+                params: cmd.params.clone(),
+                moved: None,
+            });
+            request
+        }
+
+        fn gate(&mut self, cmd: &GateCommand<'_>, required: bool) -> Gate {
+            let id = cmd.audit.request_id();
+            if let Some(s) = self.get(id) {
+                let r = &s.request;
+                return if r.status == "pending"
+                    && r.action == cmd.action
+                    && r.target == cmd.target
+                    && r.requested_by == cmd.audit.actor()
+                {
+                    Gate::Pending(PendingApproval {
+                        id,
+                        action: r.action.clone(),
+                        what: r.what.clone(),
+                        expires_at: r.expires_at,
+                    })
+                } else {
+                    Gate::Closed(r.status.clone())
+                };
+            }
+            if !required {
+                return Gate::Apply;
+            }
+            if cmd.audit.break_glass() {
+                let r = self.insert(cmd, "break_glass");
+                let detail = format!(
+                    "applied at once without a second person: position {}",
+                    cmd.expected
+                );
+                self.event_with(
+                    r.id,
+                    "break_glass",
+                    &r.action,
+                    &r.what,
+                    &r.requested_by,
+                    Some(&r.reason),
+                    r.ticket.as_deref(),
+                    detail,
+                );
+                return Gate::BreakGlass;
+            }
+            let r = self.insert(cmd, "pending");
+            let detail = format!("against position {}", cmd.expected);
+            self.event_with(
+                r.id,
+                "requested",
+                &r.action,
+                &r.what,
+                &r.requested_by,
+                Some(&r.reason),
+                r.ticket.as_deref(),
+                detail,
+            );
+            Gate::Pending(PendingApproval {
+                id: r.id,
+                action: r.action,
+                what: r.what,
+                expires_at: r.expires_at,
+            })
+        }
+
+        fn applied(
+            &mut self,
+            control: &str,
+            target: &str,
+            change: &ChangeRef,
+            approving: Option<Uuid>,
+        ) {
+            let by = format!(
+                "{} by {} (position {})",
+                change.what, change.actor, change.position
+            );
+            let mut closed = Vec::new();
+            for s in &mut self.requests {
+                if s.request.control == control
+                    && s.request.target == target
+                    && s.request.status == "pending"
+                    && Some(s.request.id) != approving
+                {
+                    Self::decide(s, "superseded", &change.actor, format!("superseded by {by}"));
+                    s.moved = Some(change.clone());
+                    closed.push(s.request.clone());
+                }
+            }
+            for r in closed {
+                self.event(&r, "superseded", &change.actor, format!("superseded by {by}"));
+            }
+        }
+
+        fn claim(&mut self, id: Uuid, actor: &str) -> Result<Claimed, ApprovalError> {
+            let Some(s) = self.get(id) else {
+                return Err(ApprovalError::NotFound { request: id });
+            };
+            let r = s.request.clone();
+            if r.status != "pending" {
+                return Err(match (&s.moved, r.status.as_str()) {
+                    (Some(change), "superseded" | "stale") => ApprovalError::Stale {
+                        request: id,
+                        what: r.what,
+                        expected: r.expected_position,
+                        change: change.clone(),
+                    },
+                    _ => ApprovalError::NotPending {
+                        request: id,
+                        status: r.status,
+                        decision: r.decision,
+                    },
+                });
+            }
+            if r.requested_by == actor {
+                return Err(ApprovalError::SelfApproval {
+                    request: id,
+                    requested_by: r.requested_by,
+                });
+            }
+            if r.expires_at <= now() {
+                let decision = format!(
+                    "expired at {}, before it was approved",
+                    humantime::format_rfc3339_seconds(r.expires_at)
+                );
+                Self::decide(s, "expired", actor, decision);
+                self.event(
+                    &r,
+                    "expired",
+                    actor,
+                    format!("observed when {actor} tried to approve it"),
+                );
+                return Err(ApprovalError::Expired {
+                    request: id,
+                    expires_at: r.expires_at,
+                });
+            }
+            Ok(Claimed {
+                request: r,
+                params: s.params.clone(),
+            })
+        }
+
+        fn close(
+            &mut self,
+            id: Uuid,
+            actor: &str,
+            outcome: Result<Position, ChangeRef>,
+        ) -> Result<Approved, ApprovalError> {
+            let Some(s) = self.get(id) else {
+                return Err(ApprovalError::NotFound { request: id });
+            };
+            match outcome {
+                Ok(position) => {
+                    Self::decide(
+                        s,
+                        "applied",
+                        actor,
+                        format!("approved and applied at position {position}"),
+                    );
+                    s.request.applied_position = Some(position);
+                    let r = s.request.clone();
+                    self.event(
+                        &r,
+                        "approved",
+                        actor,
+                        format!(
+                            "requested by {}; applied at position {position}",
+                            r.requested_by
+                        ),
+                    );
+                    Ok(Approved {
+                        id,
+                        action: r.action,
+                        what: r.what,
+                        requested_by: r.requested_by,
+                        position,
+                    })
+                }
+                Err(change) => {
+                    Self::decide(
+                        s,
+                        "stale",
+                        actor,
+                        format!("the state moved since the request: {change}"),
+                    );
+                    s.moved = Some(change.clone());
+                    let r = s.request.clone();
+                    self.event(
+                        &r,
+                        "stale",
+                        actor,
+                        format!("not applied: the state moved: {change}"),
+                    );
+                    Err(ApprovalError::Stale {
+                        request: id,
+                        what: r.what,
+                        expected: r.expected_position,
+                        change,
+                    })
+                }
+            }
+        }
+
+        fn set_policy(
+            &mut self,
+            actions: &[String],
+            required: bool,
+            expiry: Option<Duration>,
+            actor: &str,
+        ) -> Position {
+            self.policy_position += 1;
+            for a in actions {
+                if let Some(p) = self.policy.get_mut(a) {
+                    p.required = required;
+                    if let (true, Some(e)) = (required, expiry) {
+                        p.expiry_secs = e.as_secs().max(1);
+                    }
+                    p.updated_by = actor.into();
+                    p.updated_at = now();
+                }
+            }
+            Position(self.policy_position)
+        }
+    }
+
+    impl MemoryApprovals {
+        /// Nothing required, no request.
+        pub fn new() -> Self {
+            let policy = ACTIONS
+                .iter()
+                .map(|a| {
+                    (
+                        (*a).to_owned(),
+                        PolicyEntry {
+                            action: (*a).to_owned(),
+                            required: false,
+                            expiry_secs: DEFAULT_EXPIRY.as_secs(),
+                            updated_by: String::new(),
+                            updated_at: now(),
+                        },
+                    )
+                })
+                .collect();
+            Self {
+                inner: Mutex::new(Inner {
+                    policy,
+                    policy_position: 0,
+                    requests: Vec::new(),
+                    by_id: HashMap::new(),
+                    events: Vec::new(),
+                }),
+                approvers: Mutex::new(HashMap::new()),
+            }
+        }
+
+        fn lock(&self) -> MutexGuard<'_, Inner> {
+            self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Registers the store that applies the requests of its control (held
+        /// weakly: the store owns its approvals, not the other way round).
+        pub fn register(&self, approver: Arc<dyn MemoryApprover>) {
+            let control = approver.control();
+            self.approvers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(control, Arc::downgrade(&approver));
+        }
+
+        /// The gate a control's store calls under its own lock when a supervisor
+        /// relaxes (authority, ticket and precondition already checked).
+        pub fn gate(&self, cmd: &GateCommand<'_>) -> Gate {
+            let mut inner = self.lock();
+            let required = inner.policy.get(cmd.action).is_some_and(|p| p.required);
+            inner.gate(cmd, required)
+        }
+
+        /// What a control's store calls, under its own lock, after every change it
+        /// applied to `target`: the requests pending against it close as
+        /// superseded, naming `change`.
+        pub fn applied(
+            &self,
+            control: &str,
+            target: &str,
+            change: &ChangeRef,
+            approving: Option<Uuid>,
+        ) {
+            self.lock().applied(control, target, change, approving);
+        }
+
+        /// Claims request `id` for approval by `actor` (a control's
+        /// [`MemoryApprover`] calls it under its own lock): refused when it is not
+        /// pending, is the actor's own, or expired (closed as expired).
+        pub fn claim(&self, id: Uuid, actor: &str) -> Result<Claimed, ApprovalError> {
+            self.lock().claim(id, actor)
+        }
+
+        /// Closes a claimed request: applied at a position, or stale, naming the
+        /// change in between.
+        pub fn close(
+            &self,
+            id: Uuid,
+            actor: &str,
+            outcome: Result<Position, ChangeRef>,
+        ) -> Result<Approved, ApprovalError> {
+            self.lock().close(id, actor, outcome)
+        }
+
+        fn set_policy(
+            &self,
+            required: bool,
+            actions: &[String],
+            expiry: Option<Duration>,
+            audit: &Audit,
+        ) -> Result<Position, ApprovalError> {
+            check_actions(actions)?;
+            let what = format!(
+                "{} {}",
+                if required { "require" } else { "waive" },
+                actions.join(" ")
+            );
+            let mut inner = self.lock();
+            if inner
+                .events
+                .iter()
+                .any(|e| e.request_id == audit.request_id() && (e.event == "required" || e.event == "waived"))
+            {
+                return Ok(Position(inner.policy_position));
+            }
+            let mut broke_glass = false;
+            if required {
+                audit.validate(crate::Safety::Tighten, "require approvals")?;
+            } else {
+                audit.validate(crate::Safety::Relax, "waive approvals")?;
+                if !audit.authority().may_relax() {
+                    return Err(Refusal::Forbidden {
+                        message: format!(
+                            "waiving approvals ({}) relaxes safety and needs supervisor authority; {} acts as {}",
+                            actions.join(" "),
+                            audit.actor(),
+                            audit.authority()
+                        ),
+                    }
+                    .into());
+                }
+                let any_required = inner.policy.values().any(|p| p.required);
+                let cmd = GateCommand {
+                    action: WAIVE_ACTION,
+                    control: "approval_policy",
+                    target: "policy".into(),
+                    what: what.clone(),
+                    params: serde_json::json!({ "actions": actions }),
+                    audit,
+                    expected: Position(inner.policy_position),
+                };
+                match inner.gate(&cmd, any_required) {
+                    Gate::Apply => {}
+                    Gate::BreakGlass => broke_glass = true,
+                    Gate::Pending(p) => return Err(ApprovalError::PendingApproval(p)),
+                    Gate::Closed(status) => {
+                        return Err(ApprovalError::NotPending {
+                            request: audit.request_id(),
+                            status,
+                            decision: Some("build a new command (a new request id)".into()),
+                        })
+                    }
+                }
+            }
+            let position = inner.set_policy(actions, required, expiry, audit.actor());
+            inner.event_with(
+                audit.request_id(),
+                if required { "required" } else { "waived" },
+                if required { "approvals.require" } else { WAIVE_ACTION },
+                &what,
+                audit.actor(),
+                Some(audit.reason()),
+                audit.ticket(),
+                format!("policy position {position}"),
+            );
+            let change = ChangeRef {
+                position,
+                actor: audit.actor().into(),
+                what: what.clone(),
+                at: now(),
+            };
+            inner.applied("approval_policy", "policy", &change, None);
+            drop(inner);
+            if broke_glass {
+                break_glass_applied(WAIVE_ACTION, &what, audit.actor(), audit.request_id());
+            }
+            Ok(position)
+        }
+
+        fn approve_policy(&self, id: Uuid, actor: &str) -> Result<Approved, ApprovalError> {
+            let mut inner = self.lock();
+            let claimed = inner.claim(id, actor)?;
+            let r = &claimed.request;
+            if r.expected_position != Position(inner.policy_position) {
+                let last = inner
+                    .events
+                    .iter()
+                    .rev()
+                    .find(|e| e.event == "required" || e.event == "waived")
+                    .map(|e| ChangeRef {
+                        position: Position(inner.policy_position),
+                        actor: e.actor.clone(),
+                        what: e.what.clone(),
+                        at: e.at,
+                    });
+                let change = last.unwrap_or(ChangeRef {
+                    position: Position(inner.policy_position),
+                    actor: String::new(),
+                    what: "a policy change".into(),
+                    at: SystemTime::UNIX_EPOCH,
+                });
+                return inner.close(id, actor, Err(change));
+            }
+            let actions: Vec<String> = claimed.params["actions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            let position = inner.set_policy(&actions, false, None, &r.requested_by);
+            let (what, reason, ticket, requester) =
+                (r.what.clone(), r.reason.clone(), r.ticket.clone(), r.requested_by.clone());
+            inner.event_with(
+                id,
+                "waived",
+                WAIVE_ACTION,
+                &what,
+                &requester,
+                Some(&reason),
+                ticket.as_deref(),
+                format!("policy position {position}, approved request {id}"),
+            );
+            inner.close(id, actor, Ok(position))
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ApprovalStore for MemoryApprovals {
+        async fn policy(&self) -> Result<Vec<PolicyEntry>, ApprovalError> {
+            Ok(self.lock().policy.values().cloned().collect())
+        }
+
+        async fn require(
+            &self,
+            actions: &[String],
+            expiry: Option<Duration>,
+            audit: &Audit,
+        ) -> Result<Position, ApprovalError> {
+            if let Some(e) = expiry {
+                if e < Duration::from_secs(1) || e > Duration::from_secs(24 * 3600) {
+                    return Err(ApprovalError::Invalid {
+                        message: format!(
+                            "an expiry of {} is out of bounds: between 1s and 24h",
+                            humantime::format_duration(e)
+                        ),
+                    });
+                }
+            }
+            self.set_policy(true, actions, expiry, audit)
+        }
+
+        async fn waive(
+            &self,
+            actions: &[String],
+            audit: &Audit,
+        ) -> Result<Position, ApprovalError> {
+            self.set_policy(false, actions, None, audit)
+        }
+
+        async fn list(&self, all: bool) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+            let at = now();
+            Ok(self
+                .lock()
+                .requests
+                .iter()
+                .rev()
+                .map(|s| {
+                    let mut r = s.request.clone();
+                    if r.status == "pending" && r.expires_at <= at {
+                        r.status = "expired".into();
+                    }
+                    r
+                })
+                .filter(|r| all || r.status == "pending")
+                .collect())
+        }
+
+        async fn review(&self) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+            Ok(self
+                .lock()
+                .requests
+                .iter()
+                .rev()
+                .filter(|s| s.request.status == "break_glass")
+                .map(|s| s.request.clone())
+                .collect())
+        }
+
+        async fn events(
+            &self,
+            request: Option<Uuid>,
+            limit: usize,
+        ) -> Result<Vec<ApprovalEvent>, ApprovalError> {
+            Ok(self
+                .lock()
+                .events
+                .iter()
+                .rev()
+                .filter(|e| request.is_none_or(|id| e.request_id == id))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+
+        async fn approve(
+            &self,
+            id: Uuid,
+            actor: &str,
+            authority: Authority,
+        ) -> Result<Approved, ApprovalError> {
+            if !authority.may_relax() {
+                return Err(Refusal::Forbidden {
+                    message: format!(
+                        "approving request {id} relaxes safety and needs supervisor authority; {actor} acts as {authority}"
+                    ),
+                }
+                .into());
+            }
+            let control = {
+                let mut inner = self.lock();
+                match inner.get(id) {
+                    Some(s) => s.request.control.clone(),
+                    None => return Err(ApprovalError::NotFound { request: id }),
+                }
+            };
+            if control == "approval_policy" {
+                return self.approve_policy(id, actor);
+            }
+            let approver = self
+                .approvers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(control.as_str())
+                .and_then(Weak::upgrade);
+            match approver {
+                Some(a) => a.apply_approved(id, actor, self),
+                None => Err(ApprovalError::Invalid {
+                    message: format!(
+                        "no {control} store is registered with these approvals: register it (MemoryApprovals::register) before approving its requests"
+                    ),
+                }),
+            }
+        }
+
+        async fn reject(
+            &self,
+            id: Uuid,
+            actor: &str,
+            reason: &str,
+            _authority: Authority,
+        ) -> Result<Decided, ApprovalError> {
+            if reason.trim().is_empty() {
+                return Err(ApprovalError::Invalid {
+                    message: format!("rejecting request {id} needs a reason"),
+                });
+            }
+            let mut inner = self.lock();
+            let Some(s) = inner.get(id) else {
+                return Err(ApprovalError::NotFound { request: id });
+            };
+            if s.request.status != "pending" {
+                return Err(ApprovalError::NotPending {
+                    request: id,
+                    status: s.request.status.clone(),
+                    decision: s.request.decision.clone(),
+                });
+            }
+            let expired = s.request.expires_at <= now();
+            let status = if expired { "expired" } else { "rejected" };
+            Inner::decide(s, status, actor, format!("{status}: {reason}"));
+            let r = s.request.clone();
+            inner.event(&r, status, actor, reason.to_owned());
+            if expired {
+                return Err(ApprovalError::Expired {
+                    request: id,
+                    expires_at: r.expires_at,
+                });
+            }
+            Ok(Decided {
+                id,
+                status: r.status,
+                action: r.action,
+                what: r.what,
+                decided_by: actor.into(),
+            })
+        }
+
+        async fn acknowledge(
+            &self,
+            id: Uuid,
+            actor: &str,
+            authority: Authority,
+        ) -> Result<Decided, ApprovalError> {
+            if !authority.may_relax() {
+                return Err(Refusal::Forbidden {
+                    message: format!(
+                        "acknowledging break-glass request {id} needs supervisor authority; {actor} acts as {authority}"
+                    ),
+                }
+                .into());
+            }
+            let mut inner = self.lock();
+            let Some(s) = inner.get(id) else {
+                return Err(ApprovalError::NotFound { request: id });
+            };
+            if s.request.status != "break_glass" {
+                return Err(ApprovalError::NotPending {
+                    request: id,
+                    status: s.request.status.clone(),
+                    decision: s.request.decision.clone(),
+                });
+            }
+            if s.request.requested_by == actor {
+                return Err(ApprovalError::SelfAcknowledgement {
+                    request: id,
+                    requested_by: s.request.requested_by.clone(),
+                });
+            }
+            Inner::decide(s, "acknowledged", actor, "break-glass acknowledged".into());
+            let r = s.request.clone();
+            inner.event(
+                &r,
+                "acknowledged",
+                actor,
+                format!("break-glass by {} acknowledged", r.requested_by),
+            );
+            Ok(Decided {
+                id,
+                status: r.status,
+                action: r.action,
+                what: r.what,
+                decided_by: actor.into(),
+            })
+        }
+    }
+}
