@@ -33,6 +33,10 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
+/// The JSON crate an approval request's parameters are written with
+/// ([`GateCommand::params`]), for stores that do not depend on it themselves.
+pub use serde_json;
+
 /// The actions whose relaxation can require approval, as the policy names them.
 pub const ACTIONS: [&str; 6] = [
     "kill-switch.disengage",
