@@ -86,8 +86,8 @@ pub fn router(state: AdminState) -> Router {
             .router(),
     );
     // Four eyes live beside the controls in PostgreSQL; memory stores have none.
-    if let Some(pool) = pool_of(killswitch::HEALTH_COMPONENT)
-        .or_else(|| pool_of(symbol_mode::HEALTH_COMPONENT))
+    if let Some(pool) =
+        pool_of(killswitch::HEALTH_COMPONENT).or_else(|| pool_of(symbol_mode::HEALTH_COMPONENT))
     {
         let approvals = failover_core::approvals::PostgresApprovals::new(pool);
         admin = admin.merge(

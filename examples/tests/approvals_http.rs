@@ -24,7 +24,11 @@ async fn engaged(api: &Api) -> bool {
 
 async fn engage(api: &Api) {
     let (status, body) = api
-        .post(OPERATOR, "/admin/kill-switch/engage", r#"{"reason":"runaway algo"}"#)
+        .post(
+            OPERATOR,
+            "/admin/kill-switch/engage",
+            r#"{"reason":"runaway algo"}"#,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
 }
@@ -43,7 +47,10 @@ async fn pending_disengage(api: &Api) -> String {
     let request = &body["pending_approval"];
     assert_eq!(request["action"], "kill-switch.disengage", "{body}");
     assert!(request["expires_at"].is_string(), "{body}");
-    assert!(request["what"].as_str().unwrap().contains("disengage"), "{body}");
+    assert!(
+        request["what"].as_str().unwrap().contains("disengage"),
+        "{body}"
+    );
     request["id"].as_str().unwrap().to_owned()
 }
 
@@ -93,7 +100,11 @@ async fn two_supervisors_through_the_admin_api() {
     assert_eq!(body["approved"]["requested_by"], "ops:bob", "{body}");
     assert!(!engaged(api).await, "the approval disengaged the switch");
     let (_, history) = api.get("/admin/kill-switch/history?limit=1").await;
-    assert_eq!(history["events"][0]["approval_id"], Value::from(id.clone()), "{history}");
+    assert_eq!(
+        history["events"][0]["approval_id"],
+        Value::from(id.clone()),
+        "{history}"
+    );
     assert_eq!(history["events"][0]["actor"], "ops:bob", "{history}");
     let (_, trail) = api.get(&format!("/admin/approvals/{id}/events")).await;
     let actors: Vec<(String, String)> = trail["events"]
@@ -176,7 +187,11 @@ async fn two_supervisors_through_the_admin_api() {
     let (status, body) = api.post(SUPERVISOR_2, &ack, "{}").await;
     assert_eq!(status, 200, "{body}");
     let (_, review) = api.get("/admin/approvals/review").await;
-    assert_eq!(review["break_glass"].as_array().unwrap().len(), 0, "{review}");
+    assert_eq!(
+        review["break_glass"].as_array().unwrap().len(),
+        0,
+        "{review}"
+    );
 
     // Waiving the policy while it is required takes two supervisors.
     let waive = r#"{"actions":["kill-switch.disengage"],"reason":"drill over","ticket":"CHG-1"}"#;

@@ -384,7 +384,10 @@ pub fn check_actions(actions: &[String]) -> Result<(), ApprovalError> {
     }
     match actions.iter().find(|a| !ACTIONS.contains(&a.as_str())) {
         Some(a) => Err(ApprovalError::Invalid {
-            message: format!("unknown approval action {a:?}: one of {}", ACTIONS.join(", ")),
+            message: format!(
+                "unknown approval action {a:?}: one of {}",
+                ACTIONS.join(", ")
+            ),
         }),
         None => Ok(()),
     }
@@ -468,10 +471,12 @@ mod postgres {
         o_requested_by AS requested_by, o_position AS position, o_other_position AS other_position, \
         o_other_actor AS other_actor, o_other_what AS other_what, o_other_at AS other_at, \
         o_expires_at AS expires_at FROM tradepulse_approve($1, $2, $3)";
-    const REJECT: &str = "SELECT o_status AS status, o_id AS id, o_action AS action, o_what AS what, \
+    const REJECT: &str =
+        "SELECT o_status AS status, o_id AS id, o_action AS action, o_what AS what, \
         o_decided_by AS decided_by, o_decision AS decision \
         FROM tradepulse_approval_reject($1, $2, $3, $4)";
-    const ACKNOWLEDGE: &str = "SELECT o_status AS status, o_id AS id, o_action AS action, o_what AS what, \
+    const ACKNOWLEDGE: &str =
+        "SELECT o_status AS status, o_id AS id, o_action AS action, o_what AS what, \
         o_decided_by AS decided_by, o_decision AS decision \
         FROM tradepulse_approval_acknowledge($1, $2, $3)";
     const EVENTS: &str = "SELECT position, request_id, event, action, what, actor, login, reason, \
@@ -763,7 +768,9 @@ mod postgres {
                             .get::<_, Option<i64>>("other_position")
                             .map(Position::from_i64)
                             .unwrap_or(Position::ZERO),
-                        actor: row.get::<_, Option<String>>("other_actor").unwrap_or_default(),
+                        actor: row
+                            .get::<_, Option<String>>("other_actor")
+                            .unwrap_or_default(),
                         what: row
                             .get::<_, Option<String>>("other_what")
                             .unwrap_or_else(|| "a change".into()),
@@ -1101,13 +1108,23 @@ mod memory {
                     && s.request.status == "pending"
                     && Some(s.request.id) != approving
                 {
-                    Self::decide(s, "superseded", &change.actor, format!("superseded by {by}"));
+                    Self::decide(
+                        s,
+                        "superseded",
+                        &change.actor,
+                        format!("superseded by {by}"),
+                    );
                     s.moved = Some(change.clone());
                     closed.push(s.request.clone());
                 }
             }
             for r in closed {
-                self.event(&r, "superseded", &change.actor, format!("superseded by {by}"));
+                self.event(
+                    &r,
+                    "superseded",
+                    &change.actor,
+                    format!("superseded by {by}"),
+                );
             }
         }
 
@@ -1340,11 +1357,9 @@ mod memory {
                 actions.join(" ")
             );
             let mut inner = self.lock();
-            if inner
-                .events
-                .iter()
-                .any(|e| e.request_id == audit.request_id() && (e.event == "required" || e.event == "waived"))
-            {
+            if inner.events.iter().any(|e| {
+                e.request_id == audit.request_id() && (e.event == "required" || e.event == "waived")
+            }) {
                 return Ok(Position(inner.policy_position));
             }
             let mut broke_glass = false;
@@ -1390,7 +1405,11 @@ mod memory {
             inner.event_with(
                 audit.request_id(),
                 if required { "required" } else { "waived" },
-                if required { "approvals.require" } else { WAIVE_ACTION },
+                if required {
+                    "approvals.require"
+                } else {
+                    WAIVE_ACTION
+                },
                 &what,
                 audit.actor(),
                 Some(audit.reason()),
@@ -1437,11 +1456,19 @@ mod memory {
             }
             let actions: Vec<String> = claimed.params["actions"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             let position = inner.set_policy(&actions, false, None, &r.requested_by);
-            let (what, reason, ticket, requester) =
-                (r.what.clone(), r.reason.clone(), r.ticket.clone(), r.requested_by.clone());
+            let (what, reason, ticket, requester) = (
+                r.what.clone(),
+                r.reason.clone(),
+                r.ticket.clone(),
+                r.requested_by.clone(),
+            );
             inner.event_with(
                 id,
                 "waived",

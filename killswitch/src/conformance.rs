@@ -488,8 +488,15 @@ pub async fn required_disengage_waits_for_a_second_supervisor(
     let audit = alice_disengages();
     let request = pending(store, &audit).await;
     assert_eq!(request.action, "kill-switch.disengage");
-    assert_eq!(pending(store, &audit).await.id, request.id, "the same request again");
-    assert!(store.load().await.expect("load").engaged, "pending changes nothing");
+    assert_eq!(
+        pending(store, &audit).await.id,
+        request.id,
+        "the same request again"
+    );
+    assert!(
+        store.load().await.expect("load").engaged,
+        "pending changes nothing"
+    );
     assert_eq!(store.history(10).await.expect("history").len(), 1);
     let listed = approvals.list(false).await.expect("list");
     assert_eq!(listed.len(), 1);
@@ -605,7 +612,10 @@ pub async fn expired_request_cannot_be_approved(
         .expect_err("expired");
     assert_eq!(err.code(), "expired", "{err}");
     assert!(store.load().await.expect("load").engaged);
-    assert_eq!(approvals.list(true).await.expect("list")[0].status, "expired");
+    assert_eq!(
+        approvals.list(true).await.expect("list")[0].status,
+        "expired"
+    );
 }
 
 /// Waiving a required action takes two supervisors; afterwards a disengage applies

@@ -141,7 +141,7 @@ impl MemoryKillSwitchStore {
                 e.position == inner.state.position,
                 || e.state(),
                 || format!("{} by {}", e.action, e.actor),
-                || latest(&inner).unwrap_or_else(|| e.change_ref()),
+                || latest(inner).unwrap_or_else(|| e.change_ref()),
             )
             .map_err(Error::from);
         }
@@ -170,7 +170,10 @@ impl MemoryKillSwitchStore {
                 action: ACTION,
                 control: CONTROL,
                 target: CONTROL.into(),
-                what: format!("disengage the kill switch (engaged: {})", inner.state.reason),
+                what: format!(
+                    "disengage the kill switch (engaged: {})",
+                    inner.state.reason
+                ),
                 // The only relaxation of the switch: the approval applies a disengage.
                 params: Default::default(),
                 audit,

@@ -13,7 +13,10 @@
 //! A relaxation of a required action answers exit 4 "pending approval: request ID …";
 //! `--break-glass` applies it at once, audited and listed by `review`.
 
-use crate::cli::{print, time, to_json, Failure, Global, EXIT_FAILED, EXIT_PENDING, EXIT_REFUSED, EXIT_UNAVAILABLE};
+use crate::cli::{
+    print, time, to_json, Failure, Global, EXIT_FAILED, EXIT_PENDING, EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+};
 use clap::Subcommand;
 use failover_core::approvals::{ApprovalError, ApprovalRequest, ApprovalStore, PostgresApprovals};
 use failover_core::postgres::PgStore;
@@ -181,7 +184,13 @@ pub async fn run(g: &Global, action: ApprovalsCmd) -> Result<(), Failure> {
             } else {
                 requests
                     .iter()
-                    .map(|r| format!("BREAK-GLASS {} (acknowledge with: safetyctl approvals acknowledge {})", request_line(r), r.id))
+                    .map(|r| {
+                        format!(
+                            "BREAK-GLASS {} (acknowledge with: safetyctl approvals acknowledge {})",
+                            request_line(r),
+                            r.id
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             };
@@ -195,7 +204,11 @@ pub async fn run(g: &Global, action: ApprovalsCmd) -> Result<(), Failure> {
                     format!(
                         "{:<22}  {:<12}  expiry {}",
                         p.action,
-                        if p.required { "REQUIRED" } else { "not required" },
+                        if p.required {
+                            "REQUIRED"
+                        } else {
+                            "not required"
+                        },
                         humantime::format_duration(Duration::from_secs(p.expiry_secs))
                     )
                 })

@@ -32,18 +32,9 @@ struct People {
 
 async fn people(db: &Db) -> People {
     People {
-        op: as_login(
-            &db.dsn,
-            &login(db, "op", "tradepulse_operator").await,
-        ),
-        a: as_login(
-            &db.dsn,
-            &login(db, "supa", "tradepulse_supervisor").await,
-        ),
-        b: as_login(
-            &db.dsn,
-            &login(db, "supb", "tradepulse_supervisor").await,
-        ),
+        op: as_login(&db.dsn, &login(db, "op", "tradepulse_operator").await),
+        a: as_login(&db.dsn, &login(db, "supa", "tradepulse_supervisor").await),
+        b: as_login(&db.dsn, &login(db, "supb", "tradepulse_supervisor").await),
     }
 }
 
@@ -57,7 +48,11 @@ fn refused(dsn: &str, args: &[&str], mentions: &str) -> String {
     let o = safetyctl(dsn, args);
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
-    assert!(stderr.contains(mentions), "{args:?} should mention {mentions:?}: {}", text(&o));
+    assert!(
+        stderr.contains(mentions),
+        "{args:?} should mention {mentions:?}: {}",
+        text(&o)
+    );
     stderr
 }
 
@@ -123,7 +118,13 @@ async fn a_required_disengage_waits_for_a_second_supervisor_who_applies_it() {
     // Requiring approval tightens: an operator may.
     ok(
         &p.op,
-        &["approvals", "require", "kill-switch.disengage", "--reason", "four eyes"],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ],
     );
     ok(&p.op, ENGAGE);
 
@@ -174,7 +175,11 @@ async fn a_required_disengage_waits_for_a_second_supervisor_who_applies_it() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "disengage");
     assert_eq!(row.get::<_, String>(1), a, "the command is the requester's");
-    assert_eq!(row.get::<_, String>(2), b, "written by the approver's login");
+    assert_eq!(
+        row.get::<_, String>(2),
+        b,
+        "written by the approver's login"
+    );
     assert_eq!(row.get::<_, String>(3), id);
     assert!(!row.get::<_, bool>(4));
     assert_eq!(request_status(&db, &id).await.0, "applied");
@@ -187,14 +192,23 @@ async fn a_tightening_never_waits_closes_the_pending_request_and_its_approval_is
     let p = people(&db).await;
     ok(
         &p.op,
-        &["approvals", "require", "kill-switch.disengage", "--reason", "four eyes"],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ],
     );
     ok(&p.op, ENGAGE);
     let id = pending(&p.a, &disengage(&[]));
 
     // The operator's engage applies at once, whatever is pending.
     let started = Instant::now();
-    ok(&p.op, &["kill-switch", "engage", "--reason", "second runaway"]);
+    ok(
+        &p.op,
+        &["kill-switch", "engage", "--reason", "second runaway"],
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     let (status, decision) = request_status(&db, &id).await;
     assert_eq!(status, "superseded");
@@ -204,7 +218,10 @@ async fn a_tightening_never_waits_closes_the_pending_request_and_its_approval_is
     );
 
     let stderr = refused(&p.b, &["approvals", "approve", &id], "the state moved");
-    assert!(stderr.contains("engage by"), "names the change in between: {stderr}");
+    assert!(
+        stderr.contains("engage by"),
+        "names the change in between: {stderr}"
+    );
     assert!(engaged(&db).await, "the stale request applied nothing");
 }
 
@@ -214,7 +231,13 @@ async fn an_approval_against_a_state_that_moved_closes_the_request_as_stale() {
     let p = people(&db).await;
     ok(
         &p.op,
-        &["approvals", "require", "kill-switch.disengage", "--reason", "four eyes"],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ],
     );
     ok(&p.op, ENGAGE);
     let id = pending(&p.a, &disengage(&[]));
@@ -280,7 +303,13 @@ async fn break_glass_applies_at_once_and_stays_in_review_until_a_second_supervis
     let p = people(&db).await;
     ok(
         &p.op,
-        &["approvals", "require", "kill-switch.disengage", "--reason", "four eyes"],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ],
     );
     ok(&p.op, ENGAGE);
     ok(&p.a, &disengage(&["--break-glass"]));
@@ -298,7 +327,11 @@ async fn break_glass_applies_at_once_and_stays_in_review_until_a_second_supervis
 
     let review = ok(&p.b, &["approvals", "review", "--json"]);
     assert!(review.contains(&id), "{review}");
-    refused(&p.a, &["approvals", "acknowledge", &id], "second supervisor");
+    refused(
+        &p.a,
+        &["approvals", "acknowledge", &id],
+        "second supervisor",
+    );
     assert!(ok(&p.b, &["approvals", "review"]).contains(&id));
     ok(&p.b, &["approvals", "acknowledge", &id]);
     let review = ok(&p.b, &["approvals", "review"]);
@@ -322,7 +355,13 @@ async fn waiving_a_required_action_needs_a_second_person() {
     let p = people(&db).await;
     ok(
         &p.op,
-        &["approvals", "require", "kill-switch.disengage", "--reason", "four eyes"],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ],
     );
     refused(
         &p.op,
@@ -375,7 +414,13 @@ async fn a_rejected_request_cannot_be_approved() {
     let p = people(&db).await;
     ok(
         &p.op,
-        &["approvals", "require", "kill-switch.disengage", "--reason", "four eyes"],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ],
     );
     ok(&p.op, ENGAGE);
     let id = pending(&p.a, &disengage(&[]));
@@ -394,7 +439,13 @@ async fn two_supervisors_approving_at_once_apply_exactly_once() {
     let c = as_login(&db.dsn, &login(&db, "supc", "tradepulse_supervisor").await);
     ok(
         &p.op,
-        &["approvals", "require", "kill-switch.disengage", "--reason", "four eyes"],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ],
     );
     ok(&p.op, ENGAGE);
     let id = pending(&p.a, &disengage(&[]));
@@ -462,10 +513,19 @@ async fn symbol_mode_relaxations_wait_too_and_their_approval_applies_the_exact_c
             "four eyes",
         ],
     );
-    ok(&p.op, &["global-mode", "set", "HARD_HALT", "--reason", "venue down"]);
-    ok(&p.op, &["mode", "set", "BTC-USD", "SOFT_HALT", "--reason", "x"]);
+    ok(
+        &p.op,
+        &["global-mode", "set", "HARD_HALT", "--reason", "venue down"],
+    );
+    ok(
+        &p.op,
+        &["mode", "set", "BTC-USD", "SOFT_HALT", "--reason", "x"],
+    );
     ok(&p.op, &["withdrawals", "halt", "--reason", "x"]);
-    ok(&p.op, &["throttle", "set", "BTC-USD", "5/s", "--reason", "x"]);
+    ok(
+        &p.op,
+        &["throttle", "set", "BTC-USD", "5/s", "--reason", "x"],
+    );
     let relax = |args: &[&'static str]| {
         let mut v = args.to_vec();
         v.extend_from_slice(&["--reason", "recovered", "--ticket", "INC-9"]);
@@ -476,13 +536,19 @@ async fn symbol_mode_relaxations_wait_too_and_their_approval_applies_the_exact_c
     let lift = pending(&p.a, &relax(&["withdrawals", "lift"]));
     let throttle = pending(&p.a, &relax(&["throttle", "set", "BTC-USD", "50/s"]));
     let shown = ok(&p.a, &["global-mode", "show"]);
-    assert!(shown.contains("HARD_HALT") && shown.contains("HALTED"), "{shown}");
+    assert!(
+        shown.contains("HARD_HALT") && shown.contains("HALTED"),
+        "{shown}"
+    );
 
     for id in [&global, &mode, &lift, &throttle] {
         ok(&p.b, &["approvals", "approve", id]);
     }
     let shown = ok(&p.a, &["global-mode", "show"]);
-    assert!(shown.contains("global mode CANCEL_ONLY") && shown.contains("allowed"), "{shown}");
+    assert!(
+        shown.contains("global mode CANCEL_ONLY") && shown.contains("allowed"),
+        "{shown}"
+    );
     let shown = ok(&p.a, &["mode", "show", "BTC-USD"]);
     assert!(shown.contains("mode CANCEL_ONLY"), "{shown}");
     let shown = ok(&p.a, &["throttle", "show", "BTC-USD"]);

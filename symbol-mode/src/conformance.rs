@@ -2075,7 +2075,10 @@ pub async fn required_relaxations_wait_for_a_second_supervisor(
         )
         .await
         .expect("an operator requires approval");
-    store.set_global_mode(HardHalt, &ops("x")).await.expect("halt");
+    store
+        .set_global_mode(HardHalt, &ops("x"))
+        .await
+        .expect("halt");
     store
         .set_symbol_mode("BTC-USD", SoftHalt, &ops("x"))
         .await

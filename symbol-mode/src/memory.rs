@@ -11,10 +11,10 @@ use crate::{
     Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Throttle,
     ThrottleState, Transition, VenueState,
 };
+use failover_core::approvals::serde_json;
 use failover_core::approvals::{
     ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
 };
-use failover_core::approvals::serde_json;
 use failover_core::authority::{check_relaxation, replay};
 use failover_core::AuditError;
 use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
@@ -45,9 +45,7 @@ fn approval_of(request: &Request<'_>) -> Option<(&'static str, String)> {
         Request::SetMode {
             symbol: Some(s), ..
         } => Some(("mode.relax", format!("mode:{s}"))),
-        Request::SetMode { symbol: None, .. } => {
-            Some(("global-mode.relax", "global_mode".into()))
-        }
+        Request::SetMode { symbol: None, .. } => Some(("global-mode.relax", "global_mode".into())),
         Request::Withdrawals { .. } => Some(("withdrawals.lift", "withdrawals".into())),
         Request::Throttle { symbol, .. } => Some(("throttle.relax", format!("throttle:{symbol}"))),
         Request::CancelAll { .. } | Request::Register { .. } => None,
@@ -309,7 +307,7 @@ impl Shared {
                 target.is_none_or(|t| t == e.position),
                 || e.clone(),
                 || format!("{} by {}", e.command.describe(), e.actor),
-                || latest(&inner).unwrap_or_else(|| e.change_ref()),
+                || latest(inner).unwrap_or_else(|| e.change_ref()),
             )
             .map(Some)
             .map_err(Error::from);

@@ -183,7 +183,11 @@ async fn approve(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Supervisor, "approve a relaxation")?;
     let id = id_of(&id)?;
-    match s.store.approve(id, caller.actor(), authority(&caller)).await {
+    match s
+        .store
+        .approve(id, caller.actor(), authority(&caller))
+        .await
+    {
         Ok(approved) => {
             tracing::warn!(request = %id, actor = caller.actor(), requested_by = %approved.requested_by, what = %approved.what, position = %approved.position, "relaxation approved and applied via admin API");
             Ok(axum::Json(serde_json::json!({ "approved": approved })).into_response())

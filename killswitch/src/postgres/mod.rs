@@ -226,7 +226,8 @@ impl PostgresKillSwitchStore {
                     request_id,
                     previous: format!(
                         "an approval request that is now {}",
-                        row.get::<_, Option<String>>("other_what").unwrap_or_default()
+                        row.get::<_, Option<String>>("other_what")
+                            .unwrap_or_default()
                     ),
                 })
                 .into())

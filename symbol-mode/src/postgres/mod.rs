@@ -488,7 +488,8 @@ impl PostgresSymbolModeStore {
                     request_id,
                     previous: format!(
                         "an approval request that is now {}",
-                        row.get::<_, Option<String>>("other_what").unwrap_or_default()
+                        row.get::<_, Option<String>>("other_what")
+                            .unwrap_or_default()
                     ),
                 },
             )
