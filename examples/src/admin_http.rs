@@ -9,6 +9,7 @@
 //! | `POST /admin/kill-switch/engage` / `…/disengage` | operator / supervisor | body `{"reason", "ticket"?, "request_id"?}` |
 //! | `GET`/`PUT /admin/symbols/{symbol}/mode`, `POST …/cancel-all`, `GET`/`PUT /admin/global-mode`, `POST /admin/withdrawals/halt`, `GET /admin/symbol-modes/history` | viewer / operator (tighten) / supervisor (relax) | [`symbol_mode::http`] |
 //! | `GET /admin/leases/{resource}`, `…/history` | viewer | [`fencing::http`] |
+//! | `GET /admin/approvals`, `…/review`, `…/policy`; `POST /admin/approvals/{id}/approve` / `…/reject` / `…/acknowledge`, `POST /admin/approvals/require` / `…/waive` | viewer / supervisor (not the requester) / operator / supervisor | [`failover_core::http::approvals`], mounted with a PostgreSQL kill switch or symbol-mode pool |
 //!
 //! The audit actor is the authenticated caller (bearer token or client
 //! certificate); a body `actor` is refused with 400 `actor_not_accepted`. A bad
@@ -84,6 +85,15 @@ pub fn router(state: AdminState) -> Router {
             .with_handle(state.modes.clone())
             .router(),
     );
+    // Four eyes live beside the controls in PostgreSQL; memory stores have none.
+    if let Some(pool) =
+        pool_of(killswitch::HEALTH_COMPONENT).or_else(|| pool_of(symbol_mode::HEALTH_COMPONENT))
+    {
+        let approvals = failover_core::approvals::PostgresApprovals::new(pool);
+        admin = admin.merge(
+            failover_core::http::approvals::ApprovalRoutes::new(Arc::new(approvals)).router(),
+        );
+    }
     if let Some((fencer, trail)) = &state.leases {
         let mut routes = fencing::http::LeaseRoutes::new(fencer.clone());
         if let Some(trail) = trail {

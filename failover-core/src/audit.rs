@@ -51,6 +51,8 @@ pub struct Audit {
     authority: Authority,
     #[serde(default = "no_precondition")]
     precondition: Precondition,
+    #[serde(default)]
+    break_glass: bool,
 }
 
 fn full_authority() -> Authority {
@@ -146,7 +148,23 @@ impl Audit {
             request_id: Uuid::new_v4(),
             authority: Authority::Supervisor,
             precondition: Precondition::None,
+            break_glass: false,
         }
+    }
+
+    /// Breaks the glass: a relaxation whose action requires a second person's
+    /// approval applies at once, marked in its audit event, counted, logged and
+    /// listed for a second supervisor to acknowledge (see [`crate::approvals`]).
+    /// Ignored by tightenings and where no approval is required.
+    #[must_use]
+    pub fn breaking_glass(mut self) -> Self {
+        self.break_glass = true;
+        self
+    }
+
+    /// True when the relaxation breaks the glass ([`Audit::breaking_glass`]).
+    pub fn break_glass(&self) -> bool {
+        self.break_glass
     }
 
     /// The authority the command is applied with. [`Audit::new`] gives the full

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod approvals;
 pub mod audit;
 pub mod audit_log;
 pub mod authority;
@@ -22,6 +23,7 @@ pub mod postgres;
 #[cfg(feature = "http")]
 pub mod http;
 
+pub use approvals::{ApprovalError, ApprovalStore, PendingApproval};
 pub use audit::{Audit, AuditError, Safety};
 pub use authority::{Applied, Authority, ChangeRef, Precondition, Refusal};
 pub use errors::{ConfigError, DbError, DbErrorKind};

@@ -7,6 +7,7 @@
 //! Each function expects a fresh store (disengaged, version 0, no history).
 
 use crate::{Action, Audit, Authority, Error, KillSwitchStore, Refusal};
+use failover_core::ApprovalStore;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -437,6 +438,237 @@ macro_rules! conformance_tests {
             async fn $name() {
                 let (store, _guard) = $setup().await;
                 $crate::conformance::$name(&*store).await;
+            }
+        )*
+    };
+}
+
+// Four eyes (`failover_core::approvals`): each function expects a fresh store and the
+// approvals it is subject to (nothing required yet). Actors differ per person; in
+// PostgreSQL the suite's login is a service login, behind which the actor is the
+// principal.
+
+fn required() -> Vec<String> {
+    vec!["kill-switch.disengage".to_owned()]
+}
+
+async fn require_and_engage(store: &dyn KillSwitchStore, approvals: &dyn ApprovalStore) {
+    approvals
+        .require(
+            &required(),
+            None,
+            &Audit::new("ops:carol", "four eyes").with_authority(Authority::Operator),
+        )
+        .await
+        .expect("an operator requires approval");
+    store.engage(&engage_audit("stop")).await.expect("engage");
+}
+
+fn alice_disengages() -> Audit {
+    Audit::new("ops:alice", "feed fixed")
+        .with_ticket("INC-7")
+        .with_authority(Authority::Supervisor)
+}
+
+async fn pending(store: &dyn KillSwitchStore, audit: &Audit) -> failover_core::PendingApproval {
+    match store.disengage(audit).await {
+        Err(Error::PendingApproval(p)) => p,
+        other => panic!("a required disengage must wait for approval, got {other:?}"),
+    }
+}
+
+/// A required disengage changes nothing and answers the pending request (the same
+/// audit again answers the same request); the requester cannot approve it, an
+/// operator cannot, another supervisor applies it in the requester's name.
+pub async fn required_disengage_waits_for_a_second_supervisor(
+    store: &dyn KillSwitchStore,
+    approvals: &dyn ApprovalStore,
+) {
+    require_and_engage(store, approvals).await;
+    let audit = alice_disengages();
+    let request = pending(store, &audit).await;
+    assert_eq!(request.action, "kill-switch.disengage");
+    assert_eq!(
+        pending(store, &audit).await.id,
+        request.id,
+        "the same request again"
+    );
+    assert!(
+        store.load().await.expect("load").engaged,
+        "pending changes nothing"
+    );
+    assert_eq!(store.history(10).await.expect("history").len(), 1);
+    let listed = approvals.list(false).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, request.id);
+
+    let own = approvals
+        .approve(request.id, "ops:alice", Authority::Supervisor)
+        .await
+        .expect_err("self-approval");
+    assert_eq!(own.code(), "self_approval", "{own}");
+    let operator = approvals
+        .approve(request.id, "ops:carol", Authority::Operator)
+        .await
+        .expect_err("an operator may not approve");
+    assert_eq!(operator.code(), "forbidden", "{operator}");
+    assert!(store.load().await.expect("load").engaged);
+
+    let approved = approvals
+        .approve(request.id, "ops:bob", Authority::Supervisor)
+        .await
+        .expect("another supervisor approves");
+    let state = store.load().await.expect("load");
+    assert!(!state.engaged, "the approval applied the disengage");
+    assert_eq!(approved.position, state.position);
+    assert_eq!(state.updated_by, "ops:alice", "in the requester's name");
+    let event = &store.history(1).await.expect("history")[0];
+    assert_eq!(event.approval_id, Some(request.id));
+    assert!(!event.break_glass);
+    let trail: Vec<String> = approvals
+        .events(Some(request.id), 10)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| format!("{} {}", e.event, e.actor))
+        .collect();
+    assert_eq!(trail, ["approved ops:bob", "requested ops:alice"]);
+    let again = approvals
+        .approve(request.id, "ops:bob", Authority::Supervisor)
+        .await
+        .expect_err("applied once");
+    assert_eq!(again.code(), "not_pending", "{again}");
+}
+
+/// A tightening never waits: an engage while a disengage is pending applies at
+/// once and closes the request; approving it then is refused as stale, naming the
+/// engage.
+pub async fn tightening_supersedes_pending_and_its_approval_is_stale(
+    store: &dyn KillSwitchStore,
+    approvals: &dyn ApprovalStore,
+) {
+    require_and_engage(store, approvals).await;
+    let request = pending(store, &alice_disengages()).await;
+    store
+        .engage(&Audit::new("ops:dave", "second runaway").with_authority(Authority::Operator))
+        .await
+        .expect("a tightening applies at once");
+    let all = approvals.list(true).await.expect("list");
+    assert_eq!(all[0].status, "superseded");
+    let err = approvals
+        .approve(request.id, "ops:bob", Authority::Supervisor)
+        .await
+        .expect_err("stale");
+    assert_eq!(err.code(), "stale_request", "{err}");
+    assert!(err.to_string().contains("engage by ops:dave"), "{err}");
+    assert!(store.load().await.expect("load").engaged);
+}
+
+/// Break-glass applies at once, marked in the event, and stays in the review until
+/// another supervisor acknowledges it.
+pub async fn break_glass_applies_at_once_and_waits_for_acknowledgement(
+    store: &dyn KillSwitchStore,
+    approvals: &dyn ApprovalStore,
+) {
+    require_and_engage(store, approvals).await;
+    let audit = alice_disengages().breaking_glass();
+    let applied = store.disengage(&audit).await.expect("break-glass applies");
+    assert!(!applied.engaged);
+    assert!(store.history(1).await.expect("history")[0].break_glass);
+    let review = approvals.review().await.expect("review");
+    assert_eq!(review.len(), 1);
+    assert_eq!(review[0].id, audit.request_id());
+    let own = approvals
+        .acknowledge(audit.request_id(), "ops:alice", Authority::Supervisor)
+        .await
+        .expect_err("self-acknowledgement");
+    assert_eq!(own.code(), "self_approval", "{own}");
+    approvals
+        .acknowledge(audit.request_id(), "ops:bob", Authority::Supervisor)
+        .await
+        .expect("acknowledged");
+    assert!(approvals.review().await.expect("review").is_empty());
+}
+
+/// An expired request cannot be approved and is closed as expired.
+pub async fn expired_request_cannot_be_approved(
+    store: &dyn KillSwitchStore,
+    approvals: &dyn ApprovalStore,
+) {
+    approvals
+        .require(
+            &required(),
+            Some(Duration::from_secs(1)),
+            &Audit::new("ops:carol", "four eyes, fast"),
+        )
+        .await
+        .expect("require");
+    store.engage(&engage_audit("stop")).await.expect("engage");
+    let request = pending(store, &alice_disengages()).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let err = approvals
+        .approve(request.id, "ops:bob", Authority::Supervisor)
+        .await
+        .expect_err("expired");
+    assert_eq!(err.code(), "expired", "{err}");
+    assert!(store.load().await.expect("load").engaged);
+    assert_eq!(
+        approvals.list(true).await.expect("list")[0].status,
+        "expired"
+    );
+}
+
+/// Waiving a required action takes two supervisors; afterwards a disengage applies
+/// at once.
+pub async fn waiving_a_required_action_needs_a_second_supervisor(
+    store: &dyn KillSwitchStore,
+    approvals: &dyn ApprovalStore,
+) {
+    require_and_engage(store, approvals).await;
+    let waive = Audit::new("ops:alice", "drill over").with_ticket("CHG-1");
+    let request = match approvals.waive(&required(), &waive).await {
+        Err(failover_core::ApprovalError::PendingApproval(p)) => p,
+        other => panic!("waiving while required must wait, got {other:?}"),
+    };
+    let own = approvals
+        .approve(request.id, "ops:alice", Authority::Supervisor)
+        .await
+        .expect_err("self-approval");
+    assert_eq!(own.code(), "self_approval", "{own}");
+    approvals
+        .approve(request.id, "ops:bob", Authority::Supervisor)
+        .await
+        .expect("another supervisor approves the waiver");
+    let policy = approvals.policy().await.expect("policy");
+    assert!(policy
+        .iter()
+        .all(|p| p.action != "kill-switch.disengage" || !p.required));
+    store
+        .disengage(&alice_disengages())
+        .await
+        .expect("no longer required: applies at once");
+}
+
+/// Runs the four-eyes suite: `$setup` is an async fn returning
+/// `(Arc<dyn KillSwitchStore>, Arc<dyn ApprovalStore>, guard)`, the store subject to
+/// the approvals.
+#[macro_export]
+macro_rules! approval_conformance_tests {
+    ($setup:path) => {
+        $crate::approval_conformance_tests!(@tests $setup;
+            required_disengage_waits_for_a_second_supervisor,
+            tightening_supersedes_pending_and_its_approval_is_stale,
+            break_glass_applies_at_once_and_waits_for_acknowledgement,
+            expired_request_cannot_be_approved,
+            waiving_a_required_action_needs_a_second_supervisor,
+        );
+    };
+    (@tests $setup:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let (store, approvals, _guard) = $setup().await;
+                $crate::conformance::$name(&*store, &*approvals).await;
             }
         )*
     };

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /admin/kill-switch` | viewer | the persisted state (from the store), which server answered, and what the hot path answers with the age of its last read |
 //! | `POST /admin/kill-switch/engage` | operator | body `{"reason", "ticket"?, "request_id"?}` |
-//! | `POST /admin/kill-switch/disengage` | supervisor | same body; `ticket` required; `If-Match: "<position>"` from the GET's `ETag` required (428 without, 412 when the state moved since) |
+//! | `POST /admin/kill-switch/disengage` | supervisor | same body; `ticket` required; `If-Match: "<position>"` from the GET's `ETag` required (428 without, 412 when the state moved since); 202 with the pending request while `kill-switch.disengage` requires a second supervisor's approval, unless `"break_glass": true` |
 //! | `GET /admin/kill-switch/history?limit=&before=` | viewer | audit events newest first; `next` is the cursor of the following page |
 //!
 //! `GET /admin/kill-switch` answers `ETag: "<position>"`. A command sent again with
@@ -42,6 +42,11 @@ pub struct ChangeBody {
     /// Idempotency key: resending the same id is applied once.
     #[serde(default)]
     pub request_id: Option<Uuid>,
+    /// Disengage at once although a second supervisor's approval is required:
+    /// audited, counted and listed for review until another supervisor
+    /// acknowledges it.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// What the routes need.
@@ -193,10 +198,20 @@ async fn change(
         Action::Engage => caller.require(Role::Operator, "engage the kill switch")?,
         Action::Disengage => caller.require(Role::Supervisor, "disengage the kill switch")?,
     }
-    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
+    let mut audit =
+        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
+    if body.break_glass {
+        audit = audit.breaking_glass();
+    }
     let result = match action {
-        Action::Engage => s.store.engage(&audit).await?,
-        Action::Disengage => s.store.disengage(&audit).await?,
+        Action::Engage => s.store.engage(&audit).await,
+        Action::Disengage => s.store.disengage(&audit).await,
+    };
+    let result = match result {
+        Err(Error::PendingApproval(request)) => {
+            return Ok(failover_core::http::approvals::pending(&request))
+        }
+        other => other?,
     };
     if !result.replayed {
         tracing::warn!(%action, actor = caller.actor(), reason = %body.reason, ticket = ?body.ticket, position = %result.position, "kill switch changed via admin API");

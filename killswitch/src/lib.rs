@@ -134,6 +134,14 @@ pub struct KillSwitchEvent {
     /// recorded.
     #[serde(default)]
     pub authority: Option<Authority>,
+    /// The approval request a second supervisor approved to apply this change, if
+    /// it was one ([`failover_core::approvals`]).
+    #[serde(default)]
+    pub approval_id: Option<Uuid>,
+    /// True when a supervisor broke the glass: a relaxation that required a second
+    /// person's approval was applied at once.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 impl KillSwitchEvent {
@@ -175,6 +183,12 @@ pub enum Error {
     /// request id reused by another actor or action.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// The disengage needs a second supervisor's approval
+    /// ([`failover_core::approvals`]): a pending request now holds it and nothing
+    /// changed. Not an outcome to retry: approve it (another login and actor), or
+    /// break the glass.
+    #[error("{0}")]
+    PendingApproval(failover_core::PendingApproval),
     /// The tables are missing.
     #[error("kill_switch_state table missing: run killswitch migrations (PostgresKillSwitchStore::migrate) ({source})")]
     SchemaMissing {
@@ -260,6 +274,12 @@ pub type Subscription = failover_core::FeedSubscription<KillSwitchState>;
 ///   ([`Audit::expecting`]; else [`Refusal::PreconditionFailed`] naming the change
 ///   in between), or [`Refusal::PreconditionRequired`] when the audit requires one
 ///   and names none. `engage` tightens and never waits.
+/// * Four eyes ([`failover_core::approvals`]): while `kill-switch.disengage` is
+///   required, a supervisor's `disengage` changes nothing and answers
+///   [`Error::PendingApproval`] (the same audit again answers the same request); an
+///   audit [`breaking_glass`](Audit::breaking_glass) applies at once, marked
+///   [`KillSwitchEvent::break_glass`]. Every applied change closes the requests
+///   pending against the switch as superseded.
 /// * Submitting the same `Audit` (same request id, actor and action) again returns
 ///   the state that request produced, marked [`Applied::replayed`], and changes
 ///   nothing — while that change is still the latest; after a later change it is

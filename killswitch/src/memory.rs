@@ -9,11 +9,18 @@ use crate::{
     describe, validate, Action, Applied, Audit, Error, KillSwitchEvent, KillSwitchState,
     KillSwitchStore, Refusal, Subscription,
 };
+use failover_core::approvals::{
+    ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
+};
 use failover_core::authority::{check_relaxation, replay};
 use failover_core::{ChangeFeed, FeedSource, Position};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
+
+/// The control and target the kill switch's approval requests name.
+const CONTROL: &str = "kill_switch";
+const ACTION: &str = "kill-switch.disengage";
 
 /// An in-memory kill switch. Starts disengaged at version 0, like a freshly
 /// migrated database.
@@ -21,6 +28,7 @@ use uuid::Uuid;
 pub struct MemoryKillSwitchStore {
     inner: Mutex<Inner>,
     feed: ChangeFeed<KillSwitchState>,
+    approvals: Option<Arc<MemoryApprovals>>,
 }
 
 #[derive(Debug)]
@@ -63,7 +71,20 @@ impl MemoryKillSwitchStore {
                 timeline: failover_core::position::FIRST_TIMELINE,
             }),
             feed,
+            approvals: None,
         }
+    }
+
+    /// A disengaged switch whose disengage is subject to `approvals` (four eyes:
+    /// see [`failover_core::approvals`]), registered with them so that an approval
+    /// applies here.
+    pub fn with_approvals(approvals: Arc<MemoryApprovals>) -> Arc<Self> {
+        let store = Arc::new(Self {
+            approvals: Some(approvals.clone()),
+            ..Self::new()
+        });
+        approvals.register(store.clone());
+        store
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -97,6 +118,18 @@ impl MemoryKillSwitchStore {
     fn apply(&self, audit: &Audit, action: Action) -> Result<Applied<KillSwitchState>, Error> {
         validate(audit, action)?;
         let mut inner = self.lock();
+        self.apply_locked(&mut inner, audit, action, None)
+    }
+
+    /// Applies under the lock; `approving` is the request a second supervisor's
+    /// approval applies (the gate was passed when it was made).
+    fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        audit: &Audit,
+        action: Action,
+        approving: Option<Uuid>,
+    ) -> Result<Applied<KillSwitchState>, Error> {
         // The change in force: the event at the state's position (the last one).
         let latest = |inner: &Inner| inner.events.last().map(KillSwitchEvent::change_ref);
         if let Some(&i) = inner.by_request.get(&audit.request_id()) {
@@ -108,7 +141,7 @@ impl MemoryKillSwitchStore {
                 e.position == inner.state.position,
                 || e.state(),
                 || format!("{} by {}", e.action, e.actor),
-                || latest(&inner).unwrap_or_else(|| e.change_ref()),
+                || latest(inner).unwrap_or_else(|| e.change_ref()),
             )
             .map_err(Error::from);
         }
@@ -128,8 +161,35 @@ impl MemoryKillSwitchStore {
                 audit.precondition(),
                 describe(action),
                 inner.state.position,
-                || latest(&inner),
+                || latest(inner),
             )?;
+        }
+        let mut break_glass = false;
+        if let (Action::Disengage, None, Some(approvals)) = (action, approving, &self.approvals) {
+            match approvals.gate(&GateCommand {
+                action: ACTION,
+                control: CONTROL,
+                target: CONTROL.into(),
+                what: format!(
+                    "disengage the kill switch (engaged: {})",
+                    inner.state.reason
+                ),
+                // The only relaxation of the switch: the approval applies a disengage.
+                params: Default::default(),
+                audit,
+                expected: inner.state.position,
+            }) {
+                Gate::Apply => {}
+                Gate::BreakGlass => break_glass = true,
+                Gate::Pending(request) => return Err(Error::PendingApproval(request)),
+                Gate::Closed(status) => {
+                    return Err(failover_core::authority::counted(Refusal::RequestReused {
+                        request_id: audit.request_id(),
+                        previous: format!("an approval request that is now {status}"),
+                    })
+                    .into())
+                }
+            }
         }
         let state = KillSwitchState {
             engaged: action == Action::Engage,
@@ -152,10 +212,24 @@ impl MemoryKillSwitchStore {
             at: state.updated_at,
             login: None,
             authority: Some(audit.authority()),
+            approval_id: approving,
+            break_glass,
         });
         let index = inner.events.len() - 1;
         inner.by_request.insert(audit.request_id(), index);
         inner.state = state.clone();
+        if let Some(approvals) = &self.approvals {
+            let change = inner.events[index].change_ref();
+            approvals.applied(CONTROL, CONTROL, &change, approving);
+        }
+        if break_glass {
+            failover_core::approvals::break_glass_applied(
+                ACTION,
+                "disengage the kill switch",
+                audit.actor(),
+                audit.request_id(),
+            );
+        }
         // Published under the lock so subscribers see positions in order.
         self.feed.publish(state.clone());
         Ok(Applied::new(state))
@@ -204,5 +278,38 @@ impl FeedSource for MemoryKillSwitchStore {
             position,
             |e| e.position,
         ))
+    }
+}
+
+impl MemoryApprover for MemoryKillSwitchStore {
+    fn control(&self) -> &'static str {
+        CONTROL
+    }
+
+    fn apply_approved(
+        &self,
+        id: Uuid,
+        actor: &str,
+        approvals: &MemoryApprovals,
+    ) -> Result<Approved, ApprovalError> {
+        // The switch's lock first, then the request: the order PostgreSQL takes.
+        let mut inner = self.lock();
+        let claimed = approvals.claim(id, actor)?;
+        let r = &claimed.request;
+        let mut audit = Audit::new(r.requested_by.clone(), r.reason.clone())
+            .with_request_id(id)
+            .expecting(r.expected_position);
+        if let Some(t) = &r.ticket {
+            audit = audit.with_ticket(t.clone());
+        }
+        match self.apply_locked(&mut inner, &audit, Action::Disengage, Some(id)) {
+            Ok(applied) => approvals.close(id, actor, Ok(applied.position)),
+            Err(Error::Refused(Refusal::PreconditionFailed { current, .. })) => {
+                approvals.close(id, actor, Err(current))
+            }
+            Err(e) => Err(ApprovalError::Invalid {
+                message: format!("approving request {id}: the kill switch refused it: {e}"),
+            }),
+        }
     }
 }

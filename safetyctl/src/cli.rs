@@ -3,7 +3,9 @@
 //! read, a replay superseded or reused, an unknown symbol — nothing changed); 3
 //! not done now, nothing written, safe to retry: unavailable within the retry budget,
 //! or the row locked by another session (named, with the statement that ends it); 1
-//! anything else (schema missing, a database error). Every error says what to do.
+//! anything else (schema missing, a database error); 4 pending approval: the
+//! relaxation waits for a second supervisor (`safetyctl approvals approve ID`),
+//! nothing changed yet. Every error says what to do.
 //!
 //! Authority is the database login's: the CLI claims supervisor authority and the
 //! database grants what the login holds (roles `tradepulse_operator`,
@@ -64,6 +66,11 @@ pub struct Global {
     /// on stderr which server answered and its replay lag.
     #[arg(long, global = true)]
     pub allow_standby: bool,
+    /// Relax at once although the action requires a second supervisor's approval:
+    /// marked in the audit event, counted, logged, and listed by `approvals review`
+    /// until another supervisor acknowledges it.
+    #[arg(long, global = true)]
+    pub break_glass: bool,
 }
 
 /// The commands.
@@ -109,6 +116,12 @@ pub enum Command {
         /// halt | lift
         #[command(subcommand)]
         action: WithdrawalsCmd,
+    },
+    /// Four eyes before a safety control is relaxed.
+    Approvals {
+        /// require | waive | list | policy | review | events | approve | reject | acknowledge
+        #[command(subcommand)]
+        action: crate::approvals::ApprovalsCmd,
     },
     /// Leases (fencing).
     Lease {
@@ -309,6 +322,9 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_REFUSED: i32 = 2;
 /// Exit code: unavailable within the retry budget.
 pub const EXIT_UNAVAILABLE: i32 = 3;
+/// Exit code: pending approval — the relaxation waits for a second supervisor;
+/// nothing changed yet.
+pub const EXIT_PENDING: i32 = 4;
 
 /// A failed command: its exit code and what to tell the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,6 +349,7 @@ impl From<killswitch::Error> for Failure {
         use killswitch::Error as E;
         let code = match &e {
             E::InvalidAudit(_) | E::Refused(_) | E::Config(_) => EXIT_REFUSED,
+            E::PendingApproval(_) => EXIT_PENDING,
             E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_FAILED,
         };
@@ -355,6 +372,7 @@ impl From<symbol_mode::Error> for Failure {
             | E::UnknownSymbol { .. }
             | E::SymbolConflict { .. }
             | E::Config(_) => EXIT_REFUSED,
+            E::PendingApproval(_) => EXIT_PENDING,
             E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
             _ => EXIT_FAILED,
         };
@@ -405,6 +423,9 @@ impl Global {
         }
         if let Some(id) = self.request_id {
             audit = audit.with_request_id(id);
+        }
+        if self.break_glass {
+            audit = audit.breaking_glass();
         }
         Ok(audit)
     }
@@ -677,6 +698,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Symbols { action } => symbols(&g, action).await?,
         Command::Throttle { action } => crate::throttle::run(&g, action).await?,
+        Command::Approvals { action } => crate::approvals::run(&g, action).await?,
         Command::Lease {
             action: LeaseCmd::Show { resource },
         } => {

@@ -8,6 +8,7 @@
 //! `TRADEPULSE_KILL_SWITCH_POSTGRES__*`, `TRADEPULSE_SYMBOL_MODE_POSTGRES__*`,
 //! `TRADEPULSE_FENCING_POSTGRES__*` where set), so it works when every service is down.
 
+pub mod approvals;
 pub mod cli;
 pub mod doctor;
 #[cfg(feature = "drill")]

@@ -29,6 +29,11 @@
 //! while it is in force, 409 `superseded` after a later change, 409 `request_reused`
 //! for another caller or command. The audit actor is the authenticated caller; a
 //! body `actor` is refused with 400 `actor_not_accepted`.
+//!
+//! Four eyes ([`failover_core::approvals`]): while a relaxation's action
+//! (`mode.relax`, `global-mode.relax`, `withdrawals.lift`, `throttle.relax`) requires
+//! approval, a supervisor's relaxation answers 202 with the pending request and
+//! changes nothing, unless the body says `"break_glass": true`.
 
 use crate::{AuditEvent, Error, Position, SymbolMode, SymbolModeStore, SymbolModes, Throttle};
 use axum::extract::{Path, Query, State};
@@ -71,6 +76,11 @@ pub struct ModeBody {
     /// Idempotency key.
     #[serde(default)]
     pub request_id: Option<Uuid>,
+    /// Relax at once although a second supervisor's approval is required:
+    /// audited, counted and listed for review until another supervisor
+    /// acknowledges it.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// Body of `POST /admin/withdrawals/halt`.
@@ -87,6 +97,11 @@ pub struct WithdrawalsBody {
     /// Idempotency key.
     #[serde(default)]
     pub request_id: Option<Uuid>,
+    /// Relax at once although a second supervisor's approval is required:
+    /// audited, counted and listed for review until another supervisor
+    /// acknowledges it.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// Body of `PUT /admin/symbols/{symbol}/throttle`.
@@ -106,6 +121,11 @@ pub struct ThrottleBody {
     /// Idempotency key.
     #[serde(default)]
     pub request_id: Option<Uuid>,
+    /// Relax at once although a second supervisor's approval is required:
+    /// audited, counted and listed for review until another supervisor
+    /// acknowledges it.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// What the routes need.
@@ -173,6 +193,15 @@ impl From<Error> for ApiError {
 
 type S = State<Arc<SymbolModeRoutes>>;
 
+/// The audit, breaking the glass when the body asks to.
+fn glass(audit: failover_core::Audit, break_glass: bool) -> failover_core::Audit {
+    if break_glass {
+        audit.breaking_glass()
+    } else {
+        audit
+    }
+}
+
 async fn symbol_get(
     State(s): S,
     caller: Caller,
@@ -232,8 +261,16 @@ async fn symbol_put(
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set a symbol mode")?;
-    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
-    let event = s.store.set_symbol_mode(&symbol, body.mode, &audit).await?;
+    let audit = glass(
+        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
+        body.break_glass,
+    );
+    let event = match s.store.set_symbol_mode(&symbol, body.mode, &audit).await {
+        Err(Error::PendingApproval(request)) => {
+            return Ok(failover_core::http::approvals::pending(&request))
+        }
+        other => other?,
+    };
     if !event.replayed {
         tracing::warn!(%symbol, mode = %body.mode, actor = caller.actor(), "SetSymbolMode via admin API");
     }
@@ -270,8 +307,16 @@ async fn global_put(
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set the global mode")?;
-    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
-    let event = s.store.set_global_mode(body.mode, &audit).await?;
+    let audit = glass(
+        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
+        body.break_glass,
+    );
+    let event = match s.store.set_global_mode(body.mode, &audit).await {
+        Err(Error::PendingApproval(request)) => {
+            return Ok(failover_core::http::approvals::pending(&request))
+        }
+        other => other?,
+    };
     if !event.replayed {
         tracing::warn!(mode = %body.mode, actor = caller.actor(), "global mode set via admin API");
     }
@@ -300,8 +345,16 @@ async fn withdrawals(
     } else {
         caller.require(Role::Supervisor, "lift the withdrawals halt")?;
     }
-    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
-    let event = s.store.withdrawals_halt(body.on, &audit).await?;
+    let audit = glass(
+        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
+        body.break_glass,
+    );
+    let event = match s.store.withdrawals_halt(body.on, &audit).await {
+        Err(Error::PendingApproval(request)) => {
+            return Ok(failover_core::http::approvals::pending(&request))
+        }
+        other => other?,
+    };
     if !event.replayed {
         tracing::warn!(
             on = body.on,
@@ -354,8 +407,16 @@ async fn throttle_put(
         Some(rate) => Some(Throttle::new(rate, body.burst.unwrap_or(rate)).map_err(Error::from)?),
         None => None,
     };
-    let audit = if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
-    let event = s.store.set_throttle(&symbol, limit, &audit).await?;
+    let audit = glass(
+        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
+        body.break_glass,
+    );
+    let event = match s.store.set_throttle(&symbol, limit, &audit).await {
+        Err(Error::PendingApproval(request)) => {
+            return Ok(failover_core::http::approvals::pending(&request))
+        }
+        other => other?,
+    };
     if !event.replayed {
         tracing::warn!(%symbol, limit = %crate::throttle::describe(limit), actor = caller.actor(), "SetThrottle via admin API");
     }

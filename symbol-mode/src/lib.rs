@@ -467,6 +467,12 @@ pub enum Error {
     /// request id reused by another actor or command.
     #[error(transparent)]
     Refused(#[from] failover_core::Refusal),
+    /// The relaxation needs a second supervisor's approval
+    /// ([`failover_core::approvals`]): a pending request now holds it and nothing
+    /// changed. Not an outcome to retry: approve it (another login and actor), or
+    /// break the glass.
+    #[error("{0}")]
+    PendingApproval(failover_core::PendingApproval),
     /// The symbol is not registered (see [`SymbolModeStore::register_symbol`]).
     #[error("refused, nothing changed: symbol {symbol:?} is not registered{}", match .did_you_mean { Some(s) => format!("; did you mean {s}?"), None => "; register it first (safetyctl symbols add SYMBOL)".into() })]
     UnknownSymbol {

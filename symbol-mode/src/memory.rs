@@ -11,6 +11,10 @@ use crate::{
     Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Throttle,
     ThrottleState, Transition, VenueState,
 };
+use failover_core::approvals::serde_json;
+use failover_core::approvals::{
+    ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
+};
 use failover_core::authority::{check_relaxation, replay};
 use failover_core::AuditError;
 use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
@@ -29,6 +33,39 @@ pub struct MemorySymbolModeStore {
 struct Shared {
     inner: Mutex<Inner>,
     feed: ChangeFeed<ModeChange>,
+    approvals: Option<Arc<MemoryApprovals>>,
+}
+
+/// The control the symbol-mode store's approval requests name.
+const CONTROL: &str = "symbol_mode";
+
+/// The approval action and target of a relaxing request.
+fn approval_of(request: &Request<'_>) -> Option<(&'static str, String)> {
+    match request {
+        Request::SetMode {
+            symbol: Some(s), ..
+        } => Some(("mode.relax", format!("mode:{s}"))),
+        Request::SetMode { symbol: None, .. } => Some(("global-mode.relax", "global_mode".into())),
+        Request::Withdrawals { .. } => Some(("withdrawals.lift", "withdrawals".into())),
+        Request::Throttle { symbol, .. } => Some(("throttle.relax", format!("throttle:{symbol}"))),
+        Request::CancelAll { .. } | Request::Register { .. } => None,
+    }
+}
+
+/// The command's parameters, as an approval request keeps them.
+fn params_of(request: &Request<'_>) -> serde_json::Value {
+    match request {
+        Request::SetMode { symbol, to, .. } => {
+            serde_json::json!({ "symbol": symbol, "to_mode": to.as_str() })
+        }
+        Request::Withdrawals { on } => serde_json::json!({ "withdrawals": on }),
+        Request::Throttle { symbol, to, .. } => serde_json::json!({
+            "symbol": symbol,
+            "per_second": to.map(|t| t.per_second()),
+            "burst": to.map(|t| t.burst()),
+        }),
+        _ => serde_json::Value::Null,
+    }
 }
 
 #[derive(Debug)]
@@ -179,8 +216,24 @@ impl MemorySymbolModeStore {
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner::default()),
                 feed,
+                approvals: None,
             }),
         }
+    }
+
+    /// An empty store whose relaxations are subject to `approvals` (four eyes: see
+    /// [`failover_core::approvals`]), registered with them so that an approval
+    /// applies here.
+    pub fn with_approvals(approvals: Arc<MemoryApprovals>) -> Self {
+        let feed = ChangeFeed::new();
+        feed.publish(ModeChange::at(Position::ZERO));
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::default()),
+            feed,
+            approvals: Some(approvals.clone()),
+        });
+        approvals.register(shared.clone());
+        Self { shared }
     }
 
     /// Does to this store what an asynchronous failover does to a PostgreSQL one: the
@@ -225,6 +278,20 @@ impl MemorySymbolModeStore {
     ) -> Result<Option<Applied<AuditEvent>>, Error> {
         request.validate(audit)?;
         let mut inner = self.lock();
+        self.shared.apply_locked(&mut inner, request, audit, None)
+    }
+}
+
+impl Shared {
+    /// Applies under the lock; `approving` is the request a second supervisor's
+    /// approval applies (the gate was passed when it was made).
+    fn apply_locked(
+        &self,
+        inner: &mut Inner,
+        request: Request<'_>,
+        audit: &Audit,
+        approving: Option<Uuid>,
+    ) -> Result<Option<Applied<AuditEvent>>, Error> {
         let target = inner.target(&request);
         let latest = |inner: &Inner| -> Option<ChangeRef> {
             target
@@ -240,7 +307,7 @@ impl MemorySymbolModeStore {
                 target.is_none_or(|t| t == e.position),
                 || e.clone(),
                 || format!("{} by {}", e.command.describe(), e.actor),
-                || latest(&inner).unwrap_or_else(|| e.change_ref()),
+                || latest(inner).unwrap_or_else(|| e.change_ref()),
             )
             .map(Some)
             .map_err(Error::from);
@@ -364,8 +431,35 @@ impl MemorySymbolModeStore {
                 audit.precondition(),
                 &command.describe(),
                 target.unwrap_or(Position::ZERO),
-                || latest(&inner),
+                || latest(inner),
             )?;
+        }
+        let mut break_glass = None;
+        if let (true, None, Some(approvals), Some((action, key))) =
+            (relaxes, approving, &self.approvals, approval_of(&request))
+        {
+            match approvals.gate(&GateCommand {
+                action,
+                control: CONTROL,
+                target: key,
+                what: command.describe(),
+                params: params_of(&request),
+                audit,
+                expected: target.unwrap_or(Position::ZERO),
+            }) {
+                Gate::Apply => {}
+                Gate::BreakGlass => break_glass = Some(action),
+                Gate::Pending(p) => return Err(Error::PendingApproval(p)),
+                Gate::Closed(status) => {
+                    return Err(failover_core::authority::counted(
+                        failover_core::Refusal::RequestReused {
+                            request_id: audit.request_id(),
+                            previous: format!("an approval request that is now {status}"),
+                        },
+                    )
+                    .into())
+                }
+            }
         }
         let event = AuditEvent {
             version: inner.version() + 1,
@@ -383,6 +477,17 @@ impl MemorySymbolModeStore {
         inner.events.push(event.clone());
         let index = inner.events.len() - 1;
         inner.by_request.insert(event.request_id, index);
+        if let (Some(approvals), Some((_, key))) = (&self.approvals, approval_of(&request)) {
+            approvals.applied(CONTROL, &key, &event.change_ref(), approving);
+        }
+        if let Some(action) = break_glass {
+            failover_core::approvals::break_glass_applied(
+                action,
+                &event.command.describe(),
+                audit.actor(),
+                audit.request_id(),
+            );
+        }
         // Published under the lock so subscribers see positions in order, with the
         // delta the command made (what a PostgreSQL notification carries too).
         let delta = ModeDelta {
@@ -402,7 +507,7 @@ impl MemorySymbolModeStore {
                 _ => Vec::new(),
             },
         };
-        self.shared.feed.publish(ModeChange {
+        self.feed.publish(ModeChange {
             position: event.position,
             delta: Some(delta),
         });
@@ -639,5 +744,69 @@ impl CancelAllFeed for MemoryFeed {
         // The sender lives in `shared`, which this feed holds: the store is never
         // "gone" while a subscription exists, so this only wakes on changes.
         self.rx.next().await.is_some()
+    }
+}
+
+impl MemoryApprover for Shared {
+    fn control(&self) -> &'static str {
+        CONTROL
+    }
+
+    fn apply_approved(
+        &self,
+        id: Uuid,
+        actor: &str,
+        approvals: &MemoryApprovals,
+    ) -> Result<Approved, ApprovalError> {
+        // The store's lock first, then the request: the order PostgreSQL takes.
+        let mut inner = lock(&self.inner);
+        let claimed = approvals.claim(id, actor)?;
+        let r = &claimed.request;
+        let p = &claimed.params;
+        let symbol = p["symbol"].as_str().map(str::to_owned);
+        let invalid = |what: String| ApprovalError::Invalid {
+            message: format!("approving request {id}: {what}"),
+        };
+        let request = if let Some(to) = p["to_mode"].as_str() {
+            Request::SetMode {
+                symbol: symbol.as_deref(),
+                to: to.parse().map_err(|e| invalid(format!("{e}")))?,
+                only_tighten: false,
+            }
+        } else if let Some(on) = p["withdrawals"].as_bool() {
+            Request::Withdrawals { on }
+        } else if let Some(s) = symbol.as_deref() {
+            let limit = match (p["per_second"].as_u64(), p["burst"].as_u64()) {
+                (Some(rate), Some(burst)) => Some(
+                    Throttle::new(
+                        u32::try_from(rate).unwrap_or(u32::MAX),
+                        u32::try_from(burst).unwrap_or(u32::MAX),
+                    )
+                    .map_err(|e| invalid(e.to_string()))?,
+                ),
+                _ => None,
+            };
+            Request::Throttle {
+                symbol: s,
+                to: limit,
+                only_tighten: false,
+            }
+        } else {
+            return Err(invalid(format!("unknown command parameters {p}")));
+        };
+        let mut audit = Audit::new(r.requested_by.clone(), r.reason.clone())
+            .with_request_id(id)
+            .expecting(r.expected_position);
+        if let Some(t) = &r.ticket {
+            audit = audit.with_ticket(t.clone());
+        }
+        match self.apply_locked(&mut inner, request, &audit, Some(id)) {
+            Ok(Some(applied)) => approvals.close(id, actor, Ok(applied.position)),
+            Err(Error::Refused(failover_core::Refusal::PreconditionFailed { current, .. })) => {
+                approvals.close(id, actor, Err(current))
+            }
+            Ok(None) => Err(invalid("the store applied nothing".into())),
+            Err(e) => Err(invalid(format!("the symbol-mode store refused it: {e}"))),
+        }
     }
 }

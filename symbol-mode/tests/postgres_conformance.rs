@@ -14,3 +14,16 @@ async fn setup() -> (Arc<dyn SymbolModeStore>, Arc<Cluster>) {
 }
 
 tradepulse_symbol_mode::conformance_tests!(setup);
+
+async fn approvals_setup() -> (
+    Arc<dyn SymbolModeStore>,
+    Arc<dyn failover_core::ApprovalStore>,
+    Arc<Cluster>,
+) {
+    let (cluster, db) = support::shared_primary().await;
+    let store = support::store(&cluster.primary().dsn(&db)).await;
+    let approvals = failover_core::approvals::PostgresApprovals::new(store.pool().clone());
+    (Arc::new(store), Arc::new(approvals), cluster)
+}
+
+tradepulse_symbol_mode::approval_conformance_tests!(approvals_setup);

@@ -18,13 +18,16 @@ use tradepulse_examples::admin_http::{prometheus, router, AdminState};
 pub const VIEWER: &str = "viewer-token-1";
 pub const OPERATOR: &str = "operator-token-1";
 pub const SUPERVISOR: &str = "supervisor-token-1";
+/// A second supervisor, for four eyes.
+pub const SUPERVISOR_2: &str = "supervisor-token-2";
 
 pub fn principals() -> String {
     format!(
-        "# role actor sha256\nviewer ops:carol {}\noperator ops:alice {}\nsupervisor ops:bob sha256:{}\noperator ops:alice-cert cn:alice.ops.example\n",
+        "# role actor sha256\nviewer ops:carol {}\noperator ops:alice {}\nsupervisor ops:bob sha256:{}\noperator ops:alice-cert cn:alice.ops.example\nsupervisor ops:erin {}\n",
         token_sha256_hex(VIEWER),
         token_sha256_hex(OPERATOR),
-        token_sha256_hex(SUPERVISOR)
+        token_sha256_hex(SUPERVISOR),
+        token_sha256_hex(SUPERVISOR_2)
     )
 }
 

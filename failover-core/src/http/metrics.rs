@@ -38,6 +38,16 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     crate::audit_log::describe_metrics();
     describe_counter!(
+        "approvals_break_glass_total",
+        "Relaxations that required a second person's approval and were applied at once by breaking the glass, by action; each waits in the review until a second supervisor acknowledges it"
+    );
+    for action in crate::approvals::ACTIONS
+        .into_iter()
+        .chain([crate::approvals::WAIVE_ACTION])
+    {
+        metrics::counter!("approvals_break_glass_total", "action" => action).absolute(0);
+    }
+    describe_counter!(
         "failover_history_diverged_total",
         "Times a handle found its position lost from the store's history after a failover and adopted the store's state, by component"
     );

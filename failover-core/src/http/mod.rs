@@ -36,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod approvals;
 pub mod auth;
 pub mod conditional;
 pub mod metrics;

@@ -75,6 +75,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0003_audit_log.sql"),
     ),
     Migration::new(
+        4,
+        "approvals",
+        include_str!("../../migrations/postgres/0004_approvals.sql"),
+    ),
+    Migration::new(
         5,
         "append_only",
         include_str!("../../migrations/postgres/0005_append_only.sql"),

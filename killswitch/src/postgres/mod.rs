@@ -15,7 +15,7 @@
 
 use crate::{
     describe, validate, Action, Applied, Audit, Authority, Error, KillSwitchEvent, KillSwitchState,
-    KillSwitchStore, Position,
+    KillSwitchStore, Position, Refusal,
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0004_audit_log.sql"),
     ),
     Migration::new(
+        5,
+        "approvals",
+        include_str!("../../migrations/postgres/0005_approvals.sql"),
+    ),
+    Migration::new(
         6,
         "append_only",
         include_str!("../../migrations/postgres/0006_append_only.sql"),
@@ -69,10 +74,12 @@ const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, vers
 const APPLY: &str = "SELECT o_status AS status, o_engaged AS engaged, o_reason AS reason, \
                      o_updated_at AS updated_at, o_updated_by AS updated_by, o_ticket AS ticket, \
                      o_version AS version, o_position AS position, o_other_position AS other_position, \
-                     o_other_actor AS other_actor, o_other_action AS other_what, o_other_at AS other_at \
-                     FROM kill_switch_apply($1, $2, $3, $4, $5, $6, $7, $8)";
+                     o_other_actor AS other_actor, o_other_action AS other_what, o_other_at AS other_at, \
+                     o_approval_id AS approval_id, o_expires_at AS expires_at, o_break_glass AS break_glass \
+                     FROM kill_switch_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 const HISTORY: &str =
-    "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at, login, authority \
+    "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at, login, authority, \
+                       approval_id, break_glass \
                        FROM kill_switch_events ORDER BY position DESC LIMIT $1";
 
 /// The kill switch in PostgreSQL.
@@ -210,12 +217,43 @@ impl PostgresKillSwitchStore {
                     (&audit.authority().as_str(), Type::TEXT),
                     (&precondition.expected(), Type::INT8),
                     (&precondition.required(), Type::BOOL),
+                    (&audit.break_glass(), Type::BOOL),
                 ],
             )
             .await
             .map_err(|e| Error::from(e.during_write()))?;
         let status: String = row.get("status");
         let state = state_from(&row);
+        match status.as_str() {
+            "pending" => {
+                return Err(Error::PendingApproval(failover_core::PendingApproval {
+                    id: row.get("approval_id"),
+                    action: "kill-switch.disengage".into(),
+                    what: format!("disengage the kill switch (engaged: {})", state.reason),
+                    expires_at: row.get("expires_at"),
+                }))
+            }
+            "request_closed" => {
+                return Err(failover_core::authority::counted(Refusal::RequestReused {
+                    request_id,
+                    previous: format!(
+                        "an approval request that is now {}",
+                        row.get::<_, Option<String>>("other_what")
+                            .unwrap_or_default()
+                    ),
+                })
+                .into())
+            }
+            "applied" if row.get::<_, Option<bool>>("break_glass") == Some(true) => {
+                failover_core::approvals::break_glass_applied(
+                    "kill-switch.disengage",
+                    "disengage the kill switch",
+                    audit.actor(),
+                    request_id,
+                );
+            }
+            _ => {}
+        }
         let other = other_change(&row);
         if let Some(refusal) = refusal_from_status(
             &status,
@@ -277,6 +315,8 @@ impl KillSwitchStore for PostgresKillSwitchStore {
                     "operator" => Authority::Operator,
                     _ => Authority::Supervisor,
                 }),
+                approval_id: r.get("approval_id"),
+                break_glass: r.get("break_glass"),
             })
             .collect())
     }

@@ -78,6 +78,11 @@ pub const MIGRATIONS: &[Migration] = &[
         include_str!("../../migrations/postgres/0005_audit_log.sql"),
     ),
     Migration::new(
+        6,
+        "approvals",
+        include_str!("../../migrations/postgres/0006_approvals.sql"),
+    ),
+    Migration::new(
         7,
         "append_only",
         include_str!("../../migrations/postgres/0007_append_only.sql"),
@@ -117,7 +122,7 @@ const APPLY: &str = "SELECT o_status AS status, o_version AS version, o_position
        o_other_what AS other_what, o_other_at AS other_at, \
        o_from_rate AS from_rate, o_from_burst AS from_burst, o_to_rate AS to_rate, \
        o_to_burst AS to_burst \
-     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 const HISTORY: &str = "SELECT version, position, request_id, command, symbol, from_mode, to_mode, \
        withdrawals_halted, reason, actor, ticket, at, login, authority, \
        from_rate, from_burst, to_rate, to_burst \
@@ -134,6 +139,27 @@ pub struct PostgresSymbolModeStore {
     changes: PgChangeFeed<ModeChange>,
     listen_options: ListenOptions,
     cancel_all_poll: Duration,
+}
+
+/// What a pending relaxation would do, for its answer.
+fn approval_what(
+    symbol: Option<&str>,
+    to: Option<SymbolMode>,
+    withdrawals: Option<bool>,
+    limit: Option<Throttle>,
+    row: &Row,
+) -> String {
+    let from = row.get::<_, Option<&str>>("from_mode").unwrap_or("NORMAL");
+    match (symbol, to, withdrawals) {
+        (Some(s), Some(to), _) => format!("{s} {from} -> {to}"),
+        (None, Some(to), _) => format!("global mode {from} -> {to}"),
+        (_, _, Some(_)) => "lift the withdrawals halt".into(),
+        (Some(s), None, None) => match limit {
+            Some(l) => format!("throttle of {s} -> {l}"),
+            None => format!("clear the throttle of {s}"),
+        },
+        _ => "a relaxation".into(),
+    }
 }
 
 fn corrupt(op: &'static str, what: String) -> Error {
@@ -444,6 +470,7 @@ impl PostgresSymbolModeStore {
                     (&precondition.required(), Type::BOOL),
                     (&rate, Type::INT4),
                     (&burst, Type::INT4),
+                    (&audit.break_glass(), Type::BOOL),
                 ],
             )
             .await
@@ -455,7 +482,41 @@ impl PostgresSymbolModeStore {
                 row.get::<_, Option<&str>>("from_mode").unwrap_or("NORMAL"),
             )
         };
+        let approval_action = match kind {
+            CommandKind::SetSymbolMode => "mode.relax",
+            CommandKind::SetGlobalMode => "global-mode.relax",
+            CommandKind::WithdrawalsHalt => "withdrawals.lift",
+            _ => "throttle.relax",
+        };
         match status.as_str() {
+            "pending" => Err(Error::PendingApproval(failover_core::PendingApproval {
+                id: row.get("request_id"),
+                action: approval_action.into(),
+                what: approval_what(symbol, to, withdrawals, limit, &row),
+                expires_at: row.get("at"),
+            })),
+            "request_closed" => Err(failover_core::authority::counted(
+                failover_core::Refusal::RequestReused {
+                    request_id,
+                    previous: format!(
+                        "an approval request that is now {}",
+                        row.get::<_, Option<String>>("other_what")
+                            .unwrap_or_default()
+                    ),
+                },
+            )
+            .into()),
+            "applied_break_glass" => {
+                let event = event_from(op, &row)?;
+                failover_core::approvals::break_glass_applied(
+                    approval_action,
+                    &event.command.describe(),
+                    audit.actor(),
+                    request_id,
+                );
+                self.changes.feed().publish(ModeChange::at(event.position));
+                Ok(Some(Applied::new(event)))
+            }
             "applied" => {
                 let event = event_from(op, &row)?;
                 self.changes.feed().publish(ModeChange::at(event.position));
