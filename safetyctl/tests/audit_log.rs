@@ -187,6 +187,39 @@ async fn an_export_verifies_and_every_tampering_is_named_by_index() {
     );
 }
 
+/// Events of the throttle and of four eyes (a requirement, a break-glass relaxation),
+/// beside what `events` writes.
+fn throttle_and_approval_events(d: &Db) {
+    let steps: Vec<Vec<&str>> = vec![
+        vec!["throttle", "set", "BTC-USD", "5/s", "--reason", "lag"],
+        vec![
+            "throttle", "clear", "BTC-USD", "--reason", "lag gone", "--ticket", "T-2",
+        ],
+        vec![
+            "approvals",
+            "require",
+            "mode.relax",
+            "--reason",
+            "four eyes",
+        ],
+        vec![
+            "mode",
+            "set",
+            "BTC-USD",
+            "CANCEL_ONLY",
+            "--reason",
+            "no second supervisor at 3 a.m.",
+            "--ticket",
+            "T-3",
+            "--break-glass",
+        ],
+    ];
+    for args in steps {
+        let out = safetyctl(&d.dsn, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sql_encoding_is_the_rust_encoding_of_every_controls_rows() {
     let d = db().await;
@@ -202,6 +235,7 @@ async fn the_sql_encoding_is_the_rust_encoding_of_every_controls_rows() {
         .await
         .unwrap();
     events(&d, "encoding").await;
+    throttle_and_approval_events(&d);
     d.cluster
         .primary()
         .execute(
@@ -235,7 +269,20 @@ async fn the_sql_encoding_is_the_rust_encoding_of_every_controls_rows() {
     }
     assert_eq!(
         controls.into_iter().collect::<Vec<_>>(),
-        ["kill_switch", "lease", "symbol_mode"]
+        ["approvals", "kill_switch", "lease", "symbol_mode"]
+    );
+    // The throttle's limits and the break-glass mark are part of what is hashed.
+    assert!(
+        all.iter().any(
+            |l| l.contains("SetThrottle") && l.contains(r#""to_rate\":5"#)
+                || l.contains(r#""to_rate":5"#)
+        ),
+        "a SetThrottle entry carries its limit"
+    );
+    assert!(
+        all.iter()
+            .any(|l| l.contains(r#""break_glass":true"#) || l.contains(r#"\"break_glass\":true"#)),
+        "the break-glass relaxation is marked in its entry"
     );
     assert!(all[0].contains("back\\\\slash é ✓ / end"), "{}", all[0]);
     assert!(

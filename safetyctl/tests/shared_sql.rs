@@ -13,6 +13,13 @@ async fn every_audit_trail_is_append_only_by_the_one_shared_rule() {
     for args in [
         &["kill-switch", "engage", "--reason", "drill"][..],
         &["symbols", "add", "BTC-USD", "--reason", "listing"][..],
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ][..],
     ] {
         let o = safetyctl(&db.dsn, args);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));

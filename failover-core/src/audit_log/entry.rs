@@ -17,9 +17,13 @@
 //!
 //! | control       | position              | action          | actor  | reason, ticket, request_id | details |
 //! |---------------|-----------------------|-----------------|--------|-----------------------------|---------|
-//! | `kill_switch` | `position`            | `action`        | `actor`| as recorded                 | `authority`, `engaged`, `login`, `version` |
-//! | `symbol_mode` | `position`            | `command`       | `actor`| as recorded                 | `authority`, `from_mode`, `login`, `relaxes`, `symbol`, `to_mode`, `version`, `withdrawals_halted` |
+//! | `kill_switch` | `position`            | `action`        | `actor`| as recorded                 | `approval_id`, `authority`, `break_glass`, `engaged`, `login`, `version` |
+//! | `symbol_mode` | `position`            | `command`       | `actor`| as recorded                 | `approval_id`, `authority`, `break_glass`, `from_burst`, `from_mode`, `from_rate`, `login`, `relaxes`, `symbol`, `to_burst`, `to_mode`, `to_rate`, `version`, `withdrawals_halted` |
+//! | `approvals`   | `position`            | `event`         | `actor`| as recorded                 | `action`, `detail`, `login`, `what` |
 //! | `lease`       | the event's `id`      | `event`         | `holder`| null                       | `resource`, `token`, `ttl_us` |
+//!
+//! A `break_glass` absent from a row (written before the column existed) encodes as
+//! `false`, what the column's default makes of it.
 //!
 //! The database builds the same text in SQL (`tradepulse_audit_entry`), when an event
 //! is inserted, and stores the leaf hash of it; a later version of the encoding gets a

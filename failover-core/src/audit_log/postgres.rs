@@ -96,10 +96,13 @@ pub struct LogSnapshot {
 
 const LOG: &str = "SELECT idx, control, position, leaf_hash FROM audit_log ORDER BY idx";
 const KILL_SWITCH: &str = "SELECT position, request_id::TEXT, action, actor, reason, ticket, at, \
-    authority, engaged, login, version FROM kill_switch_events";
+    authority, engaged, login, version, approval_id::TEXT, break_glass FROM kill_switch_events";
 const SYMBOL_MODE: &str = "SELECT position, request_id::TEXT, command, actor, reason, ticket, at, \
-    authority, from_mode, login, relaxes, symbol, to_mode, version, withdrawals_halted \
+    authority, from_mode, login, relaxes, symbol, to_mode, version, withdrawals_halted, \
+    approval_id::TEXT, break_glass, from_rate, from_burst, to_rate, to_burst \
     FROM symbol_mode_events";
+const APPROVALS: &str = "SELECT position, request_id::TEXT, event, actor, reason, ticket, at, \
+    action, detail, login, what FROM approval_events";
 const LEASE: &str = "SELECT id, event, holder, at, resource, token, \
     (extract(epoch FROM ttl) * 1000000)::BIGINT FROM fencing_lease_events";
 
@@ -124,7 +127,9 @@ fn record(control: &str, r: &Row) -> AuditRecord {
             ticket: r.get(5),
             at: at(6),
             details: BTreeMap::from([
+                ("approval_id".to_owned(), s(r.get(11))),
                 ("authority".to_owned(), s(r.get(7))),
+                ("break_glass".to_owned(), json!(r.get::<_, bool>(12))),
                 ("engaged".to_owned(), json!(r.get::<_, bool>(8))),
                 ("login".to_owned(), s(r.get(9))),
                 ("version".to_owned(), json!(r.get::<_, i64>(10))),
@@ -151,6 +156,28 @@ fn record(control: &str, r: &Row) -> AuditRecord {
                     "withdrawals_halted".to_owned(),
                     json!(r.get::<_, Option<bool>>(14)),
                 ),
+                ("approval_id".to_owned(), s(r.get(15))),
+                ("break_glass".to_owned(), json!(r.get::<_, bool>(16))),
+                ("from_rate".to_owned(), json!(r.get::<_, Option<i32>>(17))),
+                ("from_burst".to_owned(), json!(r.get::<_, Option<i32>>(18))),
+                ("to_rate".to_owned(), json!(r.get::<_, Option<i32>>(19))),
+                ("to_burst".to_owned(), json!(r.get::<_, Option<i32>>(20))),
+            ]),
+        },
+        "approvals" => AuditRecord {
+            control: control.into(),
+            position: r.get::<_, i64>(0) as u64,
+            request_id: r.get(1),
+            action: r.get(2),
+            actor: r.get(3),
+            reason: r.get(4),
+            ticket: r.get(5),
+            at: at(6),
+            details: BTreeMap::from([
+                ("action".to_owned(), json!(r.get::<_, String>(7))),
+                ("detail".to_owned(), s(r.get(8))),
+                ("login".to_owned(), json!(r.get::<_, String>(9))),
+                ("what".to_owned(), json!(r.get::<_, String>(10))),
             ]),
         },
         _ => AuditRecord {
@@ -189,6 +216,7 @@ pub async fn read_log(pool: &PgPool, progress: impl Fn(u64, u64)) -> Result<LogS
                 for (control, table, sql) in [
                     ("kill_switch", "kill_switch_events", KILL_SWITCH),
                     ("symbol_mode", "symbol_mode_events", SYMBOL_MODE),
+                    ("approvals", "approval_events", APPROVALS),
                     ("lease", "fencing_lease_events", LEASE),
                 ] {
                     let exists: bool = c
@@ -221,6 +249,7 @@ pub async fn read_log(pool: &PgPool, progress: impl Fn(u64, u64)) -> Result<LogS
         let key = match control.as_str() {
             "kill_switch" => "kill_switch",
             "symbol_mode" => "symbol_mode",
+            "approvals" => "approvals",
             _ => "lease",
         };
         let (record, entry) = match events.remove(&(key, position)) {

@@ -71,18 +71,18 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
     Migration::new(2, "roles", ROLES_SQL),
     Migration::new(
         3,
-        "audit_log",
-        include_str!("../../migrations/postgres/0003_audit_log.sql"),
+        "append_only",
+        include_str!("../../migrations/postgres/0003_append_only.sql"),
     ),
     Migration::new(
         4,
-        "approvals",
-        include_str!("../../migrations/postgres/0004_approvals.sql"),
+        "audit_log",
+        include_str!("../../migrations/postgres/0004_audit_log.sql"),
     ),
     Migration::new(
         5,
-        "append_only",
-        include_str!("../../migrations/postgres/0005_append_only.sql"),
+        "approvals",
+        include_str!("../../migrations/postgres/0005_approvals.sql"),
     ),
 ];
 

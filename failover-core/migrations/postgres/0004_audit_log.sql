@@ -32,23 +32,7 @@ CREATE TABLE IF NOT EXISTS audit_log_head (
 );
 INSERT INTO audit_log_head (id, size, edge) VALUES (1, 0, '{}') ON CONFLICT (id) DO NOTHING;
 
-CREATE OR REPLACE FUNCTION audit_log_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'audit_log is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'P0001';
-END
-$$;
-
-DROP TRIGGER IF EXISTS audit_log_no_update ON audit_log;
-CREATE TRIGGER audit_log_no_update
-    BEFORE UPDATE OR DELETE ON audit_log
-    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
-
-DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
-CREATE TRIGGER audit_log_no_truncate
-    BEFORE TRUNCATE ON audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+SELECT tradepulse_make_append_only('audit_log');
 
 -- A timestamp as the encoding writes it: UTC, RFC 3339, six fractional digits,
 -- whatever the session's TimeZone.
@@ -81,7 +65,9 @@ BEGIN
         v_reason := coalesce((r->'reason')::TEXT, 'null');
         v_request := coalesce((r->'request_id')::TEXT, 'null');
         v_ticket := coalesce((r->'ticket')::TEXT, 'null');
-        v_details := '"authority":' || coalesce((r->'authority')::TEXT, 'null')
+        v_details := '"approval_id":' || coalesce((r->'approval_id')::TEXT, 'null')
+            || ',"authority":' || coalesce((r->'authority')::TEXT, 'null')
+            || ',"break_glass":' || coalesce((r->'break_glass')::TEXT, 'false')
             || ',"engaged":' || coalesce((r->'engaged')::TEXT, 'null')
             || ',"login":' || coalesce((r->'login')::TEXT, 'null')
             || ',"version":' || coalesce((r->'version')::TEXT, 'null');
@@ -92,14 +78,31 @@ BEGIN
         v_reason := coalesce((r->'reason')::TEXT, 'null');
         v_request := coalesce((r->'request_id')::TEXT, 'null');
         v_ticket := coalesce((r->'ticket')::TEXT, 'null');
-        v_details := '"authority":' || coalesce((r->'authority')::TEXT, 'null')
+        v_details := '"approval_id":' || coalesce((r->'approval_id')::TEXT, 'null')
+            || ',"authority":' || coalesce((r->'authority')::TEXT, 'null')
+            || ',"break_glass":' || coalesce((r->'break_glass')::TEXT, 'false')
+            || ',"from_burst":' || coalesce((r->'from_burst')::TEXT, 'null')
             || ',"from_mode":' || coalesce((r->'from_mode')::TEXT, 'null')
+            || ',"from_rate":' || coalesce((r->'from_rate')::TEXT, 'null')
             || ',"login":' || coalesce((r->'login')::TEXT, 'null')
             || ',"relaxes":' || coalesce((r->'relaxes')::TEXT, 'null')
             || ',"symbol":' || coalesce((r->'symbol')::TEXT, 'null')
+            || ',"to_burst":' || coalesce((r->'to_burst')::TEXT, 'null')
             || ',"to_mode":' || coalesce((r->'to_mode')::TEXT, 'null')
+            || ',"to_rate":' || coalesce((r->'to_rate')::TEXT, 'null')
             || ',"version":' || coalesce((r->'version')::TEXT, 'null')
             || ',"withdrawals_halted":' || coalesce((r->'withdrawals_halted')::TEXT, 'null');
+    ELSIF p_control = 'approvals' THEN
+        v_position := r->>'position';
+        v_action := r->'event';
+        v_actor := r->'actor';
+        v_reason := coalesce((r->'reason')::TEXT, 'null');
+        v_request := coalesce((r->'request_id')::TEXT, 'null');
+        v_ticket := coalesce((r->'ticket')::TEXT, 'null');
+        v_details := '"action":' || coalesce((r->'action')::TEXT, 'null')
+            || ',"detail":' || coalesce((r->'detail')::TEXT, 'null')
+            || ',"login":' || coalesce((r->'login')::TEXT, 'null')
+            || ',"what":' || coalesce((r->'what')::TEXT, 'null');
     ELSIF p_control = 'lease' THEN
         v_position := r->>'id';
         v_action := r->'event';
@@ -111,7 +114,7 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'audit log: unknown control %', p_control
             USING ERRCODE = '22023',
-                  HINT = 'the canonical encoding knows kill_switch, symbol_mode and lease';
+                  HINT = 'the canonical encoding knows kill_switch, symbol_mode, approvals and lease';
     END IF;
     RETURN 'tp-audit-v1 {"action":' || coalesce(v_action, 'null')
         || ',"actor":' || coalesce(v_actor, 'null')

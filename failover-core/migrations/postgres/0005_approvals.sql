@@ -104,23 +104,10 @@ CREATE TABLE IF NOT EXISTS approval_events (
 );
 CREATE INDEX IF NOT EXISTS approval_events_request ON approval_events (request_id);
 
-CREATE OR REPLACE FUNCTION approval_events_append_only() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'approval_events is append-only: % is not allowed', TG_OP
-        USING ERRCODE = 'P0001';
-END
-$$;
-
-DROP TRIGGER IF EXISTS approval_events_no_update ON approval_events;
-CREATE TRIGGER approval_events_no_update
-    BEFORE UPDATE OR DELETE ON approval_events
-    FOR EACH ROW EXECUTE FUNCTION approval_events_append_only();
-
-DROP TRIGGER IF EXISTS approval_events_no_truncate ON approval_events;
-CREATE TRIGGER approval_events_no_truncate
-    BEFORE TRUNCATE ON approval_events
-    FOR EACH STATEMENT EXECUTE FUNCTION approval_events_append_only();
+SELECT tradepulse_make_append_only('approval_events');
+-- Every request, approval, rejection, expiry, supersession, break-glass and
+-- acknowledgement is also a leaf of the tamper-evident audit log.
+SELECT tradepulse_audit_attach('approval_events', 'approvals', 'position');
 
 CREATE OR REPLACE FUNCTION tradepulse_approval_event(
     p_request_id UUID, p_event TEXT, p_action TEXT, p_what TEXT, p_actor TEXT,
