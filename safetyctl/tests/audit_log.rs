@@ -497,3 +497,101 @@ async fn viewers_read_the_log_and_only_the_trigger_writes_it() {
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
 }
+
+/// An asynchronous failover that lost events (a real primary and streaming replica):
+/// a checkpoint signed on the old primary is not extended by the new primary's log,
+/// and `verify --previous` names the checkpointed entries the new primary lacks.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_lossy_failover_verify_names_the_entries_the_new_primary_lacks() {
+    let cluster = tradepulse_testkit::Cluster::start_with_replica()
+        .await
+        .expect("primary + replica");
+    let name = cluster.create_database().await.expect("database");
+    let dsn = cluster.multi_host_dsn(&name);
+    let run = |args: &[&str]| {
+        let out = safetyctl(&dsn, args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    };
+    run(&["migrate"]);
+    run(&["kill-switch", "engage", "--reason", "replicated"]);
+    run(&["symbols", "add", "BTC-USD", "--reason", "listing"]);
+    cluster
+        .wait_replica_caught_up(std::time::Duration::from_secs(15))
+        .await
+        .unwrap();
+    // The replica stops receiving: what follows exists on the old primary only.
+    cluster.replica().unwrap().stop().await.unwrap();
+    run(&[
+        "kill-switch",
+        "disengage",
+        "--reason",
+        "lost resume",
+        "--ticket",
+        "T-9",
+    ]);
+    run(&[
+        "mode",
+        "set",
+        "BTC-USD",
+        "HARD_HALT",
+        "--reason",
+        "lost halt",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = keys(dir.path(), 3);
+    let note = dir.path().join("old-primary.note");
+    run(&[
+        "audit",
+        "checkpoint",
+        "--key",
+        p(&key),
+        "--out",
+        p(&note),
+        "--origin",
+        "tradepulse/test/failover",
+    ]);
+    let old = dir.path().join("old-primary.jsonl");
+    run(&["audit", "export", "--out", p(&old)]);
+
+    cluster.primary().kill9().await.unwrap();
+    let replica = cluster.replica().unwrap();
+    replica.start().await.unwrap();
+    replica.promote().await.unwrap();
+    // The new primary goes on with its own history.
+    run(&["kill-switch", "engage", "--reason", "after the failover"]);
+    let new = dir.path().join("new-primary.jsonl");
+    run(&["audit", "export", "--out", p(&new)]);
+
+    let (code, out) = verify(
+        "",
+        &[
+            p(&new),
+            "--checkpoint",
+            p(&note),
+            "--public-key",
+            p(&public),
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}");
+    assert!(out.contains("does not extend the checkpoint"), "{out}");
+    let (code, out) = verify(
+        "",
+        &[
+            p(&new),
+            "--checkpoint",
+            p(&note),
+            "--public-key",
+            p(&public),
+            "--previous",
+            p(&old),
+        ],
+    );
+    assert_eq!(code, Some(5), "{out}");
+    eprintln!("{out}");
+    // The two events written after the replica stopped are named; the replicated
+    // ones are not.
+    assert!(out.contains("kill_switch disengage by "), "{out}");
+    assert!(out.contains("symbol_mode SetSymbolMode by "), "{out}");
+    assert!(!out.contains("kill_switch engage by "), "{out}");
+    assert!(!out.contains("RegisterSymbol"), "{out}");
+}
