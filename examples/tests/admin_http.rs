@@ -376,6 +376,35 @@ async fn throttles_through_the_api() {
             "throttle",
         );
     }
+    // A body without per_second is not read as "clear"; a burst needs a rate.
+    let (status, body) = api
+        .put(
+            SUPERVISOR,
+            path,
+            r#"{"burst":200,"reason":"x","ticket":"T"}"#,
+        )
+        .await;
+    assert!(
+        (400..500).contains(&status) && body.to_string().contains("per_second"),
+        "{status} {body}"
+    );
+    assert_refused(
+        &api.put(
+            SUPERVISOR,
+            path,
+            r#"{"per_second":null,"burst":200,"reason":"x","ticket":"T"}"#,
+        )
+        .await,
+        422,
+        "invalid_throttle",
+        "a burst without a rate",
+    );
+    let (status, body) = api.get("/admin/symbols/btc-usd/throttle").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_symbol")),
+        "{body}"
+    );
     assert_refused(
         &api.put(
             OPERATOR,

@@ -108,7 +108,9 @@ pub struct WithdrawalsBody {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleBody {
-    /// New orders a second; `null` clears the throttle.
+    /// New orders a second; `null` clears the throttle. Required: a body without it
+    /// is refused rather than read as "clear".
+    #[serde(deserialize_with = "present")]
     pub per_second: Option<u32>,
     /// Orders at once (default: `per_second`).
     #[serde(default)]
@@ -126,6 +128,11 @@ pub struct ThrottleBody {
     /// acknowledges it.
     #[serde(default)]
     pub break_glass: bool,
+}
+
+/// A field that must be sent, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<u32>::deserialize(d)
 }
 
 /// What the routes need.
@@ -379,6 +386,14 @@ async fn throttle_get(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer, "read a throttle")?;
     crate::validate_symbol(&symbol).map_err(Error::from)?;
+    let known = s.store.symbols().await?;
+    if !known.iter().any(|r| r.symbol == symbol) {
+        return Err(Error::UnknownSymbol {
+            did_you_mean: crate::near_match(&symbol, known.iter().map(|r| r.symbol.as_str())),
+            symbol,
+        }
+        .into());
+    }
     let state = s
         .store
         .throttles()
@@ -403,9 +418,16 @@ async fn throttle_put(
     JsonBody(body): JsonBody<ThrottleBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set a throttle")?;
-    let limit = match body.per_second {
-        Some(rate) => Some(Throttle::new(rate, body.burst.unwrap_or(rate)).map_err(Error::from)?),
-        None => None,
+    let limit = match (body.per_second, body.burst) {
+        (Some(rate), burst) => Some(Throttle::new(rate, burst.unwrap_or(rate)).map_err(Error::from)?),
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_throttle",
+                "refused, nothing changed: a burst without a rate; send per_second with it, or per_second null and no burst to clear the throttle".to_owned(),
+            ))
+        }
     };
     let audit = glass(
         if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
