@@ -10,9 +10,9 @@
 
 use crate::{
     Audit, AuditError, AuditEvent, Authority, CancelAllCommand, Command, CommandKind, Error,
-    ModeSnapshot, Scope, SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore,
-    SymbolModes, SymbolModesConfig, Throttle, TradingAction, Transition, MAX_SYMBOL_CHARS,
-    POLICY_ACTOR,
+    ModeSnapshot, ModeTarget, SettlementLagPolicy, StartAt, SymbolError, SymbolMode,
+    SymbolModeStore, SymbolModes, SymbolModesConfig, Throttle, TradingAction, Transition,
+    MAX_SYMBOL_CHARS, POLICY_ACTOR,
 };
 use failover_core::Refusal;
 use std::collections::BTreeMap;
@@ -229,13 +229,13 @@ pub async fn every_transition_follows_the_table(store: &dyn SymbolModeStore) {
                         Err(Error::TransitionForbidden {
                             from: f,
                             to: t,
-                            scope,
+                            target,
                         }),
                     ) => {
                         assert_eq!((f, t), (from, to));
                         assert_eq!(
-                            scope,
-                            symbol.map_or(Scope::Global, |s| Scope::Symbol(s.into()))
+                            target,
+                            symbol.map_or(ModeTarget::Global, |s| ModeTarget::Symbol(s.into()))
                         );
                     }
                     (rule, other) => {

@@ -408,16 +408,17 @@ impl CancelAllCommand {
     }
 }
 
-/// Which mode a command addressed, for error messages.
+/// Which mode a command addressed (the global mode or a symbol's own), for error
+/// messages.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Scope {
+pub enum ModeTarget {
     /// The global mode.
     Global,
     /// One symbol's own mode.
     Symbol(String),
 }
 
-impl std::fmt::Display for Scope {
+impl std::fmt::Display for ModeTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Global => f.write_str("the global mode"),
@@ -453,10 +454,10 @@ pub enum Error {
     #[error("refused, nothing changed: {0}")]
     InvalidAudit(#[from] AuditError),
     /// The transition rules forbid this change (e.g. `HARD_HALT → NORMAL`).
-    #[error("refused, nothing changed: {scope} is {from} and may not relax to {to}; {}", relax_hint(*.from))]
+    #[error("refused, nothing changed: {target} is {from} and may not relax to {to}; {}", relax_hint(*.from))]
     TransitionForbidden {
         /// The global mode or the symbol.
-        scope: Scope,
+        target: ModeTarget,
         /// Its current mode.
         from: SymbolMode,
         /// The requested mode.
@@ -829,18 +830,18 @@ pub(crate) fn transition_refusal(
     to: SymbolMode,
     ticket: Option<&str>,
 ) -> Option<Error> {
-    let scope = || match symbol {
-        Some(s) => Scope::Symbol(s.to_owned()),
-        None => Scope::Global,
+    let target = || match symbol {
+        Some(s) => ModeTarget::Symbol(s.to_owned()),
+        None => ModeTarget::Global,
     };
     match from.transition_to(to) {
         Transition::Tighten => None,
         Transition::Relax if ticket.is_some() => None,
         Transition::Relax => Some(Error::InvalidAudit(AuditError::TicketRequired {
-            action: format!("relax {} from {from} to {to}", scope()),
+            action: format!("relax {} from {from} to {to}", target()),
         })),
         Transition::Forbidden => Some(Error::TransitionForbidden {
-            scope: scope(),
+            target: target(),
             from,
             to,
         }),
