@@ -14,11 +14,11 @@
 //! first, prints what it is about to relax, and applies only while the state is still
 //! the one it printed.
 
+use crate::controls;
 use crate::export::{self, ExportEvent, Format};
 use clap::{Args, Parser, Subcommand};
 use failover_core::postgres::PgStore;
 use failover_core::{Audit, Position};
-use fencing::LeaseFencer;
 use killswitch::KillSwitchStore;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -336,7 +336,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn refused(message: impl Into<String>) -> Self {
+    pub(crate) fn refused(message: impl Into<String>) -> Self {
         Self {
             code: EXIT_REFUSED,
             message: message.into(),
@@ -474,7 +474,7 @@ pub(crate) async fn reading<S: PgStore>(
     Ok(Arc::new(S::from_pool(pool)))
 }
 
-fn kill_store() -> Result<Arc<killswitch::PostgresKillSwitchStore>, Failure> {
+pub(crate) fn kill_store() -> Result<Arc<killswitch::PostgresKillSwitchStore>, Failure> {
     Ok(Arc::new(killswitch::PostgresKillSwitchStore::from_env()?))
 }
 
@@ -482,7 +482,7 @@ pub(crate) fn mode_store() -> Result<Arc<symbol_mode::PostgresSymbolModeStore>, 
     Ok(Arc::new(symbol_mode::PostgresSymbolModeStore::from_env()?))
 }
 
-fn lease_store() -> Result<Arc<fencing::PostgresLeaseFencer>, Failure> {
+pub(crate) fn lease_store() -> Result<Arc<fencing::PostgresLeaseFencer>, Failure> {
     Ok(Arc::new(fencing::PostgresLeaseFencer::from_env()?))
 }
 
@@ -507,396 +507,120 @@ pub(crate) fn time(t: SystemTime) -> String {
 pub async fn run(cli: Cli) -> Result<(), Failure> {
     let g = cli.global;
     match cli.command {
-        Command::KillSwitch { action } => {
-            let store = kill_store()?;
-            let state = match action {
-                KillSwitchCmd::Show => reading(store, g.allow_standby).await?.load().await?,
-                KillSwitchCmd::Engage => store.engage(&g.audit(&*store)?).await?.into_inner(),
-                KillSwitchCmd::Disengage => {
-                    let audit = g.audit(&*store)?;
-                    let seen = store.load().await?;
-                    let audit = if seen.engaged {
-                        relaxing(
-                            audit,
-                            format!(
-                                "kill switch ENGAGED -> disengaged, {} (reason {:?})",
-                                set_by(&seen.updated_by, seen.updated_at),
-                                seen.reason
-                            ),
-                            seen.position,
-                        )
-                    } else {
-                        audit.expecting(seen.position)
-                    };
-                    store.disengage(&audit).await?.into_inner()
-                }
-                KillSwitchCmd::History { limit } => {
-                    let store = reading(store, g.allow_standby).await?;
-                    let events = store.history(limit).await?;
-                    let text = events
-                        .iter()
-                        .map(|e| {
-                            format!(
-                                "{}  {:<12}  {:<9}  by {}  reason {:?}  ticket {}",
-                                time(e.at),
-                                e.position.to_string(),
-                                e.action.as_str(),
-                                e.actor,
-                                e.reason,
-                                e.ticket.as_deref().unwrap_or("-")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    print(g.json, to_json(&events), text);
-                    return Ok(());
-                }
-            };
-            let text = format!(
-                "kill switch {}\n  reason      {}\n  updated_at  {}\n  updated_by  {}\n  ticket      {}\n  version     {}\n  position    {}",
-                if state.engaged { "ENGAGED (trading halted)" } else { "disengaged (trading allowed)" },
-                state.reason,
-                time(state.updated_at),
-                state.updated_by,
-                state.ticket.as_deref().unwrap_or("-"),
-                state.version,
-                state.position
-            );
-            print(g.json, to_json(&state), text);
-        }
-        Command::Mode { action } => {
-            let store = mode_store()?;
-            match action {
-                ModeCmd::Show { symbol } => {
-                    symbol_mode::validate_symbol(&symbol).map_err(symbol_mode::Error::from)?;
-                    let store = reading(store, g.allow_standby).await?;
-                    let own = store.symbol_state(&symbol).await?;
-                    let venue = store.venue().await?;
-                    let mode = own.as_ref().map_or(SymbolMode::Normal, |s| s.mode);
-                    let effective = SymbolMode::effective(venue.global, mode);
-                    let value = serde_json::json!({"symbol": symbol, "mode": mode, "global": venue.global, "effective": effective, "last_change": own});
-                    print(
-                        g.json,
-                        value,
-                        format!(
-                            "{symbol}: mode {mode}, global {}, effective {effective}",
-                            venue.global
-                        ),
-                    );
-                }
-                ModeCmd::Set { symbol, mode } => {
-                    let audit = g.audit(&*store)?;
-                    let seen = store.symbol_state(&symbol).await?;
-                    let (own, position) = seen
-                        .as_ref()
-                        .map_or((SymbolMode::Normal, Position::ZERO), |s| {
-                            (s.mode, s.position)
-                        });
-                    let audit = if mode < own {
-                        let by = seen.as_ref().map_or_else(
-                            || String::from("initial state"),
-                            |s| set_by(&s.updated_by, s.updated_at),
-                        );
-                        relaxing(audit, format!("{symbol} {own} -> {mode}, {by}"), position)
-                    } else {
-                        audit.expecting(position)
-                    };
-                    let event = store.set_symbol_mode(&symbol, mode, &audit).await?;
-                    print(
-                        g.json,
-                        to_json(&event),
-                        format!(
-                            "{symbol} set to {mode} (position {}, by {})",
-                            event.position, event.actor
-                        ),
-                    );
-                }
-            }
-        }
-        Command::GlobalMode { action } => {
-            let store = mode_store()?;
-            match action {
-                GlobalModeCmd::Show => {
-                    let venue = reading(store, g.allow_standby).await?.venue().await?;
-                    print(
-                        g.json,
-                        to_json(&venue),
-                        format!(
-                            "global mode {}, withdrawals {}",
-                            venue.global,
-                            if venue.withdrawals_halted {
-                                "HALTED"
-                            } else {
-                                "allowed"
-                            }
-                        ),
-                    );
-                }
-                GlobalModeCmd::Set { mode } => {
-                    let audit = g.audit(&*store)?;
-                    let venue = store.venue().await?;
-                    let audit = if mode < venue.global {
-                        let by = last_change(&store, venue.global_position).await?;
-                        relaxing(
-                            audit,
-                            format!("global mode {} -> {mode}, {by}", venue.global),
-                            venue.global_position,
-                        )
-                    } else {
-                        audit.expecting(venue.global_position)
-                    };
-                    let event = store.set_global_mode(mode, &audit).await?;
-                    print(
-                        g.json,
-                        to_json(&event),
-                        format!(
-                            "global mode set to {mode} (position {}, by {})",
-                            event.position, event.actor
-                        ),
-                    );
-                }
-            }
-        }
-        Command::CancelAll { symbol } => {
-            let store = mode_store()?;
-            let command = store.cancel_all(&symbol, &g.audit(&*store)?).await?;
-            print(
-                g.json,
-                to_json(&command),
-                format!(
-                    "CancelAll({symbol}) sent (seq {}, by {})",
-                    command.seq, command.actor
-                ),
-            );
-        }
-        Command::Withdrawals { action } => {
-            let store = mode_store()?;
-            let on = matches!(action, WithdrawalsCmd::Halt);
-            let audit = g.audit(&*store)?;
-            let venue = store.venue().await?;
-            let audit = if !on && venue.withdrawals_halted {
-                let by = last_change(&store, venue.withdrawals_position).await?;
-                relaxing(
-                    audit,
-                    format!("withdrawals HALTED -> allowed, {by}"),
-                    venue.withdrawals_position,
-                )
-            } else {
-                audit.expecting(venue.withdrawals_position)
-            };
-            let event = store.withdrawals_halt(on, &audit).await?;
-            print(
-                g.json,
-                to_json(&event),
-                format!(
-                    "withdrawals {} (position {}, by {})",
-                    if on { "HALTED" } else { "allowed again" },
-                    event.position,
-                    event.actor
-                ),
-            );
-        }
-        Command::Symbols { action } => symbols(&g, action).await?,
+        Command::KillSwitch { action } => controls::kill_switch(&g, action).await?,
+        Command::Mode { action } => controls::mode(&g, action).await?,
+        Command::GlobalMode { action } => controls::global_mode(&g, action).await?,
+        Command::CancelAll { symbol } => controls::cancel_all(&g, symbol).await?,
+        Command::Withdrawals { action } => controls::withdrawals(&g, action).await?,
+        Command::Symbols { action } => controls::symbols(&g, action).await?,
         Command::Throttle { action } => crate::throttle::run(&g, action).await?,
         Command::Approvals { action } => crate::approvals::run(&g, action).await?,
         Command::Lease {
             action: LeaseCmd::Show { resource },
-        } => {
-            let store = reading(lease_store()?, g.allow_standby).await?;
-            let lease = store.current(&resource).await?;
-            let value = match &lease {
-                Some(l) => {
-                    serde_json::json!({"resource": l.resource, "holder": l.holder, "token": l.token, "expires_in_ms": l.expires_in.as_millis() as u64})
-                }
-                None => serde_json::json!({"resource": resource, "holder": null}),
-            };
-            let text = match &lease {
-                Some(l) => format!(
-                    "{resource}: held by {} with token {} for another {:?}",
-                    l.holder, l.token, l.expires_in
-                ),
-                None => format!("{resource}: free (no unexpired lease)"),
-            };
-            print(g.json, value, text);
-        }
-        Command::Audit { action } => match action {
-            AuditCmd::Export {
-                since: None,
-                format: Format::Jsonl,
-                out,
-                quiet,
-            } => {
-                let pool = audit_pool(g.allow_standby).await?;
-                let controls: Vec<&str> = [
-                    (killswitch::postgres::ENV_PREFIX, "kill_switch"),
-                    (symbol_mode::postgres::ENV_PREFIX, "symbol_mode"),
-                    (fencing::postgres::ENV_PREFIX, "lease"),
-                ]
-                .into_iter()
-                .filter(|(prefix, _)| env_set(prefix))
-                .map(|(_, control)| control)
-                .collect();
-                crate::verify::export_log(&pool, &controls, g.json, quiet, out).await?;
-            }
-            AuditCmd::Export {
-                since, format, out, ..
-            } => {
-                if since.is_some() && format == Format::Jsonl {
-                    eprintln!("note: with --since the export holds the events alone, without the log's leaf hashes and tree head: `audit verify` checks only a whole-log export (omit --since)");
-                }
-                audit_export(g.json, g.allow_standby, since, format, out).await?
-            }
-            AuditCmd::Verify {
-                file,
-                checkpoint,
-                public_key,
-                previous,
-                quiet,
-            } => crate::verify::verify(
-                &file,
-                crate::verify::VerifyArgs {
-                    checkpoint,
-                    public_key,
-                    previous,
-                },
-                g.json,
-                quiet,
-            )?,
-            AuditCmd::Checkpoint {
-                key,
-                out,
-                origin,
-                key_name,
-            } => {
-                let pool = audit_pool(false).await?;
-                crate::verify::checkpoint(&pool, &key, out, origin, key_name, g.json).await?;
-            }
-        },
+        } => controls::lease(&g, resource).await?,
+        Command::Audit { action } => audit(&g, action).await?,
         Command::Migrate { print_roles } => crate::migrate::run(print_roles, g.json).await?,
         Command::Doctor => crate::doctor::run(g.json).await?,
         #[cfg(feature = "drill")]
-        Command::Drill { sync, report_dir } => {
-            let config = crate::drill::DrillConfig {
-                synchronous: sync,
-                ..Default::default()
-            };
-            let json = g.json;
-            let report = crate::drill::run(config, |line| if !json { println!("   {line}") })
-                .await
-                .map_err(|e| Failure { code: EXIT_FAILED, message: format!("drill failed: {e}; PostgreSQL server binaries are needed (Debian: apt-get install postgresql)") })?;
-            let evidence = report.write_evidence(&report_dir).map_err(|e| Failure {
-                code: EXIT_FAILED,
-                message: format!(
-                    "writing evidence into {}: {e}; give a writable --report-dir",
-                    report_dir.display()
-                ),
-            })?;
-            let value = serde_json::json!({"report": report.to_json(), "json": evidence.json, "markdown": evidence.markdown, "sha256_file": evidence.checksums, "json_sha256": evidence.json_sha256, "markdown_sha256": evidence.markdown_sha256});
-            print(
-                json,
-                value,
-                format!(
-                    "{}\nevidence: {} {} (sha256 in {})",
-                    report.table(),
-                    evidence.json.display(),
-                    evidence.markdown.display(),
-                    evidence.checksums.display()
-                ),
-            );
-            if !report.objectives_met() {
-                return Err(Failure {
-                    code: EXIT_FAILED,
-                    message: "OBJECTIVE BREACHED: RPO or RTO missed; see the report".into(),
-                });
+        Command::Drill { sync, report_dir } => drill(&g, sync, report_dir).await?,
+    }
+    Ok(())
+}
+
+/// `audit export|verify|checkpoint`.
+async fn audit(g: &Global, action: AuditCmd) -> Result<(), Failure> {
+    match action {
+        AuditCmd::Export {
+            since: None,
+            format: Format::Jsonl,
+            out,
+            quiet,
+        } => {
+            let pool = audit_pool(g.allow_standby).await?;
+            let controls: Vec<&str> = [
+                (killswitch::postgres::ENV_PREFIX, "kill_switch"),
+                (symbol_mode::postgres::ENV_PREFIX, "symbol_mode"),
+                (fencing::postgres::ENV_PREFIX, "lease"),
+            ]
+            .into_iter()
+            .filter(|(prefix, _)| env_set(prefix))
+            .map(|(_, control)| control)
+            .collect();
+            crate::verify::export_log(&pool, &controls, g.json, quiet, out).await?;
+        }
+        AuditCmd::Export {
+            since, format, out, ..
+        } => {
+            if since.is_some() && format == Format::Jsonl {
+                eprintln!("note: with --since the export holds the events alone, without the log's leaf hashes and tree head: `audit verify` checks only a whole-log export (omit --since)");
             }
+            audit_export(g.json, g.allow_standby, since, format, out).await?
+        }
+        AuditCmd::Verify {
+            file,
+            checkpoint,
+            public_key,
+            previous,
+            quiet,
+        } => crate::verify::verify(
+            &file,
+            crate::verify::VerifyArgs {
+                checkpoint,
+                public_key,
+                previous,
+            },
+            g.json,
+            quiet,
+        )?,
+        AuditCmd::Checkpoint {
+            key,
+            out,
+            origin,
+            key_name,
+        } => {
+            let pool = audit_pool(false).await?;
+            crate::verify::checkpoint(&pool, &key, out, origin, key_name, g.json).await?;
         }
     }
     Ok(())
 }
 
-/// Who made the change at `position` of the symbol-mode store, and when.
-async fn last_change(
-    store: &symbol_mode::PostgresSymbolModeStore,
-    position: Position,
-) -> Result<String, Failure> {
-    if position == Position::ZERO {
-        return Ok(String::from("initial state"));
-    }
-    // The newest events first: the change in force is usually among them.
-    let events = store.history(1000).await?;
-    Ok(events.iter().find(|e| e.position == position).map_or_else(
-        || format!("last changed at position {position}"),
-        |e| set_by(&e.actor, e.at),
-    ))
-}
-
-async fn symbols(g: &Global, action: SymbolsCmd) -> Result<(), Failure> {
-    let store = mode_store()?;
-    let wanted: Vec<String> = match action {
-        SymbolsCmd::List => {
-            let all = reading(store, g.allow_standby).await?.symbols().await?;
-            let text = all
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{}  registered by {} at {}",
-                        r.symbol,
-                        r.registered_by,
-                        time(r.registered_at)
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
-            print(g.json, to_json(&all), text);
-            return Ok(());
-        }
-        SymbolsCmd::Add { symbols } => symbols,
-        SymbolsCmd::Import { file } => std::fs::read_to_string(&file)
-            .map_err(|e| {
-                Failure::refused(format!(
-                    "reading {}: {e}; give a readable file with one symbol per line",
-                    file.display()
-                ))
-            })?
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .collect(),
+/// `drill [--sync] [--report-dir DIR]`.
+#[cfg(feature = "drill")]
+async fn drill(g: &Global, sync: bool, report_dir: PathBuf) -> Result<(), Failure> {
+    let config = crate::drill::DrillConfig {
+        synchronous: sync,
+        ..Default::default()
     };
-    // Every symbol is checked before any is registered: a bad line changes nothing.
-    for symbol in &wanted {
-        symbol_mode::validate_symbol(symbol).map_err(symbol_mode::Error::from)?;
-    }
-    let audit = g.audit(&*store)?;
-    let mut added = Vec::new();
-    let mut known = Vec::new();
-    for symbol in &wanted {
-        let one = audit.clone().with_request_id(uuid::Uuid::new_v4());
-        match store.register_symbol(symbol, &one).await? {
-            Some(_) => added.push(symbol.clone()),
-            None => known.push(symbol.clone()),
-        }
-    }
-    let text = format!(
-        "registered {} symbol(s){}{}",
-        added.len(),
-        if added.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", added.join(" "))
-        },
-        if known.is_empty() {
-            String::new()
-        } else {
-            format!("; already registered: {}", known.join(" "))
-        }
-    );
+    let json = g.json;
+    let report = crate::drill::run(config, |line| if !json { println!("   {line}") })
+        .await
+        .map_err(|e| Failure { code: EXIT_FAILED, message: format!("drill failed: {e}; PostgreSQL server binaries are needed (Debian: apt-get install postgresql)") })?;
+    let evidence = report.write_evidence(&report_dir).map_err(|e| Failure {
+        code: EXIT_FAILED,
+        message: format!(
+            "writing evidence into {}: {e}; give a writable --report-dir",
+            report_dir.display()
+        ),
+    })?;
+    let value = serde_json::json!({"report": report.to_json(), "json": evidence.json, "markdown": evidence.markdown, "sha256_file": evidence.checksums, "json_sha256": evidence.json_sha256, "markdown_sha256": evidence.markdown_sha256});
     print(
-        g.json,
-        serde_json::json!({"registered": added, "already_registered": known}),
-        text,
+        json,
+        value,
+        format!(
+            "{}\nevidence: {} {} (sha256 in {})",
+            report.table(),
+            evidence.json.display(),
+            evidence.markdown.display(),
+            evidence.checksums.display()
+        ),
     );
+    if !report.objectives_met() {
+        return Err(Failure {
+            code: EXIT_FAILED,
+            message: "OBJECTIVE BREACHED: RPO or RTO missed; see the report".into(),
+        });
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 
 pub mod approvals;
 pub mod cli;
+mod controls;
 pub mod doctor;
 #[cfg(feature = "drill")]
 pub mod drill;
