@@ -593,9 +593,22 @@ async fn drill(g: &Global, sync: bool, report_dir: PathBuf) -> Result<(), Failur
         ..Default::default()
     };
     let json = g.json;
-    let report = crate::drill::run(config, |line| if !json { println!("   {line}") })
-        .await
-        .map_err(|e| Failure { code: EXIT_FAILED, message: format!("drill failed: {e}; PostgreSQL server binaries are needed (Debian: apt-get install postgresql)") })?;
+    // On a terminal a bar over the drill's steps (its lines print above it); in a
+    // pipe, a file or with --json the lines alone (or nothing).
+    let bar = crate::verify::progress_bar(crate::drill::STEPS, "steps", json);
+    let report = crate::drill::run(config, |line| {
+        if bar.is_hidden() {
+            if !json {
+                println!("   {line}");
+            }
+        } else {
+            bar.println(format!("   {line}"));
+            bar.inc(1);
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = report.map_err(|e| Failure { code: EXIT_FAILED, message: format!("drill failed: {e}; PostgreSQL server binaries are needed (Debian: apt-get install postgresql)") })?;
     let evidence = report.write_evidence(&report_dir).map_err(|e| Failure {
         code: EXIT_FAILED,
         message: format!(

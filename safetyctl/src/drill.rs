@@ -257,7 +257,10 @@ impl Acks {
     }
 }
 
-/// Runs the drill; `out` receives progress lines.
+/// How many progress lines a drill sends to `run`'s `progress` (for a progress bar).
+pub const STEPS: u64 = 6;
+
+/// Runs the drill; `progress` receives [`STEPS`] lines as it goes.
 pub async fn run(
     config: DrillConfig,
     mut progress: impl FnMut(String),

@@ -28,6 +28,8 @@ pub fn progress_bar(total: u64, unit: &str, quiet: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     let template = if unit == "bytes" {
         "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}"
+    } else if unit == "steps" {
+        "{bar:40} {pos}/{len} steps, {elapsed} so far, ETA {eta}"
     } else {
         "{bar:40} {human_pos}/{human_len} entries {per_sec} ETA {eta}"
     };
