@@ -58,6 +58,10 @@ pub struct ComponentHealth {
     /// Wall-clock time this answer was produced (RFC 3339 in JSON).
     #[serde(serialize_with = "ser_time")]
     pub checked_at: SystemTime,
+    /// Whether changes arrive by push (a LISTEN connection that works) rather than
+    /// by polling alone; `None` for a component without a change feed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push: Option<bool>,
 }
 
 impl ComponentHealth {
@@ -69,6 +73,7 @@ impl ComponentHealth {
             details: None,
             last_success: None,
             checked_at: SystemTime::now(),
+            push: None,
         }
     }
 

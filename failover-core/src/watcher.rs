@@ -284,12 +284,17 @@ impl Freshness {
                 }
             }
         };
+        let push = match (&d.push, &d.subscribe_error) {
+            (Some(probe), None) => probe.status() == PushStatus::Working,
+            _ => false,
+        };
         ComponentHealth {
             name: self.name.to_owned(),
             status,
             details,
             last_success: d.last_success.map(|(_, at)| at),
             checked_at: SystemTime::now(),
+            push: Some(push),
         }
     }
 

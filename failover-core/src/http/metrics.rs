@@ -94,6 +94,10 @@ pub fn describe() {
         "health_status",
         "Health of each component: 0 operational, 1 degraded, 2 failed"
     );
+    metrics::describe_gauge!(
+        "failover_push_connected",
+        "1 while the component's changes arrive by push (its LISTEN connection works), 0 while it polls only, by component"
+    );
     describe_counter!(
         "admin_auth_refusals_total",
         "Admin requests refused by authentication (401) or role (403), by reason"
@@ -174,6 +178,10 @@ pub fn health_gauges(health: HealthRegistry) -> impl Fn() + Send + Sync + 'stati
                 ComponentStatus::Degraded => 1.0,
                 ComponentStatus::Failed => 2.0,
             };
+            if let Some(push) = c.push {
+                metrics::gauge!("failover_push_connected", "component" => c.name.clone())
+                    .set(if push { 1.0 } else { 0.0 });
+            }
             metrics::gauge!("health_status", "component" => c.name).set(v);
         }
     }

@@ -27,6 +27,11 @@ pub async fn push_reaches_another_pool<S: SuiteHandleStore>(route: Route) {
     })
     .await;
     assert!(!handle.halted());
+    assert_eq!(
+        handle.health().push,
+        Some(true),
+        "what failover_push_connected exports"
+    );
     let position = S::tighten(&writer, 1).await.unwrap();
     let started = Instant::now();
     wait_until("pushed", Duration::from_secs(1), || handle.halted()).await;

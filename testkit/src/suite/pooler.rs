@@ -129,6 +129,11 @@ pub async fn push_unavailable_through_a_transaction_pooler_is_reported<S: SuiteH
             && details.contains("LISTEN_DSN")
     })
     .await;
+    assert_eq!(
+        handle.health().push,
+        Some(false),
+        "what failover_push_connected exports"
+    );
     let position = S::tighten(&writer, 2).await.unwrap();
     wait_until(
         "polled within the poll interval",
