@@ -21,7 +21,7 @@
 //! Once the last successful read is older than the staleness window the handle is
 //! told to fail closed.
 //!
-//! Health ([`Freshness::health`]), on the words of the runbooks:
+//! Health ([`Freshness::health`]), in the words operators read:
 //! * `failed` — never loaded, stale, or the store cannot be reached **now** (its last
 //!   attempt failed: "connection refused", "no writable host", "timed out after 2s").
 //!   The hot path still serves the last known state until the staleness window.

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 /// The error code of a write refused because its fencing token is older than the
 /// newest the resource has seen. It opens the message of [`Error::FencingToken`]
-/// (and of the SQL error raised by `fencing_check`), so logs and runbooks can grep
+/// (and of the SQL error raised by `fencing_check`), so logs can be searched
 /// for it.
 pub const FENCING_TOKEN: &str = "FENCING_TOKEN";
 

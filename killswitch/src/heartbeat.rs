@@ -1,4 +1,6 @@
-//! The freshness heartbeat (opt-in): what makes the runbook's check meaningful.
+//! The freshness heartbeat (opt-in): what makes an operator's freshness check
+//! (`SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;` and the
+//! age of `updated_at`) meaningful.
 //!
 //! `kill_switch_state.updated_at` means **the last time the primary confirmed this
 //! row**: set by every change and, when a heartbeat runs, refreshed every interval

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use symbol_mode::{SymbolMode, SymbolModeStore};
 
-/// The runbooks' CLI: talks to PostgreSQL directly with the services' settings
+/// The operators' CLI: talks to PostgreSQL directly with the services' settings
 /// (`TRADEPULSE_POSTGRES__DSN` for every control, or a control's own
 /// `TRADEPULSE_KILL_SWITCH_POSTGRES__DSN`, `TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN`,
 /// `TRADEPULSE_FENCING_POSTGRES__DSN`, and their `__TLS__*`, `__RETRY_BUDGET` …), so
@@ -158,7 +158,7 @@ pub enum Command {
 /// Kill switch commands.
 #[derive(Debug, Subcommand)]
 pub enum KillSwitchCmd {
-    /// The persisted state (the runbook's `kill_switch_state` row).
+    /// The persisted state (the `kill_switch_state` row).
     Show,
     /// Stop trading (`--reason` required, `--ticket` optional).
     Engage,

@@ -11,7 +11,7 @@
 //!   recorded in `failover_core_migrations` (with the same checksum);
 //! * **roles** — the four roles of the authority model exist, and which the login holds;
 //! * **push** — a NOTIFY from a pooled connection reaches a LISTEN connection;
-//! * **kill switch row** — the runbook's `SELECT engaged, reason, updated_at FROM
+//! * **kill switch row** — the operators' `SELECT engaged, reason, updated_at FROM
 //!   kill_switch_state WHERE id = 1;` and the age of `updated_at`;
 //! * **replication** — each standby's replay lag as the primary sees it;
 //! * **clock** — the server's clock against this host's;

@@ -114,7 +114,7 @@ impl DrillReport {
             .unwrap_or_default()
     }
 
-    /// True when RPO and RTO meet the runbook's objectives.
+    /// True when RPO and RTO meet the objectives (RPO <= 60 s, RTO <= 10 min).
     pub fn objectives_met(&self) -> bool {
         self.rpo() <= RPO_OBJECTIVE && self.rto() <= RTO_OBJECTIVE
     }

@@ -174,8 +174,9 @@ impl Positioned for ModeChange {
     }
 }
 
-/// The name of an audited command, stored verbatim in the audit trail: the
-/// runbook's `SetSymbolMode`, `CancelAll`, `WithdrawalsHalt`, plus `SetGlobalMode`.
+/// The name of an audited command, stored verbatim in the audit trail, as operators
+/// name it: `SetSymbolMode`, `SetGlobalMode`, `CancelAll`, `WithdrawalsHalt`,
+/// `RegisterSymbol`, `SetThrottle`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CommandKind {
     /// `SetSymbolMode(symbol, mode)`.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 ///
 /// Severity rises in declaration order, so `Ord` compares severity and the
 /// effective mode of a symbol is `max(global, symbol)` ([`SymbolMode::effective`]).
-/// Serialised (serde, SQL, `Display`, `FromStr`) with exactly the runbook's names:
+/// Serialised (serde, SQL, `Display`, `FromStr`) with exactly the names operators use:
 /// `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT`, `HARD_HALT`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
@@ -134,7 +134,7 @@ impl SymbolMode {
         Self::HardHalt,
     ];
 
-    /// The runbook's name: `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or `HARD_HALT`.
+    /// The operators' name: `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or `HARD_HALT`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Normal => "NORMAL",

@@ -1,4 +1,5 @@
-//! Planned switchover and emergency failover, following the runbooks.
+//! Planned switchover (make the primary read-only, then promote the replica) and
+//! emergency failover (promote the replica of a dead primary).
 //!
 //! * [`planned_switchover`] — make the primary read-only (`ALTER SYSTEM SET
 //!   default_transaction_read_only = on` + reload), wait until the replica has

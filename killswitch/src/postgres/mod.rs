@@ -1,8 +1,8 @@
 //! The PostgreSQL store (feature `postgres`, on by default): the source of truth in
 //! production.
 //!
-//! * Table `kill_switch_state` (one row, `id = 1`, enforced by a CHECK), read by the
-//!   runbook verbatim: `SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;`
+//! * Table `kill_switch_state` (one row, `id = 1`, enforced by a CHECK), which
+//!   operators read by hand: `SELECT engaged, reason, updated_at FROM kill_switch_state WHERE id = 1;`
 //! * Table `kill_switch_events`: the append-only audit trail (UPDATE, DELETE and
 //!   TRUNCATE are refused by triggers), identified by `position`.
 //! * Each change is one round trip to the function `kill_switch_apply`, which locks
@@ -273,7 +273,7 @@ impl PostgresKillSwitchStore {
     }
 }
 
-/// The name operators' runbooks give the store.
+/// The name operators give the store (after its table).
 pub type PostgresKillSwitchStateStore = PostgresKillSwitchStore;
 
 #[async_trait::async_trait]

@@ -174,7 +174,7 @@ pub async fn every_transition_follows_the_table(store: &dyn SymbolModeStore) {
     }
 }
 
-/// The runbook's resume drill: `HARD_HALT → NORMAL` is refused (saying to resume in
+/// The resume drill: `HARD_HALT → NORMAL` is refused (saying to resume in
 /// `CANCEL_ONLY` first); `HARD_HALT → CANCEL_ONLY → NORMAL` succeeds with tickets;
 /// the audit trail reads back in order.
 pub async fn resume_drill_goes_through_cancel_only(store: &dyn SymbolModeStore) {
@@ -631,7 +631,7 @@ pub async fn changes_since_returns_only_what_changed(store: &dyn SymbolModeStore
 }
 
 /// `CancelAll` is accepted in every mode (also under a global `HARD_HALT`), with or
-/// without a ticket, and audited under the runbook's name.
+/// without a ticket, and audited under the name operators use.
 pub async fn cancel_all_is_allowed_in_every_mode_and_audited(store: &dyn SymbolModeStore) {
     known(store, &["CA-0", "CA-1", "CA-2", "CA-3"]).await;
     for (i, mode) in SymbolMode::ALL.into_iter().enumerate() {
