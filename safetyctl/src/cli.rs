@@ -107,7 +107,7 @@ pub enum Command {
     },
     /// A symbol's order-rate throttle: new orders a second per process, and a burst.
     Throttle {
-        /// set SYMBOL RATE [--burst N] | clear SYMBOL | show [SYMBOL]
+        /// set SYMBOL RATE (with --burst N), clear SYMBOL, or show
         #[command(subcommand)]
         action: crate::throttle::ThrottleCmd,
     },
