@@ -30,7 +30,9 @@ LANGUAGE sql IMMUTABLE AS $$
     END
 $$;
 
-DROP FUNCTION IF EXISTS symbol_mode_apply(UUID, TEXT, TEXT, TEXT, BOOLEAN, BOOLEAN, TEXT, TEXT, TEXT, TEXT, BIGINT, BOOLEAN, INTEGER, INTEGER);
+-- Replaces migration 3's function (the throttle's and four eyes' columns and
+-- commands come together here).
+DROP FUNCTION IF EXISTS symbol_mode_apply(UUID, TEXT, TEXT, TEXT, BOOLEAN, BOOLEAN, TEXT, TEXT, TEXT, TEXT, BIGINT, BOOLEAN);
 
 CREATE FUNCTION symbol_mode_apply(
     p_request_id       UUID,
@@ -99,8 +101,9 @@ BEGIN
         RAISE EXCEPTION 'unknown command %', p_command USING ERRCODE = '22023';
     END IF;
     IF p_command = 'SetThrottle' AND ((p_per_second IS NULL) <> (p_burst IS NULL)
-        OR p_per_second NOT BETWEEN 1 AND 1000000 OR p_burst NOT BETWEEN 1 AND 1000000) THEN
-        RAISE EXCEPTION 'a throttle needs a rate and a burst between 1 and 1000000 (or neither, to clear it), not % and %',
+        OR p_per_second NOT BETWEEN 1 AND 1000000 OR p_burst NOT BETWEEN 1 AND 1000000
+        OR p_burst < (p_per_second + 999) / 1000) THEN
+        RAISE EXCEPTION 'a throttle needs a rate and a burst between 1 and 1000000, the burst at least a millisecond''s worth of the rate (or neither, to clear it), not % and %',
             p_per_second, p_burst USING ERRCODE = '22023';
     END IF;
     IF p_approving IS NOT NULL THEN
