@@ -165,3 +165,65 @@ async fn a_limit_set_by_the_cli_throttles_a_running_handle_and_clearing_needs_a_
         ]
     );
 }
+
+/// `throttle clear` started while another actor's lowering of the same throttle is
+/// held open in its transaction: the command prints the limit it read, waits on the
+/// row, and when the competitor commits refuses (exit 2) naming that change; the
+/// lowered limit stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clearing_refuses_when_a_competing_change_moved_the_throttle_after_it_was_printed() {
+    let db = db().await;
+    for args in [
+        &["symbols", "add", "BTC-USD", "--reason", "listing"][..],
+        &[
+            "throttle", "set", "BTC-USD", "5/s", "--burst", "5", "--reason", "lag",
+        ][..],
+    ] {
+        let o = safetyctl(&db.dsn, args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let held = tradepulse_testkit::Held::begin(
+        &db.dsn,
+        "SELECT * FROM symbol_mode_apply(gen_random_uuid(), 'SetThrottle', 'BTC-USD', NULL, \
+         NULL, FALSE, 'tighter', 'ops:dave', NULL, p_per_second => 2, p_burst => 5)",
+    )
+    .await;
+    let child = command(
+        &db.dsn,
+        &[
+            "throttle", "clear", "BTC-USD", "--reason", "lag gone", "--ticket", "CHG-8",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    held.until_waited_on(Duration::from_secs(10)).await;
+    held.commit().await;
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("about to relax: throttle of BTC-USD 5/s burst 5 -> none"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        err.contains("SetThrottle BTC-USD 5/s burst 5 -> 2/s burst 5 by ops:dave"),
+        "{}",
+        text(&o)
+    );
+    let row = session(&db.dsn)
+        .await
+        .query_one(
+            "SELECT per_second FROM symbol_throttles WHERE symbol = 'BTC-USD'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        row.get::<_, Option<i32>>(0),
+        Some(2),
+        "the lowered limit stays"
+    );
+}
