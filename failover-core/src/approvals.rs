@@ -564,6 +564,20 @@ mod postgres {
             Self { pool }
         }
 
+        /// Runs one write statement and returns its row; a failure classified as a
+        /// write's (the outcome may be unknown, retrying with the same id is safe).
+        async fn write(
+            &self,
+            op: &'static str,
+            sql: &str,
+            params: &[crate::postgres::Param<'_>],
+        ) -> Result<Row, ApprovalError> {
+            self.pool
+                .query_one(op, sql, params)
+                .await
+                .map_err(|e| ApprovalError::from(e.during_write()))
+        }
+
         async fn set_policy(
             &self,
             required: bool,
@@ -591,8 +605,7 @@ mod postgres {
             let expiry = expiry.map(|d| d.as_secs_f64());
             let request_id = audit.request_id();
             let row = self
-                .pool
-                .query_one(
+                .write(
                     "approvals.policy_set",
                     POLICY_SET,
                     &[
@@ -607,8 +620,7 @@ mod postgres {
                         (&audit.break_glass(), Type::BOOL),
                     ],
                 )
-                .await
-                .map_err(|e| ApprovalError::from(e.during_write()))?;
+                .await?;
             let status: String = row.get("status");
             let position = Position::from_i64(row.get("position"));
             match status.as_str() {
@@ -732,8 +744,7 @@ mod postgres {
         ) -> Result<Approved, ApprovalError> {
             const OP: &str = "approvals.approve";
             let row = self
-                .pool
-                .query_one(
+                .write(
                     OP,
                     APPROVE,
                     &[
@@ -742,8 +753,7 @@ mod postgres {
                         (&authority.as_str(), Type::TEXT),
                     ],
                 )
-                .await
-                .map_err(|e| ApprovalError::from(e.during_write()))?;
+                .await?;
             let status: String = row.get("status");
             let what: Option<String> = row.get("what");
             let requested_by: Option<String> = row.get("requested_by");
@@ -809,8 +819,7 @@ mod postgres {
             authority: Authority,
         ) -> Result<Decided, ApprovalError> {
             let row = self
-                .pool
-                .query_one(
+                .write(
                     "approvals.reject",
                     REJECT,
                     &[
@@ -820,8 +829,7 @@ mod postgres {
                         (&authority.as_str(), Type::TEXT),
                     ],
                 )
-                .await
-                .map_err(|e| ApprovalError::from(e.during_write()))?;
+                .await?;
             decided("approvals.reject", id, &row)
         }
 
@@ -832,8 +840,7 @@ mod postgres {
             authority: Authority,
         ) -> Result<Decided, ApprovalError> {
             let row = self
-                .pool
-                .query_one(
+                .write(
                     "approvals.acknowledge",
                     ACKNOWLEDGE,
                     &[
@@ -842,8 +849,7 @@ mod postgres {
                         (&authority.as_str(), Type::TEXT),
                     ],
                 )
-                .await
-                .map_err(|e| ApprovalError::from(e.during_write()))?;
+                .await?;
             decided("approvals.acknowledge", id, &row)
         }
     }
