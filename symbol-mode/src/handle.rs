@@ -533,7 +533,11 @@ impl Shared {
     /// Puts the throttles of `snapshot` in force in this process's buckets: every
     /// bucket takes its symbol's limit (none when the snapshot has none), and a
     /// symbol throttled for the first time gets a bucket.
-    fn sync_buckets(&self, snapshot: &ModeSnapshot) {
+    ///
+    /// Then publishes `snapshot`, under the same lock a new gate takes: whoever sees
+    /// a throttle in the snapshot finds it in force in the buckets, and a gate made
+    /// meanwhile reads the snapshot its bucket was synced with.
+    fn publish(&self, snapshot: Arc<ModeSnapshot>) {
         let _writer = lock(&self.bucket_writer);
         let current = self.buckets.load_full();
         for (symbol, bucket) in current.iter() {
@@ -554,6 +558,7 @@ impl Shared {
         // After the buckets: a reader that sees the count sees their limits.
         self.limited
             .store(snapshot.throttles().count(), Ordering::Release);
+        self.snapshot.store(snapshot);
     }
 
     fn set_word(&self, word: u8) {
@@ -580,9 +585,7 @@ impl Shared {
         match next {
             Some(next) => {
                 let version = next.version();
-                let next = Arc::new(next);
-                self.snapshot.store(next.clone());
-                self.sync_buckets(&next);
+                self.publish(Arc::new(next));
                 self.set_word(FRESH);
                 // Always sent, also for version 0, so `ready()` wakes on the first load.
                 self.version.send_replace(version);
