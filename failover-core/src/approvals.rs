@@ -338,6 +338,25 @@ impl ApprovalError {
     }
 }
 
+impl crate::ControlError for ApprovalError {
+    fn outcome(&self) -> crate::Outcome<'_> {
+        use crate::Outcome;
+        match self {
+            Self::PendingApproval(p) => Outcome::Pending(p),
+            Self::InvalidAudit(a) => Outcome::InvalidAudit(a),
+            Self::Refused(r) => Outcome::Refused(r),
+            Self::Unavailable { .. } => Outcome::Unavailable,
+            Self::Locked { .. } => Outcome::Locked,
+            Self::SchemaMissing { .. } => Outcome::SchemaMissing,
+            Self::Database { .. } => Outcome::Failed,
+            _ => Outcome::Invalid {
+                status: self.http_status(),
+                code: self.code(),
+            },
+        }
+    }
+}
+
 impl From<DbError> for ApprovalError {
     fn from(source: DbError) -> Self {
         if let Some(refusal) = Refusal::from_db(&source) {

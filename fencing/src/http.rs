@@ -8,7 +8,7 @@
 //! Leases change only through their holders (acquire, renew, release), so there is
 //! no mutating route.
 
-use crate::{CurrentLease, Error, LeaseFencer};
+use crate::{CurrentLease, LeaseFencer};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -49,21 +49,6 @@ impl LeaseRoutes {
             .route("/admin/leases/{resource}", get(current))
             .route("/admin/leases/{resource}/history", get(history))
             .with_state(Arc::new(self))
-    }
-}
-
-/// How a store error answers.
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        let (status, code) = match &e {
-            Error::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid"),
-            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
-            Error::Locked { .. } => (StatusCode::LOCKED, "locked"),
-            Error::FencingToken { .. } => (StatusCode::CONFLICT, crate::FENCING_TOKEN),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-        };
-        ApiError::new(status, code, e.to_string())
     }
 }
 

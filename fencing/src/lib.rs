@@ -269,13 +269,21 @@ impl Error {
     }
 }
 
-/// Only `Unavailable` is worth retrying; everything else is a refusal or a defect.
-impl failover_core::retry::Classify for Error {
-    fn class(&self) -> failover_core::ErrorClass {
-        match self {
-            Self::Unavailable { .. } => failover_core::ErrorClass::Retryable,
-            _ => failover_core::ErrorClass::Permanent,
-        }
+impl failover_core::ControlError for Error {
+    fn outcome(&self) -> failover_core::Outcome<'_> {
+        use failover_core::Outcome;
+        let (status, code) = match self {
+            Self::Unavailable { .. } => return Outcome::Unavailable,
+            Self::Locked { .. } => return Outcome::Locked,
+            Self::SchemaMissing { .. } => return Outcome::SchemaMissing,
+            Self::Database { .. } => return Outcome::Failed,
+            Self::Invalid { .. } => (400, "invalid"),
+            Self::Config(_) => (400, "invalid_config"),
+            Self::Held { .. } => (409, "held"),
+            Self::LeaseLost { .. } => (409, "lease_lost"),
+            Self::FencingToken { .. } => (409, FENCING_TOKEN),
+        };
+        Outcome::Invalid { status, code }
     }
 }
 

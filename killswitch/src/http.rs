@@ -18,7 +18,6 @@
 
 use crate::{Action, Error, KillSwitch, KillSwitchEvent, KillSwitchStore, Trading};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -112,21 +111,6 @@ impl KillSwitchRoutes {
             )
             .route("/admin/kill-switch/history", get(history))
             .with_state(Arc::new(self))
-    }
-}
-
-/// How a store error answers.
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        let (status, code) = match &e {
-            Error::InvalidAudit(a) => return ApiError::from(a.clone()),
-            Error::Refused(r) => return ApiError::from(r.clone()),
-            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
-            Error::Locked { .. } => (StatusCode::LOCKED, "locked"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-        };
-        ApiError::new(status, code, e.to_string())
     }
 }
 

@@ -25,7 +25,7 @@ pub use postgres::{PgStore, PostgresKillSwitchStateStore, PostgresKillSwitchStor
 
 pub use failover_core::{FeedSource, Position, Positioned};
 
-use failover_core::{ConfigError, DbError, DbErrorKind};
+use failover_core::{ConfigError, DbError};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 use uuid::Uuid;
@@ -225,29 +225,26 @@ pub enum Error {
     Closed,
 }
 
-/// Only `Unavailable` is worth retrying; everything else is a refusal or a defect.
-impl failover_core::retry::Classify for Error {
-    fn class(&self) -> failover_core::ErrorClass {
+impl failover_core::ControlError for Error {
+    fn outcome(&self) -> failover_core::Outcome<'_> {
+        use failover_core::Outcome;
         match self {
-            Self::Unavailable { .. } => failover_core::ErrorClass::Retryable,
-            _ => failover_core::ErrorClass::Permanent,
+            Self::InvalidAudit(a) => Outcome::InvalidAudit(a),
+            Self::Refused(r) => Outcome::Refused(r),
+            Self::PendingApproval(p) => Outcome::Pending(p),
+            Self::Config(_) => Outcome::Invalid {
+                status: 400,
+                code: "invalid_config",
+            },
+            Self::Unavailable { .. } => Outcome::Unavailable,
+            Self::Locked { .. } => Outcome::Locked,
+            Self::SchemaMissing { .. } => Outcome::SchemaMissing,
+            Self::Database { .. } | Self::Closed => Outcome::Failed,
         }
     }
 }
 
-impl From<DbError> for Error {
-    fn from(source: DbError) -> Self {
-        if let Some(refusal) = Refusal::from_db(&source) {
-            return Self::Refused(refusal);
-        }
-        match source.kind() {
-            DbErrorKind::Unavailable => Self::Unavailable { source },
-            DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
-            DbErrorKind::Locked => Self::Locked { source },
-            _ => Self::Database { source },
-        }
-    }
-}
+failover_core::impl_from_db!(Error);
 
 /// A stream of state changes: every newer state in order of position (a slow reader
 /// skips to the newest, which is what a safety control needs), and after a reconnect

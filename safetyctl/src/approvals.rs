@@ -13,12 +13,9 @@
 //! A relaxation of a required action answers exit 4 "pending approval: request ID …";
 //! `--break-glass` applies it at once, audited and listed by `review`.
 
-use crate::cli::{
-    print, time, to_json, Failure, Global, EXIT_FAILED, EXIT_PENDING, EXIT_REFUSED,
-    EXIT_UNAVAILABLE,
-};
+use crate::cli::{print, time, to_json, Failure, Global, EXIT_REFUSED};
 use clap::Subcommand;
-use failover_core::approvals::{ApprovalError, ApprovalRequest, ApprovalStore, PostgresApprovals};
+use failover_core::approvals::{ApprovalRequest, ApprovalStore, PostgresApprovals};
 use failover_core::postgres::PgStore;
 use failover_core::Authority;
 use std::time::Duration;
@@ -84,22 +81,6 @@ pub enum ApprovalsCmd {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e}; give a duration like 15m or 30s"))
-}
-
-impl From<ApprovalError> for Failure {
-    fn from(e: ApprovalError) -> Self {
-        use ApprovalError as E;
-        let code = match &e {
-            E::PendingApproval(_) => EXIT_PENDING,
-            E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
-            E::SchemaMissing { .. } | E::Database { .. } => EXIT_FAILED,
-            _ => EXIT_REFUSED,
-        };
-        Self {
-            code,
-            message: e.to_string(),
-        }
-    }
 }
 
 /// The actor: `--actor`, or the database login.

@@ -315,16 +315,16 @@ fn parse_time(s: &str) -> Result<SystemTime, String> {
 }
 
 /// Exit code: done.
-pub const EXIT_OK: i32 = 0;
+pub const EXIT_OK: i32 = failover_core::control::exit::OK;
 /// Exit code: anything else (schema missing, database error).
-pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_FAILED: i32 = failover_core::control::exit::FAILED;
 /// Exit code: refused, nothing changed.
-pub const EXIT_REFUSED: i32 = 2;
+pub const EXIT_REFUSED: i32 = failover_core::control::exit::REFUSED;
 /// Exit code: unavailable within the retry budget.
-pub const EXIT_UNAVAILABLE: i32 = 3;
+pub const EXIT_UNAVAILABLE: i32 = failover_core::control::exit::UNAVAILABLE;
 /// Exit code: pending approval — the relaxation waits for a second supervisor;
 /// nothing changed yet.
-pub const EXIT_PENDING: i32 = 4;
+pub const EXIT_PENDING: i32 = failover_core::control::exit::PENDING;
 
 /// A failed command: its exit code and what to tell the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,55 +344,12 @@ impl Failure {
     }
 }
 
-impl From<killswitch::Error> for Failure {
-    fn from(e: killswitch::Error) -> Self {
-        use killswitch::Error as E;
-        let code = match &e {
-            E::InvalidAudit(_) | E::Refused(_) | E::Config(_) => EXIT_REFUSED,
-            E::PendingApproval(_) => EXIT_PENDING,
-            E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
-            _ => EXIT_FAILED,
-        };
+/// Every control's store error exits with the code its outcome decides
+/// ([`failover_core::Outcome::exit_code`]), saying what happened and what to do.
+impl<E: failover_core::ControlError> From<E> for Failure {
+    fn from(e: E) -> Self {
         Self {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<symbol_mode::Error> for Failure {
-    fn from(e: symbol_mode::Error) -> Self {
-        use symbol_mode::Error as E;
-        let code = match &e {
-            E::InvalidSymbol(_)
-            | E::InvalidThrottle(_)
-            | E::InvalidAudit(_)
-            | E::TransitionForbidden { .. }
-            | E::Refused(_)
-            | E::UnknownSymbol { .. }
-            | E::SymbolConflict { .. }
-            | E::Config(_) => EXIT_REFUSED,
-            E::PendingApproval(_) => EXIT_PENDING,
-            E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
-            _ => EXIT_FAILED,
-        };
-        Self {
-            code,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<fencing::Error> for Failure {
-    fn from(e: fencing::Error) -> Self {
-        use fencing::Error as E;
-        let code = match &e {
-            E::Invalid { .. } | E::Config(_) => EXIT_REFUSED,
-            E::Unavailable { .. } | E::Locked { .. } => EXIT_UNAVAILABLE,
-            _ => EXIT_FAILED,
-        };
-        Self {
-            code,
+            code: e.outcome().exit_code(),
             message: e.to_string(),
         }
     }

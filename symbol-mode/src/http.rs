@@ -178,26 +178,6 @@ impl SymbolModeRoutes {
     }
 }
 
-/// How a store error answers.
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        let (status, code) = match &e {
-            Error::InvalidSymbol(_) => (StatusCode::BAD_REQUEST, "invalid_symbol"),
-            Error::InvalidThrottle(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_throttle"),
-            Error::InvalidAudit(a) => return ApiError::from(a.clone()),
-            Error::TransitionForbidden { .. } => (StatusCode::CONFLICT, "transition_forbidden"),
-            Error::Refused(r) => return ApiError::from(r.clone()),
-            Error::UnknownSymbol { .. } => (StatusCode::NOT_FOUND, "unknown_symbol"),
-            Error::SymbolConflict { .. } => (StatusCode::CONFLICT, "symbol_conflict"),
-            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            Error::SchemaMissing { .. } => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
-            Error::Locked { .. } => (StatusCode::LOCKED, "locked"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
 type S = State<Arc<SymbolModeRoutes>>;
 
 /// The audit, breaking the glass when the body asks to.

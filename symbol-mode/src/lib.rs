@@ -40,7 +40,7 @@ pub use throttle::{Throttle, ThrottleError, ThrottleGate, ThrottleState, Throttl
 
 pub use failover_core::{FeedSource, Position, Positioned};
 
-use failover_core::{ConfigError, DbError, DbErrorKind, Safety};
+use failover_core::{ConfigError, DbError, Safety};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 use uuid::Uuid;
@@ -527,29 +527,29 @@ pub enum Error {
     Closed,
 }
 
-/// Only `Unavailable` is worth retrying; everything else is a refusal or a defect.
-impl failover_core::retry::Classify for Error {
-    fn class(&self) -> failover_core::ErrorClass {
-        match self {
-            Self::Unavailable { .. } => failover_core::ErrorClass::Retryable,
-            _ => failover_core::ErrorClass::Permanent,
-        }
+impl failover_core::ControlError for Error {
+    fn outcome(&self) -> failover_core::Outcome<'_> {
+        use failover_core::Outcome;
+        let (status, code) = match self {
+            Self::InvalidAudit(a) => return Outcome::InvalidAudit(a),
+            Self::Refused(r) => return Outcome::Refused(r),
+            Self::PendingApproval(p) => return Outcome::Pending(p),
+            Self::Unavailable { .. } => return Outcome::Unavailable,
+            Self::Locked { .. } => return Outcome::Locked,
+            Self::SchemaMissing { .. } => return Outcome::SchemaMissing,
+            Self::Database { .. } | Self::Closed => return Outcome::Failed,
+            Self::InvalidSymbol(_) => (400, "invalid_symbol"),
+            Self::InvalidThrottle(_) => (422, "invalid_throttle"),
+            Self::TransitionForbidden { .. } => (409, "transition_forbidden"),
+            Self::UnknownSymbol { .. } => (404, "unknown_symbol"),
+            Self::SymbolConflict { .. } => (409, "symbol_conflict"),
+            Self::Config(_) => (400, "invalid_config"),
+        };
+        Outcome::Invalid { status, code }
     }
 }
 
-impl From<DbError> for Error {
-    fn from(source: DbError) -> Self {
-        if let Some(refusal) = failover_core::Refusal::from_db(&source) {
-            return Self::Refused(refusal);
-        }
-        match source.kind() {
-            DbErrorKind::Unavailable => Self::Unavailable { source },
-            DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
-            DbErrorKind::Locked => Self::Locked { source },
-            _ => Self::Database { source },
-        }
-    }
-}
+failover_core::impl_from_db!(Error);
 
 /// Where symbol modes, the global mode, withdrawals and the audit trail live.
 ///

@@ -40,19 +40,6 @@ pub fn pending(request: &PendingApproval) -> Response {
         .into_response()
 }
 
-impl From<ApprovalError> for ApiError {
-    fn from(e: ApprovalError) -> Self {
-        match &e {
-            ApprovalError::InvalidAudit(a) => return ApiError::from(a.clone()),
-            ApprovalError::Refused(r) => return ApiError::from(r.clone()),
-            _ => {}
-        }
-        let status =
-            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, e.code(), e.to_string())
-    }
-}
-
 /// An approvals answer: 202 for a pending waiver, the error otherwise.
 fn answer(e: ApprovalError) -> Response {
     match e {

@@ -181,6 +181,31 @@ impl From<crate::AuditError> for ApiError {
     }
 }
 
+/// How every control's store error answers, decided once by its [`Outcome`]: the
+/// control's own refusals with their status and code, authority refusals and invalid
+/// audits as above, 503 `store_unavailable`, 423 `locked`, 503 `schema_missing`, 500
+/// `store_error`. A pending approval is answered 202 by the route itself
+/// ([`approvals::pending`]); reaching this mapping it is 202 `pending_approval`.
+impl<E: crate::ControlError> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        use crate::Outcome;
+        let (status, code) = match e.outcome() {
+            Outcome::InvalidAudit(a) => return ApiError::from(a.clone()),
+            Outcome::Refused(r) => return ApiError::from(r.clone()),
+            Outcome::Pending(_) => (StatusCode::ACCEPTED, "pending_approval"),
+            Outcome::Invalid { status, code } => (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+                code,
+            ),
+            Outcome::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Outcome::Locked => (StatusCode::LOCKED, "locked"),
+            Outcome::SchemaMissing => (StatusCode::SERVICE_UNAVAILABLE, "schema_missing"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 /// `Json<T>` whose rejection is a JSON error naming the problem: 415
 /// `unsupported_media_type` without `Content-Type: application/json`, 413
 /// `payload_too_large` over the body limit ([`MAX_BODY_BYTES`] on protected routes),
