@@ -6,6 +6,9 @@ pub mod audit;
 pub mod audit_log;
 pub mod authority;
 pub mod clock;
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 pub mod control;
 pub mod errors;
 pub mod feed;

@@ -6,10 +6,61 @@
 //!
 //! Each function expects a fresh store (disengaged, version 0, no history).
 
-use crate::{Action, Audit, Authority, Error, KillSwitchStore, Refusal};
+use crate::{Action, Audit, Authority, Error, KillSwitchStore};
 use failover_core::ApprovalStore;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use failover_core::audited_contract_tests;
+pub use failover_core::conformance::{AuditedControl, Change, Recorded};
+
+/// The kill switch as the audited-store contract sees it
+/// ([`failover_core::conformance`]): engaging tightens, disengaging relaxes; the
+/// contract's behaviours run for every store through
+/// [`conformance_tests!`](crate::conformance_tests).
+#[derive(Debug, Clone)]
+pub struct Audited(pub Arc<dyn KillSwitchStore>);
+
+#[async_trait::async_trait]
+impl AuditedControl for Audited {
+    type Error = Error;
+
+    async fn tighten(&self, audit: &Audit) -> Result<Change, Error> {
+        let applied = self.0.engage(audit).await?;
+        Ok(Change {
+            position: applied.position,
+            replayed: applied.replayed,
+        })
+    }
+
+    async fn relax(&self, audit: &Audit) -> Result<Change, Error> {
+        let applied = self.0.disengage(audit).await?;
+        Ok(Change {
+            position: applied.position,
+            replayed: applied.replayed,
+        })
+    }
+
+    async fn position(&self) -> Result<failover_core::Position, Error> {
+        Ok(self.0.load().await?.position)
+    }
+
+    async fn history(&self, limit: usize) -> Result<Vec<Recorded>, Error> {
+        Ok(self
+            .0
+            .history(limit)
+            .await?
+            .into_iter()
+            .map(|e| Recorded {
+                position: e.position,
+                request_id: e.request_id,
+                actor: e.actor,
+                reason: e.reason,
+                ticket: e.ticket,
+            })
+            .collect())
+    }
+}
 
 fn engage_audit(reason: &str) -> Audit {
     Audit::new("ops:conformance", reason)
@@ -64,142 +115,6 @@ pub async fn repeated_engage_stays_engaged_and_is_audited(store: &dyn KillSwitch
     assert_eq!(second.reason, "second");
     assert_eq!(second.version, first.version + 1);
     assert_eq!(store.history(10).await.expect("history").len(), 2);
-}
-
-/// Submitting the same `Audit` again after a later change is refused as
-/// superseded, naming that change: a replay never reports a stop that is no longer
-/// in force.
-pub async fn same_request_is_applied_once(store: &dyn KillSwitchStore) {
-    let audit = engage_audit("retry me");
-    let first = store.engage(&audit).await.expect("engage");
-    store
-        .disengage(&disengage_audit("later change"))
-        .await
-        .expect("disengage");
-    let err = store
-        .engage(&audit)
-        .await
-        .expect_err("a replay of a superseded engage must not report it in force");
-    assert!(
-        matches!(&err, Error::Refused(Refusal::Superseded { by, .. }) if by.what == "disengage"),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("disengage by ops:conformance"),
-        "{err}"
-    );
-    let now = store.load().await.expect("load");
-    assert!(!now.engaged, "the replay must not re-engage");
-    assert_eq!(now.version, 2);
-    assert_eq!(store.history(10).await.expect("history").len(), 2);
-    assert!(first.engaged && !first.replayed);
-}
-
-/// A replay while its change is still the latest returns the original result,
-/// marked replayed, and changes nothing.
-pub async fn replay_in_force_is_marked_replayed(store: &dyn KillSwitchStore) {
-    let audit = engage_audit("retry me");
-    let first = store.engage(&audit).await.expect("engage");
-    let replay = store.engage(&audit).await.expect("replay");
-    assert!(replay.replayed);
-    assert_eq!(replay.value, first.value);
-    assert_eq!(store.history(10).await.expect("history").len(), 1);
-}
-
-/// Another actor sending a request id already used is refused and changes nothing.
-pub async fn request_reused_by_another_actor_is_refused(store: &dyn KillSwitchStore) {
-    let audit = engage_audit("mine");
-    store.engage(&audit).await.expect("engage");
-    let theirs = Audit::new("ops:mallory", "mine too").with_request_id(audit.request_id());
-    let err = store.engage(&theirs).await.expect_err("reuse");
-    assert!(
-        matches!(&err, Error::Refused(Refusal::RequestReused { previous, .. }) if previous.contains("ops:conformance")),
-        "{err:?}"
-    );
-    assert_eq!(store.load().await.expect("load").reason, "mine");
-    assert_eq!(store.history(10).await.expect("history").len(), 1);
-}
-
-/// An operator may engage but not disengage; the refusal changes nothing.
-pub async fn operator_may_not_disengage(store: &dyn KillSwitchStore) {
-    let engaged = store
-        .engage(&engage_audit("stop").with_authority(Authority::Operator))
-        .await
-        .expect("an operator engages");
-    let err = store
-        .disengage(&disengage_audit("resume").with_authority(Authority::Operator))
-        .await
-        .expect_err("an operator may not relax");
-    assert!(
-        matches!(&err, Error::Refused(Refusal::Forbidden { .. })),
-        "{err:?}"
-    );
-    assert_eq!(store.load().await.expect("load"), *engaged);
-    assert_eq!(store.history(10).await.expect("history").len(), 1);
-}
-
-/// A disengage names the state it relaxes: when another change landed after the
-/// caller read the state, it is refused naming that change, and nothing changes.
-pub async fn disengage_of_a_moved_state_is_refused(store: &dyn KillSwitchStore) {
-    let seen = store
-        .engage(&engage_audit("first halt"))
-        .await
-        .expect("engage");
-    let again = store
-        .engage(&Audit::new("ops:bob", "second incident"))
-        .await
-        .expect("engage again");
-    let err = store
-        .disengage(&disengage_audit("resume").expecting(seen.position))
-        .await
-        .expect_err("the state moved");
-    match &err {
-        Error::Refused(Refusal::PreconditionFailed {
-            expected, current, ..
-        }) => {
-            assert_eq!(*expected, seen.position);
-            assert_eq!(current.position, again.position);
-            assert_eq!(current.actor, "ops:bob");
-            assert_eq!(current.what, "engage");
-        }
-        other => panic!("expected precondition_failed, got {other:?}"),
-    }
-    assert_eq!(store.load().await.expect("load"), *again);
-    let released = store
-        .disengage(&disengage_audit("resume").expecting(again.position))
-        .await
-        .expect("disengage against the state in force");
-    assert!(!released.engaged);
-}
-
-/// A disengage that must name its state and does not is refused.
-pub async fn disengage_without_required_precondition_is_refused(store: &dyn KillSwitchStore) {
-    let engaged = store.engage(&engage_audit("stop")).await.expect("engage");
-    let err = store
-        .disengage(&disengage_audit("resume").requiring_precondition())
-        .await
-        .expect_err("precondition required");
-    assert!(
-        matches!(&err, Error::Refused(Refusal::PreconditionRequired { current, .. }) if *current == engaged.position),
-        "{err:?}"
-    );
-    assert!(store.load().await.expect("load").engaged);
-}
-
-/// Reusing a request id for the other action is refused and changes nothing.
-pub async fn request_reused_for_another_action_is_refused(store: &dyn KillSwitchStore) {
-    let audit = engage_audit("once").with_ticket("INC-9");
-    store.engage(&audit).await.expect("engage");
-    let err = store
-        .disengage(&audit)
-        .await
-        .expect_err("reuse must be refused");
-    assert!(
-        matches!(&err, Error::Refused(Refusal::RequestReused { previous, .. }) if previous.starts_with(Action::Engage.as_str())),
-        "{err:?}"
-    );
-    assert!(store.load().await.expect("load").engaged);
-    assert_eq!(store.history(10).await.expect("history").len(), 1);
 }
 
 /// Every successful change bumps the version by exactly one.
@@ -257,76 +172,6 @@ pub async fn one_audit_row_per_successful_call(store: &dyn KillSwitchStore) {
     let history = store.history(100).await.expect("history");
     assert_eq!(history.len(), ok);
     assert_eq!(store.load().await.expect("load").version, ok as u64);
-}
-
-/// Disengage without a ticket is refused with `TicketRequired` and changes nothing.
-pub async fn disengage_without_ticket_is_refused(store: &dyn KillSwitchStore) {
-    let engaged = store.engage(&engage_audit("stop")).await.expect("engage");
-    let err = store
-        .disengage(&Audit::new("ops:alice", "resume"))
-        .await
-        .expect_err("ticket required");
-    assert!(
-        matches!(
-            err,
-            Error::InvalidAudit(failover_core::AuditError::TicketRequired { .. })
-        ),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("ticket"), "{err}");
-    assert_eq!(store.load().await.expect("load"), *engaged);
-    assert_eq!(store.history(10).await.expect("history").len(), 1);
-}
-
-/// Invalid audit input (blank, control characters, too long) is refused with a
-/// typed error and changes nothing.
-pub async fn invalid_audit_is_refused_and_changes_nothing(store: &dyn KillSwitchStore) {
-    let before = store.load().await.expect("load");
-    let bad = [
-        Audit::new("ops", ""),
-        Audit::new("ops", "   "),
-        Audit::new("", "reason"),
-        Audit::new("ops", "two\nlines"),
-        Audit::new("ops\u{0}", "nul"),
-        Audit::new(
-            "ops",
-            "x".repeat(failover_core::audit::MAX_REASON_CHARS + 1),
-        ),
-        Audit::new("ops", "ok").with_ticket(""),
-    ];
-    for audit in &bad {
-        let err = store.engage(audit).await.expect_err("refused");
-        assert!(matches!(err, Error::InvalidAudit(_)), "{err:?}");
-        let err = store
-            .disengage(&audit.clone().with_ticket("\u{7}"))
-            .await
-            .expect_err("refused");
-        assert!(matches!(err, Error::InvalidAudit(_)), "{err:?}");
-    }
-    assert_eq!(store.load().await.expect("load"), before);
-    assert!(store.history(10).await.expect("history").is_empty());
-}
-
-/// Reason, actor and ticket with quotes, semicolons, SQL keywords and non-ASCII text
-/// are stored and returned verbatim.
-pub async fn text_is_stored_verbatim(store: &dyn KillSwitchStore) {
-    let reason = "'; DROP TABLE kill_switch_state; -- \"quoted\" $$ 💥 Ünïcode";
-    let actor = "o'brien; SELECT 1";
-    let ticket = "INC-'1'; --";
-    let state = store
-        .engage(&Audit::new(actor, reason).with_ticket(ticket))
-        .await
-        .expect("engage");
-    assert_eq!(state.reason, reason);
-    let loaded = store.load().await.expect("load");
-    assert_eq!(loaded.reason, reason);
-    assert_eq!(loaded.updated_by, actor);
-    assert_eq!(loaded.ticket.as_deref(), Some(ticket));
-    let event = &store.history(1).await.expect("history")[0];
-    assert_eq!(
-        (event.reason.as_str(), event.actor.as_str()),
-        (reason, actor)
-    );
 }
 
 /// 50 concurrent engage/disengage calls: all succeed, versions 1..=50 are each used
@@ -411,21 +256,16 @@ macro_rules! conformance_tests {
             fresh_store_is_disengaged_at_version_zero,
             engage_then_disengage_round_trips,
             repeated_engage_stays_engaged_and_is_audited,
-            same_request_is_applied_once,
-            replay_in_force_is_marked_replayed,
-            request_reused_for_another_action_is_refused,
-            request_reused_by_another_actor_is_refused,
-            operator_may_not_disengage,
-            disengage_of_a_moved_state_is_refused,
-            disengage_without_required_precondition_is_refused,
             versions_strictly_increase,
             history_is_newest_first_and_limited,
             one_audit_row_per_successful_call,
-            disengage_without_ticket_is_refused,
-            invalid_audit_is_refused_and_changes_nothing,
-            text_is_stored_verbatim,
             subscribers_see_changes,
         );
+        async fn __audited() -> (::std::sync::Arc<$crate::conformance::Audited>, impl Sized) {
+            let (store, guard) = $setup().await;
+            (::std::sync::Arc::new($crate::conformance::Audited(store)), guard)
+        }
+        $crate::conformance::audited_contract_tests!(__audited);
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn concurrent_changes_leave_state_equal_to_newest_event() {
             let (store, _guard) = $setup().await;

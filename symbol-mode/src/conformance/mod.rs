@@ -15,6 +15,7 @@
 //! keeps the helpers they share.
 
 mod approvals;
+mod audited;
 mod handle;
 mod model;
 mod store;
@@ -22,6 +23,8 @@ mod store;
 pub use approvals::{
     required_relaxations_wait_for_a_second_supervisor, tightening_supersedes_only_its_own_target,
 };
+pub use audited::{Audited, AUDITED_SYMBOL};
+pub use failover_core::audited_contract_tests;
 pub use handle::{
     effective_mode_is_the_more_severe_for_every_pair, handle_admits_the_burst_then_throttles,
     handle_follows_the_store, subscribers_see_new_versions,
@@ -174,6 +177,12 @@ macro_rules! conformance_tests {
             handle_admits_the_burst_then_throttles,
             concurrent_commands_serialise,
         );
+        async fn __audited() -> (::std::sync::Arc<$crate::conformance::Audited>, impl Sized) {
+            let (store, guard) = $setup().await;
+            let audited = $crate::conformance::Audited::new(store).await;
+            (::std::sync::Arc::new(audited), guard)
+        }
+        $crate::conformance::audited_contract_tests!(__audited);
     };
     (@tests $setup:path; $($name:ident),* $(,)?) => {
         $(
