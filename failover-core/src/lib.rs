@@ -14,6 +14,7 @@ pub mod errors;
 pub mod feed;
 pub mod health;
 pub mod log;
+pub mod memory;
 pub mod position;
 pub mod retry;
 pub mod staleness;

@@ -13,8 +13,8 @@ use failover_core::approvals::{
     ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
 };
 use failover_core::authority::{check_relaxation, replay};
-use failover_core::{ChangeFeed, FeedSource, Position};
-use std::collections::HashMap;
+use failover_core::memory::{HistoryEvent, MemoryHistory};
+use failover_core::{ChangeFeed, ChangeRef, FeedSource, Position};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -34,9 +34,19 @@ pub struct MemoryKillSwitchStore {
 #[derive(Debug)]
 struct Inner {
     state: KillSwitchState,
-    events: Vec<KillSwitchEvent>,
-    by_request: HashMap<Uuid, usize>,
-    timeline: u64,
+    history: MemoryHistory<KillSwitchEvent>,
+}
+
+impl HistoryEvent for KillSwitchEvent {
+    fn position(&self) -> Position {
+        self.position
+    }
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+    fn change_ref(&self) -> ChangeRef {
+        KillSwitchEvent::change_ref(self)
+    }
 }
 
 impl Default for MemoryKillSwitchStore {
@@ -66,9 +76,7 @@ impl MemoryKillSwitchStore {
         Self {
             inner: Mutex::new(Inner {
                 state,
-                events: Vec::new(),
-                by_request: HashMap::new(),
-                timeline: failover_core::position::FIRST_TIMELINE,
+                history: MemoryHistory::new(),
             }),
             feed,
             approvals: None,
@@ -98,19 +106,12 @@ impl MemoryKillSwitchStore {
     /// Returns the positions lost, newest first.
     pub fn simulate_lossy_failover(&self, lost: usize) -> Vec<Position> {
         let mut inner = self.lock();
-        let keep = inner.events.len().saturating_sub(lost);
-        let gone: Vec<Position> = inner
-            .events
-            .drain(keep..)
-            .rev()
-            .map(|e| e.position)
-            .collect();
-        inner.by_request.retain(|_, i| *i < keep);
+        let gone = inner.history.lose_newest(lost);
         inner.state = inner
-            .events
+            .history
+            .events()
             .last()
             .map_or_else(initial, KillSwitchEvent::state);
-        inner.timeline += 1;
         self.feed.resync(inner.state.clone());
         gone
     }
@@ -131,9 +132,8 @@ impl MemoryKillSwitchStore {
         approving: Option<Uuid>,
     ) -> Result<Applied<KillSwitchState>, Error> {
         // The change in force: the event at the state's position (the last one).
-        let latest = |inner: &Inner| inner.events.last().map(KillSwitchEvent::change_ref);
-        if let Some(&i) = inner.by_request.get(&audit.request_id()) {
-            let e = &inner.events[i];
+        let latest = |inner: &Inner| inner.history.latest();
+        if let Some(e) = inner.history.by_request(audit.request_id()) {
             let same = e.action == action && e.actor == audit.actor();
             return replay(
                 e.request_id,
@@ -198,9 +198,9 @@ impl MemoryKillSwitchStore {
             updated_by: audit.actor().to_owned(),
             ticket: audit.ticket().map(str::to_owned),
             version: inner.state.version + 1,
-            position: inner.state.position.next_on(inner.timeline),
+            position: inner.history.next_position(),
         };
-        inner.events.push(KillSwitchEvent {
+        let event = inner.history.push(KillSwitchEvent {
             version: state.version,
             position: state.position,
             request_id: audit.request_id(),
@@ -215,11 +215,9 @@ impl MemoryKillSwitchStore {
             approval_id: approving,
             break_glass,
         });
-        let index = inner.events.len() - 1;
-        inner.by_request.insert(audit.request_id(), index);
+        let change = event.change_ref();
         inner.state = state.clone();
         if let Some(approvals) = &self.approvals {
-            let change = inner.events[index].change_ref();
             approvals.applied(CONTROL, CONTROL, &change, approving);
         }
         if break_glass {
@@ -251,14 +249,7 @@ impl KillSwitchStore for MemoryKillSwitchStore {
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<KillSwitchEvent>, Error> {
-        Ok(self
-            .lock()
-            .events
-            .iter()
-            .rev()
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(self.lock().history.newest(limit))
     }
 }
 
@@ -272,12 +263,7 @@ impl FeedSource for MemoryKillSwitchStore {
     }
 
     async fn contains(&self, position: Position) -> Result<bool, Error> {
-        let inner = self.lock();
-        Ok(failover_core::position::history_holds(
-            &inner.events,
-            position,
-            |e| e.position,
-        ))
+        Ok(self.lock().history.holds(position))
     }
 }
 
