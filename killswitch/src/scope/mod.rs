@@ -13,9 +13,19 @@
 
 mod memory;
 mod path;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 
 pub use memory::MemoryScopeStore;
 pub use path::{PathError, ScopePath, MAX_SEGMENTS, MAX_SEGMENT_CHARS};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PostgresScopeStore;
 
 use crate::KillSwitchState;
 use failover_core::{
