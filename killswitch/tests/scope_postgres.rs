@@ -245,3 +245,74 @@ async fn lossy_failover_lost_relaxation_returns_the_desk_to_the_stricter_mode() 
     assert!(next.position > lost.position);
     assert!(next.position.timeline() > lost.position.timeline());
 }
+
+/// The scope store as failover-core's shared store suite drives it: a tightening
+/// halts scope `suite` (created on first use), a relaxation steps it down.
+struct ScopeSuite;
+
+#[async_trait::async_trait]
+impl tradepulse_testkit::suite::SuiteStore for ScopeSuite {
+    type Store = PostgresScopeStore;
+    type Error = tradepulse_killswitch::scope::Error;
+    const AUDIT_TABLE: &'static str = "scope_events";
+
+    async fn tighten(store: &Self::Store, n: u32) -> Result<failover_core::Position, Self::Error> {
+        match store
+            .create_scope(&ScopePath::parse("suite").unwrap(), &operator("suite"))
+            .await
+        {
+            Ok(_) | Err(tradepulse_killswitch::scope::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(store
+            .set_scope_mode("suite", ScopeMode::Halted, &operator(&format!("halt {n}")))
+            .await?
+            .position)
+    }
+
+    async fn relax(store: &Self::Store, n: u32) -> Result<failover_core::Position, Self::Error> {
+        let audit = Audit::new("suite:ops", format!("resume {n}")).with_ticket("CHG-1");
+        Ok(store
+            .set_scope_mode("suite", ScopeMode::CancelOnly, &audit)
+            .await?
+            .position)
+    }
+
+    fn is_schema_missing(error: &Self::Error) -> bool {
+        matches!(
+            error,
+            tradepulse_killswitch::scope::Error::SchemaMissing { .. }
+        )
+    }
+
+    fn is_unavailable(error: &Self::Error) -> bool {
+        matches!(
+            error,
+            tradepulse_killswitch::scope::Error::Unavailable { .. }
+        )
+    }
+}
+
+#[tokio::test]
+async fn suite_scope_events_are_append_only() {
+    tradepulse_testkit::suite::audit_trail_is_append_only::<ScopeSuite>(
+        tradepulse_testkit::suite::Route::Direct,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_unmigrated_database_says_run_migrations() {
+    tradepulse_testkit::suite::unmigrated_database_says_run_migrations::<ScopeSuite>(
+        tradepulse_testkit::suite::Route::Direct,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_concurrent_migrations_apply_once() {
+    tradepulse_testkit::suite::concurrent_migrations_apply_once::<ScopeSuite>(
+        tradepulse_testkit::suite::Route::Direct,
+    )
+    .await;
+}
