@@ -29,8 +29,8 @@ pub use postgres::PostgresScopeStore;
 
 use crate::KillSwitchState;
 use failover_core::{
-    Applied, Audit, AuditError, Authority, ChangeRef, ConfigError, DbError, DbErrorKind,
-    FeedSource, Position, Positioned, Refusal,
+    Applied, Audit, AuditError, Authority, ChangeRef, ConfigError, DbError, FeedSource, Position,
+    Positioned, Refusal,
 };
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
@@ -488,29 +488,30 @@ pub enum Error {
     Closed,
 }
 
-/// Only `Unavailable` is worth retrying; everything else is a refusal or a defect.
-impl failover_core::retry::Classify for Error {
-    fn class(&self) -> failover_core::ErrorClass {
-        match self {
-            Self::Unavailable { .. } => failover_core::ErrorClass::Retryable,
-            _ => failover_core::ErrorClass::Permanent,
-        }
+impl failover_core::ControlError for Error {
+    fn outcome(&self) -> failover_core::Outcome<'_> {
+        use failover_core::Outcome;
+        let (status, code) = match self {
+            Self::InvalidAudit(a) => return Outcome::InvalidAudit(a),
+            Self::Refused(r) => return Outcome::Refused(r),
+            Self::PendingApproval(p) => return Outcome::Pending(p),
+            Self::Unavailable { .. } => return Outcome::Unavailable,
+            Self::Locked { .. } => return Outcome::Locked,
+            Self::SchemaMissing { .. } => return Outcome::SchemaMissing,
+            Self::Database { .. } | Self::Closed => return Outcome::Failed,
+            Self::InvalidPath(_) => (400, "invalid_scope"),
+            Self::UnknownScope { .. } => (404, "unknown_scope"),
+            Self::ParentMissing { .. } => (404, "parent_missing"),
+            Self::AlreadyExists { .. } => (409, "already_exists"),
+            Self::NearMiss { .. } => (409, "near_miss"),
+            Self::StepTooLarge { .. } => (409, "step_too_large"),
+            Self::Config(_) => (400, "invalid_config"),
+        };
+        Outcome::Invalid { status, code }
     }
 }
 
-impl From<DbError> for Error {
-    fn from(source: DbError) -> Self {
-        if let Some(refusal) = Refusal::from_db(&source) {
-            return Self::Refused(refusal);
-        }
-        match source.kind() {
-            DbErrorKind::Unavailable => Self::Unavailable { source },
-            DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
-            DbErrorKind::Locked => Self::Locked { source },
-            _ => Self::Database { source },
-        }
-    }
-}
+failover_core::impl_from_db!(Error);
 
 /// Where scopes, their modes and their trail live.
 ///
