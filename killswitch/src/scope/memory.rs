@@ -14,8 +14,9 @@ use failover_core::approvals::{
     serde_json, ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
 };
 use failover_core::authority::{check_relaxation, counted, replay};
-use failover_core::{Applied, Audit, ChangeFeed, FeedSource, Position, Refusal, Safety};
-use std::collections::{BTreeMap, HashMap};
+use failover_core::memory::{HistoryEvent, MemoryHistory};
+use failover_core::{Applied, Audit, ChangeFeed, ChangeRef, FeedSource, Position, Refusal, Safety};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -38,29 +39,39 @@ struct Node {
 #[derive(Debug, Default)]
 struct Inner {
     nodes: BTreeMap<ScopePath, Node>,
-    /// Every event, oldest first; the version of `events[i]` is `i + 1`.
-    events: Vec<ScopeEvent>,
-    by_request: HashMap<Uuid, usize>,
-    timeline: u64,
+    /// Every event, oldest first; the version of `events()[i]` is `i + 1`.
+    history: MemoryHistory<ScopeEvent>,
+}
+
+impl HistoryEvent for ScopeEvent {
+    fn position(&self) -> Position {
+        self.position
+    }
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+    fn change_ref(&self) -> ChangeRef {
+        ScopeEvent::change_ref(self)
+    }
 }
 
 impl Inner {
     fn version(&self) -> u64 {
-        self.events.len() as u64
+        self.history.events().len() as u64
     }
 
     fn position(&self) -> Position {
-        self.events.last().map_or(Position::ZERO, |e| e.position)
+        self.history.head()
     }
 
     fn event_id(&self, version: u64) -> Option<Uuid> {
         let i = usize::try_from(version).ok()?.checked_sub(1)?;
-        self.events.get(i).map(|e| e.request_id)
+        self.history.events().get(i).map(|e| e.request_id)
     }
 
     /// The change in force of `path`: its last event.
     fn latest(&self, path: &ScopePath) -> Option<&ScopeEvent> {
-        self.events.iter().rev().find(|e| &e.path == path)
+        self.history.latest_where(|e| &e.path == path)
     }
 
     fn unknown(&self, path: &str) -> Error {
@@ -73,7 +84,7 @@ impl Inner {
     /// The nodes, rebuilt from the events (after a simulated failover).
     fn rebuild(&mut self) {
         self.nodes.clear();
-        for (i, e) in self.events.iter().enumerate() {
+        for (i, e) in self.history.events().iter().enumerate() {
             let created_by = match e.action {
                 ScopeAction::Create => e.actor.clone(),
                 ScopeAction::SetMode => self
@@ -90,12 +101,6 @@ impl Inner {
                 },
             );
         }
-        self.by_request = self
-            .events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.request_id, i))
-            .collect();
     }
 }
 
@@ -126,10 +131,7 @@ impl MemoryScopeStore {
         feed.publish(ScopeChange::at(Position::ZERO));
         Self {
             root,
-            inner: Mutex::new(Inner {
-                timeline: failover_core::position::FIRST_TIMELINE,
-                ..Inner::default()
-            }),
+            inner: Mutex::new(Inner::default()),
             feed,
             approvals: None,
         }
@@ -165,15 +167,8 @@ impl MemoryScopeStore {
     /// lost, newest first.
     pub fn simulate_lossy_failover(&self, lost: usize) -> Vec<Position> {
         let mut inner = self.lock();
-        let keep = inner.events.len().saturating_sub(lost);
-        let gone: Vec<Position> = inner
-            .events
-            .drain(keep..)
-            .rev()
-            .map(|e| e.position)
-            .collect();
+        let gone = inner.history.lose_newest(lost);
         inner.rebuild();
-        inner.timeline += 1;
         self.feed.resync(ScopeChange::at(inner.position()));
         gone
     }
@@ -199,8 +194,7 @@ impl MemoryScopeStore {
         audit: &Audit,
         approving: Option<Uuid>,
     ) -> Result<Applied<ScopeState>, Error> {
-        if let Some(&i) = inner.by_request.get(&audit.request_id()) {
-            let e = &inner.events[i];
+        if let Some(e) = inner.history.by_request(audit.request_id()) {
             let same = &e.path == path
                 && e.actor == audit.actor()
                 && match command {
@@ -305,7 +299,7 @@ impl MemoryScopeStore {
             }
         }
         let event = ScopeEvent {
-            position: inner.position().next_on(inner.timeline),
+            position: inner.history.next_position(),
             request_id: audit.request_id(),
             path: path.clone(),
             action,
@@ -326,11 +320,8 @@ impl MemoryScopeStore {
             .map_or_else(|| event.actor.clone(), |n| n.state.created_by.clone());
         let state = state_of(&event, created_by);
         let since_event = inner.event_id(inner.version());
-        inner.events.push(event);
+        inner.history.push(event);
         let version = inner.version();
-        inner
-            .by_request
-            .insert(audit.request_id(), version as usize - 1);
         inner.nodes.insert(
             path.clone(),
             Node {
@@ -338,7 +329,7 @@ impl MemoryScopeStore {
                 version,
             },
         );
-        let event = &inner.events[version as usize - 1];
+        let event = &inner.history.events()[version as usize - 1];
         if let Some(approvals) = &self.approvals {
             approvals.applied(CONTROL, path.as_str(), &event.change_ref(), approving);
         }
@@ -449,7 +440,8 @@ impl ScopeStore for MemoryScopeStore {
     ) -> Result<Vec<ScopeEvent>, Error> {
         Ok(self
             .lock()
-            .events
+            .history
+            .events()
             .iter()
             .rev()
             .filter(|e| path.is_none_or(|p| &e.path == p))
@@ -469,12 +461,7 @@ impl FeedSource for MemoryScopeStore {
     }
 
     async fn contains(&self, position: Position) -> Result<bool, Error> {
-        let inner = self.lock();
-        Ok(failover_core::position::history_holds(
-            &inner.events,
-            position,
-            |e| e.position,
-        ))
+        Ok(self.lock().history.holds(position))
     }
 }
 
