@@ -8,6 +8,7 @@
 //! | `GET /admin/kill-switch`, `…/history` | viewer | [`killswitch::http`] |
 //! | `POST /admin/kill-switch/engage` / `…/disengage` | operator / supervisor | body `{"reason", "ticket"?, "request_id"?}` |
 //! | `GET`/`PUT /admin/symbols/{symbol}/mode`, `POST …/cancel-all`, `GET`/`PUT /admin/global-mode`, `POST /admin/withdrawals/halt`, `GET /admin/symbol-modes/history` | viewer / operator (tighten) / supervisor (relax) | [`symbol_mode::http`] |
+//! | `GET /admin/scopes?under=`, `PUT /admin/scopes/{path…}`, `GET`/`PUT /admin/scope-modes/{path…}`, `GET /admin/scope-history/{path…}` | viewer / operator (create, tighten) / supervisor (relax) | [`killswitch::scope::http`], mounted with a PostgreSQL kill switch (the scopes' root) |
 //! | `GET /admin/leases/{resource}`, `…/history` | viewer | [`fencing::http`] |
 //! | `GET /admin/approvals`, `…/review`, `…/policy`; `POST /admin/approvals/{id}/approve` / `…/reject` / `…/acknowledge`, `POST /admin/approvals/require` / `…/waive` | viewer / supervisor (not the requester) / operator / supervisor | [`failover_core::http::approvals`], mounted with a PostgreSQL kill switch or symbol-mode pool |
 //!
@@ -92,6 +93,13 @@ pub fn router(state: AdminState) -> Router {
         let approvals = failover_core::approvals::PostgresApprovals::new(pool);
         admin = admin.merge(
             failover_core::http::approvals::ApprovalRoutes::new(Arc::new(approvals)).router(),
+        );
+    }
+    // Scopes live beside the kill switch, their root, in its database.
+    if let Some(pool) = pool_of(killswitch::HEALTH_COMPONENT) {
+        let scopes = Arc::new(killswitch::PostgresScopeStore::from_pool(pool));
+        admin = admin.merge(
+            killswitch::scope::http::ScopeRoutes::new(scopes, state.kill_store.clone()).router(),
         );
     }
     if let Some((fencer, trail)) = &state.leases {

@@ -111,6 +111,13 @@ pub enum Command {
         #[command(subcommand)]
         action: crate::throttle::ThrottleCmd,
     },
+    /// Scoped controls: halt a desk, a strategy, an account or a venue (a node of the
+    /// firm's trees, under the kill switch).
+    Scope {
+        /// create PATH | set PATH MODE | show PATH | tree [PATH] | history PATH
+        #[command(subcommand)]
+        action: crate::scope::ScopeCmd,
+    },
     /// `WithdrawalsHalt(on/off)`.
     Withdrawals {
         /// halt | lift
@@ -471,6 +478,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Withdrawals { action } => controls::withdrawals(&g, action).await?,
         Command::Symbols { action } => controls::symbols(&g, action).await?,
         Command::Throttle { action } => crate::throttle::run(&g, action).await?,
+        Command::Scope { action } => crate::scope::run(&g, action).await?,
         Command::Approvals { action } => crate::approvals::run(&g, action).await?,
         Command::Lease {
             action: LeaseCmd::Show { resource },

@@ -1,5 +1,5 @@
 //! `safetyctl`, the operators' CLI of the safety controls, as a library: the
-//! commands ([`cli`]), the audit export ([`export`]), migrations ([`migrate`]), order-rate throttles ([`throttle`]), the
+//! commands ([`cli`]), the audit export ([`export`]), migrations ([`migrate`]), order-rate throttles ([`throttle`]), scoped controls ([`scope`]), the
 //! readiness checks ([`doctor`]), the failover drill ([`drill`], feature `drill`) and
 //! its evidence files ([`evidence`]).
 //!
@@ -17,5 +17,6 @@ pub mod drill;
 pub mod evidence;
 pub mod export;
 pub mod migrate;
+pub mod scope;
 pub mod throttle;
 pub mod verify;

@@ -11,11 +11,15 @@
 //! The rules every store applies (memory and PostgreSQL alike, held by one
 //! conformance suite) are on [`ScopeStore`].
 
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod memory;
 mod path;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+mod tree;
 
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -26,6 +30,7 @@ pub use path::{PathError, ScopePath, MAX_SEGMENTS, MAX_SEGMENT_CHARS};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresScopeStore;
+pub use tree::effective_tree;
 
 use crate::KillSwitchState;
 use failover_core::{
