@@ -9,9 +9,7 @@
 
 use crate::cli::{kill_store, print, reading, relaxing, set_by, time, to_json, Failure, Global};
 use clap::Subcommand;
-use killswitch::scope::{
-    effective_tree, DecidedBy, EffectiveScope, ScopeMode, ScopePath, ScopeStore,
-};
+use killswitch::scope::{effective_tree, EffectiveScope, ScopeMode, ScopePath, ScopeStore};
 use killswitch::KillSwitchStore;
 use std::sync::Arc;
 
