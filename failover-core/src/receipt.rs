@@ -165,13 +165,8 @@ impl Receipt {
                 receipt.pending.push(report);
             }
         }
-        let key = |r: &ProcessReceipt| {
-            (
-                r.process.host.clone(),
-                r.process.pid,
-                r.process.process_id,
-            )
-        };
+        let key =
+            |r: &ProcessReceipt| (r.process.host.clone(), r.process.pid, r.process.process_id);
         receipt.confirmed.sort_by_key(key);
         receipt.pending.sort_by_key(key);
         receipt.aged_out.sort_by_key(|r| r.last_seen_ago);
@@ -686,20 +681,21 @@ pub struct ReceiptHook {
 }
 
 impl ReceiptHook {
-    /// Installs `receipts` for `(component, target)` and reports `current` (the
-    /// position the handle holds now, if any). A second call is ignored: a handle
+    /// Installs `receipts` for `(component, target)`, then reports what `held` says
+    /// the handle holds now (read after the hook is in place, so a state published
+    /// meanwhile is reported either way). A second call only reports: a handle
     /// reports to one process-wide reporter.
     pub fn install(
         &self,
         receipts: &Receipts,
         component: &str,
         target: &str,
-        current: Option<Position>,
+        held: impl FnOnce() -> Option<Position>,
     ) {
         let reporter = self
             .reporter
             .get_or_init(|| receipts.reporter(component, target));
-        if let Some(position) = current {
+        if let Some(position) = held() {
             reporter.report(position);
         }
     }
@@ -832,10 +828,7 @@ pub async fn read(
                     greatest(extract(epoch FROM clock_timestamp() - reported_at), 0)::float8
                FROM handle_receipts
               WHERE component = $1 AND target = $2",
-            &[
-                (&component_owned, Type::TEXT),
-                (&target_owned, Type::TEXT),
-            ],
+            &[(&component_owned, Type::TEXT), (&target_owned, Type::TEXT)],
         )
         .await
         .map_err(schema_hint)?;
@@ -990,8 +983,12 @@ mod tests {
     async fn a_receipt_counts_live_processes_and_lists_aged_out_ones_apart() {
         let a = Receipts::memory();
         let table = a.memory_table().unwrap();
-        let b = Receipts::builder().process_name("engine-b").memory(table.clone());
-        let c = Receipts::builder().process_name("engine-c").memory(table.clone());
+        let b = Receipts::builder()
+            .process_name("engine-b")
+            .memory(table.clone());
+        let c = Receipts::builder()
+            .process_name("engine-c")
+            .memory(table.clone());
         a.report("kill_switch", "", Position::new(1, 5));
         b.report("kill_switch", "", Position::new(1, 4));
         c.report("kill_switch", "", Position::new(1, 5));
@@ -1032,6 +1029,8 @@ mod tests {
             parse_position(&Position::new(2, 3).0.to_string()),
             Ok(Position::new(2, 3))
         );
-        assert!(parse_position("seven").unwrap_err().contains("timeline/counter"));
+        assert!(parse_position("seven")
+            .unwrap_err()
+            .contains("timeline/counter"));
     }
 }
