@@ -35,9 +35,18 @@ pub(crate) async fn lease(g: &Global, resource: String) -> Result<(), Failure> {
 /// `kill-switch show|engage|disengage|history`.
 pub(crate) async fn kill_switch(g: &Global, action: KillSwitchCmd) -> Result<(), Failure> {
     let store = kill_store()?;
+    let mut wait = None;
     let state = match action {
-        KillSwitchCmd::Show => reading(store, g.allow_standby).await?.load().await?,
-        KillSwitchCmd::Engage => store.engage(&g.audit(&*store)?).await?.into_inner(),
+        KillSwitchCmd::Show => {
+            reading(store.clone(), g.allow_standby)
+                .await?
+                .load()
+                .await?
+        }
+        KillSwitchCmd::Engage { wait: w } => {
+            wait = Some(w);
+            store.engage(&g.audit(&*store)?).await?.into_inner()
+        }
         KillSwitchCmd::Disengage => {
             let audit = g.audit(&*store)?;
             let seen = store.load().await?;
@@ -89,6 +98,21 @@ pub(crate) async fn kill_switch(g: &Global, action: KillSwitchCmd) -> Result<(),
         state.position
     );
     print(g.json, to_json(&state), text);
+    if let Some(w) = wait {
+        let pool = failover_core::postgres::PgStore::pool(&*store);
+        crate::receipt::wait(
+            g,
+            &w,
+            crate::receipt::Wanted {
+                pool,
+                component: "kill_switch",
+                target: "",
+                position: state.position,
+                what: "kill switch",
+            },
+        )
+        .await?;
+    }
     Ok(())
 }
 
@@ -113,7 +137,7 @@ pub(crate) async fn mode(g: &Global, action: ModeCmd) -> Result<(), Failure> {
                 ),
             );
         }
-        ModeCmd::Set { symbol, mode } => {
+        ModeCmd::Set { symbol, mode, wait } => {
             let audit = g.audit(&*store)?;
             let seen = store.symbol_state(&symbol).await?;
             let (own, position) = seen
@@ -139,6 +163,19 @@ pub(crate) async fn mode(g: &Global, action: ModeCmd) -> Result<(), Failure> {
                     event.position, event.actor
                 ),
             );
+            let pool = failover_core::postgres::PgStore::pool(&*store);
+            crate::receipt::wait(
+                g,
+                &wait,
+                crate::receipt::Wanted {
+                    pool,
+                    component: "symbol_mode",
+                    target: "",
+                    position: event.position,
+                    what: "symbol modes",
+                },
+            )
+            .await?;
         }
     }
     Ok(())
