@@ -37,14 +37,9 @@ pub(crate) async fn kill_switch(g: &Global, action: KillSwitchCmd) -> Result<(),
     let store = kill_store()?;
     let mut wait = None;
     let state = match action {
-        KillSwitchCmd::Show => {
-            reading(store.clone(), g.allow_standby)
-                .await?
-                .load()
-                .await?
-        }
+        KillSwitchCmd::Show => reading(store, g.allow_standby).await?.load().await?,
         KillSwitchCmd::Engage { wait: w } => {
-            wait = Some(w);
+            wait = Some((w, store.clone()));
             store.engage(&g.audit(&*store)?).await?.into_inner()
         }
         KillSwitchCmd::Disengage => {
@@ -98,20 +93,8 @@ pub(crate) async fn kill_switch(g: &Global, action: KillSwitchCmd) -> Result<(),
         state.position
     );
     print(g.json, to_json(&state), text);
-    if let Some(w) = wait {
-        let pool = failover_core::postgres::PgStore::pool(&*store);
-        crate::receipt::wait(
-            g,
-            &w,
-            crate::receipt::Wanted {
-                pool,
-                component: "kill_switch",
-                target: "",
-                position: state.position,
-                what: "kill switch",
-            },
-        )
-        .await?;
+    if let Some((w, store)) = wait {
+        crate::receipt::kill_switch(g, &w, &*store, state.position).await?;
     }
     Ok(())
 }
@@ -163,19 +146,7 @@ pub(crate) async fn mode(g: &Global, action: ModeCmd) -> Result<(), Failure> {
                     event.position, event.actor
                 ),
             );
-            let pool = failover_core::postgres::PgStore::pool(&*store);
-            crate::receipt::wait(
-                g,
-                &wait,
-                crate::receipt::Wanted {
-                    pool,
-                    component: "symbol_mode",
-                    target: "",
-                    position: event.position,
-                    what: "symbol modes",
-                },
-            )
-            .await?;
+            crate::receipt::symbol_modes(g, &wait, &*store, event.position).await?;
         }
     }
     Ok(())

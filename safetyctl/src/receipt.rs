@@ -51,23 +51,58 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration ({e}); write e.g. 5s or 500ms"))
 }
 
+/// `kill-switch engage --wait`: waits for `position` of the kill switch.
+pub(crate) async fn kill_switch(
+    g: &Global,
+    args: &WaitArgs,
+    store: &killswitch::PostgresKillSwitchStore,
+    position: Position,
+) -> Result<(), Failure> {
+    let wanted = Wanted {
+        pool: store.pool(),
+        component: killswitch::HEALTH_COMPONENT,
+        target: "",
+        position,
+        what: "kill switch",
+    };
+    wait(g, args, wanted).await
+}
+
+/// `mode set … --wait`: waits for `position` of the symbol-mode store (every
+/// `SymbolModes` handle watches the whole store).
+pub(crate) async fn symbol_modes(
+    g: &Global,
+    args: &WaitArgs,
+    store: &symbol_mode::PostgresSymbolModeStore,
+    position: Position,
+) -> Result<(), Failure> {
+    let wanted = Wanted {
+        pool: store.pool(),
+        component: symbol_mode::HEALTH_COMPONENT,
+        target: "",
+        position,
+        what: "symbol modes",
+    };
+    wait(g, args, wanted).await
+}
+
 /// What is waited for: a position of one control's `(component, target)`.
-pub(crate) struct Wanted<'a> {
+struct Wanted<'a> {
     /// The pool of the database the control's handles report to.
-    pub pool: &'a PgPool,
+    pool: &'a PgPool,
     /// The receipts' component, e.g. `kill_switch`.
-    pub component: &'static str,
+    component: &'static str,
     /// What the handles watch (`""` for the whole control).
-    pub target: &'a str,
+    target: &'a str,
     /// The position the write produced.
-    pub position: Position,
+    position: Position,
     /// For messages: "kill switch", "symbol modes".
-    pub what: &'static str,
+    what: &'static str,
 }
 
 /// Waits for `wanted` when `args.wait`; prints the outcome; fails with
 /// [`EXIT_NOT_CONFIRMED`] when a live process has not confirmed within the timeout.
-pub(crate) async fn wait(g: &Global, args: &WaitArgs, wanted: Wanted<'_>) -> Result<(), Failure> {
+async fn wait(g: &Global, args: &WaitArgs, wanted: Wanted<'_>) -> Result<(), Failure> {
     if !args.wait {
         return Ok(());
     }
