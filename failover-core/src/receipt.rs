@@ -195,7 +195,9 @@ pub fn parse_position(text: &str) -> Result<Position, String> {
 /// The newest position of one entry, and whether it still has to be flushed.
 #[derive(Debug)]
 struct Slot {
-    position: Position,
+    /// `None` until the handle applied a state (position 0 included: a control never
+    /// changed is a state a live handle confirms).
+    position: Option<Position>,
     applied_at: SystemTime,
     dirty: bool,
     /// Reporters holding this entry: it is forgotten when the last one is dropped.
@@ -455,7 +457,7 @@ impl Inner {
             entries.entry(component.to_owned()).or_default().insert(
                 target.to_owned(),
                 Slot {
-                    position: Position::ZERO,
+                    position: None,
                     applied_at: SystemTime::now(),
                     dirty: false,
                     holders: 0,
@@ -471,8 +473,8 @@ impl Inner {
             if hold {
                 slot.holders += 1;
             }
-            if position > slot.position {
-                slot.position = position;
+            if !hold && slot.position.is_none_or(|held| position > held) {
+                slot.position = Some(position);
                 slot.applied_at = SystemTime::now();
                 slot.dirty = true;
             }
@@ -480,6 +482,7 @@ impl Inner {
     }
 
     fn hold(&self, component: &str, target: &str) {
+        // Holds the entry without claiming that anything was applied.
         self.report(component, target, Position::ZERO, true);
     }
 
@@ -504,19 +507,22 @@ impl Inner {
         }
     }
 
-    /// The rows to flush (every entry when `all`), marked clean. Entries still at
-    /// position 0 (nothing applied yet) are left out.
+    /// The rows to flush (every entry when `all`), marked clean. Entries of handles
+    /// that applied nothing yet are left out.
     fn take(&self, all: bool) -> Vec<Row> {
         let mut entries = lock(&self.entries);
         let mut rows = Vec::new();
         for (component, targets) in entries.iter_mut() {
             for (target, slot) in targets.iter_mut() {
-                if (slot.dirty || all) && slot.position > Position::ZERO {
+                let Some(position) = slot.position else {
+                    continue;
+                };
+                if slot.dirty || all {
                     slot.dirty = false;
                     rows.push(Row {
                         component: component.clone(),
                         target: target.clone(),
-                        position: slot.position,
+                        position,
                         applied_at: slot.applied_at,
                     });
                 }
@@ -766,7 +772,7 @@ impl MemoryReceipts {
                 last_seen: now,
                 last_seen_ago: Duration::ZERO,
             });
-            if row.position > entry.position {
+            if row.position >= entry.position {
                 entry.position = row.position;
                 entry.applied_at = row.applied_at;
             }
@@ -1011,6 +1017,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_handle_on_a_control_never_changed_is_live_and_pending_until_it_applies_a_change() {
+        let receipts = Receipts::memory();
+        let reporter = receipts.reporter("kill_switch", "");
+        reporter.report(Position::ZERO);
+        receipts.flush_now().await.unwrap();
+        let receipt = receipts
+            .receipt("kill_switch", "", Position::new(1, 1), DEFAULT_LIVE_WITHIN)
+            .await
+            .unwrap();
+        assert_eq!((receipt.pending.len(), receipt.live()), (1, 1));
+        reporter.report(Position::new(1, 1));
+        receipts.flush_now().await.unwrap();
+        let receipt = receipts
+            .receipt("kill_switch", "", Position::new(1, 1), DEFAULT_LIVE_WITHIN)
+            .await
+            .unwrap();
+        assert!(receipt.complete());
+    }
+
+    #[tokio::test]
     async fn a_target_is_forgotten_when_its_last_reporter_is_dropped() {
         let receipts = Receipts::memory();
         let one = receipts.reporter("symbol_mode", "");
@@ -1020,6 +1046,69 @@ mod tests {
         assert_eq!(receipts.entries(), 1);
         drop(two);
         assert_eq!(receipts.entries(), 0, "the last holder forgets it");
+    }
+
+    #[cfg(feature = "http")]
+    #[tokio::test]
+    async fn the_receipt_route_answers_a_viewer_with_the_receipt_and_names_a_bad_query() {
+        use crate::http::{Authenticator, Role};
+        use axum::body::Body;
+        use axum::extract::ConnectInfo;
+        use axum::http::{Request, StatusCode};
+        use tower::ServiceExt;
+
+        let receipts = Receipts::memory();
+        let reporter = receipts.reporter("kill_switch", "");
+        reporter.report(Position::new(1, 5));
+        receipts.flush_now().await.unwrap();
+        let (auth, token) = Authenticator::development(Role::Viewer, "alice");
+        let app = auth.protect(http::router(
+            "/admin/kill-switch/receipt",
+            receipts.clone(),
+            "kill_switch",
+            "",
+            "the kill switch",
+        ));
+        let get = |uri: &str| {
+            let mut req = Request::get(uri)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 9))));
+            app.clone().oneshot(req)
+        };
+        let body = |r: axum::response::Response| async move {
+            let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+        };
+
+        let r = get("/admin/kill-switch/receipt?position=1/5")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let receipt: Receipt = serde_json::from_value(body(r).await).unwrap();
+        assert_eq!(receipt.confirmed.len(), 1);
+        assert_eq!(receipt.confirmed[0].process, *receipts.identity());
+
+        let later = Position::new(1, 6).0;
+        let r = get(&format!(
+            "/admin/kill-switch/receipt?position={later}&live_within=2s"
+        ))
+        .await
+        .unwrap();
+        let receipt: Receipt = serde_json::from_value(body(r).await).unwrap();
+        assert_eq!((receipt.confirmed.len(), receipt.pending.len()), (0, 1));
+        assert_eq!(receipt.live_within, Duration::from_secs(2));
+
+        let r = get("/admin/kill-switch/receipt").await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let error = body(r).await;
+        assert_eq!(error["error"]["code"], "invalid_query", "{error}");
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("position"));
     }
 
     #[test]
