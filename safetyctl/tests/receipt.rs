@@ -169,6 +169,7 @@ async fn engage_wait_counts_every_live_engine_names_a_stopped_one_and_lists_a_de
         "{out}"
     );
     assert!(!out.contains("aged out"), "{out}");
+    println!("engage --wait, {FOLLOWERS} engines, command took {took:?}: {out}");
     assert!(
         took < Duration::from_secs(5),
         "confirmed well within the timeout: {took:?}"
@@ -218,7 +219,10 @@ async fn engage_wait_counts_every_live_engine_names_a_stopped_one_and_lists_a_de
         )),
         "{out}"
     );
-    let named: Vec<&str> = out.lines().filter(|l| l.starts_with("  ")).collect();
+    let named: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(" pid "))
+        .collect();
     assert_eq!(named.len(), 1, "only the stopped engine is named: {out}");
     assert!(
         named[0].contains(&format!("pid {stopped} follower-3")) && named[0].contains("last seen"),
