@@ -94,7 +94,7 @@ pub(crate) async fn kill_switch(g: &Global, action: KillSwitchCmd) -> Result<(),
     );
     print(g.json, to_json(&state), text);
     if let Some((w, store)) = wait {
-        crate::receipt::kill_switch(g, &w, &*store, state.position).await?;
+        crate::receipt::kill_switch(g, &w, &store, state.position).await?;
     }
     Ok(())
 }
@@ -146,7 +146,7 @@ pub(crate) async fn mode(g: &Global, action: ModeCmd) -> Result<(), Failure> {
                     event.position, event.actor
                 ),
             );
-            crate::receipt::symbol_modes(g, &wait, &*store, event.position).await?;
+            crate::receipt::symbol_modes(g, &wait, &store, event.position).await?;
         }
     }
     Ok(())
