@@ -295,3 +295,57 @@ async fn engage_wait_counts_every_live_engine_names_a_stopped_one_and_lists_a_de
     assert!(forged.is_err(), "a viewer updated handle_receipts directly");
     drop(followers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_set_wait_counts_a_symbol_modes_handle_built_with_receipts() {
+    let db = support::db().await;
+    let lookup = |k: &str| k.ends_with("__DSN").then(|| db.dsn.clone());
+    let store = symbol_mode::PostgresSymbolModeStore::from_lookup(lookup).unwrap();
+    let receipts = failover_core::Receipts::builder()
+        .process_name("modes-engine")
+        .postgres(store.pool().clone());
+    let modes = symbol_mode::SymbolModes::spawn(
+        std::sync::Arc::new(store),
+        symbol_mode::SymbolModesConfig::default(),
+    )
+    .with_receipts(&receipts);
+    assert!(modes.ready(Duration::from_secs(10)).await);
+    let (o, _) = run(
+        &db.dsn,
+        &["symbols", "add", "BTC-USD", "--reason", "listing"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let (o, took) = run(
+        &db.dsn,
+        &[
+            "--reason",
+            "receipt drill",
+            "--json",
+            "mode",
+            "set",
+            "BTC-USD",
+            "HARD_HALT",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    let receipt = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("receipt").cloned())
+        .unwrap_or_else(|| panic!("no receipt in {out}"));
+    let confirmed = receipt["confirmed"].as_array().unwrap();
+    assert_eq!(confirmed.len(), 1, "{receipt}");
+    assert_eq!(confirmed[0]["process_name"], "modes-engine", "{receipt}");
+    assert_eq!(confirmed[0]["pid"], std::process::id(), "{receipt}");
+    assert_eq!(
+        modes.mode("BTC-USD"),
+        symbol_mode::SymbolMode::HardHalt,
+        "confirmed means applied"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
