@@ -22,6 +22,7 @@
 
 use crate::{Error, KillSwitchState, KillSwitchStore, HEALTH_COMPONENT};
 use failover_core::health::HealthSource;
+use failover_core::receipt::{ReceiptHook, Receipts};
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
 use failover_core::{ComponentHealth, Position};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -106,6 +107,7 @@ struct Shared {
     word: AtomicU8,
     state: Mutex<Option<KillSwitchState>>,
     trading: watch::Sender<Trading>,
+    receipt: ReceiptHook,
 }
 
 /// The hot-path handle. Cheap to clone; the watcher stops when the last clone is dropped.
@@ -142,6 +144,7 @@ impl KillSwitch {
             word: AtomicU8::new(NOT_LOADED),
             state: Mutex::new(None),
             trading,
+            receipt: ReceiptHook::default(),
         });
         let watched = Arc::new(Source {
             store,
@@ -207,6 +210,18 @@ impl KillSwitch {
         }
     }
 
+    /// Reports every state this handle applies to `receipts` (component
+    /// `kill_switch`, target `""`), from the watcher, never the order path: what
+    /// `safetyctl kill-switch engage --wait` counts. Call once per handle.
+    #[must_use]
+    pub fn with_receipts(self, receipts: &Receipts) -> Self {
+        let held = || lock(&self.shared.state).as_ref().map(|s| s.position);
+        self.shared
+            .receipt
+            .install(receipts, HEALTH_COMPONENT, "", held);
+        self
+    }
+
     /// Health component `kill_switch`.
     pub fn health(&self) -> ComponentHealth {
         self.watcher.freshness().health()
@@ -244,9 +259,10 @@ impl Shared {
     /// Adopts a read the watcher ordered (it may be older than the held one when the
     /// held change was lost), and leaves any stale state.
     fn adopt(&self, state: KillSwitchState) {
-        let engaged = state.engaged;
+        let (engaged, position) = (state.engaged, state.position);
         *lock(&self.state) = Some(state);
         self.set_word(if engaged { ENGAGED } else { RUNNING });
+        self.receipt.report(position);
     }
 }
 

@@ -6,6 +6,7 @@
 //! | `POST /admin/kill-switch/engage` | operator | body `{"reason", "ticket"?, "request_id"?}` |
 //! | `POST /admin/kill-switch/disengage` | supervisor | same body; `ticket` required; `If-Match: "<position>"` from the GET's `ETag` required (428 without, 412 when the state moved since); 202 with the pending request while `kill-switch.disengage` requires a second supervisor's approval, unless `"break_glass": true` |
 //! | `GET /admin/kill-switch/history?limit=&before=` | viewer | audit events newest first; `next` is the cursor of the following page |
+//! | `GET /admin/kill-switch/receipt?position=&live_within=` | viewer | which live processes applied `position` (confirmed, pending, aged out), when built [`with_receipts`](KillSwitchRoutes::with_receipts) |
 //!
 //! `GET /admin/kill-switch` answers `ETag: "<position>"`. A command sent again with
 //! the same `request_id` answers its original result with `Idempotent-Replayed: true`
@@ -55,6 +56,7 @@ pub struct KillSwitchRoutes {
     handle: Option<KillSwitch>,
     #[cfg(feature = "postgres")]
     pool: Option<failover_core::postgres::PgPool>,
+    receipts: Option<failover_core::Receipts>,
 }
 
 impl KillSwitchRoutes {
@@ -65,7 +67,15 @@ impl KillSwitchRoutes {
             handle: None,
             #[cfg(feature = "postgres")]
             pool: None,
+            receipts: None,
         }
+    }
+
+    /// Also answers `GET /admin/kill-switch/receipt?position=…` from `receipts`.
+    #[must_use]
+    pub fn with_receipts(mut self, receipts: failover_core::Receipts) -> Self {
+        self.receipts = Some(receipts);
+        self
     }
 
     /// Also shows what this process's hot path answers and how old its last read is.
@@ -85,6 +95,16 @@ impl KillSwitchRoutes {
 
     /// The router (state applied; merge or nest it).
     pub fn router(self) -> Router {
+        let receipt = self.receipts.clone().map(|r| {
+            let path = "/admin/kill-switch/receipt";
+            failover_core::receipt::http::router(
+                path,
+                r,
+                crate::HEALTH_COMPONENT,
+                "",
+                "the kill switch",
+            )
+        });
         Router::new()
             .route("/admin/kill-switch", get(show))
             .route(
@@ -111,6 +131,7 @@ impl KillSwitchRoutes {
             )
             .route("/admin/kill-switch/history", get(history))
             .with_state(Arc::new(self))
+            .merge(receipt.unwrap_or_default())
     }
 }
 

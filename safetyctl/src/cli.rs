@@ -5,7 +5,8 @@
 //! or the row locked by another session (named, with the statement that ends it); 1
 //! anything else (schema missing, a database error); 4 pending approval: the
 //! relaxation waits for a second supervisor (`safetyctl approvals approve ID`),
-//! nothing changed yet. Every error says what to do.
+//! nothing changed yet; 6 written, but not confirmed by every live process within
+//! `--wait`'s timeout ([`crate::receipt`]). Every error says what to do.
 //!
 //! Authority is the database login's: the CLI claims supervisor authority and the
 //! database grants what the login holds (roles `tradepulse_operator`,
@@ -168,7 +169,11 @@ pub enum KillSwitchCmd {
     /// The persisted state (the `kill_switch_state` row).
     Show,
     /// Stop trading (`--reason` required, `--ticket` optional).
-    Engage,
+    Engage {
+        /// `--wait [--timeout 5s]`: until every live engine applied it.
+        #[command(flatten)]
+        wait: crate::receipt::WaitArgs,
+    },
     /// Resume trading (`--reason` and `--ticket` required).
     Disengage,
     /// Audit events, newest first.
@@ -193,6 +198,9 @@ pub enum ModeCmd {
         symbol: String,
         /// NORMAL | CANCEL_ONLY | SOFT_HALT | HARD_HALT
         mode: SymbolMode,
+        /// `--wait [--timeout 5s]`: until every live engine applied it.
+        #[command(flatten)]
+        wait: crate::receipt::WaitArgs,
     },
 }
 

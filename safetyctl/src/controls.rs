@@ -35,9 +35,13 @@ pub(crate) async fn lease(g: &Global, resource: String) -> Result<(), Failure> {
 /// `kill-switch show|engage|disengage|history`.
 pub(crate) async fn kill_switch(g: &Global, action: KillSwitchCmd) -> Result<(), Failure> {
     let store = kill_store()?;
+    let mut wait = None;
     let state = match action {
         KillSwitchCmd::Show => reading(store, g.allow_standby).await?.load().await?,
-        KillSwitchCmd::Engage => store.engage(&g.audit(&*store)?).await?.into_inner(),
+        KillSwitchCmd::Engage { wait: w } => {
+            wait = Some((w, store.clone()));
+            store.engage(&g.audit(&*store)?).await?.into_inner()
+        }
         KillSwitchCmd::Disengage => {
             let audit = g.audit(&*store)?;
             let seen = store.load().await?;
@@ -89,6 +93,9 @@ pub(crate) async fn kill_switch(g: &Global, action: KillSwitchCmd) -> Result<(),
         state.position
     );
     print(g.json, to_json(&state), text);
+    if let Some((w, store)) = wait {
+        crate::receipt::kill_switch(g, &w, &store, state.position).await?;
+    }
     Ok(())
 }
 
@@ -113,7 +120,7 @@ pub(crate) async fn mode(g: &Global, action: ModeCmd) -> Result<(), Failure> {
                 ),
             );
         }
-        ModeCmd::Set { symbol, mode } => {
+        ModeCmd::Set { symbol, mode, wait } => {
             let audit = g.audit(&*store)?;
             let seen = store.symbol_state(&symbol).await?;
             let (own, position) = seen
@@ -139,6 +146,7 @@ pub(crate) async fn mode(g: &Global, action: ModeCmd) -> Result<(), Failure> {
                     event.position, event.actor
                 ),
             );
+            crate::receipt::symbol_modes(g, &wait, &store, event.position).await?;
         }
     }
     Ok(())

@@ -17,6 +17,7 @@ pub mod drill;
 pub mod evidence;
 pub mod export;
 pub mod migrate;
+pub mod receipt;
 pub mod scope;
 pub mod throttle;
 pub mod verify;

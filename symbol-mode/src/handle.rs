@@ -43,6 +43,7 @@ use crate::{
 use arc_swap::ArcSwap;
 use failover_core::clock::CoarseClock;
 use failover_core::health::HealthSource;
+use failover_core::receipt::{ReceiptHook, Receipts};
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
 use failover_core::{ComponentHealth, Position};
 use std::collections::HashMap;
@@ -155,6 +156,7 @@ struct Shared {
     /// How many symbols have a limit in force: while none has, `admit` by name is
     /// one load of this word.
     limited: AtomicUsize,
+    receipt: ReceiptHook,
 }
 
 /// The effective mode of `symbol` under the freshness word `word` (not `NOT_LOADED`).
@@ -311,6 +313,7 @@ impl SymbolModes {
             bucket_writer: Mutex::new(()),
             clock: OnceLock::new(),
             limited: AtomicUsize::new(0),
+            receipt: ReceiptHook::default(),
         });
         let watched = Arc::new(Source {
             store,
@@ -504,6 +507,21 @@ impl SymbolModes {
         }
     }
 
+    /// Reports every snapshot this handle publishes to `receipts` (component
+    /// `symbol_mode`, target `""`: the whole store), from the watcher, never the order
+    /// path: what `safetyctl mode set … --wait` counts. Call once per handle.
+    #[must_use]
+    pub fn with_receipts(self, receipts: &Receipts) -> Self {
+        let held = || {
+            (self.shared.word.load(Ordering::Acquire) != NOT_LOADED)
+                .then(|| self.shared.snapshot.load().position())
+        };
+        self.shared
+            .receipt
+            .install(receipts, HEALTH_COMPONENT, "", held);
+        self
+    }
+
     /// Health component `symbol_mode`.
     pub fn health(&self) -> ComponentHealth {
         self.watcher.freshness().health()
@@ -584,9 +602,10 @@ impl Shared {
         };
         match next {
             Some(next) => {
-                let version = next.version();
+                let (version, position) = (next.version(), next.position());
                 self.publish(Arc::new(next));
                 self.set_word(FRESH);
+                self.receipt.report(position);
                 // Always sent, also for version 0, so `ready()` wakes on the first load.
                 self.version.send_replace(version);
             }

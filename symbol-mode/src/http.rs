@@ -15,6 +15,7 @@
 //! | `GET /admin/symbols/{symbol}/throttle` | viewer | the symbol's throttle (`limit` null: none) and its `ETag` |
 //! | `PUT /admin/symbols/{symbol}/throttle` | operator to set or lower, supervisor to raise or clear | `SetThrottle`: body `{"per_second", "burst"?, "reason", "ticket"?, "request_id"?}`; `per_second` null clears |
 //! | `GET /admin/symbol-modes/history?limit=&before=` | viewer | audit events newest first; `next` is the cursor of the following page |
+//! | `GET /admin/modes/receipt?position=&live_within=` | viewer | which live processes applied `position` (confirmed, pending, aged out), when built [`with_receipts`](SymbolModeRoutes::with_receipts) |
 //!
 //! Whether a command tightens or relaxes is decided by the store inside the write,
 //! against the mode it locks — never from a read made here. Relaxing needs the
@@ -140,12 +141,24 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Err
 pub struct SymbolModeRoutes {
     store: Arc<dyn SymbolModeStore>,
     modes: Option<SymbolModes>,
+    receipts: Option<failover_core::Receipts>,
 }
 
 impl SymbolModeRoutes {
     /// Routes over `store`.
     pub fn new(store: Arc<dyn SymbolModeStore>) -> Self {
-        Self { store, modes: None }
+        Self {
+            store,
+            modes: None,
+            receipts: None,
+        }
+    }
+
+    /// Also answers `GET /admin/modes/receipt?position=…` from `receipts`.
+    #[must_use]
+    pub fn with_receipts(mut self, receipts: failover_core::Receipts) -> Self {
+        self.receipts = Some(receipts);
+        self
     }
 
     /// Also shows what this process's hot path answers.
@@ -157,6 +170,16 @@ impl SymbolModeRoutes {
 
     /// The router (state applied; merge or nest it).
     pub fn router(self) -> Router {
+        let receipt = self.receipts.clone().map(|r| {
+            let path = "/admin/modes/receipt";
+            failover_core::receipt::http::router(
+                path,
+                r,
+                crate::HEALTH_COMPONENT,
+                "",
+                "the symbol modes",
+            )
+        });
         Router::new()
             .route("/admin/symbols", get(symbols_list))
             .route("/admin/symbols/{symbol}", axum::routing::put(register))
@@ -175,6 +198,7 @@ impl SymbolModeRoutes {
             )
             .route("/admin/symbol-modes/history", get(history))
             .with_state(Arc::new(self))
+            .merge(receipt.unwrap_or_default())
     }
 }
 

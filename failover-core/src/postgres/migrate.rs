@@ -89,6 +89,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         "scopes",
         include_str!("../../migrations/postgres/0006_scopes.sql"),
     ),
+    Migration::new(
+        7,
+        "receipts",
+        include_str!("../../migrations/postgres/0007_receipts.sql"),
+    ),
 ];
 
 /// The roles of the operators' authority model (`tradepulse_viewer`,

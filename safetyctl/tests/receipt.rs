@@ -1,0 +1,356 @@
+//! `--wait` end to end: ten real engine processes (the `receipt-follower` example, one
+//! kill switch handle each, logged in as a plain viewer) report what they applied;
+//! `safetyctl kill-switch engage --wait` counts them, names a stopped one and lists a
+//! dead one apart.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+mod support;
+use support::{as_login, command, login, text};
+
+const FOLLOWERS: usize = 10;
+
+/// The `receipt-follower` example: as the workspace's test build left it, or built
+/// into this test's target directory when the test runs alone.
+fn follower_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    // <target>/<profile>/deps/receipt-…
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from <target>/<profile>/deps");
+    // `cargo test --workspace` (the suite's command) has built every example.
+    let built = profile_dir.join("examples").join("receipt-follower");
+    if built.exists() {
+        return built;
+    }
+    let target_dir = profile_dir.parent().expect("<target>/<profile>");
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build
+        .args(["build", "--quiet", "-p", "tradepulse-examples"])
+        .args(["--example", "receipt-follower", "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let mut child = build.spawn().expect("cargo runs");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(900) {
+            let _ = child.kill();
+            panic!("building the receipt-follower example took longer than 15 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "building the receipt-follower example failed"
+    );
+    let binary = profile_dir.join("examples").join("receipt-follower");
+    assert!(binary.exists(), "{} is missing", binary.display());
+    binary
+}
+
+/// The followers, killed (and reaped) when the test ends, however it ends.
+struct Followers {
+    children: Vec<Child>,
+    lines: mpsc::UnboundedReceiver<(usize, String)>,
+}
+
+impl Drop for Followers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Followers {
+    fn spawn(binary: &Path, dsn: &str, n: usize) -> Self {
+        let (tx, lines) = mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        for i in 0..n {
+            let mut child = Command::new(binary)
+                .env("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", dsn)
+                .env("TRADEPULSE_KILL_SWITCH_POSTGRES__CONNECT_TIMEOUT", "500ms")
+                .env("RUST_LOG", "error")
+                .args(["--name", &format!("follower-{i}")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("the follower starts");
+            let stdout = child.stdout.take().expect("stdout");
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { return };
+                    if tx.send((i, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+            children.push(child);
+        }
+        Self { children, lines }
+    }
+
+    /// Waits (bounded) until every follower said `ready`.
+    async fn ready(&mut self) {
+        let mut ready = vec![false; self.children.len()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while ready.iter().any(|r| !r) {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| panic!("followers not ready within 60 s: {ready:?}"))
+                .expect("a follower's output closed before it was ready");
+            if line.1.starts_with("ready ") {
+                ready[line.0] = true;
+            }
+        }
+    }
+
+    fn pid(&self, i: usize) -> i32 {
+        self.children[i].id() as i32
+    }
+}
+
+/// Runs safetyctl off the runtime's workers (it blocks).
+async fn run(dsn: &str, args: &[&str]) -> (Output, Duration) {
+    let mut cmd = command(dsn, args);
+    cmd.env_remove("RUST_LOG");
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let o = cmd.output().unwrap();
+        (o, started.elapsed())
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engage_wait_counts_every_live_engine_names_a_stopped_one_and_lists_a_dead_one_apart() {
+    let binary = tokio::task::spawn_blocking(follower_binary).await.unwrap();
+    let db = support::db().await;
+    // The engines log in as plain viewers: reading the controls is all they may do,
+    // and reporting what they applied.
+    let engine = login(&db, "engine", "tradepulse_viewer").await;
+    let mut followers = Followers::spawn(&binary, &as_login(&db.dsn, &engine), FOLLOWERS);
+    followers.ready().await;
+
+    // Every engine confirms.
+    let (o, took) = run(
+        &db.dsn,
+        &[
+            "--reason",
+            "receipt drill",
+            "kill-switch",
+            "engage",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!(
+            "{FOLLOWERS}/{FOLLOWERS} live processes confirmed after"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("aged out"), "{out}");
+    println!("engage --wait, {FOLLOWERS} engines, command took {took:?}: {out}");
+    assert!(
+        took < Duration::from_secs(5),
+        "confirmed well within the timeout: {took:?}"
+    );
+
+    // A stopped engine cannot apply the next change: named, and exit 6 after the timeout.
+    let (o, _) = run(
+        &db.dsn,
+        &[
+            "--reason",
+            "drill",
+            "--ticket",
+            "T-1",
+            "kill-switch",
+            "disengage",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let stopped = followers.pid(3);
+    kill(Pid::from_raw(stopped), Signal::SIGSTOP).unwrap();
+    let (o, took) = run(
+        &db.dsn,
+        &[
+            "--reason",
+            "receipt drill",
+            "kill-switch",
+            "engage",
+            "--wait",
+            "--timeout",
+            "2s",
+        ],
+    )
+    .await;
+    kill(Pid::from_raw(stopped), Signal::SIGCONT).unwrap();
+    assert_eq!(o.status.code(), Some(6), "{}", text(&o));
+    assert!(
+        took >= Duration::from_secs(2),
+        "waited out the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let out = stdout(&o);
+    assert!(
+        out.contains(&format!(
+            "{}/{FOLLOWERS} live processes confirmed; not confirmed within",
+            FOLLOWERS - 1
+        )),
+        "{out}"
+    );
+    let named: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(" pid "))
+        .collect();
+    assert_eq!(named.len(), 1, "only the stopped engine is named: {out}");
+    assert!(
+        named[0].contains(&format!("pid {stopped} follower-3")) && named[0].contains("last seen"),
+        "{out}"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("NOT CONFIRMED: 1 of 10 live process(es)"),
+        "{stderr}"
+    );
+
+    // A dead engine ages out: listed apart, not counted, and the others confirm.
+    let dead = followers.pid(5);
+    kill(Pid::from_raw(dead), Signal::SIGKILL).unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (o, _) = run(
+        &db.dsn,
+        &[
+            "--reason",
+            "drill",
+            "--ticket",
+            "T-2",
+            "kill-switch",
+            "disengage",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (o, _) = run(
+        &db.dsn,
+        &[
+            "--reason",
+            "receipt drill",
+            "--json",
+            "kill-switch",
+            "engage",
+            "--wait",
+            "--live-within",
+            "2s",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    let receipt: serde_json::Value = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("receipt").cloned())
+        .unwrap_or_else(|| panic!("no receipt in {out}"));
+    assert_eq!(receipt["complete"], true, "{receipt}");
+    assert_eq!(
+        receipt["confirmed"].as_array().unwrap().len(),
+        FOLLOWERS - 1,
+        "{receipt}"
+    );
+    assert_eq!(receipt["pending"].as_array().unwrap().len(), 0, "{receipt}");
+    let aged_out = receipt["aged_out"].as_array().unwrap();
+    assert_eq!(aged_out.len(), 1, "{receipt}");
+    assert_eq!(aged_out[0]["pid"], dead, "{receipt}");
+    assert_eq!(aged_out[0]["process_name"], "follower-5", "{receipt}");
+
+    // The table is written through the function only: a viewer cannot forge a row.
+    let engine_session = support::session(&as_login(&db.dsn, &engine)).await;
+    let forged = engine_session
+        .execute(
+            "UPDATE handle_receipts SET applied_position = applied_position + 1000",
+            &[],
+        )
+        .await;
+    assert!(forged.is_err(), "a viewer updated handle_receipts directly");
+    drop(followers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_set_wait_counts_a_symbol_modes_handle_built_with_receipts() {
+    let db = support::db().await;
+    let lookup = |k: &str| k.ends_with("__DSN").then(|| db.dsn.clone());
+    let store = symbol_mode::PostgresSymbolModeStore::from_lookup(lookup).unwrap();
+    let receipts = failover_core::Receipts::builder()
+        .process_name("modes-engine")
+        .postgres(store.pool().clone());
+    let modes = symbol_mode::SymbolModes::spawn(
+        std::sync::Arc::new(store),
+        symbol_mode::SymbolModesConfig::default(),
+    )
+    .with_receipts(&receipts);
+    assert!(modes.ready(Duration::from_secs(10)).await);
+    let (o, _) = run(
+        &db.dsn,
+        &["symbols", "add", "BTC-USD", "--reason", "listing"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let (o, took) = run(
+        &db.dsn,
+        &[
+            "--reason",
+            "receipt drill",
+            "--json",
+            "mode",
+            "set",
+            "BTC-USD",
+            "HARD_HALT",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    let receipt = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("receipt").cloned())
+        .unwrap_or_else(|| panic!("no receipt in {out}"));
+    let confirmed = receipt["confirmed"].as_array().unwrap();
+    assert_eq!(confirmed.len(), 1, "{receipt}");
+    assert_eq!(confirmed[0]["process_name"], "modes-engine", "{receipt}");
+    assert_eq!(confirmed[0]["pid"], std::process::id(), "{receipt}");
+    assert_eq!(
+        modes.mode("BTC-USD"),
+        symbol_mode::SymbolMode::HardHalt,
+        "confirmed means applied"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
