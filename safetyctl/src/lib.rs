@@ -17,5 +17,6 @@ pub mod drill;
 pub mod evidence;
 pub mod export;
 pub mod migrate;
+pub mod strategies;
 pub mod throttle;
 pub mod verify;
