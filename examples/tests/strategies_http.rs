@@ -45,9 +45,11 @@ async fn an_operator_halts_new_strategies_and_a_supervisor_with_a_ticket_enables
     assert_eq!(halted["updated_by"], "ops:alice", "{halted}");
     assert_eq!(halted["reason"], "runaway strategies", "{halted}");
     assert_eq!(halted["position"], body["position"], "{halted}");
-    eventually("the hot path answers no", Duration::from_secs(5), async || {
-        shown(api).await["hot_path"]["may_activate_strategy"] == false
-    })
+    eventually(
+        "the hot path answers no",
+        Duration::from_secs(5),
+        async || shown(api).await["hot_path"]["may_activate_strategy"] == false,
+    )
     .await;
     let metrics = api.text("/metrics").await;
     assert!(
@@ -128,13 +130,20 @@ async fn enabling_new_strategies_waits_for_a_second_supervisor_when_required() {
     assert_eq!(shown(api).await["new_strategies_disabled"], true, "waits");
 
     let (status, body) = api
-        .post(SUPERVISOR_2, &format!("/admin/approvals/{id}/approve"), "{}")
+        .post(
+            SUPERVISOR_2,
+            &format!("/admin/approvals/{id}/approve"),
+            "{}",
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(shown(api).await["new_strategies_disabled"], false);
     let (_, history) = api.get("/admin/symbol-modes/history?limit=1").await;
     let event = &history["events"][0];
-    assert_eq!(event["command"]["command"], "NewStrategiesHalt", "{history}");
+    assert_eq!(
+        event["command"]["command"], "NewStrategiesHalt",
+        "{history}"
+    );
     assert_eq!(event["approval_id"], Value::from(id), "{history}");
     assert_eq!(event["break_glass"], false, "{history}");
     assert_eq!(event["actor"], "ops:bob", "{history}");

@@ -67,7 +67,10 @@ pub async fn run(g: &Global, action: StrategiesCmd) -> Result<(), Failure> {
     let audit = if !on && seen.new_strategies_disabled {
         relaxing(
             audit,
-            format!("new strategy activations DISABLED -> enabled, {}", line(&seen)),
+            format!(
+                "new strategy activations DISABLED -> enabled, {}",
+                line(&seen)
+            ),
             seen.position,
         )
     } else {

@@ -46,7 +46,12 @@ async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_a
 
     let o = safetyctl(
         &alice_dsn,
-        &["strategies", "disable-new", "--reason", "runaway strategies"],
+        &[
+            "strategies",
+            "disable-new",
+            "--reason",
+            "runaway strategies",
+        ],
     );
     assert_eq!(
         o.status.code(),

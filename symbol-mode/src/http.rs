@@ -425,10 +425,7 @@ async fn strategies_disable(
     let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
     let event = s.store.new_strategies_halt(true, &audit).await?;
     if !event.replayed {
-        tracing::warn!(
-            actor = caller.actor(),
-            "NewStrategiesHalt on via admin API"
-        );
+        tracing::warn!(actor = caller.actor(), "NewStrategiesHalt on via admin API");
     }
     let position = event.position;
     Ok(applied(event, position))

@@ -108,7 +108,10 @@ mod rfc3339_opt {
     #[derive(Serialize, Deserialize)]
     struct At(#[serde(with = "failover_core::time::rfc3339")] SystemTime);
 
-    pub(crate) fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         t.map(At).serialize(s)
     }
 

@@ -8,9 +8,8 @@ use crate::subscription::CancelAllFeed;
 use crate::{
     fold_symbol, near_match, transition_refusal, Applied, Audit, AuditEvent, CancelAllCommand,
     CancelAllSubscription, ChangeRef, Command, Error, ModeChange, ModeDelta, NewStrategiesState,
-    RegisteredSymbol,
-    Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Throttle,
-    ThrottleState, Transition, VenueState,
+    RegisteredSymbol, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState,
+    Throttle, ThrottleState, Transition, VenueState,
 };
 use failover_core::approvals::serde_json;
 use failover_core::approvals::{
@@ -48,9 +47,7 @@ fn approval_of(request: &Request<'_>) -> Option<(&'static str, String)> {
         } => Some(("mode.relax", format!("mode:{s}"))),
         Request::SetMode { symbol: None, .. } => Some(("global-mode.relax", "global_mode".into())),
         Request::Withdrawals { .. } => Some(("withdrawals.lift", "withdrawals".into())),
-        Request::NewStrategies { .. } => {
-            Some(("strategies.enable-new", "new_strategies".into()))
-        }
+        Request::NewStrategies { .. } => Some(("strategies.enable-new", "new_strategies".into())),
         Request::Throttle { symbol, .. } => Some(("throttle.relax", format!("throttle:{symbol}"))),
         Request::CancelAll { .. } | Request::Register { .. } => None,
     }

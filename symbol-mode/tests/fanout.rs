@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_symbol_mode::{
     Applied, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Error, FeedSource,
-    MemorySymbolModeStore, ModeChange, ModeDelta, NewStrategiesState, Position, PostgresSymbolModeStore,
-    RegisteredSymbol, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolModes,
-    SymbolModesConfig, SymbolState, Throttle, ThrottleState, VenueState,
+    MemorySymbolModeStore, ModeChange, ModeDelta, NewStrategiesState, Position,
+    PostgresSymbolModeStore, RegisteredSymbol, StartAt, Subscription, SymbolMode, SymbolModeStore,
+    SymbolModes, SymbolModesConfig, SymbolState, Throttle, ThrottleState, VenueState,
 };
 use tradepulse_testkit::{fast_settings, shared_primary, wait_until};
 

@@ -605,11 +605,9 @@ async fn new_strategies_halt_reaches_a_running_handle_by_push() {
         SymbolModesConfig::default().with_poll_interval(Duration::from_secs(3600)),
     );
     assert!(modes.ready(WAIT).await, "the snapshot loads");
-    wait_until(
-        "operational: push works",
-        Duration::from_secs(5),
-        || modes.health().status == ComponentStatus::Operational,
-    )
+    wait_until("operational: push works", Duration::from_secs(5), || {
+        modes.health().status == ComponentStatus::Operational
+    })
     .await;
     assert!(modes.may_activate_strategy());
     let mut engine = modes.reader();
@@ -628,7 +626,10 @@ async fn new_strategies_halt_reaches_a_running_handle_by_push() {
         !modes.may_activate_strategy()
     })
     .await;
-    eprintln!("NewStrategiesHalt on reached the handle in {:?}", started.elapsed());
+    eprintln!(
+        "NewStrategiesHalt on reached the handle in {:?}",
+        started.elapsed()
+    );
     assert!(!engine.may_activate_strategy());
     assert_eq!(modes.snapshot().position(), halted.position);
     assert!(

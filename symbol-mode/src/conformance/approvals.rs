@@ -156,12 +156,12 @@ pub async fn break_glass_applies_at_once_and_its_event_says_so(
     assert_eq!(trail.position, lifted.position);
     assert!(trail.break_glass, "{trail:?}");
     assert_eq!(trail.approval_id, None);
-    let again = store
-        .withdrawals_halt(false, &glass)
-        .await
-        .expect("replay");
+    let again = store.withdrawals_halt(false, &glass).await.expect("replay");
     assert!(again.replayed);
-    assert!(again.break_glass, "a replay answers the event as it is: {again:?}");
+    assert!(
+        again.break_glass,
+        "a replay answers the event as it is: {again:?}"
+    );
 
     let enable = pending_of(
         store
@@ -174,7 +174,10 @@ pub async fn break_glass_applies_at_once_and_its_event_says_so(
         .expect("approve");
     assert!(!store.venue().await.expect("venue").new_strategies_disabled);
     let approved = store.history(1).await.expect("history").remove(0);
-    assert_eq!(approved.command, crate::Command::NewStrategiesHalt { on: false });
+    assert_eq!(
+        approved.command,
+        crate::Command::NewStrategiesHalt { on: false }
+    );
     assert_eq!(approved.approval_id, Some(enable.id));
     assert!(!approved.break_glass);
 }

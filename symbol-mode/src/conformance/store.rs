@@ -1380,7 +1380,13 @@ pub async fn new_strategies_halt_is_audited_and_enabling_needs_a_supervisor_and_
     assert!(!venue.withdrawals_halted, "only this flag moved");
     assert_eq!(venue.new_strategies_position, halted.position);
     assert_eq!(venue.position, halted.position);
-    assert!(store.changes_since(0).await.expect("changes").new_strategies_disabled);
+    assert!(
+        store
+            .changes_since(0)
+            .await
+            .expect("changes")
+            .new_strategies_disabled
+    );
     let shown = store.new_strategies().await.expect("new_strategies");
     assert!(shown.new_strategies_disabled);
     assert_eq!(shown.position, halted.position);

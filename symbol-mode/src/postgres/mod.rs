@@ -5,7 +5,8 @@
 //!   the version. Table `symbol_modes`: each symbol's own mode, who set it, and the
 //!   version of that command. Table `symbol_mode_events`: the append-only audit trail
 //!   (UPDATE, DELETE and TRUNCATE are refused by triggers), column `command` holding
-//!   `SetSymbolMode`, `SetGlobalMode`, `CancelAll` or `WithdrawalsHalt` verbatim.
+//!   `SetSymbolMode`, `SetGlobalMode`, `CancelAll`, `WithdrawalsHalt`,
+//!   `RegisterSymbol`, `SetThrottle` or `NewStrategiesHalt` verbatim.
 //! * Each command is one round trip to the function `symbol_mode_apply`, which locks
 //!   the state row (serialising every command, so the transition check and the write
 //!   cannot race), replays an already-applied request id, checks the transition
@@ -23,9 +24,8 @@ use crate::subscription::CancelAllFeed;
 use crate::{
     near_match, transition_refusal, Applied, Audit, AuditEvent, Authority, CancelAllCommand,
     CancelAllSubscription, Command, CommandKind, Error, ModeChange, ModeDelta, NewStrategiesState,
-    RegisteredSymbol,
-    Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, Throttle, ThrottleState,
-    VenueState,
+    RegisteredSymbol, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, Throttle,
+    ThrottleState, VenueState,
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
