@@ -647,6 +647,9 @@ impl From<DbError> for Error {
 /// * [`cancel_all`](Self::cancel_all) is allowed in every mode; ticket optional.
 ///   [`withdrawals_halt`](Self::withdrawals_halt)`(true)` needs no ticket; `false`
 ///   (lifting it) does.
+/// * [`new_strategies_halt`](Self::new_strategies_halt)`(true)` halts new strategy
+///   activations firm-wide (any operator, no ticket); `false` (enabling them again)
+///   relaxes like lifting the withdrawals halt.
 /// * Every accepted command bumps the version by exactly one, takes a new, greater
 ///   position and appends exactly one [`AuditEvent`] (actor, reason, ticket;
 ///   identified by the position) atomically with the change.
