@@ -299,6 +299,9 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers_without_restart() {
     let (cluster, db) = support::primary().await;
+    // Migrated with the usual budget (on a loaded machine the whole migration set
+    // may take longer than the short one the handle's store gets below).
+    support::store(&cluster.primary().dsn(&db)).await;
     let store = PostgresSymbolModeStore::new(
         support::settings(&cluster.primary().dsn(&db))
             .with_retry_budget(Duration::from_millis(400))
@@ -306,7 +309,6 @@ async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers
             .unwrap(),
     )
     .unwrap();
-    store.migrate().await.unwrap();
     store
         .register_symbols(&["HALTED"], &Audit::new("ops", "listing"))
         .await
