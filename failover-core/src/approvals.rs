@@ -38,13 +38,14 @@ use uuid::Uuid;
 pub use serde_json;
 
 /// The actions whose relaxation can require approval, as the policy names them.
-pub const ACTIONS: [&str; 6] = [
+pub const ACTIONS: [&str; 7] = [
     "kill-switch.disengage",
     "global-mode.relax",
     "mode.relax",
     "withdrawals.lift",
     "throttle.relax",
     "scope.relax",
+    "strategies.enable-new",
 ];
 
 /// The action of a pending waiver of the policy itself.

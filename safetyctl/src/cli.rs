@@ -125,6 +125,12 @@ pub enum Command {
         #[command(subcommand)]
         action: WithdrawalsCmd,
     },
+    /// New strategy activations, halted or enabled firm-wide (`NewStrategiesHalt`).
+    Strategies {
+        /// disable-new | enable-new | show
+        #[command(subcommand)]
+        action: crate::strategies::StrategiesCmd,
+    },
     /// Four eyes before a safety control is relaxed.
     Approvals {
         /// require | waive | list | policy | review | events | approve | reject | acknowledge
@@ -487,6 +493,7 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Symbols { action } => controls::symbols(&g, action).await?,
         Command::Throttle { action } => crate::throttle::run(&g, action).await?,
         Command::Scope { action } => crate::scope::run(&g, action).await?,
+        Command::Strategies { action } => crate::strategies::run(&g, action).await?,
         Command::Approvals { action } => crate::approvals::run(&g, action).await?,
         Command::Lease {
             action: LeaseCmd::Show { resource },

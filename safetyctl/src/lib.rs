@@ -19,5 +19,6 @@ pub mod export;
 pub mod migrate;
 pub mod receipt;
 pub mod scope;
+pub mod strategies;
 pub mod throttle;
 pub mod verify;

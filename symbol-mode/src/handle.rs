@@ -15,7 +15,8 @@
 //!   known modes still apply where they are stricter, so a `HARD_HALT` stays one.
 //!   `SOFT_HALT` (not `HARD_HALT`) keeps cancels open: while the mode store is
 //!   unreachable, traders can still take risk off the book, and nothing can add it.
-//!   Withdrawals count as halted in both cases.
+//!   Withdrawals count as halted in both cases, and no new strategy may be
+//!   activated ([`SymbolModes::may_activate_strategy`]).
 //!
 //! Every read and push is ordered by position by failover-core's watcher; a pushed
 //! change carries its delta, so a handle at the previous version applies it without
@@ -129,6 +130,8 @@ pub struct SymbolModesStatus {
     pub global: SymbolMode,
     /// Withdrawals halted in the snapshot.
     pub withdrawals_halted: bool,
+    /// New strategy activations halted in the snapshot.
+    pub new_strategies_disabled: bool,
     /// How many symbols are stricter than `NORMAL` in the snapshot.
     pub restricted_symbols: usize,
     /// How many symbols have an order-rate throttle in the snapshot.
@@ -215,6 +218,15 @@ impl ModeReader {
                 cause,
             })
         }
+    }
+
+    /// Whether a new strategy may be activated now
+    /// ([`SymbolModes::may_activate_strategy`]): false while new activations are
+    /// halted, and whenever the snapshot is not fresh (fail closed).
+    #[inline]
+    pub fn may_activate_strategy(&mut self) -> bool {
+        self.shared.word.load(Ordering::Acquire) == FRESH
+            && !self.cache.load().new_strategies_disabled()
     }
 
     /// Takes a token from `symbol`'s order-rate throttle for one new order, or says
@@ -454,6 +466,16 @@ impl SymbolModes {
             || self.shared.snapshot.load().withdrawals_halted()
     }
 
+    /// Whether a new strategy may be activated now: false while new activations are
+    /// halted firm-wide (`NewStrategiesHalt`), and whenever the snapshot is not
+    /// fresh — never loaded or stale (fail closed). Running strategies are not
+    /// affected. One atomic load and one snapshot load; no lock, no allocation.
+    #[inline]
+    pub fn may_activate_strategy(&self) -> bool {
+        self.shared.word.load(Ordering::Acquire) == FRESH
+            && !self.shared.snapshot.load().new_strategies_disabled()
+    }
+
     /// The current snapshot (the store's view without the fail-closed floor).
     pub fn snapshot(&self) -> Arc<ModeSnapshot> {
         self.shared.snapshot.load_full()
@@ -500,6 +522,7 @@ impl SymbolModes {
             version: snapshot.version(),
             global: snapshot.global(),
             withdrawals_halted: snapshot.withdrawals_halted(),
+            new_strategies_disabled: snapshot.new_strategies_disabled(),
             restricted_symbols: snapshot.restricted_symbols(),
             throttled_symbols: snapshot.throttles().count(),
             last_success: freshness.last_success(),

@@ -11,6 +11,9 @@
 //! | `PUT /admin/global-mode` | operator to tighten, supervisor to relax | body `{"mode", "reason", "ticket"?, "request_id"?}` |
 //! | `GET /admin/withdrawals` | viewer | whether withdrawals are halted |
 //! | `POST /admin/withdrawals/halt` | operator to halt, supervisor to lift | `WithdrawalsHalt`: body `{"on", "reason", "ticket"?, "request_id"?}` |
+//! | `GET /admin/strategies` | viewer | whether new strategy activations are halted firm-wide (`new_strategies_disabled`), who set it (`updated_by`, `reason`, `ticket`, `updated_at`), its `position` and `ETag`, and `hot_path`: what this process's handle answers |
+//! | `POST /admin/strategies/disable-new` | operator | `NewStrategiesHalt(on)`: halts new strategy activations; body `{"reason", "ticket"?, "request_id"?}` |
+//! | `POST /admin/strategies/enable-new` | supervisor | `NewStrategiesHalt(off)`: enables them again; body `{"reason", "ticket", "request_id"?, "break_glass"?}`, `If-Match` of `GET /admin/strategies` |
 //! | `GET /admin/throttles` | viewer | every symbol that has or had an order-rate throttle |
 //! | `GET /admin/symbols/{symbol}/throttle` | viewer | the symbol's throttle (`limit` null: none) and its `ETag` |
 //! | `PUT /admin/symbols/{symbol}/throttle` | operator to set or lower, supervisor to raise or clear | `SetThrottle`: body `{"per_second", "burst"?, "reason", "ticket"?, "request_id"?}`; `per_second` null clears |
@@ -20,8 +23,8 @@
 //! Whether a command tightens or relaxes is decided by the store inside the write,
 //! against the mode it locks — never from a read made here. Relaxing needs the
 //! supervisor role, a ticket, and `If-Match: "<position>"` with the `ETag` of the
-//! GET the decision was made on (the symbol's, the global mode's or the withdrawals
-//! halt's own position): 403 `forbidden` for an operator whose request would relax
+//! GET the decision was made on (the symbol's, the global mode's, the withdrawals
+//! halt's or the new-strategies halt's own position): 403 `forbidden` for an operator whose request would relax
 //! (also when another change made it one in between), 428 without `If-Match`, 412
 //! naming the change in between when the state moved. Tightening never waits. A
 //! mode change or `CancelAll` on a symbol that is not registered answers 404
@@ -32,7 +35,8 @@
 //! body `actor` is refused with 400 `actor_not_accepted`.
 //!
 //! Four eyes ([`failover_core::approvals`]): while a relaxation's action
-//! (`mode.relax`, `global-mode.relax`, `withdrawals.lift`, `throttle.relax`) requires
+//! (`mode.relax`, `global-mode.relax`, `withdrawals.lift`, `throttle.relax`,
+//! `strategies.enable-new`) requires
 //! approval, a supervisor's relaxation answers 202 with the pending request and
 //! changes nothing, unless the body says `"break_glass": true`.
 
@@ -93,6 +97,25 @@ pub struct WithdrawalsBody {
     /// Why.
     pub reason: String,
     /// Ticket; required to lift.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key.
+    #[serde(default)]
+    pub request_id: Option<Uuid>,
+    /// Relax at once although a second supervisor's approval is required:
+    /// audited, counted and listed for review until another supervisor
+    /// acknowledges it.
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+/// Body of `POST /admin/strategies/enable-new`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnableStrategiesBody {
+    /// Why.
+    pub reason: String,
+    /// Ticket; required (enabling again relaxes).
     #[serde(default)]
     pub ticket: Option<String>,
     /// Idempotency key.
@@ -191,6 +214,9 @@ impl SymbolModeRoutes {
             .route("/admin/global-mode", get(global_get).put(global_put))
             .route("/admin/withdrawals", get(withdrawals_get))
             .route("/admin/withdrawals/halt", post(withdrawals))
+            .route("/admin/strategies", get(strategies_get))
+            .route("/admin/strategies/disable-new", post(strategies_disable))
+            .route("/admin/strategies/enable-new", post(strategies_enable))
             .route("/admin/throttles", get(throttles_list))
             .route(
                 "/admin/symbols/{symbol}/throttle",
@@ -377,6 +403,65 @@ async fn withdrawals(
     Ok(applied(event, position))
 }
 
+async fn strategies_get(State(s): S, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer, "read the new-strategies halt")?;
+    let state = s.store.new_strategies().await?;
+    let mut body = serde_json::to_value(&state).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            e.to_string(),
+        )
+    })?;
+    body["hot_path"] = serde_json::json!(s
+        .modes
+        .as_ref()
+        .map(|m| serde_json::json!({ "may_activate_strategy": m.may_activate_strategy() })));
+    Ok(with_etag(state.position, &body))
+}
+
+async fn strategies_disable(
+    State(s): S,
+    caller: Caller,
+    JsonBody(body): JsonBody<CommandBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator, "halt new strategy activations")?;
+    let audit = caller.audit(&body.reason, body.ticket.as_deref(), body.request_id);
+    let event = s.store.new_strategies_halt(true, &audit).await?;
+    if !event.replayed {
+        tracing::warn!(actor = caller.actor(), "NewStrategiesHalt on via admin API");
+    }
+    let position = event.position;
+    Ok(applied(event, position))
+}
+
+async fn strategies_enable(
+    State(s): S,
+    caller: Caller,
+    if_match: IfMatch,
+    JsonBody(body): JsonBody<EnableStrategiesBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Supervisor, "enable new strategy activations again")?;
+    let audit = glass(
+        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
+        body.break_glass,
+    );
+    let event = match s.store.new_strategies_halt(false, &audit).await {
+        Err(Error::PendingApproval(request)) => {
+            return Ok(failover_core::http::approvals::pending(&request))
+        }
+        other => other?,
+    };
+    if !event.replayed {
+        tracing::warn!(
+            actor = caller.actor(),
+            "NewStrategiesHalt off via admin API"
+        );
+    }
+    let position = event.position;
+    Ok(applied(event, position))
+}
+
 async fn throttles_list(State(s): S, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Role::Viewer, "read the throttles")?;
     let throttles = s.store.throttles().await?;
@@ -481,6 +566,10 @@ pub fn describe_metrics() {
         "symbol_mode_withdrawals_halted",
         "1 when withdrawals are halted"
     );
+    metrics::describe_gauge!(
+        "symbol_mode_new_strategies_disabled",
+        "1 when new strategy activations are halted firm-wide"
+    );
     metrics::describe_counter!(
         "symbol_mode_settlement_lag_verdicts_total",
         "Settlement-lag policy verdicts, by verdict"
@@ -499,8 +588,8 @@ pub fn describe_metrics() {
     );
 }
 
-/// A scrape-time collector of the effective-mode counts per mode, the global mode and
-/// the withdrawals halt, from the hot-path snapshot.
+/// A scrape-time collector of the effective-mode counts per mode, the global mode,
+/// the withdrawals halt and the new-strategies halt, from the hot-path snapshot.
 pub fn gauges(modes: SymbolModes) -> impl Fn() + Send + Sync + 'static {
     describe_metrics();
     move || {
@@ -524,6 +613,13 @@ pub fn gauges(modes: SymbolModes) -> impl Fn() + Send + Sync + 'static {
         } else {
             0.0
         });
+        metrics::gauge!("symbol_mode_new_strategies_disabled").set(
+            if snapshot.new_strategies_disabled() {
+                1.0
+            } else {
+                0.0
+            },
+        );
         for (symbol, refused) in modes.throttle_refusals() {
             let limit = snapshot.throttle(&symbol);
             metrics::gauge!("symbol_mode_throttle_per_second", "symbol" => symbol.clone())

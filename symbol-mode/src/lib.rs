@@ -48,7 +48,8 @@ use uuid::Uuid;
 /// The health component name reported by [`SymbolModes::health`].
 pub const HEALTH_COMPONENT: &str = "symbol_mode";
 
-/// The venue-wide state: global mode and withdrawals (table `symbol_mode_state`).
+/// The venue-wide state: global mode, withdrawals and new strategy activations
+/// (table `symbol_mode_state`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VenueState {
     /// The global mode; applies to every symbol.
@@ -70,6 +71,55 @@ pub struct VenueState {
     /// The position of the last change of the withdrawals halt: what lifting it names.
     #[serde(default)]
     pub withdrawals_position: Position,
+    /// True while new strategy activations are halted firm-wide
+    /// (`NewStrategiesHalt(on)`): engines start no strategy, running ones go on.
+    #[serde(default)]
+    pub new_strategies_disabled: bool,
+    /// The position of the last `NewStrategiesHalt`: what enabling again names.
+    #[serde(default)]
+    pub new_strategies_position: Position,
+}
+
+/// Whether new strategy activations are halted, and the change that last set it
+/// (see [`SymbolModeStore::new_strategies`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewStrategiesState {
+    /// True while new strategy activations are halted.
+    pub new_strategies_disabled: bool,
+    /// The position of the last `NewStrategiesHalt` ([`Position::ZERO`]: never set):
+    /// what enabling again names (`ETag`, [`Audit::expecting`]).
+    pub position: Position,
+    /// Who last set it; `None` when never set.
+    pub updated_by: Option<String>,
+    /// Why; `None` when never set.
+    pub reason: Option<String>,
+    /// Under which ticket, if any.
+    pub ticket: Option<String>,
+    /// When (database clock for Postgres); `None` when never set.
+    #[serde(with = "rfc3339_opt", default)]
+    pub updated_at: Option<SystemTime>,
+}
+
+/// An optional time as RFC 3339 (`null` when absent).
+mod rfc3339_opt {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::time::SystemTime;
+
+    #[derive(Serialize, Deserialize)]
+    struct At(#[serde(with = "failover_core::time::rfc3339")] SystemTime);
+
+    pub(crate) fn serialize<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        t.map(At).serialize(s)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<At>::deserialize(d)?.map(|a| a.0))
+    }
 }
 
 /// A symbol's own mode and who set it (table `symbol_modes`). A symbol never set is
@@ -132,6 +182,9 @@ pub struct ModeDelta {
     pub global: SymbolMode,
     /// Withdrawals halted at `version`.
     pub withdrawals_halted: bool,
+    /// New strategy activations halted at `version`.
+    #[serde(default)]
+    pub new_strategies_disabled: bool,
     /// Every symbol whose own mode was set after `since`, with its mode at `version`
     /// (all symbols ever set when `since` is 0).
     pub symbols: Vec<(String, SymbolMode)>,
@@ -176,7 +229,7 @@ impl Positioned for ModeChange {
 
 /// The name of an audited command, stored verbatim in the audit trail, as operators
 /// name it: `SetSymbolMode`, `SetGlobalMode`, `CancelAll`, `WithdrawalsHalt`,
-/// `RegisterSymbol`, `SetThrottle`.
+/// `RegisterSymbol`, `SetThrottle`, `NewStrategiesHalt`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CommandKind {
     /// `SetSymbolMode(symbol, mode)`.
@@ -191,6 +244,9 @@ pub enum CommandKind {
     RegisterSymbol,
     /// `SetThrottle(symbol, limit)`: a limit of new orders per second, or none.
     SetThrottle,
+    /// `NewStrategiesHalt(on/off)`: new strategy activations halted firm-wide, or
+    /// enabled again.
+    NewStrategiesHalt,
 }
 
 impl CommandKind {
@@ -203,6 +259,7 @@ impl CommandKind {
             Self::WithdrawalsHalt => "WithdrawalsHalt",
             Self::RegisterSymbol => "RegisterSymbol",
             Self::SetThrottle => "SetThrottle",
+            Self::NewStrategiesHalt => "NewStrategiesHalt",
         }
     }
 
@@ -215,6 +272,7 @@ impl CommandKind {
             Self::WithdrawalsHalt,
             Self::RegisterSymbol,
             Self::SetThrottle,
+            Self::NewStrategiesHalt,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -271,6 +329,11 @@ pub enum Command {
         /// The limit after.
         to: Option<Throttle>,
     },
+    /// New strategy activations halted (`on: true`) or enabled again (`on: false`).
+    NewStrategiesHalt {
+        /// Halted after the command.
+        on: bool,
+    },
 }
 
 impl Command {
@@ -283,6 +346,7 @@ impl Command {
             Self::WithdrawalsHalt { .. } => CommandKind::WithdrawalsHalt,
             Self::RegisterSymbol { .. } => CommandKind::RegisterSymbol,
             Self::SetThrottle { .. } => CommandKind::SetThrottle,
+            Self::NewStrategiesHalt { .. } => CommandKind::NewStrategiesHalt,
         }
     }
 
@@ -305,6 +369,9 @@ impl Command {
                 throttle::describe(*from),
                 throttle::describe(*to)
             ),
+            Self::NewStrategiesHalt { on } => {
+                format!("NewStrategiesHalt {}", if *on { "on" } else { "off" })
+            }
         }
     }
 
@@ -315,7 +382,7 @@ impl Command {
                 from.transition_to(*to) == Transition::Relax
             }
             Self::CancelAll { .. } | Self::RegisterSymbol { .. } => false,
-            Self::WithdrawalsHalt { on } => !on,
+            Self::WithdrawalsHalt { on } | Self::NewStrategiesHalt { on } => !on,
             Self::SetThrottle { from, to, .. } => {
                 Throttle::transition(*from, *to) == Transition::Relax
             }
@@ -354,6 +421,15 @@ pub struct AuditEvent {
     /// recorded.
     #[serde(default)]
     pub authority: Option<Authority>,
+    /// The approval request a second supervisor approved to apply this command
+    /// (four eyes); `None` when it applied without one.
+    #[serde(default)]
+    pub approval_id: Option<Uuid>,
+    /// True when a supervisor applied this relaxation at once although approval was
+    /// required (break glass): listed for review until another supervisor
+    /// acknowledges it.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 impl AuditEvent {
@@ -571,6 +647,9 @@ failover_core::impl_from_db!(Error);
 /// * [`cancel_all`](Self::cancel_all) is allowed in every mode; ticket optional.
 ///   [`withdrawals_halt`](Self::withdrawals_halt)`(true)` needs no ticket; `false`
 ///   (lifting it) does.
+/// * [`new_strategies_halt`](Self::new_strategies_halt)`(true)` halts new strategy
+///   activations firm-wide (any operator, no ticket); `false` (enabling them again)
+///   relaxes like lifting the withdrawals halt.
 /// * Every accepted command bumps the version by exactly one, takes a new, greater
 ///   position and appends exactly one [`AuditEvent`] (actor, reason, ticket;
 ///   identified by the position) atomically with the change.
@@ -639,6 +718,18 @@ pub trait SymbolModeStore:
     /// `WithdrawalsHalt(on/off)`; lifting (`false`) needs a ticket.
     async fn withdrawals_halt(&self, on: bool, audit: &Audit)
         -> Result<Applied<AuditEvent>, Error>;
+    /// `NewStrategiesHalt(on/off)`: `true` halts new strategy activations firm-wide
+    /// (a tightening: any operator, never waits); `false` enables them again (a
+    /// relaxation: supervisor authority, a ticket, the halt's position when the
+    /// audit requires a precondition, and four eyes while `strategies.enable-new`
+    /// requires approval).
+    async fn new_strategies_halt(
+        &self,
+        on: bool,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error>;
+    /// Whether new strategy activations are halted, and who set it last.
+    async fn new_strategies(&self) -> Result<NewStrategiesState, Error>;
     /// Registers `symbol` (audited; an operator may). `None` when it is registered
     /// already, spelled exactly so; [`Error::SymbolConflict`] when another spelling is.
     async fn register_symbol(
@@ -708,6 +799,9 @@ pub(crate) enum Request<'a> {
     Withdrawals {
         on: bool,
     },
+    NewStrategies {
+        on: bool,
+    },
     Register {
         symbol: &'a str,
     },
@@ -728,6 +822,7 @@ impl Request<'_> {
             Self::SetMode { symbol: None, .. } => CommandKind::SetGlobalMode,
             Self::CancelAll { .. } => CommandKind::CancelAll,
             Self::Withdrawals { .. } => CommandKind::WithdrawalsHalt,
+            Self::NewStrategies { .. } => CommandKind::NewStrategiesHalt,
             Self::Register { .. } => CommandKind::RegisterSymbol,
             Self::Throttle { .. } => CommandKind::SetThrottle,
         }
@@ -740,7 +835,7 @@ impl Request<'_> {
             Self::CancelAll { symbol }
             | Self::Register { symbol }
             | Self::Throttle { symbol, .. } => Some(symbol),
-            Self::Withdrawals { .. } => None,
+            Self::Withdrawals { .. } | Self::NewStrategies { .. } => None,
         }
     }
 
@@ -754,6 +849,9 @@ impl Request<'_> {
         }
         let (safety, what) = match self {
             Self::Withdrawals { on: false } => (Safety::Relax, "lift the withdrawals halt"),
+            Self::NewStrategies { on: false } => {
+                (Safety::Relax, "enable new strategy activations again")
+            }
             _ => (Safety::Tighten, ""),
         };
         audit.validate(safety, what)?;
@@ -780,7 +878,8 @@ impl Request<'_> {
                 Command::SetGlobalMode { to: done, .. },
             ) => to == done,
             (Self::CancelAll { symbol: s }, Command::CancelAll { symbol }) => *s == symbol,
-            (Self::Withdrawals { on }, Command::WithdrawalsHalt { on: done }) => on == done,
+            (Self::Withdrawals { on }, Command::WithdrawalsHalt { on: done })
+            | (Self::NewStrategies { on }, Command::NewStrategiesHalt { on: done }) => on == done,
             (Self::Register { symbol: s }, Command::RegisterSymbol { symbol }) => *s == symbol,
             // A policy's "at most this" lands on a limit of its own: the symbol decides.
             (

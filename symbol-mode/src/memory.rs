@@ -7,9 +7,9 @@
 use crate::subscription::CancelAllFeed;
 use crate::{
     fold_symbol, near_match, transition_refusal, Applied, Audit, AuditEvent, CancelAllCommand,
-    CancelAllSubscription, ChangeRef, Command, Error, ModeChange, ModeDelta, RegisteredSymbol,
-    Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState, Throttle,
-    ThrottleState, Transition, VenueState,
+    CancelAllSubscription, ChangeRef, Command, Error, ModeChange, ModeDelta, NewStrategiesState,
+    RegisteredSymbol, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState,
+    Throttle, ThrottleState, Transition, VenueState,
 };
 use failover_core::approvals::serde_json;
 use failover_core::approvals::{
@@ -47,6 +47,7 @@ fn approval_of(request: &Request<'_>) -> Option<(&'static str, String)> {
         } => Some(("mode.relax", format!("mode:{s}"))),
         Request::SetMode { symbol: None, .. } => Some(("global-mode.relax", "global_mode".into())),
         Request::Withdrawals { .. } => Some(("withdrawals.lift", "withdrawals".into())),
+        Request::NewStrategies { .. } => Some(("strategies.enable-new", "new_strategies".into())),
         Request::Throttle { symbol, .. } => Some(("throttle.relax", format!("throttle:{symbol}"))),
         Request::CancelAll { .. } | Request::Register { .. } => None,
     }
@@ -59,6 +60,7 @@ fn params_of(request: &Request<'_>) -> serde_json::Value {
             serde_json::json!({ "symbol": symbol, "to_mode": to.as_str() })
         }
         Request::Withdrawals { on } => serde_json::json!({ "withdrawals": on }),
+        Request::NewStrategies { on } => serde_json::json!({ "new_strategies": on }),
         Request::Throttle { symbol, to, .. } => serde_json::json!({
             "symbol": symbol,
             "per_second": to.map(|t| t.per_second()),
@@ -72,12 +74,14 @@ fn params_of(request: &Request<'_>) -> serde_json::Value {
 struct Inner {
     global: SymbolMode,
     withdrawals_halted: bool,
+    new_strategies_disabled: bool,
     symbols: BTreeMap<String, SymbolState>,
     throttles: BTreeMap<String, ThrottleState>,
     /// The registry, by folded key.
     registry: BTreeMap<String, RegisteredSymbol>,
     global_position: Position,
     withdrawals_position: Position,
+    new_strategies_position: Position,
     /// `events[i].version == i + 1`; positions strictly increase.
     events: Vec<AuditEvent>,
     by_request: HashMap<Uuid, usize>,
@@ -89,11 +93,13 @@ impl Default for Inner {
         Self {
             global: SymbolMode::Normal,
             withdrawals_halted: false,
+            new_strategies_disabled: false,
             symbols: BTreeMap::new(),
             throttles: BTreeMap::new(),
             registry: BTreeMap::new(),
             global_position: Position::ZERO,
             withdrawals_position: Position::ZERO,
+            new_strategies_position: Position::ZERO,
             events: Vec::new(),
             by_request: HashMap::new(),
             timeline: failover_core::position::FIRST_TIMELINE,
@@ -136,6 +142,10 @@ impl Inner {
                 self.withdrawals_halted = *on;
                 self.withdrawals_position = event.position;
             }
+            Command::NewStrategiesHalt { on } => {
+                self.new_strategies_disabled = *on;
+                self.new_strategies_position = event.position;
+            }
             Command::RegisterSymbol { symbol } => {
                 self.registry.insert(
                     fold_symbol(symbol),
@@ -175,6 +185,7 @@ impl Inner {
             } => Some(self.symbols.get(*s).map_or(Position::ZERO, |m| m.position)),
             Request::SetMode { symbol: None, .. } => Some(self.global_position),
             Request::Withdrawals { .. } => Some(self.withdrawals_position),
+            Request::NewStrategies { .. } => Some(self.new_strategies_position),
             Request::Throttle { symbol, .. } => Some(
                 self.throttles
                     .get(*symbol)
@@ -382,6 +393,7 @@ impl Shared {
                 false,
             ),
             Request::Withdrawals { on } => (Command::WithdrawalsHalt { on }, !on),
+            Request::NewStrategies { on } => (Command::NewStrategiesHalt { on }, !on),
             Request::Register { symbol } => (
                 Command::RegisterSymbol {
                     symbol: symbol.to_owned(),
@@ -472,6 +484,8 @@ impl Shared {
             at: failover_core::time::now_micros(),
             login: None,
             authority: Some(audit.authority()),
+            approval_id: approving,
+            break_glass: break_glass.is_some(),
         };
         inner.record(&event);
         inner.events.push(event.clone());
@@ -498,6 +512,7 @@ impl Shared {
             head_event: Some(event.request_id),
             global: inner.global,
             withdrawals_halted: inner.withdrawals_halted,
+            new_strategies_disabled: inner.new_strategies_disabled,
             symbols: match &event.command {
                 Command::SetSymbolMode { symbol, to, .. } => vec![(symbol.clone(), *to)],
                 _ => Vec::new(),
@@ -535,6 +550,8 @@ impl SymbolModeStore for MemorySymbolModeStore {
             position: inner.position(),
             global_position: inner.global_position,
             withdrawals_position: inner.withdrawals_position,
+            new_strategies_disabled: inner.new_strategies_disabled,
+            new_strategies_position: inner.new_strategies_position,
         })
     }
 
@@ -553,6 +570,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
             head_event: inner.event_id(inner.version()),
             global: inner.global,
             withdrawals_halted: inner.withdrawals_halted,
+            new_strategies_disabled: inner.new_strategies_disabled,
             symbols: inner
                 .symbols
                 .values()
@@ -625,6 +643,27 @@ impl SymbolModeStore for MemorySymbolModeStore {
         audit: &Audit,
     ) -> Result<Applied<AuditEvent>, Error> {
         expect_event(self.apply(Request::Withdrawals { on }, audit)?)
+    }
+
+    async fn new_strategies_halt(
+        &self,
+        on: bool,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
+        expect_event(self.apply(Request::NewStrategies { on }, audit)?)
+    }
+
+    async fn new_strategies(&self) -> Result<NewStrategiesState, Error> {
+        let inner = self.lock();
+        let last = inner.event_at(inner.new_strategies_position);
+        Ok(NewStrategiesState {
+            new_strategies_disabled: inner.new_strategies_disabled,
+            position: inner.new_strategies_position,
+            updated_by: last.map(|e| e.actor.clone()),
+            reason: last.map(|e| e.reason.clone()),
+            ticket: last.and_then(|e| e.ticket.clone()),
+            updated_at: last.map(|e| e.at),
+        })
     }
 
     async fn register_symbol(
@@ -775,6 +814,8 @@ impl MemoryApprover for Shared {
             }
         } else if let Some(on) = p["withdrawals"].as_bool() {
             Request::Withdrawals { on }
+        } else if let Some(on) = p["new_strategies"].as_bool() {
+            Request::NewStrategies { on }
         } else if let Some(s) = symbol.as_deref() {
             let limit = match (p["per_second"].as_u64(), p["burst"].as_u64()) {
                 (Some(rate), Some(burst)) => Some(

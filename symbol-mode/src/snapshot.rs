@@ -28,6 +28,7 @@ pub struct ModeSnapshot {
     head_event: Option<Uuid>,
     global: SymbolMode,
     withdrawals_halted: bool,
+    new_strategies_disabled: bool,
     symbols: SymbolMap,
     throttles: ThrottleMap,
 }
@@ -70,6 +71,7 @@ impl ModeSnapshot {
         self.head_event = delta.head_event;
         self.global = delta.global;
         self.withdrawals_halted = delta.withdrawals_halted;
+        self.new_strategies_disabled = delta.new_strategies_disabled;
         for (symbol, mode) in &delta.symbols {
             if *mode == SymbolMode::Normal {
                 self.symbols.remove(symbol.as_str());
@@ -112,6 +114,12 @@ impl ModeSnapshot {
     /// True while withdrawals are halted.
     pub fn withdrawals_halted(&self) -> bool {
         self.withdrawals_halted
+    }
+
+    /// True while new strategy activations are halted firm-wide.
+    #[inline]
+    pub fn new_strategies_disabled(&self) -> bool {
+        self.new_strategies_disabled
     }
 
     /// A symbol's own mode (`NORMAL` when not held).
@@ -160,6 +168,7 @@ mod tests {
             head_event: Some(Uuid::from_u128(version.into())),
             global: SymbolMode::Normal,
             withdrawals_halted: false,
+            new_strategies_disabled: false,
             symbols: symbols.iter().map(|(s, m)| (s.to_string(), *m)).collect(),
             throttles: Vec::new(),
         }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_symbol_mode::{
     Applied, Audit, AuditEvent, CancelAllCommand, CancelAllSubscription, Error, FeedSource,
-    MemorySymbolModeStore, ModeChange, ModeDelta, Position, PostgresSymbolModeStore,
-    RegisteredSymbol, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolModes,
-    SymbolModesConfig, SymbolState, Throttle, ThrottleState, VenueState,
+    MemorySymbolModeStore, ModeChange, ModeDelta, NewStrategiesState, Position,
+    PostgresSymbolModeStore, RegisteredSymbol, StartAt, Subscription, SymbolMode, SymbolModeStore,
+    SymbolModes, SymbolModesConfig, SymbolState, Throttle, ThrottleState, VenueState,
 };
 use tradepulse_testkit::{fast_settings, shared_primary, wait_until};
 
@@ -81,6 +81,16 @@ impl SymbolModeStore for Counting {
         audit: &Audit,
     ) -> Result<Applied<AuditEvent>, Error> {
         self.inner.withdrawals_halt(on, audit).await
+    }
+    async fn new_strategies_halt(
+        &self,
+        on: bool,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
+        self.inner.new_strategies_halt(on, audit).await
+    }
+    async fn new_strategies(&self) -> Result<NewStrategiesState, Error> {
+        self.inner.new_strategies().await
     }
     async fn register_symbol(
         &self,

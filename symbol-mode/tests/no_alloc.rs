@@ -27,7 +27,14 @@ fn main() {
         .expect("runtime")
         .block_on(lookups_over_ten_thousand_symbols_allocate_nothing());
     println!("ok");
-    // After the first: a throttle starts the coarse clock's thread.
+    print!("test may_activate_strategy_allocates_nothing ... ");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(may_activate_strategy_allocates_nothing());
+    println!("ok");
+    // After the others: a throttle starts the coarse clock's thread.
     print!("test admits_allocate_nothing ... ");
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -157,6 +164,45 @@ async fn lookups_over_ten_thousand_symbols_allocate_nothing() {
     assert_eq!(restricted, 7_500);
     assert_eq!(stats.allocations, 0, "lookups allocated: {stats:?}");
     assert_eq!(stats.reallocations, 0, "lookups reallocated: {stats:?}");
+}
+
+/// `may_activate_strategy` (handle and reader) allocates nothing, while new
+/// activations run and while they are halted.
+async fn may_activate_strategy_allocates_nothing() {
+    let store = Arc::new(MemorySymbolModeStore::new());
+    let modes = SymbolModes::spawn(store.clone(), SymbolModesConfig::default());
+    assert!(modes.ready(Duration::from_secs(5)).await);
+    let mut reader = modes.reader();
+    // Warm up: the first ArcSwap load on a thread takes its debt slot.
+    assert!(modes.may_activate_strategy());
+    assert!(reader.may_activate_strategy());
+    for halted in [false, true] {
+        if halted {
+            let event = store
+                .new_strategies_halt(true, &Audit::new("ops", "runaway strategies"))
+                .await
+                .unwrap();
+            assert!(
+                modes
+                    .wait_for_version(event.version, Duration::from_secs(5))
+                    .await
+            );
+            // The reader's cache takes the new snapshot outside the count.
+            assert!(!reader.may_activate_strategy());
+        }
+        let mut allowed = 0usize;
+        assert_single_threaded();
+        let region = Region::new(GLOBAL);
+        for _ in 0..10_000usize {
+            allowed += usize::from(black_box(modes.may_activate_strategy()));
+            allowed += usize::from(black_box(reader.may_activate_strategy()));
+        }
+        let stats = region.change();
+        assert_single_threaded();
+        assert_eq!(allowed, if halted { 0 } else { 20_000 });
+        assert_eq!(stats.allocations, 0, "answers allocated: {stats:?}");
+        assert_eq!(stats.reallocations, 0, "answers reallocated: {stats:?}");
+    }
 }
 
 /// The five decimal digits of `i`, without allocating.

@@ -299,6 +299,9 @@ async fn cancel_all_reaches_two_subscribers_exactly_once_across_terminated_conne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers_without_restart() {
     let (cluster, db) = support::primary().await;
+    // Migrated with the usual budget (on a loaded machine the whole migration set
+    // may take longer than the short one the handle's store gets below).
+    support::store(&cluster.primary().dsn(&db)).await;
     let store = PostgresSymbolModeStore::new(
         support::settings(&cluster.primary().dsn(&db))
             .with_retry_budget(Duration::from_millis(400))
@@ -306,7 +309,6 @@ async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers
             .unwrap(),
     )
     .unwrap();
-    store.migrate().await.unwrap();
     store
         .register_symbols(&["HALTED"], &Audit::new("ops", "listing"))
         .await
@@ -365,6 +367,10 @@ async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers
         "cancels stay open"
     );
     assert!(modes.withdrawals_halted(), "withdrawals fail closed");
+    assert!(
+        !modes.may_activate_strategy(),
+        "new strategy activations fail closed"
+    );
     assert_eq!(modes.status().state, SnapshotState::Stale);
     let json: serde_json::Value = serde_json::from_str(&registry.readiness().to_json()).unwrap();
     assert_eq!(json["status"], "failed");
@@ -378,6 +384,7 @@ async fn outage_fails_health_at_once_then_fails_closed_as_soft_halt_and_recovers
     .await;
     assert_eq!(modes.mode("OPEN"), SymbolMode::Normal);
     assert!(!modes.withdrawals_halted());
+    assert!(modes.may_activate_strategy());
 }
 
 #[tokio::test]
@@ -400,6 +407,10 @@ async fn a_handle_is_hard_halted_before_its_first_load() {
     assert_eq!(modes.mode("BTC-USD"), SymbolMode::HardHalt);
     let refusal = modes.check("BTC-USD", TradingAction::Cancel).unwrap_err();
     assert_eq!(refusal.cause, Cause::NotLoaded);
+    assert!(
+        !modes.may_activate_strategy(),
+        "no strategy starts before the first load"
+    );
     assert!(modes.allows("BTC-USD", TradingAction::AdminCancelAll));
     let health = modes.health();
     assert_eq!(health.status, ComponentStatus::Failed);
@@ -580,4 +591,66 @@ async fn the_migration_registers_the_symbols_that_already_had_a_mode() {
         .await
         .expect_err("the look-alike is not registered");
     assert!(err.to_string().contains("did you mean ETH-USD?"), "{err}");
+}
+
+/// Halting new strategy activations reaches a running handle in another "process"
+/// by push alone (its poll is an hour away): within a bound its order path answers
+/// no; enabling them again (a supervisor, a ticket) answers yes again, also by push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_strategies_halt_reaches_a_running_handle_by_push() {
+    let (cluster, db) = support::shared_primary().await;
+    let dsn = cluster.primary().dsn(&db);
+    let writer = support::store(&dsn).await;
+    let reader: Arc<dyn SymbolModeStore> = Arc::new(support::store(&dsn).await);
+    let modes = SymbolModes::spawn(
+        reader,
+        SymbolModesConfig::default().with_poll_interval(Duration::from_secs(3600)),
+    );
+    assert!(modes.ready(WAIT).await, "the snapshot loads");
+    wait_until("operational: push works", Duration::from_secs(5), || {
+        modes.health().status == ComponentStatus::Operational
+    })
+    .await;
+    assert!(modes.may_activate_strategy());
+    let mut engine = modes.reader();
+    assert!(engine.may_activate_strategy());
+
+    let started = Instant::now();
+    let halted = writer
+        .new_strategies_halt(
+            true,
+            &Audit::new("ops:dave", "runaway strategies")
+                .with_authority(failover_core::Authority::Operator),
+        )
+        .await
+        .expect("an operator halts new activations");
+    wait_until("halted by push", Duration::from_secs(2), || {
+        !modes.may_activate_strategy()
+    })
+    .await;
+    eprintln!(
+        "NewStrategiesHalt on reached the handle in {:?}",
+        started.elapsed()
+    );
+    assert!(!engine.may_activate_strategy());
+    assert_eq!(modes.snapshot().position(), halted.position);
+    assert!(
+        modes.allows("BTC-USD", TradingAction::Place),
+        "running strategies still trade"
+    );
+
+    writer
+        .new_strategies_halt(
+            false,
+            &Audit::new("ops:sue", "fixed")
+                .with_ticket("INC-7")
+                .expecting(halted.position),
+        )
+        .await
+        .expect("a supervisor enables them again");
+    wait_until("enabled by push", Duration::from_secs(2), || {
+        modes.may_activate_strategy()
+    })
+    .await;
+    assert!(engine.may_activate_strategy());
 }

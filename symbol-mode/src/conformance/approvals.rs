@@ -24,7 +24,9 @@ fn pending_of(
 
 /// Every relaxation whose action is required waits and changes nothing; another
 /// supervisor's approval applies exactly the command asked for (the mode, the
-/// global mode, the withdrawals halt, the throttle), the requester's is refused.
+/// global mode, the withdrawals halt, the throttle, new strategy activations), the
+/// requester's is refused. Each applied event names the request it was approved
+/// through and did not break glass.
 pub async fn required_relaxations_wait_for_a_second_supervisor(
     store: &dyn SymbolModeStore,
     approvals: &dyn failover_core::ApprovalStore,
@@ -37,6 +39,7 @@ pub async fn required_relaxations_wait_for_a_second_supervisor(
                 "global-mode.relax".to_owned(),
                 "withdrawals.lift".to_owned(),
                 "throttle.relax".to_owned(),
+                "strategies.enable-new".to_owned(),
             ],
             None,
             &ops("four eyes").with_authority(Authority::Operator),
@@ -52,6 +55,10 @@ pub async fn required_relaxations_wait_for_a_second_supervisor(
         .await
         .expect("halt");
     store.withdrawals_halt(true, &ops("x")).await.expect("halt");
+    store
+        .new_strategies_halt(true, &ops("x"))
+        .await
+        .expect("halt");
     let five = Throttle::new(5, 5).expect("limit");
     let fifty = Throttle::new(50, 100).expect("limit");
     store
@@ -69,6 +76,8 @@ pub async fn required_relaxations_wait_for_a_second_supervisor(
     assert_eq!(lift.action, "withdrawals.lift");
     let raise = pending_of(store.set_throttle("BTC-USD", Some(fifty), &alice()).await);
     assert_eq!(raise.action, "throttle.relax");
+    let enable = pending_of(store.new_strategies_halt(false, &alice()).await);
+    assert_eq!(enable.action, "strategies.enable-new");
     assert_eq!(store.history(100).await.expect("history").len(), before);
     assert_eq!(store.venue().await.expect("venue").global, HardHalt);
 
@@ -77,7 +86,8 @@ pub async fn required_relaxations_wait_for_a_second_supervisor(
         .await
         .expect_err("self-approval");
     assert_eq!(own.code(), "self_approval", "{own}");
-    for p in [&global, &mode, &lift, &raise] {
+    assert!(store.venue().await.expect("venue").new_strategies_disabled);
+    for p in [&global, &mode, &lift, &raise, &enable] {
         approvals
             .approve(p.id, "ops:bob", Authority::Supervisor)
             .await
@@ -86,6 +96,7 @@ pub async fn required_relaxations_wait_for_a_second_supervisor(
     let venue = store.venue().await.expect("venue");
     assert_eq!(venue.global, CancelOnly);
     assert!(!venue.withdrawals_halted);
+    assert!(!venue.new_strategies_disabled);
     let own_mode = store.symbol_state("BTC-USD").await.expect("state");
     assert_eq!(own_mode.map(|s| s.mode), Some(CancelOnly));
     let throttle = store
@@ -96,8 +107,79 @@ pub async fn required_relaxations_wait_for_a_second_supervisor(
         .find(|t| t.symbol == "BTC-USD")
         .and_then(|t| t.limit);
     assert_eq!(throttle, Some(fifty));
-    let events = store.history(4).await.expect("history");
+    let events = store.history(5).await.expect("history");
     assert!(events.iter().all(|e| e.actor == "ops:alice"), "{events:?}");
+    let mut approved: Vec<_> = events.iter().map(|e| e.approval_id).collect();
+    let mut asked: Vec<_> = [&global, &mode, &lift, &raise, &enable]
+        .iter()
+        .map(|p| Some(p.id))
+        .collect();
+    approved.sort();
+    asked.sort();
+    assert_eq!(approved, asked, "each event names its approval request");
+    assert!(events.iter().all(|e| !e.break_glass), "{events:?}");
+}
+
+/// A supervisor who breaks glass relaxes at once although approval is required:
+/// the event says so (and names no approval), in the answer, in the audit trail and
+/// when the same request is sent again; a relaxation approved by a second
+/// supervisor names its request and breaks no glass.
+pub async fn break_glass_applies_at_once_and_its_event_says_so(
+    store: &dyn SymbolModeStore,
+    approvals: &dyn failover_core::ApprovalStore,
+) {
+    approvals
+        .require(
+            &[
+                "withdrawals.lift".to_owned(),
+                "strategies.enable-new".to_owned(),
+            ],
+            None,
+            &ops("four eyes"),
+        )
+        .await
+        .expect("require");
+    store.withdrawals_halt(true, &ops("x")).await.expect("halt");
+    store
+        .new_strategies_halt(true, &ops("x"))
+        .await
+        .expect("halt");
+    let glass = supervisor("ops:alice").breaking_glass();
+    let lifted = store
+        .withdrawals_halt(false, &glass)
+        .await
+        .expect("break glass applies at once");
+    assert!(lifted.break_glass, "{lifted:?}");
+    assert_eq!(lifted.approval_id, None);
+    assert!(!store.venue().await.expect("venue").withdrawals_halted);
+    let trail = store.history(1).await.expect("history").remove(0);
+    assert_eq!(trail.position, lifted.position);
+    assert!(trail.break_glass, "{trail:?}");
+    assert_eq!(trail.approval_id, None);
+    let again = store.withdrawals_halt(false, &glass).await.expect("replay");
+    assert!(again.replayed);
+    assert!(
+        again.break_glass,
+        "a replay answers the event as it is: {again:?}"
+    );
+
+    let enable = pending_of(
+        store
+            .new_strategies_halt(false, &supervisor("ops:alice"))
+            .await,
+    );
+    approvals
+        .approve(enable.id, "ops:bob", Authority::Supervisor)
+        .await
+        .expect("approve");
+    assert!(!store.venue().await.expect("venue").new_strategies_disabled);
+    let approved = store.history(1).await.expect("history").remove(0);
+    assert_eq!(
+        approved.command,
+        crate::Command::NewStrategiesHalt { on: false }
+    );
+    assert_eq!(approved.approval_id, Some(enable.id));
+    assert!(!approved.break_glass);
 }
 
 /// A tightening of a target never waits and closes the relaxation pending against

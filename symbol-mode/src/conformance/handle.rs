@@ -190,3 +190,34 @@ pub async fn handle_follows_the_store(store: Arc<dyn SymbolModeStore>) {
     }
     assert_eq!(handle.health().name, crate::HEALTH_COMPONENT);
 }
+
+/// A handle answers whether a new strategy may be activated: no before the first
+/// load (fail closed), yes while new activations run, no once they are halted,
+/// yes again once a supervisor enables them — from the handle and from a
+/// per-thread reader alike.
+pub async fn handle_answers_whether_a_strategy_may_be_activated(store: Arc<dyn SymbolModeStore>) {
+    let handle = SymbolModes::spawn(store.clone(), SymbolModesConfig::default());
+    let mut reader = handle.reader();
+    assert!(handle.ready(WAIT).await, "handle loads");
+    assert!(handle.may_activate_strategy());
+    assert!(reader.may_activate_strategy());
+    let halted = store
+        .new_strategies_halt(true, &ops("runaway strategies"))
+        .await
+        .expect("halt");
+    assert!(handle.wait_for_version(halted.version, WAIT).await);
+    assert!(!handle.may_activate_strategy(), "halted");
+    assert!(!reader.may_activate_strategy(), "halted, per reader");
+    assert!(handle.status().new_strategies_disabled);
+    assert!(
+        handle.allows("ANY", TradingAction::Place),
+        "orders of running strategies go on"
+    );
+    let enabled = store
+        .new_strategies_halt(false, &ticketed("resume").expecting(halted.position))
+        .await
+        .expect("enable");
+    assert!(handle.wait_for_version(enabled.version, WAIT).await);
+    assert!(handle.may_activate_strategy());
+    assert!(reader.may_activate_strategy());
+}

@@ -21,13 +21,15 @@ mod model;
 mod store;
 
 pub use approvals::{
+    break_glass_applies_at_once_and_its_event_says_so,
     required_relaxations_wait_for_a_second_supervisor, tightening_supersedes_only_its_own_target,
 };
 pub use audited::{Audited, AUDITED_SYMBOL};
 pub use failover_core::audited_contract_tests;
 pub use handle::{
     effective_mode_is_the_more_severe_for_every_pair, handle_admits_the_burst_then_throttles,
-    handle_follows_the_store, subscribers_see_new_versions,
+    handle_answers_whether_a_strategy_may_be_activated, handle_follows_the_store,
+    subscribers_see_new_versions,
 };
 pub use model::{check_ops, random_ops, random_sequences_follow_the_rules, Op};
 pub use store::{
@@ -35,12 +37,14 @@ pub use store::{
     cancel_all_reaches_each_subscriber_exactly_once, changes_since_returns_only_what_changed,
     concurrent_commands_serialise, every_transition_follows_the_table,
     fresh_store_is_normal_at_version_zero, invalid_audit_is_refused_and_changes_nothing,
-    invalid_symbols_are_refused_with_clear_errors, operator_may_not_relax,
-    relaxation_of_a_moved_target_is_refused, request_reused_for_another_command_is_refused,
-    resume_drill_goes_through_cancel_only, same_request_is_applied_once,
-    set_symbol_mode_round_trips, settlement_lag_policy_throttles_above_t2_and_soft_halts_above_t3,
-    text_is_stored_verbatim, throttles_tighten_freely_and_relax_with_authority,
-    tighten_symbol_mode_only_tightens, tightening_needs_no_ticket_and_relaxing_needs_one,
+    invalid_symbols_are_refused_with_clear_errors,
+    new_strategies_halt_is_audited_and_enabling_needs_a_supervisor_and_ticket,
+    operator_may_not_relax, relaxation_of_a_moved_target_is_refused,
+    request_reused_for_another_command_is_refused, resume_drill_goes_through_cancel_only,
+    same_request_is_applied_once, set_symbol_mode_round_trips,
+    settlement_lag_policy_throttles_above_t2_and_soft_halts_above_t3, text_is_stored_verbatim,
+    throttles_tighten_freely_and_relax_with_authority, tighten_symbol_mode_only_tightens,
+    tightening_needs_no_ticket_and_relaxing_needs_one,
     unknown_symbols_are_refused_naming_the_near_match,
     versions_are_gapless_and_history_is_newest_first,
     withdrawals_halt_is_audited_and_lifting_needs_a_ticket,
@@ -162,6 +166,7 @@ macro_rules! conformance_tests {
             cancel_all_is_allowed_in_every_mode_and_audited,
             cancel_all_reaches_each_subscriber_exactly_once,
             withdrawals_halt_is_audited_and_lifting_needs_a_ticket,
+            new_strategies_halt_is_audited_and_enabling_needs_a_supervisor_and_ticket,
             tighten_symbol_mode_only_tightens,
             settlement_lag_policy_throttles_above_t2_and_soft_halts_above_t3,
             throttles_tighten_freely_and_relax_with_authority,
@@ -175,6 +180,7 @@ macro_rules! conformance_tests {
             effective_mode_is_the_more_severe_for_every_pair,
             handle_follows_the_store,
             handle_admits_the_burst_then_throttles,
+            handle_answers_whether_a_strategy_may_be_activated,
             concurrent_commands_serialise,
         );
         async fn __audited() -> (::std::sync::Arc<$crate::conformance::Audited>, impl Sized) {
@@ -213,6 +219,7 @@ macro_rules! approval_conformance_tests {
         $crate::approval_conformance_tests!(@tests $setup;
             required_relaxations_wait_for_a_second_supervisor,
             tightening_supersedes_only_its_own_target,
+            break_glass_applies_at_once_and_its_event_says_so,
         );
     };
     (@tests $setup:path; $($name:ident),* $(,)?) => {

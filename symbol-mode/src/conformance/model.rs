@@ -236,6 +236,9 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                         assert_eq!(after.0.global, *to);
                     }
                     Command::WithdrawalsHalt { on } => assert_eq!(after.0.withdrawals_halted, *on),
+                    Command::NewStrategiesHalt { on } => {
+                        assert_eq!(after.0.new_strategies_disabled, *on)
+                    }
                     Command::CancelAll { .. }
                     | Command::RegisterSymbol { .. }
                     | Command::SetThrottle { .. } => {}
@@ -268,6 +271,10 @@ pub async fn check_ops(store: &dyn SymbolModeStore, ops: &[Op]) {
                     Command::WithdrawalsHalt { on } => {
                         expected.0.withdrawals_halted = *on;
                         expected.0.withdrawals_position = event.position;
+                    }
+                    Command::NewStrategiesHalt { on } => {
+                        expected.0.new_strategies_disabled = *on;
+                        expected.0.new_strategies_position = event.position;
                     }
                     Command::CancelAll { .. }
                     | Command::RegisterSymbol { .. }

@@ -1345,3 +1345,127 @@ pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn Symbo
         .await
         .expect("registered by the engine");
 }
+
+/// `NewStrategiesHalt`: halting new strategy activations is a tightening any operator
+/// applies at once without a ticket; enabling them again is a relaxation: an
+/// operator is refused (forbidden), a supervisor without a ticket is refused
+/// (ticket required), a supervisor with a ticket enables them while the halt is
+/// still at the position the audit expects. The same request again answers the
+/// original event; its id with the other command is refused as reused. Every
+/// accepted one is audited and moves only this flag.
+pub async fn new_strategies_halt_is_audited_and_enabling_needs_a_supervisor_and_ticket(
+    store: &dyn SymbolModeStore,
+) {
+    let fresh = store.new_strategies().await.expect("new_strategies");
+    assert!(!fresh.new_strategies_disabled, "a fresh store allows them");
+    assert_eq!(
+        (fresh.position, fresh.updated_by.as_deref()),
+        (crate::Position::ZERO, None)
+    );
+    let operator = |reason: &str| ops(reason).with_authority(Authority::Operator);
+
+    let disable = operator("runaway strategies");
+    let halted = store
+        .new_strategies_halt(true, &disable)
+        .await
+        .expect("an operator halts new activations without a ticket");
+    assert!(!halted.replayed);
+    assert_eq!(halted.command, Command::NewStrategiesHalt { on: true });
+    assert_eq!(halted.command.describe(), "NewStrategiesHalt on");
+    assert!(!halted.command.relaxes_safety());
+    assert_eq!(halted.authority, Some(Authority::Operator));
+    assert_eq!((halted.approval_id, halted.break_glass), (None, false));
+    let venue = store.venue().await.expect("venue");
+    assert!(venue.new_strategies_disabled);
+    assert!(!venue.withdrawals_halted, "only this flag moved");
+    assert_eq!(venue.new_strategies_position, halted.position);
+    assert_eq!(venue.position, halted.position);
+    assert!(
+        store
+            .changes_since(0)
+            .await
+            .expect("changes")
+            .new_strategies_disabled
+    );
+    let shown = store.new_strategies().await.expect("new_strategies");
+    assert!(shown.new_strategies_disabled);
+    assert_eq!(shown.position, halted.position);
+    assert_eq!(shown.updated_by.as_deref(), Some("ops:conformance"));
+    assert_eq!(shown.reason.as_deref(), Some("runaway strategies"));
+    assert_eq!(shown.updated_at, Some(halted.at));
+    assert_eq!(
+        store.history(1).await.expect("history")[0],
+        halted.clone().into_inner(),
+        "the audit trail holds the event as answered"
+    );
+    let before = observe(store).await;
+
+    let err = store
+        .new_strategies_halt(false, &operator("resume").with_ticket("INC-1"))
+        .await
+        .expect_err("an operator may not enable them again");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::Forbidden { .. })),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("supervisor"), "{err}");
+    let err = store
+        .new_strategies_halt(false, &ops("resume"))
+        .await
+        .expect_err("enabling again needs a ticket");
+    assert!(
+        matches!(
+            &err,
+            Error::InvalidAudit(AuditError::TicketRequired { action })
+                if action.contains("new strategy activations")
+        ),
+        "{err:?}"
+    );
+    assert_eq!(observe(store).await, before, "refusals change nothing");
+
+    // The same request again answers the original event and writes nothing.
+    let again = store
+        .new_strategies_halt(true, &disable)
+        .await
+        .expect("replay");
+    assert!(again.replayed);
+    assert_eq!(again.position, halted.position);
+    assert_eq!(observe(store).await, before);
+    // Its id with the other command is someone else's request.
+    let err = store
+        .new_strategies_halt(
+            false,
+            &ticketed("resume").with_request_id(disable.request_id()),
+        )
+        .await
+        .expect_err("reused");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::RequestReused { .. })),
+        "{err:?}"
+    );
+
+    // A supervisor who saw an older halt is refused, naming the change in between.
+    let seen = halted.position;
+    let twice = store
+        .new_strategies_halt(true, &ops("still running away"))
+        .await
+        .expect("re-asserting tightens");
+    let err = store
+        .new_strategies_halt(false, &ticketed("resume").expecting(seen))
+        .await
+        .expect_err("the halt moved");
+    assert!(
+        matches!(&err, Error::Refused(Refusal::PreconditionFailed { .. })),
+        "{err:?}"
+    );
+    let enabled = store
+        .new_strategies_halt(false, &ticketed("resume").expecting(twice.position))
+        .await
+        .expect("a supervisor with a ticket enables them again");
+    assert_eq!(enabled.command, Command::NewStrategiesHalt { on: false });
+    assert!(enabled.command.relaxes_safety());
+    assert_eq!(enabled.ticket.as_deref(), Some("INC-1"));
+    let venue = store.venue().await.expect("venue");
+    assert!(!venue.new_strategies_disabled);
+    assert_eq!(venue.new_strategies_position, enabled.position);
+}

@@ -5,7 +5,8 @@
 //!   the version. Table `symbol_modes`: each symbol's own mode, who set it, and the
 //!   version of that command. Table `symbol_mode_events`: the append-only audit trail
 //!   (UPDATE, DELETE and TRUNCATE are refused by triggers), column `command` holding
-//!   `SetSymbolMode`, `SetGlobalMode`, `CancelAll` or `WithdrawalsHalt` verbatim.
+//!   `SetSymbolMode`, `SetGlobalMode`, `CancelAll`, `WithdrawalsHalt`,
+//!   `RegisterSymbol`, `SetThrottle` or `NewStrategiesHalt` verbatim.
 //! * Each command is one round trip to the function `symbol_mode_apply`, which locks
 //!   the state row (serialising every command, so the transition check and the write
 //!   cannot race), replays an already-applied request id, checks the transition
@@ -22,9 +23,9 @@
 use crate::subscription::CancelAllFeed;
 use crate::{
     near_match, transition_refusal, Applied, Audit, AuditEvent, Authority, CancelAllCommand,
-    CancelAllSubscription, Command, CommandKind, Error, ModeChange, ModeDelta, RegisteredSymbol,
-    Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, Throttle, ThrottleState,
-    VenueState,
+    CancelAllSubscription, Command, CommandKind, Error, ModeChange, ModeDelta, NewStrategiesState,
+    RegisteredSymbol, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, Throttle,
+    ThrottleState, VenueState,
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
@@ -87,11 +88,23 @@ pub const MIGRATIONS: &[Migration] = &[
         "append_only",
         include_str!("../../migrations/postgres/0007_append_only.sql"),
     ),
+    Migration::new(
+        8,
+        "new_strategies",
+        include_str!("../../migrations/postgres/0008_new_strategies.sql"),
+    ),
 ];
 
 const VENUE: &str = "SELECT global_mode, withdrawals_halted, version, position, \
-                     global_position, withdrawals_position \
+                     global_position, withdrawals_position, \
+                     new_strategies_disabled, new_strategies_position \
                      FROM symbol_mode_state WHERE id = 1";
+/// The new-strategies halt and the event that last set it (none: NULLs).
+const NEW_STRATEGIES: &str = "SELECT s.new_strategies_disabled, s.new_strategies_position, \
+       e.actor, e.reason, e.ticket, e.at \
+     FROM symbol_mode_state s \
+     LEFT JOIN symbol_mode_events e ON e.position = s.new_strategies_position \
+     WHERE s.id = 1";
 const SYMBOL: &str =
     "SELECT symbol, mode, version, updated_by, reason, ticket, updated_at, position \
                       FROM symbol_modes WHERE symbol = $1";
@@ -101,6 +114,7 @@ const SYMBOLS: &str = "SELECT symbol, registered_by, registered_at, position \
 /// the head, and every symbol mode and throttle set after `$1` (none: one row of
 /// NULLs).
 const CHANGES: &str = "SELECT s.version, s.position, s.global_mode, s.withdrawals_halted, \
+       s.new_strategies_disabled, \
        (SELECT request_id FROM symbol_mode_events WHERE version = $1) AS since_event, \
        (SELECT request_id FROM symbol_mode_events WHERE version = s.version) AS head_event, \
        c.throttle, c.symbol, c.mode, c.per_second, c.burst \
@@ -113,23 +127,36 @@ const CHANGES: &str = "SELECT s.version, s.position, s.global_mode, s.withdrawal
      WHERE s.id = 1";
 const THROTTLES: &str = "SELECT symbol, per_second, burst, version, updated_by, reason, ticket, \
        updated_at, position FROM symbol_throttles ORDER BY symbol";
+/// `o_withdrawals` answers the flag of either halt command. The event's approval and
+/// break glass are read from the trail for a replay (the statement's snapshot holds
+/// the replayed event, not one this call wrote; this library never passes an
+/// approval, so a new event has none, and breaks glass when the status says so).
 const APPLY: &str = "SELECT o_status AS status, o_version AS version, o_position AS position, \
        o_request_id AS request_id, o_command AS command, o_symbol AS symbol, \
-       o_from AS from_mode, o_to AS to_mode, o_withdrawals AS withdrawals_halted, \
+       o_from AS from_mode, o_to AS to_mode, \
+       CASE WHEN o_command = 'NewStrategiesHalt' THEN NULL ELSE o_withdrawals END \
+         AS withdrawals_halted, \
+       CASE WHEN o_command = 'NewStrategiesHalt' THEN o_withdrawals END \
+         AS new_strategies_disabled, \
+       (SELECT ev.approval_id FROM symbol_mode_events ev \
+         WHERE ev.request_id = a.o_request_id AND ev.position = a.o_position) AS approval_id, \
+       coalesce((SELECT ev.break_glass FROM symbol_mode_events ev \
+         WHERE ev.request_id = a.o_request_id AND ev.position = a.o_position), \
+         o_status = 'applied_break_glass') AS break_glass, \
        o_reason AS reason, o_actor AS actor, o_ticket AS ticket, o_at AS at, \
        o_login AS login, o_authority AS authority, o_target AS target, \
        o_other_position AS other_position, o_other_actor AS other_actor, \
        o_other_what AS other_what, o_other_at AS other_at, \
        o_from_rate AS from_rate, o_from_burst AS from_burst, o_to_rate AS to_rate, \
        o_to_burst AS to_burst \
-     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+     FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) a";
 const HISTORY: &str = "SELECT version, position, request_id, command, symbol, from_mode, to_mode, \
-       withdrawals_halted, reason, actor, ticket, at, login, authority, \
-       from_rate, from_burst, to_rate, to_burst \
+       withdrawals_halted, new_strategies_disabled, reason, actor, ticket, at, login, authority, \
+       from_rate, from_burst, to_rate, to_burst, approval_id, break_glass \
      FROM symbol_mode_events ORDER BY position DESC LIMIT $1";
 const CANCEL_ALL_AFTER: &str = "SELECT version, position, request_id, command, symbol, from_mode, \
-       to_mode, withdrawals_halted, reason, actor, ticket, at, login, authority, \
-       from_rate, from_burst, to_rate, to_burst \
+       to_mode, withdrawals_halted, new_strategies_disabled, reason, actor, ticket, at, login, \
+       authority, from_rate, from_burst, to_rate, to_burst, approval_id, break_glass \
      FROM symbol_mode_events WHERE command = 'CancelAll' AND position > $1 ORDER BY position LIMIT 1000";
 
 /// Symbol modes in PostgreSQL.
@@ -143,6 +170,7 @@ pub struct PostgresSymbolModeStore {
 
 /// What a pending relaxation would do, for its answer.
 fn approval_what(
+    kind: CommandKind,
     symbol: Option<&str>,
     to: Option<SymbolMode>,
     withdrawals: Option<bool>,
@@ -151,6 +179,9 @@ fn approval_what(
 ) -> String {
     let from = row.get::<_, Option<&str>>("from_mode").unwrap_or("NORMAL");
     match (symbol, to, withdrawals) {
+        _ if kind == CommandKind::NewStrategiesHalt => {
+            "enable new strategy activations again".into()
+        }
         (Some(s), Some(to), _) => format!("{s} {from} -> {to}"),
         (None, Some(to), _) => format!("global mode {from} -> {to}"),
         (_, _, Some(_)) => "lift the withdrawals halt".into(),
@@ -201,8 +232,9 @@ fn since_param(v: u64) -> i64 {
 }
 
 /// An audit event from the columns `version, position, request_id, command, symbol,
-/// from_mode, to_mode, withdrawals_halted, reason, actor, ticket, at, login,
-/// authority, from_rate, from_burst, to_rate, to_burst`.
+/// from_mode, to_mode, withdrawals_halted, new_strategies_disabled, reason, actor,
+/// ticket, at, login, authority, from_rate, from_burst, to_rate, to_burst,
+/// approval_id, break_glass`.
 fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
     let kind: String = row.get("command");
     let symbol: Option<String> = row.get("symbol");
@@ -229,6 +261,11 @@ fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
         Some(CommandKind::RegisterSymbol) => Command::RegisterSymbol {
             symbol: symbol.ok_or_else(missing)?,
         },
+        Some(CommandKind::NewStrategiesHalt) => Command::NewStrategiesHalt {
+            on: row
+                .get::<_, Option<bool>>("new_strategies_disabled")
+                .ok_or_else(missing)?,
+        },
         Some(CommandKind::SetThrottle) => Command::SetThrottle {
             symbol: symbol.ok_or_else(missing)?,
             from: throttle(op, row.get("from_rate"), row.get("from_burst"))?,
@@ -250,6 +287,8 @@ fn event_from(op: &'static str, row: &Row) -> Result<AuditEvent, Error> {
             "operator" => Authority::Operator,
             _ => Authority::Supervisor,
         }),
+        approval_id: row.get("approval_id"),
+        break_glass: row.get("break_glass"),
     })
 }
 
@@ -274,6 +313,8 @@ async fn venue(pool: &PgPool) -> Result<VenueState, Error> {
         position: Position::from_i64(row.get("position")),
         global_position: Position::from_i64(row.get("global_position")),
         withdrawals_position: Position::from_i64(row.get("withdrawals_position")),
+        new_strategies_disabled: row.get("new_strategies_disabled"),
+        new_strategies_position: Position::from_i64(row.get("new_strategies_position")),
     })
 }
 
@@ -323,6 +364,8 @@ pub struct NotifiedDelta {
     head_event: Uuid,
     global: String,
     withdrawals_halted: bool,
+    #[serde(default)]
+    new_strategies_disabled: bool,
     symbol: Option<String>,
     mode: Option<String>,
     #[serde(default)]
@@ -359,6 +402,7 @@ impl NotifiedDelta {
                 head_event: Some(self.head_event),
                 global: mode(op, &self.global).ok()?,
                 withdrawals_halted: self.withdrawals_halted,
+                new_strategies_disabled: self.new_strategies_disabled,
                 symbols,
                 throttles,
             }),
@@ -426,7 +470,9 @@ impl PostgresSymbolModeStore {
             Request::CancelAll { symbol } | Request::Register { symbol } => {
                 (Some(symbol), None, None, false)
             }
-            Request::Withdrawals { on } => (None, None, Some(on), false),
+            Request::Withdrawals { on } | Request::NewStrategies { on } => {
+                (None, None, Some(on), false)
+            }
             Request::Throttle {
                 symbol,
                 only_tighten,
@@ -444,6 +490,7 @@ impl PostgresSymbolModeStore {
             CommandKind::SetGlobalMode => "symbol_mode.set_global_mode",
             CommandKind::CancelAll => "symbol_mode.cancel_all",
             CommandKind::WithdrawalsHalt => "symbol_mode.withdrawals_halt",
+            CommandKind::NewStrategiesHalt => "symbol_mode.new_strategies_halt",
             CommandKind::RegisterSymbol => "symbol_mode.register_symbol",
             CommandKind::SetThrottle => "symbol_mode.set_throttle",
         };
@@ -486,13 +533,14 @@ impl PostgresSymbolModeStore {
             CommandKind::SetSymbolMode => "mode.relax",
             CommandKind::SetGlobalMode => "global-mode.relax",
             CommandKind::WithdrawalsHalt => "withdrawals.lift",
+            CommandKind::NewStrategiesHalt => "strategies.enable-new",
             _ => "throttle.relax",
         };
         match status.as_str() {
             "pending" => Err(Error::PendingApproval(failover_core::PendingApproval {
                 id: row.get("request_id"),
                 action: approval_action.into(),
-                what: approval_what(symbol, to, withdrawals, limit, &row),
+                what: approval_what(kind, symbol, to, withdrawals, limit, &row),
                 expires_at: row.get("at"),
             })),
             "request_closed" => Err(failover_core::authority::counted(
@@ -555,6 +603,9 @@ impl PostgresSymbolModeStore {
             }
             _ => {
                 let what = match (symbol, to, withdrawals) {
+                    (_, _, Some(on)) if kind == CommandKind::NewStrategiesHalt => {
+                        Command::NewStrategiesHalt { on }
+                    }
                     _ if kind == CommandKind::SetThrottle => Command::SetThrottle {
                         symbol: symbol.unwrap_or_default().to_owned(),
                         from: throttle(op, row.get("from_rate"), row.get("from_burst"))?,
@@ -656,6 +707,7 @@ impl SymbolModeStore for PostgresSymbolModeStore {
             head_event: first.get::<_, Option<Uuid>>("head_event"),
             global: mode(op, first.get("global_mode"))?,
             withdrawals_halted: first.get("withdrawals_halted"),
+            new_strategies_disabled: first.get("new_strategies_disabled"),
             symbols,
             throttles,
         };
@@ -721,6 +773,28 @@ impl SymbolModeStore for PostgresSymbolModeStore {
         audit: &Audit,
     ) -> Result<Applied<AuditEvent>, Error> {
         self.finish(Request::Withdrawals { on }, audit).await
+    }
+
+    async fn new_strategies_halt(
+        &self,
+        on: bool,
+        audit: &Audit,
+    ) -> Result<Applied<AuditEvent>, Error> {
+        self.finish(Request::NewStrategies { on }, audit).await
+    }
+
+    async fn new_strategies(&self) -> Result<NewStrategiesState, Error> {
+        let op = "symbol_mode.new_strategies";
+        let row = self.pool.query_opt(op, NEW_STRATEGIES, &[]).await?;
+        let row = row.ok_or_else(|| schema_missing(op))?;
+        Ok(NewStrategiesState {
+            new_strategies_disabled: row.get("new_strategies_disabled"),
+            position: Position::from_i64(row.get("new_strategies_position")),
+            updated_by: row.get("actor"),
+            reason: row.get("reason"),
+            ticket: row.get("ticket"),
+            updated_at: row.get("at"),
+        })
     }
 
     async fn register_symbol(

@@ -1,0 +1,132 @@
+//! `safetyctl strategies`: an operator's `disable-new` halts new strategy
+//! activations — `show` says so, and a running handle in another process (its own
+//! pool, polling at 1 h) answers no by push; `enable-new` without a ticket is
+//! refused with exit 2 naming it, by an operator with exit 2 (a supervisor's), and
+//! a supervisor with a ticket enables them again. Real PostgreSQL, real logins.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+use symbol_mode::{SymbolModes, SymbolModesConfig};
+use tradepulse_testkit::wait_until;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_and_a_supervisor() {
+    let db = db().await;
+    let alice = login(&db, "alice", "tradepulse_operator").await;
+    let alice_dsn = as_login(&db.dsn, &alice);
+    let bob = login(&db, "bob", "tradepulse_supervisor").await;
+    let bob_dsn = as_login(&db.dsn, &bob);
+
+    // The engine: its own pool, push only.
+    let lookup = |k: &str| k.ends_with("__DSN").then(|| db.dsn.clone());
+    let store = Arc::new(symbol_mode::PostgresSymbolModeStore::from_lookup(lookup).unwrap());
+    let modes = SymbolModes::spawn(
+        store,
+        SymbolModesConfig::default()
+            .with_poll_interval(Duration::from_secs(3600))
+            .with_staleness_window(Duration::from_secs(7200)),
+    );
+    assert!(modes.ready(Duration::from_secs(10)).await);
+    wait_until("push connected", Duration::from_secs(10), || {
+        modes.health().status == failover_core::ComponentStatus::Operational
+    })
+    .await;
+    assert!(modes.may_activate_strategy());
+
+    let o = safetyctl(&alice_dsn, &["strategies", "show"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("new strategy activations enabled"),
+        "{}",
+        text(&o)
+    );
+
+    let o = safetyctl(
+        &alice_dsn,
+        &[
+            "strategies",
+            "disable-new",
+            "--reason",
+            "runaway strategies",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "an operator may halt: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("DISABLED"), "{}", text(&o));
+    wait_until(
+        "the halt reaches the engine by push",
+        Duration::from_secs(2),
+        || !modes.may_activate_strategy(),
+    )
+    .await;
+
+    let o = safetyctl(&alice_dsn, &["strategies", "show"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        shown.contains("new strategy activations DISABLED"),
+        "{shown}"
+    );
+    assert!(shown.contains(&alice), "names who: {shown}");
+    assert!(shown.contains("runaway strategies"), "names why: {shown}");
+    let o = safetyctl(&alice_dsn, &["strategies", "show", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["new_strategies_disabled"], true, "{json}");
+    assert_eq!(json["updated_by"], alice.as_str(), "{json}");
+
+    // Without a ticket: exit 2, naming the ticket, nothing changed.
+    let o = safetyctl(&bob_dsn, &["strategies", "enable-new", "--reason", "fixed"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--ticket"), "{}", text(&o));
+    // An operator's login may not enable them again, ticket or not.
+    let o = safetyctl(
+        &alice_dsn,
+        &[
+            "strategies",
+            "enable-new",
+            "--reason",
+            "fixed",
+            "--ticket",
+            "INC-7",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("supervisor"), "{}", text(&o));
+    assert!(!modes.may_activate_strategy());
+
+    let o = safetyctl(
+        &bob_dsn,
+        &[
+            "strategies",
+            "enable-new",
+            "--reason",
+            "fixed",
+            "--ticket",
+            "INC-7",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("about to relax"),
+        "{}",
+        text(&o)
+    );
+    wait_until("enabled again by push", Duration::from_secs(2), || {
+        modes.may_activate_strategy()
+    })
+    .await;
+    let o = safetyctl(&alice_dsn, &["strategies", "show"]);
+    assert!(
+        text(&o).contains("new strategy activations enabled"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("INC-7"), "{}", text(&o));
+}
