@@ -453,10 +453,8 @@ async fn an_expiry_sweep_closes_what_is_due_and_leaves_what_is_open() {
         .clone(),
     );
     let closed = approvals.expire_due("orders-gateway").await.unwrap();
-    assert_eq!(
-        closed.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(),
-        [due.clone()]
-    );
+    let ids: Vec<String> = closed.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids, [due]);
     assert_eq!(closed[0].status, "expired");
     assert_eq!(closed[0].decided_by.as_deref(), Some("orders-gateway"));
     assert_eq!(request_status(&db, &open).await.0, "pending");
