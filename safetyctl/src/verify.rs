@@ -80,8 +80,9 @@ impl<W: Write> Write for Hashing<W> {
 
 /// Writes the log export (the header, one line per entry, then the tree head) to
 /// `out` or stdout as it is read, batch by batch, and prints its SHA-256 like the CSV
-/// export. A file is written beside `out` and renamed over it once complete, so a
-/// failed export leaves no partial file under the name. `controls` are those
+/// export. A regular file is written beside `out` and renamed over it once
+/// complete, so a failed export leaves no partial file under the name; a device or
+/// pipe is written to directly. `controls` are those
 /// configured (the log holds every control whose events live in the database).
 pub async fn export_log(
     pool: &PgPool,
@@ -95,8 +96,32 @@ pub async fn export_log(
         bar.set_length(total);
         bar.set_position(done);
     };
-    let (head, sha256) = match &out {
-        Some(path) => {
+    // A device or pipe given as --out (/dev/null, a FIFO) is written to directly,
+    // never replaced by a rename.
+    let regular = out
+        .as_ref()
+        .filter(|p| std::fs::metadata(p).map_or(true, |m| m.is_file()));
+    let (head, sha256) = match (&out, regular) {
+        (Some(path), None) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| {
+                    failed(format!(
+                        "writing {}: {e}; give a writable --out path",
+                        path.display()
+                    ))
+                })?;
+            let mut w = Hashing {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                sha: Sha256::new(),
+            };
+            let head = audit_log::write_log(pool, &mut w, progress)
+                .await
+                .map_err(|e| failed(format!("exporting the audit log: {e}")))?;
+            (head, w.sha.finalize())
+        }
+        (Some(path), Some(_)) => {
             let partial = path.with_file_name(format!(
                 ".{}.partial",
                 path.file_name()
@@ -128,7 +153,7 @@ pub async fn export_log(
             })?;
             (head, w.sha.finalize())
         }
-        None => {
+        (None, _) => {
             let mut w = Hashing {
                 inner: std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()),
                 sha: Sha256::new(),
