@@ -1810,3 +1810,57 @@ mod memory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_an_expiry_sweep_closes_what_is_due_once_and_approval_finds_it_expired() {
+        let approvals = MemoryApprovals::new();
+        approvals
+            .require(
+                &["kill-switch.disengage".to_owned()],
+                Some(Duration::from_secs(1)),
+                &Audit::new("ops:alice", "four eyes"),
+            )
+            .await
+            .unwrap();
+        let audit = Audit::new("ops:bob", "feed fixed").with_ticket("INC-7");
+        let Gate::Pending(pending) = approvals.gate(&GateCommand {
+            action: "kill-switch.disengage",
+            control: "kill_switch",
+            target: "kill_switch".into(),
+            what: "disengage".into(),
+            params: serde_json::json!({}),
+            audit: &audit,
+            expected: Position::ZERO,
+        }) else {
+            panic!("a required disengage waits");
+        };
+        assert!(approvals.expire_due("sweeper").await.unwrap().is_empty());
+        // Until the clock passes the expiry (a time condition, polled).
+        while crate::time::now_micros() <= pending.expires_at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let closed = approvals.expire_due("sweeper").await.unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            (closed[0].id, closed[0].status.as_str()),
+            (pending.id, "expired")
+        );
+        assert_eq!(closed[0].decided_by.as_deref(), Some("sweeper"));
+        assert!(approvals.expire_due("sweeper").await.unwrap().is_empty());
+        let events = approvals.events(Some(pending.id), 10).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+            ["expired", "requested"]
+        );
+        assert_eq!(events[0].actor, "sweeper");
+        assert!(matches!(
+            approvals.claim(pending.id, "ops:erin"),
+            Err(ApprovalError::Expired { .. })
+        ));
+        assert!(approvals.expire_due(" ").await.is_err());
+    }
+}
