@@ -220,3 +220,130 @@ async fn two_supervisors_through_the_admin_api() {
         .await;
     assert_eq!(status, 200, "no longer required: applied at once: {body}");
 }
+
+/// The trail of a request, newest first: (event, actor).
+async fn trail(api: &Api, id: &str) -> Vec<(String, String)> {
+    let (status, body) = api.get(&format!("/admin/approvals/{id}/events")).await;
+    assert_eq!(status, 200, "{body}");
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Supervisor B's approval over HTTP races an engage by another actor held open in
+/// its own transaction: the approval waits on the switch's row (seen waiting in
+/// `pg_stat_activity`, not guessed with a sleep). When the engage commits first the
+/// approval is 409 `stale_request` naming it, and nothing else changes; when the
+/// engage rolls back the approval applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_approval_racing_a_held_change_waits_then_is_stale_or_applies() {
+    use tradepulse_testkit::Held;
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    // Migrated first under the default (patient) settings: the harness's fast
+    // settings bound each call under a second, which a migration beside another
+    // test's on a loaded machine can exceed.
+    let settings = failover_core::postgres::PgSettings::builder()
+        .with_dsn(&dsn)
+        .build()
+        .unwrap();
+    killswitch::PostgresKillSwitchStore::new(settings.clone())
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    symbol_mode::PostgresSymbolModeStore::new(settings.clone())
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    fencing::PostgresLeaseFencer::new(settings)
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    let s = start_all(&dsn, Duration::from_secs(300)).await;
+    let api = std::sync::Arc::new(s.api);
+    let (status, body) = api
+        .post(
+            OPERATOR,
+            "/admin/approvals/require",
+            r#"{"actions":["kill-switch.disengage"],"reason":"four eyes"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    engage(&api).await;
+    const ENGAGE_BY_DAVE: &str = "SELECT * FROM kill_switch_apply(gen_random_uuid(), 'engage', \
+                                  'second incident', 'ops:dave', NULL)";
+    let approving = |id: String| {
+        let api = api.clone();
+        tokio::spawn(async move { api.post(SUPERVISOR_2, &approve(&id), "{}").await })
+    };
+
+    // The competing engage commits first: the approval is stale, nothing applied.
+    let id = pending_disengage(&api).await;
+    let (_, before) = api.get("/admin/kill-switch/history?limit=100").await;
+    let held = Held::begin(&dsn, ENGAGE_BY_DAVE).await;
+    let answer = approving(id.clone());
+    held.until_waited_on(Duration::from_secs(10)).await;
+    assert!(
+        !answer.is_finished(),
+        "the approval waits for the held engage"
+    );
+    held.commit().await;
+    let stale = answer.await.unwrap();
+    assert_refused(&stale, 409, "stale_request", "engage by ops:dave");
+    assert!(engaged(&api).await);
+    let (_, state) = api.get(KILL).await;
+    assert_eq!(state["state"]["reason"], "second incident", "{state}");
+    let (_, after) = api.get("/admin/kill-switch/history?limit=100").await;
+    let (before, after) = (
+        before["events"].as_array().unwrap(),
+        after["events"].as_array().unwrap(),
+    );
+    assert_eq!(
+        after.len(),
+        before.len() + 1,
+        "only dave's engage: {after:?}"
+    );
+    assert_eq!(after[0]["actor"], "ops:dave", "{after:?}");
+    // The engage, a tightening, closed the request it beat (superseded, naming
+    // itself); the approval added nothing.
+    assert_eq!(
+        trail(&api, &id).await,
+        [
+            ("superseded".to_owned(), "ops:dave".to_owned()),
+            ("requested".to_owned(), "ops:bob".to_owned())
+        ]
+    );
+
+    // The competing engage rolls back: the approval applies.
+    let id = pending_disengage(&api).await;
+    let held = Held::begin(&dsn, ENGAGE_BY_DAVE).await;
+    let answer = approving(id.clone());
+    held.until_waited_on(Duration::from_secs(10)).await;
+    assert!(
+        !answer.is_finished(),
+        "the approval waits for the held engage"
+    );
+    held.rollback().await;
+    let (status, body) = answer.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["approved"]["requested_by"], "ops:bob", "{body}");
+    assert!(!engaged(&api).await, "the approval disengaged the switch");
+    let (_, history) = api.get("/admin/kill-switch/history?limit=1").await;
+    assert_eq!(history["events"][0]["approval_id"], Value::from(id.clone()));
+    assert_eq!(history["events"][0]["action"], "disengage", "{history}");
+    assert_eq!(
+        trail(&api, &id).await[0],
+        ("approved".to_owned(), "ops:erin".to_owned())
+    );
+}

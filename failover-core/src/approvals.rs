@@ -466,6 +466,50 @@ pub trait ApprovalStore: std::fmt::Debug + Send + Sync + 'static {
         actor: &str,
         authority: Authority,
     ) -> Result<Decided, ApprovalError>;
+    /// Closes every pending request past its expiry as `expired`, writing its
+    /// `expired` event (an entry of the audit log) with `actor` as who closed it, and
+    /// returns the requests it closed, oldest expiry first. A request an approval
+    /// holds at that moment is left to that approval (which refuses it as expired).
+    /// Call it before acting on requests, and on a schedule ([`run_expiry_sweep`]).
+    async fn expire_due(&self, actor: &str) -> Result<Vec<ApprovalRequest>, ApprovalError>;
+}
+
+/// How often [`run_expiry_sweep`] runs unless told otherwise.
+pub const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Runs [`ApprovalStore::expire_due`] every `every` (e.g. [`EXPIRY_SWEEP_EVERY`]) as
+/// `actor`, for ever: spawn it in a service that holds the approvals
+/// (`tokio::spawn(run_expiry_sweep(store, EXPIRY_SWEEP_EVERY, "orders-gateway"))`),
+/// like a checkpoint publisher. Each request closed is logged at INFO and counted in
+/// `approvals_expired_total{action}`; a failed sweep is logged at WARN and the next
+/// one tries again. Each sweep is one statement, bounded by the store's pool settings.
+pub async fn run_expiry_sweep(
+    store: std::sync::Arc<dyn ApprovalStore>,
+    every: Duration,
+    actor: impl Into<String>,
+) {
+    let actor = actor.into();
+    metrics::describe_counter!(
+        "approvals_expired_total",
+        "Approval requests closed as expired by the expiry sweep, by action."
+    );
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.expire_due(&actor).await {
+            Ok(closed) => {
+                for r in closed {
+                    tracing::info!(request = %r.id, action = %r.action, what = %r.what, requested_by = %r.requested_by, "approval request expired");
+                    metrics::counter!("approvals_expired_total", "action" => r.action.clone())
+                        .increment(1);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the approvals expiry sweep failed; retrying at the next tick")
+            }
+        }
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -491,6 +535,10 @@ mod postgres {
         o_requested_by AS requested_by, o_position AS position, o_other_position AS other_position, \
         o_other_actor AS other_actor, o_other_what AS other_what, o_other_at AS other_at, \
         o_expires_at AS expires_at FROM tradepulse_approve($1, $2, $3)";
+    const EXPIRE_DUE: &str = "SELECT id, action, control, target, what, reason, ticket, \
+        expected_position, requested_by, requested_login, requested_at, expires_at, status, \
+        decided_by, decided_login, decision, applied_position \
+        FROM tradepulse_approval_expire_due($1)";
     const REJECT: &str =
         "SELECT o_status AS status, o_id AS id, o_action AS action, o_what AS what, \
         o_decided_by AS decided_by, o_decision AS decision \
@@ -820,6 +868,14 @@ mod postgres {
                     requested_by: requested_by.unwrap_or_default(),
                 }),
                 "not_found" => Err(ApprovalError::NotFound { request: id }),
+                // Closed by the expiry sweep before this approval: the same answer as
+                // when the approval itself finds it expired.
+                "not_pending:expired" => Err(ApprovalError::Expired {
+                    request: id,
+                    expires_at: row
+                        .get::<_, Option<SystemTime>>("expires_at")
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                }),
                 s => match s.strip_prefix("not_pending:") {
                     Some(now) => Err(ApprovalError::NotPending {
                         request: id,
@@ -871,6 +927,15 @@ mod postgres {
                 )
                 .await?;
             decided("approvals.acknowledge", id, &row)
+        }
+
+        async fn expire_due(&self, actor: &str) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+            let rows = self
+                .pool
+                .query("approvals.expire_due", EXPIRE_DUE, &[(&actor, Type::TEXT)])
+                .await
+                .map_err(|e| ApprovalError::from(e.during_write()))?;
+            Ok(rows.iter().map(request_from).collect())
         }
     }
 }
@@ -1166,6 +1231,10 @@ mod memory {
                         what: r.what,
                         expected: r.expected_position,
                         change: change.clone(),
+                    },
+                    (_, "expired") => ApprovalError::Expired {
+                        request: id,
+                        expires_at: r.expires_at,
                     },
                     _ => ApprovalError::NotPending {
                         request: id,
@@ -1717,5 +1786,101 @@ mod memory {
                 decided_by: actor.into(),
             })
         }
+
+        async fn expire_due(&self, actor: &str) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+            if actor.trim().is_empty() {
+                return Err(ApprovalError::Invalid {
+                    message: "the expiry sweep needs an actor: pass who runs it".into(),
+                });
+            }
+            let at = now();
+            let mut inner = self.lock();
+            let mut due: Vec<usize> = (0..inner.requests.len())
+                .filter(|&i| {
+                    let r = &inner.requests[i].request;
+                    r.status == "pending" && r.expires_at <= at
+                })
+                .collect();
+            due.sort_by_key(|&i| {
+                (
+                    inner.requests[i].request.expires_at,
+                    inner.requests[i].request.id,
+                )
+            });
+            let mut closed = Vec::with_capacity(due.len());
+            for i in due {
+                let s = &mut inner.requests[i];
+                let expires = humantime::format_rfc3339_seconds(s.request.expires_at);
+                Inner::decide(
+                    s,
+                    "expired",
+                    actor,
+                    format!("expired at {expires}, before it was approved"),
+                );
+                let r = s.request.clone();
+                inner.event(
+                    &r,
+                    "expired",
+                    actor,
+                    format!("expired at {expires}; closed by the expiry sweep run by {actor}"),
+                );
+                closed.push(r);
+            }
+            Ok(closed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_an_expiry_sweep_closes_what_is_due_once_and_approval_finds_it_expired() {
+        let approvals = MemoryApprovals::new();
+        approvals
+            .require(
+                &["kill-switch.disengage".to_owned()],
+                Some(Duration::from_secs(1)),
+                &Audit::new("ops:alice", "four eyes"),
+            )
+            .await
+            .unwrap();
+        let audit = Audit::new("ops:bob", "feed fixed").with_ticket("INC-7");
+        let Gate::Pending(pending) = approvals.gate(&GateCommand {
+            action: "kill-switch.disengage",
+            control: "kill_switch",
+            target: "kill_switch".into(),
+            what: "disengage".into(),
+            params: serde_json::json!({}),
+            audit: &audit,
+            expected: Position::ZERO,
+        }) else {
+            panic!("a required disengage waits");
+        };
+        assert!(approvals.expire_due("sweeper").await.unwrap().is_empty());
+        // Until the clock passes the expiry (a time condition, polled).
+        while crate::time::now_micros() <= pending.expires_at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let closed = approvals.expire_due("sweeper").await.unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            (closed[0].id, closed[0].status.as_str()),
+            (pending.id, "expired")
+        );
+        assert_eq!(closed[0].decided_by.as_deref(), Some("sweeper"));
+        assert!(approvals.expire_due("sweeper").await.unwrap().is_empty());
+        let events = approvals.events(Some(pending.id), 10).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.event.as_str()).collect::<Vec<_>>(),
+            ["expired", "requested"]
+        );
+        assert_eq!(events[0].actor, "sweeper");
+        assert!(matches!(
+            approvals.claim(pending.id, "ops:erin"),
+            Err(ApprovalError::Expired { .. })
+        ));
+        assert!(approvals.expire_due(" ").await.is_err());
     }
 }

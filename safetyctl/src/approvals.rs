@@ -3,9 +3,11 @@
 //! * `require ACTION… [--expiry 15m]` tightens (an operator may, audited);
 //! * `waive ACTION…` relaxes (a supervisor, `--ticket`); while any action is
 //!   required the waiver itself waits for a second supervisor (exit 4);
-//! * `list [--all]`, `policy`, `review`, `events [ID]` read;
+//! * `list [--all]`, `policy`, `review`, `events [ID]` read (`list` first closes the
+//!   requests past their expiry, each an `expired` event in the audit log);
 //! * `approve ID` applies a pending request's command — a second supervisor (another
-//!   login and another actor) — or refuses (exit 2): self-approval, expired, or the
+//!   login and another actor) — or refuses (exit 2): self-approval, expired (requests
+//!   past their expiry are closed first, as `list` does), or the
 //!   state moved since the request (`stale_request`, naming the change);
 //! * `reject ID --reason …` closes a pending request;
 //! * `acknowledge ID` closes a break-glass relaxation's review (a second supervisor).
@@ -114,6 +116,20 @@ fn request_line(r: &ApprovalRequest) -> String {
     )
 }
 
+/// Closes the requests past their expiry (each an `expired` event, so an entry of the
+/// audit log) before a command acts on requests, and returns them. A sweep that fails
+/// is reported on stderr and does not stop the command: an approval refuses an expired
+/// request by itself, and the listing shows it as expired.
+async fn expire_due(approvals: &PostgresApprovals, actor: &str) -> Vec<ApprovalRequest> {
+    match approvals.expire_due(actor).await {
+        Ok(closed) => closed,
+        Err(e) => {
+            eprintln!("warning: expired requests were not closed: {e}");
+            Vec::new()
+        }
+    }
+}
+
 /// Runs an approvals command.
 pub async fn run(g: &Global, action: ApprovalsCmd) -> Result<(), Failure> {
     let store = killswitch::PostgresKillSwitchStore::from_env()?;
@@ -146,16 +162,18 @@ pub async fn run(g: &Global, action: ApprovalsCmd) -> Result<(), Failure> {
             );
         }
         ApprovalsCmd::List { all } => {
+            let closed = expire_due(&approvals, &actor(g, &store)).await;
             let requests = approvals.list(all).await?;
-            let text = if requests.is_empty() {
-                String::from("no pending approval requests")
-            } else {
-                requests
-                    .iter()
-                    .map(request_line)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
+            let mut lines: Vec<String> = closed
+                .iter()
+                .filter(|_| !all)
+                .map(|r| format!("closed now: {}", request_line(r)))
+                .collect();
+            if requests.is_empty() {
+                lines.push("no pending approval requests".into());
+            }
+            lines.extend(requests.iter().map(request_line));
+            let text = lines.join("\n");
             print(g.json, to_json(&requests), text);
         }
         ApprovalsCmd::Review => {
@@ -221,6 +239,7 @@ pub async fn run(g: &Global, action: ApprovalsCmd) -> Result<(), Failure> {
             print(g.json, to_json(&events), text);
         }
         ApprovalsCmd::Approve { id } => {
+            expire_due(&approvals, &actor(g, &store)).await;
             let approved = approvals.approve(id, &actor(g, &store), authority).await?;
             print(
                 g.json,

@@ -60,9 +60,30 @@ fn verify_failed(message: String) -> Failure {
     }
 }
 
-/// Writes the log export (one line per entry, then the tree head) to `out` or stdout
-/// and prints its SHA-256 like the CSV export. `controls` are those configured (the
-/// log holds every control whose events live in the database).
+/// A writer that hashes what passes through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the log export (the header, one line per entry, then the tree head) to
+/// `out` or stdout as it is read, batch by batch, and prints its SHA-256 like the CSV
+/// export. A regular file is written beside `out` and renamed over it once
+/// complete, so a failed export leaves no partial file under the name; a device or
+/// pipe is written to directly. `controls` are those
+/// configured (the log holds every control whose events live in the database).
 pub async fn export_log(
     pool: &PgPool,
     controls: &[&str],
@@ -71,37 +92,85 @@ pub async fn export_log(
     out: Option<PathBuf>,
 ) -> Result<(), Failure> {
     let bar = progress_bar(0, "entries", quiet || json);
-    let snapshot = audit_log::read_log(pool, |done, total| {
+    let progress = |done, total| {
         bar.set_length(total);
         bar.set_position(done);
-    })
-    .await
-    .map_err(|e| failed(format!("reading the audit log: {e}")))?;
-    bar.finish_and_clear();
-    let mut bytes = Vec::with_capacity(snapshot.lines.len() * 512);
-    for line in &snapshot.lines {
-        serde_json::to_writer(&mut bytes, line).expect("export lines serialise");
-        bytes.push(b'\n');
-    }
-    bytes.extend_from_slice(snapshot.head.line().as_bytes());
-    bytes.push(b'\n');
-    let sha256 = hex(&Sha256::digest(&bytes));
-    match &out {
-        Some(path) => std::fs::write(path, &bytes).map_err(|e| {
-            failed(format!(
-                "writing {}: {e}; give a writable --out path",
-                path.display()
-            ))
-        })?,
-        None => {
-            let _ = std::io::stdout().write_all(&bytes);
+    };
+    // A device or pipe given as --out (/dev/null, a FIFO) is written to directly,
+    // never replaced by a rename.
+    let regular = out
+        .as_ref()
+        .filter(|p| std::fs::metadata(p).map_or(true, |m| m.is_file()));
+    let (head, sha256) = match (&out, regular) {
+        (Some(path), None) => {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| {
+                    failed(format!(
+                        "writing {}: {e}; give a writable --out path",
+                        path.display()
+                    ))
+                })?;
+            let mut w = Hashing {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                sha: Sha256::new(),
+            };
+            let head = audit_log::write_log(pool, &mut w, progress)
+                .await
+                .map_err(|e| failed(format!("exporting the audit log: {e}")))?;
+            (head, w.sha.finalize())
         }
-    }
+        (Some(path), Some(_)) => {
+            let partial = path.with_file_name(format!(
+                ".{}.partial",
+                path.file_name()
+                    .map_or("audit.jsonl".into(), |n| n.to_string_lossy())
+            ));
+            let file = std::fs::File::create(&partial).map_err(|e| {
+                failed(format!(
+                    "writing {}: {e}; give a writable --out path",
+                    partial.display()
+                ))
+            })?;
+            let mut w = Hashing {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                sha: Sha256::new(),
+            };
+            let head = match audit_log::write_log(pool, &mut w, progress).await {
+                Ok(head) => head,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(failed(format!("exporting the audit log: {e}")));
+                }
+            };
+            std::fs::rename(&partial, path).map_err(|e| {
+                failed(format!(
+                    "renaming {} to {}: {e}; give a writable --out path",
+                    partial.display(),
+                    path.display()
+                ))
+            })?;
+            (head, w.sha.finalize())
+        }
+        (None, _) => {
+            let mut w = Hashing {
+                inner: std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()),
+                sha: Sha256::new(),
+            };
+            let head = audit_log::write_log(pool, &mut w, progress)
+                .await
+                .map_err(|e| failed(format!("exporting the audit log: {e}")))?;
+            (head, w.sha.finalize())
+        }
+    };
+    bar.finish_and_clear();
+    let sha256 = hex(&sha256);
     let target = out
         .as_ref()
         .map_or("-".to_owned(), |p| p.display().to_string());
-    let n = snapshot.head.size;
-    let root = hex(&snapshot.head.root);
+    let n = head.size;
+    let root = hex(&head.root);
     if out.is_none() {
         eprintln!("sha256 {sha256}  {target}  ({n} entries, root {root})");
     } else if json {
@@ -253,15 +322,16 @@ fn not_extended(
             if lost.len() == 1 { "y is" } else { "ies are" }
         ));
         for l in lost.iter().take(50) {
-            message.push_str(&format!(
-                "\n  index {} {} {} by {} at {} (position {})",
-                l.index,
-                l.record.control,
-                l.record.action,
-                l.record.actor,
-                l.record.at,
-                l.record.position
-            ));
+            match &l.record {
+                Some(r) => message.push_str(&format!(
+                    "\n  index {} {} {} by {} at {} (position {})",
+                    l.index, r.control, r.action, r.actor, r.at, r.position
+                )),
+                None => message.push_str(&format!(
+                    "\n  index {} {} position {} (its event row was gone when that export was taken)",
+                    l.index, l.control, l.position
+                )),
+            }
         }
         if lost.len() > 50 {
             message.push_str(&format!("\n  … and {} more", lost.len() - 50));

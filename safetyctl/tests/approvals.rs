@@ -296,6 +296,178 @@ async fn an_expired_request_cannot_be_approved() {
     assert_eq!(expired, 1, "the expiry is audited when observed");
 }
 
+/// Waits until the server's clock passes the request's expiry (polling the database,
+/// bounded).
+async fn until_past_expiry(db: &Db, id: &str) {
+    let s = session(&db.dsn).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let past: bool = s
+            .query_one(
+                "SELECT expires_at <= now() FROM approval_requests WHERE id = $1::TEXT::UUID",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if past {
+            return;
+        }
+        assert!(Instant::now() < deadline, "request {id} never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_is_closed_by_list_as_an_entry_of_the_audit_log_and_cannot_be_approved() {
+    let db = db().await;
+    let p = people(&db).await;
+    ok(
+        &p.op,
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--expiry",
+            "1s",
+            "--reason",
+            "four eyes, fast",
+        ],
+    );
+    ok(&p.op, ENGAGE);
+    let id = pending(&p.a, &disengage(&[]));
+    until_past_expiry(&db, &id).await;
+    // Nobody has touched it since: the table still says pending.
+    assert_eq!(request_status(&db, &id).await.0, "pending");
+
+    // `list` closes it first, and says so.
+    let out = ok(&p.op, &["approvals", "list"]);
+    assert!(out.contains(&format!("closed now: {id}  expired")), "{out}");
+    assert!(out.contains("no pending approval requests"), "{out}");
+    let (status, decision) = request_status(&db, &id).await;
+    assert_eq!(status, "expired");
+    assert!(
+        decision.as_deref().unwrap_or("").starts_with("expired at "),
+        "{decision:?}"
+    );
+    let all = ok(&p.op, &["approvals", "list", "--all"]);
+    let line = all
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not listed: {all}"));
+    assert!(line.contains("  expired "), "{line}");
+
+    // The expiry is an event of the approvals trail and an entry of the audit log,
+    // recorded as closed by the operator who listed.
+    let in_log = |actor: String| {
+        let dsn = db.dsn.clone();
+        let id = id.clone();
+        async move {
+            session(&dsn)
+                .await
+                .query_one(
+                    "SELECT count(*) FROM audit_log l JOIN approval_events e                      ON l.control = 'approvals' AND l.position = e.position                      WHERE e.request_id = $1::TEXT::UUID AND e.event = 'expired' AND e.actor = $2",
+                    &[&id, &actor],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(in_log(login_of(&p.op)).await, 1);
+
+    // It cannot be approved: refused as expired (exit 2), nothing applied, nothing
+    // more written.
+    refused(&p.b, &["approvals", "approve", &id], "expired");
+    assert!(engaged(&db).await);
+    let expired: i64 = session(&db.dsn)
+        .await
+        .query_one(
+            "SELECT count(*) FROM approval_events WHERE request_id = $1::TEXT::UUID AND event = 'expired'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(expired, 1, "one expiry, one event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_sweep_closes_what_is_due_and_leaves_what_is_open() {
+    let db = db().await;
+    let p = people(&db).await;
+    ok(
+        &p.op,
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--expiry",
+            "1s",
+            "--reason",
+            "four eyes, fast",
+        ],
+    );
+    ok(&p.op, ENGAGE);
+    let due = pending(&p.a, &disengage(&[]));
+    until_past_expiry(&db, &due).await;
+    // A request made now stays open for 15 minutes.
+    ok(
+        &p.op,
+        &[
+            "approvals",
+            "require",
+            "mode.relax",
+            "--expiry",
+            "15m",
+            "--reason",
+            "four eyes",
+        ],
+    );
+    ok(&p.op, &["symbols", "add", "BTC-USD", "--reason", "listing"]);
+    ok(
+        &p.op,
+        &["mode", "set", "BTC-USD", "SOFT_HALT", "--reason", "halt"],
+    );
+    let open = pending(
+        &p.a,
+        &[
+            "mode",
+            "set",
+            "BTC-USD",
+            "CANCEL_ONLY",
+            "--reason",
+            "resume",
+            "--ticket",
+            "T-4",
+        ],
+    );
+
+    // What a service runs on a schedule.
+    let approvals = PostgresApprovals::new(
+        killswitch::PostgresKillSwitchStore::from_lookup(|k: &str| {
+            k.ends_with("__DSN").then(|| db.dsn.clone())
+        })
+        .unwrap()
+        .pool()
+        .clone(),
+    );
+    let closed = approvals.expire_due("orders-gateway").await.unwrap();
+    let ids: Vec<String> = closed.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids, [due]);
+    assert_eq!(closed[0].status, "expired");
+    assert_eq!(closed[0].decided_by.as_deref(), Some("orders-gateway"));
+    assert_eq!(request_status(&db, &open).await.0, "pending");
+    // Nothing more is due: a second sweep closes nothing.
+    assert!(approvals
+        .expire_due("orders-gateway")
+        .await
+        .unwrap()
+        .is_empty());
+    let err = approvals.expire_due(" ").await.unwrap_err();
+    assert!(err.to_string().contains("needs an actor"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_applies_at_once_and_stays_in_review_until_a_second_supervisor_acknowledges() {
     let db = db().await;

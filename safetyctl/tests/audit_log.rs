@@ -107,17 +107,21 @@ async fn an_export_verifies_and_every_tampering_is_named_by_index() {
     let file = dir.path().join("audit.jsonl");
     export(&d, &file);
     let all = lines(&file);
-    let n = all.len() - 1;
+    assert_eq!(
+        all[0], "{\"audit_export\":2}",
+        "the header names the format"
+    );
+    let n = all.len() - 2;
     assert_eq!(n, 7, "2 kill switch + 4 symbol mode + 1 lease events");
 
     let (code, out) = verify("", &[p(&file)]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains(&format!("ok: {n} entries, root ")), "{out}");
 
-    // One event's reason edited in the file.
+    // One event's reason edited in the file (line 5 holds index 3).
     let mut edited = all.clone();
-    edited[3] = edited[3].replace("\"reason\":\"lag\"", "\"reason\":\"lab\"");
-    assert_ne!(edited[3], all[3]);
+    edited[4] = edited[4].replace("\"reason\":\"lag\"", "\"reason\":\"lab\"");
+    assert_ne!(edited[4], all[4]);
     let (code, out) = verify("", &[p(&write(dir.path(), "edited.jsonl", &edited))]);
     assert_eq!(code, Some(5), "{out}");
     assert!(
@@ -127,14 +131,14 @@ async fn an_export_verifies_and_every_tampering_is_named_by_index() {
 
     // One line deleted.
     let mut missing = all.clone();
-    missing.remove(4);
+    missing.remove(5);
     let (code, out) = verify("", &[p(&write(dir.path(), "missing.jsonl", &missing))]);
     assert_eq!(code, Some(5), "{out}");
     assert!(out.contains("missing: index 4"), "{out}");
 
     // Two adjacent lines swapped.
     let mut swapped = all.clone();
-    swapped.swap(2, 3);
+    swapped.swap(3, 4);
     let (code, out) = verify("", &[p(&write(dir.path(), "swapped.jsonl", &swapped))]);
     assert_eq!(code, Some(5), "{out}");
     assert!(out.contains("reordered: index 2"), "{out}");
@@ -257,15 +261,25 @@ async fn the_sql_encoding_is_the_rust_encoding_of_every_controls_rows() {
         )
         .await
         .unwrap();
-    assert_eq!(stored.len(), all.len() - 1);
+    assert_eq!(stored.len(), all.len() - 2);
     let mut controls = std::collections::BTreeSet::new();
-    for (line, row) in all.iter().zip(&stored) {
-        let l: ExportLine = serde_json::from_str(line).unwrap();
+    for (line, row) in all[1..].iter().zip(&stored) {
+        let l = ExportLine::parse(line).unwrap();
         assert_eq!(Some(l.index.to_string()), row[0]);
-        // Built by Rust from the live row's fields, and by SQL at insert time.
-        assert_eq!(l.entry, row[1], "index {}", l.index);
-        assert_eq!(l.record.canonical(), row[1].clone().unwrap());
-        controls.insert(l.record.control.clone());
+        // Built by Rust from the live row's fields, and by SQL at insert time; the
+        // line carries it verbatim after its tag.
+        let stored = row[1].clone().unwrap();
+        let record = l.record.unwrap();
+        assert_eq!(record.canonical(), stored, "index {}", l.index);
+        let (tag, object) = stored.split_once(' ').unwrap();
+        assert_eq!(
+            *line,
+            format!(
+                "{{\"index\":{},\"leaf\":\"{}\",\"encoding\":\"{tag}\",\"entry\":{object}}}",
+                l.index, l.leaf
+            )
+        );
+        controls.insert(record.control.clone());
     }
     assert_eq!(
         controls.into_iter().collect::<Vec<_>>(),
@@ -284,7 +298,7 @@ async fn the_sql_encoding_is_the_rust_encoding_of_every_controls_rows() {
             .any(|l| l.contains(r#""break_glass":true"#) || l.contains(r#"\"break_glass\":true"#)),
         "the break-glass relaxation is marked in its entry"
     );
-    assert!(all[0].contains("back\\\\slash é ✓ / end"), "{}", all[0]);
+    assert!(all[1].contains("back\\\\slash é ✓ / end"), "{}", all[1]);
     assert!(
         all[all.len() - 2].contains("tab\\there\\nnew line\\u0001"),
         "{}",
@@ -594,4 +608,63 @@ async fn after_a_lossy_failover_verify_names_the_entries_the_new_primary_lacks()
     assert!(out.contains("symbol_mode SetSymbolMode by "), "{out}");
     assert!(!out.contains("kill_switch engage by "), "{out}");
     assert!(!out.contains("RegisterSymbol"), "{out}");
+}
+
+/// An export longer than one batch is read page by page and still verifies as one
+/// log: every index once, in order, the head's root; a row rewritten in a later page
+/// is named.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_of_several_batches_verifies_and_names_an_edit_in_a_later_batch() {
+    let d = db().await;
+    let n = 2 * failover_core::audit_log::EXPORT_BATCH + 17;
+    d.cluster
+        .primary()
+        .execute(
+            &d.db,
+            &format!(
+                "SELECT count(*) FROM generate_series(1, {n}) g, \
+                 LATERAL fencing_acquire('r' || g, 'engine-a', 5000000)"
+            ),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    export(&d, &file);
+    let all = lines(&file);
+    assert_eq!(all.len() as u64, n + 2);
+    for (i, line) in all[1..all.len() - 1].iter().enumerate() {
+        assert!(line.starts_with(&format!("{{\"index\":{i},")), "{line}");
+    }
+    let (code, out) = verify("", &[p(&file)]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("ok: {n} entries, root ")), "{out}");
+    assert!(
+        !dir.path().join(".audit.jsonl.partial").exists(),
+        "the partial file is renamed"
+    );
+
+    // A row of the third page rewritten behind disabled triggers.
+    let late = n - 3;
+    d.cluster
+        .primary()
+        .execute(
+            &d.db,
+            &format!(
+                "ALTER TABLE fencing_lease_events DISABLE TRIGGER USER; \
+                 UPDATE fencing_lease_events SET holder = 'engine-b' \
+                 WHERE id = (SELECT position FROM audit_log WHERE idx = {late}); \
+                 ALTER TABLE fencing_lease_events ENABLE TRIGGER USER;"
+            ),
+        )
+        .await
+        .unwrap();
+    let again = dir.path().join("again.jsonl");
+    export(&d, &again);
+    let (code, out) = verify("", &[p(&again)]);
+    assert_eq!(code, Some(5), "{out}");
+    assert!(
+        out.contains(&format!("edited: index {late} (lease position")),
+        "{out}"
+    );
 }

@@ -216,11 +216,12 @@ async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_
         assert_eq!(summary["events"], 6, "{summary}");
         let content = String::from_utf8(bytes).unwrap();
         if format == "jsonl" {
-            // One line per log entry, then the tree head.
+            // A header, one line per log entry (the event under `entry`), then the
+            // tree head.
             let events: Vec<serde_json::Value> = content
                 .lines()
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-                .filter(|e| e.get("tree_head").is_none())
+                .filter_map(|e| e.get("entry").cloned())
                 .collect();
             let keys: std::collections::HashSet<(String, u64)> = events
                 .iter()

@@ -121,9 +121,9 @@ async fn one_shared_dsn_migrates_passes_doctor_engages_and_exports() {
     assert!(
         out.lines().any(|l| {
             let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            e["control"] == "kill_switch"
-                && e["action"] == "engage"
-                && e["reason"] == "shared dsn drill"
+            e["entry"]["control"] == "kill_switch"
+                && e["entry"]["action"] == "engage"
+                && e["entry"]["reason"] == "shared dsn drill"
         }),
         "{out}"
     );

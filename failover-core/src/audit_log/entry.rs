@@ -129,26 +129,6 @@ pub(crate) fn encode(out: &mut String, f: &Fields<'_>, details: impl FnOnce(&mut
     out.push('}');
 }
 
-/// Writes a JSON value given as its raw text canonically: as is when it already is
-/// (`true`, `false`, `null`, a plain integer, a string without escapes), otherwise
-/// parsed and rewritten.
-pub(crate) fn raw_value(out: &mut String, raw: &str) {
-    let b = raw.as_bytes();
-    let plain_int = !b.is_empty()
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| c.is_ascii_digit() || (i == 0 && *c == b'-' && b.len() > 1));
-    let plain_str = b.len() >= 2 && b[0] == b'"' && !b.contains(&b'\\');
-    if plain_int || plain_str || raw == "true" || raw == "false" || raw == "null" {
-        out.push_str(raw);
-    } else {
-        match serde_json::from_str::<Value>(raw) {
-            Ok(v) => value(out, &v),
-            Err(_) => out.push_str(raw),
-        }
-    }
-}
-
 /// A timestamp as the encoding writes it: UTC RFC 3339 with six fractional digits.
 pub fn format_time(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_micros(t).to_string()

@@ -1,40 +1,122 @@
-//! The JSONL export of the audit log and its offline verification.
+//! The JSONL export of the audit log (format 2) and its offline verification.
 //!
-//! One line per log entry in index order, then one line with the tree head:
+//! A header line, one line per log entry in index order, then one line with the tree
+//! head:
 //!
 //! ```text
-//! {"index":0,"control":"kill_switch","position":…,"request_id":…,"action":"engage","actor":…,"reason":…,"ticket":null,"at":"…","details":{…},"entry":"tp-audit-v1 {…}","leaf":"<hex>"}
+//! {"audit_export":2}
+//! {"index":0,"leaf":"<hex>","encoding":"tp-audit-v1","entry":{"action":"engage","actor":…,"at":…,"control":"kill_switch","details":{…},"position":…,"reason":…,"request_id":…,"ticket":null}}
 //! …
 //! {"tree_head":{"size":N,"root":"<hex>"}}
 //! ```
 //!
-//! `entry` is the canonical entry recomputed from the live event row when the export
-//! was taken (null when the row is gone); `leaf` is the leaf hash the log recorded when
-//! the event was appended. Verification rebuilds every entry from the line's fields,
-//! checks its leaf hash against `leaf`, checks the indices run 0, 1, 2 … and checks the
-//! root of the recorded leaves against the head.
+//! `entry` is the event's canonical entry, rebuilt from the live event row when the
+//! export was taken, written as the JSON object it is: the bytes after the encoding tag
+//! and its space are exactly the line's bytes between `"entry":` and the final `}`. The
+//! fields a reader sees are the hashed bytes themselves; nothing is repeated beside
+//! them. `leaf` is the leaf hash the log recorded when the event was appended. An
+//! entry whose event row is gone is written as `"entry":null` followed by its `control`
+//! and `position` (such a line never verifies).
+//!
+//! Every entry line has exactly this layout, keys in this order, no whitespace:
+//! verification reads the index, the leaf and the tag at their places, hashes
+//! `tag ␠ entry` and compares it with `leaf`, checks the indices run 0, 1, 2 … and
+//! checks the root of the recorded leaves against the head. A line in any other layout
+//! is refused, so no field can be added, repeated or moved beside the hashed bytes.
+//!
+//! Format 1 (before the header line existed) repeated every field beside the entry;
+//! verification refuses it and says to export again.
 
-use super::entry::{json_string, key, raw_value, AuditRecord, ENCODING_VERSION};
-use super::merkle::{leaf_hash, Hash, RightEdge};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use super::entry::{AuditRecord, ENCODING_VERSION};
+use super::merkle::{Hash, RightEdge};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::BufRead;
 
+/// The export format [`ExportLine::line`] writes and [`verify_export`] reads.
+pub const EXPORT_FORMAT: u32 = 2;
+
+/// The first line of an export: `{"audit_export":2}`.
+pub fn header_line() -> String {
+    format!("{{\"audit_export\":{EXPORT_FORMAT}}}")
+}
+
 /// One entry line of an export.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExportLine {
     /// The entry's index in the log (0, 1, 2 …).
     pub index: u64,
-    /// The event.
-    #[serde(flatten)]
-    pub record: AuditRecord,
-    /// The canonical entry recomputed from the live row (null when the row is gone).
-    pub entry: Option<String>,
+    /// The control of the event, as the log records it.
+    pub control: String,
+    /// The event's position, as the log records it.
+    pub position: u64,
+    /// The event as its row is now (None when the row is gone).
+    pub record: Option<AuditRecord>,
     /// The leaf hash recorded at append time (hex).
     pub leaf: String,
+}
+
+/// The serde shape of an entry line, for reading one whole (not for verifying).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    index: u64,
+    leaf: String,
+    encoding: String,
+    entry: Option<AuditRecord>,
+    control: Option<String>,
+    position: Option<u64>,
+}
+
+impl ExportLine {
+    /// The line (without its newline), in the layout verification requires.
+    pub fn line(&self) -> String {
+        let mut out = String::with_capacity(512);
+        out.push_str("{\"index\":");
+        out.push_str(&self.index.to_string());
+        out.push_str(",\"leaf\":\"");
+        out.push_str(&self.leaf);
+        out.push_str("\",\"encoding\":\"");
+        out.push_str(ENCODING_VERSION);
+        out.push_str("\",\"entry\":");
+        match &self.record {
+            Some(r) => out.push_str(&r.canonical()[ENCODING_VERSION.len() + 1..]),
+            None => {
+                out.push_str("null,\"control\":");
+                super::entry::json_string(&mut out, &self.control);
+                out.push_str(",\"position\":");
+                out.push_str(&self.position.to_string());
+            }
+        }
+        out.push('}');
+        out
+    }
+
+    /// Reads an entry line whole (any key order; this is not a verification).
+    pub fn parse(text: &str) -> Result<ExportLine, String> {
+        let w: Wire = serde_json::from_str(text).map_err(|e| format!("not an export line: {e}"))?;
+        if w.encoding != ENCODING_VERSION {
+            return Err(format!(
+                "entry {} is encoded as {:?}, which this version does not read",
+                w.index, w.encoding
+            ));
+        }
+        let (control, position) = match &w.entry {
+            Some(r) => (r.control.clone(), r.position),
+            None => (
+                w.control.unwrap_or_default(),
+                w.position.unwrap_or_default(),
+            ),
+        };
+        Ok(ExportLine {
+            index: w.index,
+            control,
+            position,
+            record: w.entry,
+            leaf: w.leaf,
+        })
+    }
 }
 
 /// The last line of an export.
@@ -143,11 +225,6 @@ pub struct Verified {
     pub leaves: Vec<Hash>,
 }
 
-enum Line {
-    Entry(Box<ExportLine>),
-    Head(TreeHead),
-}
-
 #[derive(Deserialize)]
 struct HeadLine {
     tree_head: HeadFields,
@@ -159,18 +236,39 @@ struct HeadFields {
     root: String,
 }
 
-fn parse_line(text: &str) -> Result<Line, String> {
-    if text.starts_with("{\"tree_head\"") {
-        let h: HeadLine = serde_json::from_str(text).map_err(|e| format!("tree head: {e}"))?;
-        let root = parse_hex(&h.tree_head.root).ok_or("tree head: root is not 64 hex digits")?;
-        return Ok(Line::Head(TreeHead {
-            size: h.tree_head.size,
-            root,
-        }));
+fn parse_head(text: &[u8]) -> Result<TreeHead, String> {
+    let h: HeadLine = serde_json::from_slice(text).map_err(|e| format!("tree head: {e}"))?;
+    let root = parse_hex(&h.tree_head.root).ok_or("tree head: root is not 64 hex digits")?;
+    Ok(TreeHead {
+        size: h.tree_head.size,
+        root,
+    })
+}
+
+/// Checks the header line; the error says what to do with another format.
+fn check_header(line: &[u8]) -> Result<(), String> {
+    if line == header_line().as_bytes() {
+        return Ok(());
     }
-    serde_json::from_str::<ExportLine>(text)
-        .map(|l| Line::Entry(Box::new(l)))
-        .map_err(|e| format!("not an export line: {e}"))
+    if line.starts_with(b"{\"index\":") {
+        return Err(format!(
+            "this export is in format 1 (no header line, every field repeated beside the entry); this safetyctl verifies format {EXPORT_FORMAT} only: export the log again with `safetyctl audit export`"
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Header {
+        audit_export: u64,
+    }
+    match serde_json::from_slice::<Header>(line) {
+        Ok(h) => Err(format!(
+            "this export is in format {}; this safetyctl verifies format {EXPORT_FORMAT} only: verify it with the safetyctl that wrote it, or export the log again with this one",
+            h.audit_export
+        )),
+        Err(_) => Err(format!(
+            "the first line is not the header {}: this is not an audit log export",
+            header_line()
+        )),
+    }
 }
 
 /// Reads the entry lines of an export (for naming entries another export lacks);
@@ -178,11 +276,19 @@ fn parse_line(text: &str) -> Result<Line, String> {
 pub fn read_entries(reader: impl BufRead) -> Result<Vec<ExportLine>, Finding> {
     let mut out = Vec::new();
     for (n, text) in reader.lines().enumerate() {
-        let text = text.map_err(|e| malformed(n as u64 + 1, format!("cannot read: {e}")))?;
-        match parse_line(&text).map_err(|e| malformed(n as u64 + 1, e))? {
-            Line::Entry(l) => out.push(*l),
-            Line::Head(_) => break,
+        let line = n as u64 + 1;
+        let text = text.map_err(|e| malformed(line, format!("cannot read: {e}")))?;
+        if text.is_empty() {
+            continue;
         }
+        if line == 1 {
+            check_header(text.as_bytes()).map_err(|e| malformed(line, e))?;
+            continue;
+        }
+        if text.starts_with("{\"tree_head\"") {
+            break;
+        }
+        out.push(ExportLine::parse(&text).map_err(|e| malformed(line, e))?);
     }
     Ok(out)
 }
@@ -197,111 +303,71 @@ fn malformed(line: u64, why: String) -> Finding {
     }
 }
 
-/// One entry line, its values kept as the line's raw JSON text: a value already in
-/// canonical form (a string without escapes, an integer, a boolean, null) is copied
-/// into the rebuilt entry as it is written, anything else is decoded and rewritten.
-#[derive(Deserialize)]
-struct RawLine<'a> {
+/// An entry line split at the places its layout fixes.
+struct Split<'a> {
     index: u64,
-    #[serde(borrow)]
-    control: Cow<'a, str>,
-    position: u64,
-    #[serde(borrow)]
-    request_id: &'a RawValue,
-    #[serde(borrow)]
-    action: &'a RawValue,
-    #[serde(borrow)]
-    actor: &'a RawValue,
-    #[serde(borrow)]
-    reason: &'a RawValue,
-    #[serde(borrow)]
-    ticket: &'a RawValue,
-    #[serde(borrow)]
-    at: &'a RawValue,
-    #[serde(borrow)]
-    details: BTreeMap<Cow<'a, str>, &'a RawValue>,
-    #[serde(borrow)]
-    entry: Option<&'a RawValue>,
-    #[serde(borrow)]
-    leaf: &'a str,
+    leaf: &'a [u8],
+    encoding: &'a [u8],
+    /// The bytes between `"entry":` and the line's final `}`.
+    entry: &'a [u8],
 }
 
-impl RawLine<'_> {
-    /// The canonical entry of the line's fields: the layout of
-    /// [`AuditRecord::canonical`], from raw values.
-    fn canonical(&self, out: &mut String) {
-        out.clear();
-        out.push_str(ENCODING_VERSION);
-        out.push_str(" {");
-        key(out, "action", true);
-        raw_value(out, self.action.get());
-        key(out, "actor", false);
-        raw_value(out, self.actor.get());
-        key(out, "at", false);
-        raw_value(out, self.at.get());
-        key(out, "control", false);
-        json_string(out, &self.control);
-        key(out, "details", false);
-        out.push('{');
-        for (i, (k, v)) in self.details.iter().enumerate() {
-            key(out, k, i == 0);
-            raw_value(out, v.get());
-        }
-        out.push('}');
-        key(out, "position", false);
-        let _ = write!(out, "{}", self.position);
-        key(out, "reason", false);
-        raw_value(out, self.reason.get());
-        key(out, "request_id", false);
-        raw_value(out, self.request_id.get());
-        key(out, "ticket", false);
-        raw_value(out, self.ticket.get());
-        out.push('}');
+/// Splits `{"index":N,"leaf":"<64 hex>","encoding":"<tag>","entry":…}`; `None` when the
+/// line has another layout.
+fn split(line: &[u8]) -> Option<Split<'_>> {
+    let rest = line.strip_prefix(b"{\"index\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 || (digits > 1 && rest[0] == b'0') {
+        return None;
+    }
+    let index = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b",\"leaf\":\"")?;
+    let (leaf, rest) = (rest.get(..64)?, rest.get(64..)?);
+    let rest = rest.strip_prefix(b"\",\"encoding\":\"")?;
+    let tag = rest.iter().position(|&b| b == b'"')?;
+    let (encoding, rest) = (&rest[..tag], &rest[tag..]);
+    let rest = rest.strip_prefix(b"\",\"entry\":")?;
+    let entry = rest.strip_suffix(b"}")?;
+    Some(Split {
+        index,
+        leaf,
+        encoding,
+        entry,
+    })
+}
+
+/// The control and position of an entry (or of a gone row's line), read as JSON: only
+/// to name a line in a finding.
+fn names(line: &[u8]) -> (Option<u64>, Option<String>) {
+    #[derive(Deserialize)]
+    struct Names<'a> {
+        #[serde(borrow)]
+        control: Cow<'a, str>,
+        position: u64,
+    }
+    #[derive(Deserialize)]
+    struct Gone<'a> {
+        #[serde(borrow)]
+        entry: Option<Names<'a>>,
+        #[serde(borrow)]
+        control: Option<Cow<'a, str>>,
+        position: Option<u64>,
+    }
+    match serde_json::from_slice::<Gone<'_>>(line) {
+        Ok(Gone { entry: Some(n), .. }) => (Some(n.position), Some(n.control.into_owned())),
+        Ok(g) => (g.position, g.control.map(Cow::into_owned)),
+        Err(_) => (None, None),
     }
 }
 
-/// True when the JSON string `raw` (with its quotes and escapes) holds `text`: the runs
-/// between escapes compared as they are, the simple escapes decoded on the way;
-/// anything else (`\u` escapes) decoded whole.
-fn same_string(raw: &str, text: &str) -> bool {
-    let slow = || serde_json::from_str::<String>(raw).is_ok_and(|s| s == text);
-    let r = raw.as_bytes();
-    if r.len() < 2 || r[0] != b'"' || r[r.len() - 1] != b'"' {
-        return false;
-    }
-    let (r, t) = (&r[1..r.len() - 1], text.as_bytes());
-    let (mut i, mut j) = (0, 0);
-    while i < r.len() {
-        let run = r[i..]
-            .iter()
-            .position(|&b| b == b'\\')
-            .unwrap_or(r.len() - i);
-        if t.get(j..j + run) != Some(&r[i..i + run]) {
-            return false;
-        }
-        i += run;
-        j += run;
-        if i == r.len() {
-            break;
-        }
-        let decoded = match r.get(i + 1) {
-            Some(b'"') => b'"',
-            Some(b'\\') => b'\\',
-            Some(b'/') => b'/',
-            Some(b'n') => b'\n',
-            Some(b't') => b'\t',
-            Some(b'r') => b'\r',
-            Some(b'b') => 0x08,
-            Some(b'f') => 0x0c,
-            _ => return slow(),
-        };
-        if t.get(j) != Some(&decoded) {
-            return false;
-        }
-        i += 2;
-        j += 1;
-    }
-    j == t.len()
+/// The leaf hash of `tag ␠ entry`: SHA-256(0x00 ‖ tag ‖ 0x20 ‖ entry).
+fn entry_leaf(tag: &[u8], entry: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(tag);
+    h.update(b" ");
+    h.update(entry);
+    h.finalize().into()
 }
 
 /// Verifies an export read from `reader`, calling `progress` with the bytes read so
@@ -311,16 +377,18 @@ pub fn verify_export(
     mut reader: impl BufRead,
     mut progress: impl FnMut(u64),
 ) -> Result<Verified, Finding> {
-    // Per entry line: its index, position and control (as an index into `controls`).
-    let mut indices: Vec<(u64, u64, u8)> = Vec::new();
-    let mut controls: Vec<String> = Vec::new();
+    let mut indices: Vec<u64> = Vec::new();
     let mut leaves: Vec<Hash> = Vec::new();
+    // From the first line whose index is not its place on: each line's position and
+    // control, to name a missing or moved entry.
+    let mut irregular: Option<(usize, u64)> = None;
+    let mut named: Vec<(Option<u64>, Option<String>)> = Vec::new();
     let mut first_edit: Option<Finding> = None;
+    let mut header = false;
     let mut head = None;
     let mut bytes = 0u64;
     let mut lines = 0u64;
     let mut text: Vec<u8> = Vec::with_capacity(1024);
-    let mut rebuilt = String::with_capacity(512);
     loop {
         text.clear();
         let read = reader
@@ -342,78 +410,82 @@ pub fn verify_export(
         if line.is_empty() {
             continue;
         }
+        if !header {
+            check_header(line).map_err(|e| malformed(lines, e))?;
+            header = true;
+            continue;
+        }
         if head.is_some() {
             return Err(malformed(lines, "a line after the tree head".into()));
         }
         if line.starts_with(b"{\"tree_head\"") {
-            let line = std::str::from_utf8(line)
-                .map_err(|_| malformed(lines, "the tree head is not UTF-8".into()))?;
-            match parse_line(line).map_err(|e| malformed(lines, e))? {
-                Line::Head(h) => head = Some((h, lines)),
-                Line::Entry(_) => unreachable!("a tree head line parses as a head"),
-            }
+            head = Some((parse_head(line).map_err(|e| malformed(lines, e))?, lines));
             continue;
         }
-        let l: RawLine<'_> = serde_json::from_slice(line)
-            .map_err(|e| malformed(lines, format!("not an export line: {e}")))?;
-        let control = match controls.iter().position(|c| *c == l.control) {
-            Some(i) => i,
-            None => {
-                controls.push(l.control.to_string());
-                controls.len() - 1
+        let Some(l) = split(line) else {
+            return Err(malformed(
+                lines,
+                "not an entry line of format 2: {\"index\":N,\"leaf\":\"<hex>\",\"encoding\":\"tp-audit-v1\",\"entry\":{…}} with nothing else, in this order, without whitespace".into(),
+            ));
+        };
+        let at = |problem| {
+            let (position, control) = names(line);
+            Finding {
+                index: Some(l.index),
+                position,
+                control,
+                line: lines,
+                problem,
             }
         };
-        let at = |problem| Finding {
-            index: Some(l.index),
-            position: Some(l.position),
-            control: Some(l.control.to_string()),
-            line: lines,
-            problem,
-        };
-        let recorded = parse_hex(l.leaf)
+        if l.encoding != ENCODING_VERSION.as_bytes() {
+            return Err(at(Problem::Malformed(format!(
+                "the entry is encoded as {:?}, which this version does not read",
+                String::from_utf8_lossy(l.encoding)
+            ))));
+        }
+        let recorded = std::str::from_utf8(l.leaf)
+            .ok()
+            .and_then(parse_hex)
             .ok_or_else(|| at(Problem::Malformed("leaf is not 64 hex digits".into())))?;
         if first_edit.is_none() {
-            l.canonical(&mut rebuilt);
-            let edited = match l.entry.map(RawValue::get) {
-                None | Some("null") => Some("the event row is gone from the database"),
-                Some(e) if !same_string(e, &rebuilt) => {
-                    Some("the entry does not match the event's fields")
-                }
-                Some(_) if leaf_hash(rebuilt.as_bytes()) != recorded => {
-                    Some("the event's fields do not hash to the leaf recorded when it was appended")
-                }
-                Some(_) => None,
+            let edited = if l.entry.starts_with(b"null") {
+                Some("the event row is gone from the database")
+            } else if !l.entry.starts_with(b"{") || entry_leaf(l.encoding, l.entry) != recorded {
+                Some("the entry (the event's fields) does not hash to the leaf recorded when it was appended")
+            } else {
+                None
             };
             if let Some(why) = edited {
                 first_edit = Some(at(Problem::Edited(why.to_owned())));
             }
         }
-        indices.push((
-            l.index,
-            l.position,
-            u8::try_from(control).unwrap_or(u8::MAX),
-        ));
+        if irregular.is_none() && l.index != indices.len() as u64 {
+            irregular = Some((indices.len(), lines));
+        }
+        if irregular.is_some() {
+            named.push(names(line));
+        }
+        indices.push(l.index);
         leaves.push(recorded);
     }
     progress(bytes);
-    let named = |i: usize| {
-        let (_, position, control) = indices[i];
-        (Some(position), controls.get(usize::from(control)).cloned())
-    };
-    if let Some(k) = indices
-        .iter()
-        .enumerate()
-        .position(|(k, (index, _, _))| *index != k as u64)
-    {
-        let wanted = k as u64;
-        if first_edit.as_ref().is_none_or(|f| f.line > wanted + 1) {
-            let found = indices.iter().position(|(index, _, _)| *index == wanted);
-            let (position, control) = found.map_or((None, None), named);
+    if !header {
+        return Err(malformed(
+            lines,
+            "the file is empty: an export has a header, its entries and a tree head".into(),
+        ));
+    }
+    if let Some((k, line)) = irregular {
+        if first_edit.as_ref().is_none_or(|f| f.line > line) {
+            let wanted = k as u64;
+            let found = indices[k..].iter().position(|index| *index == wanted);
+            let (position, control) = found.map_or((None, None), |i| named[i].clone());
             return Err(Finding {
                 index: Some(wanted),
                 position,
                 control,
-                line: k as u64 + 1,
+                line,
                 problem: if found.is_some() {
                     Problem::Reordered
                 } else {
@@ -462,25 +534,13 @@ pub fn verify_export(
 
 #[cfg(test)]
 mod tests {
+    use super::super::merkle::leaf_hash;
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn an_entry_string_is_compared_through_its_escapes() {
-        let text = "tp-audit-v1 {\"a\":\"b\\\\c\\n\u{1}é\"}";
-        let raw = serde_json::to_string(text).unwrap();
-        assert!(same_string(&raw, text));
-        // Written with other (valid) escapes: still the same string.
-        assert!(same_string(&raw.replace('é', "\\u00e9"), text));
-        assert!(same_string(&raw.replace("\\\"", "\\u0022"), text));
-        assert!(!same_string(&raw, &text.replace('b', "x")));
-        assert!(!same_string(&raw, &format!("{text} ")));
-        assert!(!same_string("\"\"", text));
-    }
-
     fn export(reasons: &[&str]) -> (Vec<String>, TreeHead) {
         let mut tree = RightEdge::new();
-        let mut lines = Vec::new();
+        let mut lines = vec![header_line()];
         for (i, reason) in reasons.iter().enumerate() {
             let record = AuditRecord {
                 control: "kill_switch".into(),
@@ -493,17 +553,17 @@ mod tests {
                 at: "2025-01-31T09:30:00.000000Z".into(),
                 details: [("version".to_owned(), json!(i))].into_iter().collect(),
             };
-            let entry = record.canonical();
-            let leaf = leaf_hash(entry.as_bytes());
+            let leaf = leaf_hash(record.canonical().as_bytes());
             tree.push(leaf);
             lines.push(
-                serde_json::to_string(&ExportLine {
+                ExportLine {
                     index: i as u64,
-                    record,
-                    entry: Some(entry),
+                    control: record.control.clone(),
+                    position: record.position,
+                    record: Some(record),
                     leaf: hex(&leaf),
-                })
-                .unwrap(),
+                }
+                .line(),
             );
         }
         let head = TreeHead {
@@ -519,27 +579,71 @@ mod tests {
     }
 
     #[test]
+    fn a_line_is_valid_json_whose_entry_is_the_canonical_entry() {
+        let (lines, _) = export(&["a \"quoted\" reason\n", "b"]);
+        let l = ExportLine::parse(&lines[1]).unwrap();
+        let record = l.record.clone().unwrap();
+        assert_eq!(record.reason.as_deref(), Some("a \"quoted\" reason\n"));
+        assert_eq!(ExportLine::parse(&l.line()).unwrap(), l);
+        assert_eq!(l.line(), lines[1]);
+        assert_eq!(
+            hex(&leaf_hash(record.canonical().as_bytes())),
+            l.leaf,
+            "the line's leaf is the canonical entry's"
+        );
+    }
+
+    #[test]
     fn verification_names_the_first_bad_line() {
         let (lines, head) = export(&["a \"quoted\" reason", "b", "c", "d"]);
         assert_eq!(check(&lines).unwrap().head, head);
 
-        // Only the entry text changed: the fields still hash to the leaf, but the
-        // export no longer says what it recorded.
-        let mut entry_only = lines.clone();
-        entry_only[1] =
-            entry_only[1].replacen("\\\"reason\\\":\\\"b\\\"", "\\\"reason\\\":\\\"x\\\"", 1);
-        assert_ne!(entry_only[1], lines[1]);
-        let f = check(&entry_only).unwrap_err();
-        assert_eq!((f.index, f.position), (Some(1), Some(11)));
+        // A readable field edited: it is the hashed bytes.
+        let mut edited = lines.clone();
+        edited[2] = edited[2].replacen("\"reason\":\"b\"", "\"reason\":\"x\"", 1);
+        assert_ne!(edited[2], lines[2]);
+        let f = check(&edited).unwrap_err();
+        assert_eq!((f.index, f.position), (Some(1), Some(11)), "{f}");
         assert!(matches!(f.problem, Problem::Edited(_)), "{f}");
 
-        // The same index twice, and a line after the head.
+        // A field added or repeated beside the entry (a reader would see it) is refused,
+        // and so is the same line re-formatted.
+        for other in [
+            lines[2].replacen("{\"index\":1,", "{\"index\":1,\"reason\":\"x\",", 1),
+            lines[2].replacen("}}", "},\"entry\":{}}", 1),
+            lines[2].replace(",\"", ", \""),
+        ] {
+            let mut added = lines.clone();
+            added[2] = other;
+            let f = check(&added).unwrap_err();
+            assert!(
+                matches!(f.problem, Problem::Malformed(_) | Problem::Edited(_)),
+                "{f}"
+            );
+            assert_eq!(f.line, 3, "{f}");
+        }
+
+        // The same index twice, two lines swapped, one removed.
         let mut twice = lines.clone();
-        twice[2] = twice[1].clone();
+        twice[3] = twice[2].clone();
         let f = check(&twice).unwrap_err();
         assert_eq!(f.index, Some(2), "{f}");
+        let mut swapped = lines.clone();
+        swapped.swap(2, 3);
+        let f = check(&swapped).unwrap_err();
+        assert_eq!(
+            (f.index, f.position, &f.problem),
+            (Some(1), Some(11), &Problem::Reordered),
+            "{f}"
+        );
+        let mut missing = lines.clone();
+        missing.remove(3);
+        let f = check(&missing).unwrap_err();
+        assert_eq!((f.index, &f.problem), (Some(2), &Problem::Missing), "{f}");
+
+        // A line after the head.
         let mut after = lines.clone();
-        after.push(lines[0].clone());
+        after.push(lines[1].clone());
         assert!(matches!(
             check(&after).unwrap_err().problem,
             Problem::Malformed(_)
@@ -557,5 +661,21 @@ mod tests {
             check(&short_head).unwrap_err().problem,
             Problem::WrongRoot(_)
         ));
+    }
+
+    #[test]
+    fn an_export_of_another_format_is_refused_saying_to_export_again() {
+        let (lines, _) = export(&["a"]);
+        let old = vec![
+            "{\"index\":0,\"control\":\"kill_switch\",\"position\":10}".to_owned(),
+            lines[2].clone(),
+        ];
+        let f = check(&old).unwrap_err();
+        assert!(f.to_string().contains("format 1"), "{f}");
+        assert!(f.to_string().contains("export the log again"), "{f}");
+        let mut newer = lines.clone();
+        newer[0] = "{\"audit_export\":3}".into();
+        let f = check(&newer).unwrap_err();
+        assert!(f.to_string().contains("format 3"), "{f}");
     }
 }

@@ -3,9 +3,10 @@
 //!
 //! The database appends each event's canonical entry ([`AuditRecord::canonical`],
 //! encoding `tp-audit-v1`) to `audit_log` when the event is inserted and keeps the
-//! tree's right edge in `audit_log_head`. An export ([`ExportLine`] per entry, then a
-//! [`TreeHead`]) carries each event's fields as they are in the database, and the leaf
-//! hash recorded at append time: [`verify_export`] finds an event changed since
+//! tree's right edge in `audit_log_head`. An export (format [`EXPORT_FORMAT`]: a
+//! header, an [`ExportLine`] per entry, then a [`TreeHead`]; written in batches by
+//! `write_log`) carries each event's canonical entry as the event's row is now, and
+//! the leaf hash recorded at append time: [`verify_export`] finds an event changed since
 //! (`edited`), an entry removed (`missing`), entries moved (`reordered`) or a head that
 //! does not match (`wrong root`). A [`Checkpoint`] signed with a key kept outside the
 //! database ([`sign_note`], [`publish_checkpoint`]) pins a tree head: a later export
@@ -20,7 +21,8 @@ mod postgres;
 
 pub use entry::{format_time, AuditRecord, ENCODING_VERSION};
 pub use export::{
-    hex, parse_hex, read_entries, verify_export, ExportLine, Finding, Problem, TreeHead, Verified,
+    header_line, hex, parse_hex, read_entries, verify_export, ExportLine, Finding, Problem,
+    TreeHead, Verified, EXPORT_FORMAT,
 };
 pub use merkle::{
     consistency_proof, empty_root, leaf_hash, node_hash, root, verify_consistency, Hash,
@@ -31,7 +33,9 @@ pub use note::{
     NoteError,
 };
 #[cfg(feature = "postgres")]
-pub use postgres::{publish_checkpoint, read_log, tree_head, CheckpointError, LogSnapshot};
+pub use postgres::{
+    publish_checkpoint, tree_head, write_log, CheckpointError, ExportError, EXPORT_BATCH,
+};
 
 /// How an export stands against a checkpoint it should extend.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
+use tokio_postgres::types::Type;
 
 /// The current tree head (`audit_log_head`): size and root.
 pub async fn tree_head(pool: &PgPool) -> Result<TreeHead, DbError> {
@@ -84,30 +85,22 @@ pub async fn publish_checkpoint(
     Ok(note)
 }
 
-/// The log as one consistent snapshot: every entry with the event's live fields, and
-/// the head.
-#[derive(Debug, Clone)]
-pub struct LogSnapshot {
-    /// One line per entry, in index order.
-    pub lines: Vec<ExportLine>,
-    /// The head as `audit_log_head` states it.
-    pub head: TreeHead,
-}
-
-const LOG: &str = "SELECT idx, control, position, leaf_hash FROM audit_log ORDER BY idx";
+const LOG: &str = "SELECT idx, control, position, leaf_hash FROM audit_log \
+    WHERE idx >= $1 AND idx < $2 ORDER BY idx";
 const KILL_SWITCH: &str = "SELECT position, request_id::TEXT, action, actor, reason, ticket, at, \
-    authority, engaged, login, version, approval_id::TEXT, break_glass FROM kill_switch_events";
+    authority, engaged, login, version, approval_id::TEXT, break_glass FROM kill_switch_events \
+    WHERE position = ANY($1)";
 const SYMBOL_MODE: &str = "SELECT position, request_id::TEXT, command, actor, reason, ticket, at, \
     authority, from_mode, login, relaxes, symbol, to_mode, version, withdrawals_halted, \
     approval_id::TEXT, break_glass, from_rate, from_burst, to_rate, to_burst \
-    FROM symbol_mode_events";
+    FROM symbol_mode_events WHERE position = ANY($1)";
 const SCOPE: &str = "SELECT position, request_id::TEXT, action, actor, reason, ticket, at, \
     authority, approval_id::TEXT, break_glass, from_mode, login, path, to_mode, version \
-    FROM scope_events";
+    FROM scope_events WHERE position = ANY($1)";
 const APPROVALS: &str = "SELECT position, request_id::TEXT, event, actor, reason, ticket, at, \
-    action, detail, login, what FROM approval_events";
+    action, detail, login, what FROM approval_events WHERE position = ANY($1)";
 const LEASE: &str = "SELECT id, event, holder, at, resource, token, \
-    (extract(epoch FROM ttl) * 1000000)::BIGINT FROM fencing_lease_events";
+    (extract(epoch FROM ttl) * 1000000)::BIGINT FROM fencing_lease_events WHERE id = ANY($1)";
 
 type Row = tokio_postgres::Row;
 
@@ -221,95 +214,119 @@ fn record(control: &str, r: &Row) -> AuditRecord {
     }
 }
 
-/// Reads the whole log, each entry joined with its event row as it is now, and the
-/// head, in one repeatable-read snapshot (entries commit in index order, so the
-/// snapshot holds a prefix of the log). `progress(done, total)` is called as entries
-/// are joined. An entry whose event row is gone gets no `entry`.
-pub async fn read_log(pool: &PgPool, progress: impl Fn(u64, u64)) -> Result<LogSnapshot, DbError> {
-    let (log, mut events, size, edge) = pool
-        .run("audit_log.read", move |c| {
-            Box::pin(async move {
-                c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await?;
-                let head = c
-                    .query_one("SELECT size, edge FROM audit_log_head WHERE id = 1", &[])
-                    .await?;
-                let log = c.query(LOG, &[]).await?;
-                let mut events: HashMap<(&'static str, i64), AuditRecord> = HashMap::new();
-                for (control, table, sql) in [
-                    ("kill_switch", "kill_switch_events", KILL_SWITCH),
-                    ("symbol_mode", "symbol_mode_events", SYMBOL_MODE),
-                    ("scope", "scope_events", SCOPE),
-                    ("approvals", "approval_events", APPROVALS),
-                    ("lease", "fencing_lease_events", LEASE),
-                ] {
-                    let exists: bool = c
-                        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-                        .await?
-                        .get(0);
-                    if !exists {
-                        continue;
-                    }
-                    for r in c.query(sql, &[]).await? {
-                        events.insert((control, r.get(0)), record(control, &r));
-                    }
-                }
-                c.batch_execute("COMMIT").await?;
-                Ok((
-                    log,
-                    events,
-                    head.get::<_, i64>(0),
-                    head.get::<_, Vec<Vec<u8>>>(1),
-                ))
-            })
-        })
-        .await?;
-    let total = log.len() as u64;
-    let mut lines = Vec::with_capacity(log.len());
-    for (i, l) in log.iter().enumerate() {
-        let control: String = l.get(1);
-        let position: i64 = l.get(2);
-        let leaf: Vec<u8> = l.get(3);
-        let key = match control.as_str() {
-            "kill_switch" => "kill_switch",
-            "symbol_mode" => "symbol_mode",
-            "scope" => "scope",
-            "approvals" => "approvals",
-            _ => "lease",
-        };
-        let (record, entry) = match events.remove(&(key, position)) {
-            Some(r) => {
-                let entry = r.canonical();
-                (r, Some(entry))
+/// Entries [`write_log`] reads per round trip.
+pub const EXPORT_BATCH: u64 = 5_000;
+
+/// Why an export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Reading the log failed.
+    #[error("reading the audit log: {0}")]
+    Db(#[from] DbError),
+    /// Writing the export failed.
+    #[error("writing the export: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// The controls whose event tables exist, with the statement reading their rows.
+const CONTROLS: [(&str, &str, &str); 5] = [
+    ("kill_switch", "kill_switch_events", KILL_SWITCH),
+    ("symbol_mode", "symbol_mode_events", SYMBOL_MODE),
+    ("scope", "scope_events", SCOPE),
+    ("approvals", "approval_events", APPROVALS),
+    ("lease", "fencing_lease_events", LEASE),
+];
+
+/// Writes the export of the log (format [`EXPORT_FORMAT`](super::EXPORT_FORMAT): the
+/// header, one line per entry joined with its event row as it is now, the head) to
+/// `out` as it reads, [`EXPORT_BATCH`] entries a round trip, and returns the head.
+///
+/// The head is read first; the entries below it are then read by index range (keyset
+/// pagination), each batch one bounded statement per control under the pool's retry
+/// policy, so memory stays at one batch whatever the log's size. Entries are never
+/// changed once appended and commit in index order, so the pages add up to the log
+/// the head describes; the event rows are read as they are when their page is read (an
+/// entry whose row was changed since its append does not verify, which is the point).
+/// `progress(done, total)` is called after each batch.
+pub async fn write_log<W: std::io::Write + Send>(
+    pool: &PgPool,
+    out: &mut W,
+    progress: impl Fn(u64, u64),
+) -> Result<TreeHead, ExportError> {
+    let head = tree_head(pool).await?;
+    let tables: Vec<&str> = CONTROLS.iter().map(|(_, t, _)| *t).collect();
+    let exists: Vec<bool> = pool
+        .query_one(
+            "audit_log.export.tables",
+            "SELECT array_agg(to_regclass(t) IS NOT NULL ORDER BY n) FROM unnest($1::TEXT[]) WITH ORDINALITY AS u(t, n)",
+            &[(&tables, Type::TEXT_ARRAY)],
+        )
+        .await?
+        .get(0);
+    writeln!(out, "{}", super::header_line())?;
+    let total = head.size;
+    let mut from = 0u64;
+    while from < total {
+        let to = (from + EXPORT_BATCH).min(total);
+        let (lo, hi) = (from as i64, to as i64);
+        let log = pool
+            .query(
+                "audit_log.export.entries",
+                LOG,
+                &[(&lo, Type::INT8), (&hi, Type::INT8)],
+            )
+            .await?;
+        let mut events: HashMap<(&'static str, i64), AuditRecord> = HashMap::new();
+        for (i, (control, _, sql)) in CONTROLS.iter().enumerate() {
+            let positions: Vec<i64> = log
+                .iter()
+                .filter(|l| control_key(&l.get::<_, String>(1)) == *control)
+                .map(|l| l.get(2))
+                .collect();
+            if positions.is_empty() || !exists.get(i).copied().unwrap_or(false) {
+                continue;
             }
-            None => (
-                AuditRecord {
-                    control: control.clone(),
-                    position: position as u64,
-                    request_id: None,
-                    action: String::new(),
-                    actor: String::new(),
-                    reason: None,
-                    ticket: None,
-                    at: String::new(),
-                    details: BTreeMap::new(),
-                },
-                None,
-            ),
-        };
-        lines.push(ExportLine {
-            index: l.get::<_, i64>(0) as u64,
-            record,
-            entry,
-            leaf: hex(&leaf),
-        });
-        if i.is_multiple_of(4096) {
-            progress(i as u64, total);
+            for r in pool
+                .query(
+                    "audit_log.export.events",
+                    sql,
+                    &[(&positions, Type::INT8_ARRAY)],
+                )
+                .await?
+            {
+                events.insert((control, r.get(0)), record(control, &r));
+            }
         }
+        for l in &log {
+            let control: String = l.get(1);
+            let position: i64 = l.get(2);
+            let leaf: Vec<u8> = l.get(3);
+            let line = ExportLine {
+                index: l.get::<_, i64>(0) as u64,
+                record: events.remove(&(control_key(&control), position)),
+                control,
+                position: position as u64,
+                leaf: hex(&leaf),
+            };
+            out.write_all(line.line().as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+        from = to;
+        progress(from, total);
     }
+    writeln!(out, "{}", head.line())?;
+    out.flush()?;
     progress(total, total);
-    Ok(LogSnapshot {
-        lines,
-        head: head_of(size, edge)?,
-    })
+    Ok(head)
+}
+
+/// The control an entry names, as the key of [`CONTROLS`] (leases otherwise).
+fn control_key(control: &str) -> &'static str {
+    match control {
+        "kill_switch" => "kill_switch",
+        "symbol_mode" => "symbol_mode",
+        "scope" => "scope",
+        "approvals" => "approvals",
+        _ => "lease",
+    }
 }

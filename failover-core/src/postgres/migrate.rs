@@ -94,6 +94,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         "receipts",
         include_str!("../../migrations/postgres/0007_receipts.sql"),
     ),
+    Migration::new(
+        8,
+        "approval_expiry",
+        include_str!("../../migrations/postgres/0008_approval_expiry.sql"),
+    ),
 ];
 
 /// The roles of the operators' authority model (`tradepulse_viewer`,
