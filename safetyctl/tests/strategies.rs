@@ -129,4 +129,20 @@ async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_a
         text(&o)
     );
     assert!(text(&o).contains("INC-7"), "{}", text(&o));
+
+    // Both changes are entries of the tamper-evident log: the export verifies.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let file = file.to_str().unwrap();
+    let o = safetyctl(&alice_dsn, &["audit", "export", "--out", file, "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let exported = std::fs::read_to_string(file).unwrap();
+    assert_eq!(
+        exported.matches("NewStrategiesHalt").count(),
+        2,
+        "the disable and the enable: {exported}"
+    );
+    let o = safetyctl(&alice_dsn, &["audit", "verify", file, "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("ok: "), "{}", text(&o));
 }
