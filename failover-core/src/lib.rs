@@ -15,6 +15,7 @@ pub mod feed;
 pub mod health;
 pub mod log;
 pub mod memory;
+pub mod names;
 pub mod position;
 pub mod receipt;
 pub mod retry;

@@ -215,33 +215,7 @@ pub fn near_match<'a>(
     symbol: &str,
     registered: impl IntoIterator<Item = &'a str>,
 ) -> Option<String> {
-    let key = fold_symbol(symbol);
-    let mut best: Option<(usize, &str)> = None;
-    for candidate in registered {
-        let distance = edit_distance(&key, &fold_symbol(candidate));
-        if distance <= 2 && best.is_none_or(|(d, _)| distance < d) {
-            best = Some((distance, candidate));
-        }
-    }
-    best.map(|(_, s)| s.to_owned())
-}
-
-/// Levenshtein distance over ASCII bytes (symbols are ASCII).
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != cb))
-                .min(above + 1)
-                .min(row[j] + 1);
-            diagonal = above;
-        }
-    }
-    row[b.len()]
+    failover_core::names::nearest(symbol, registered, fold_symbol).map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -198,37 +198,18 @@ impl ScopePath {
         text: &str,
         known: impl IntoIterator<Item = &'a ScopePath>,
     ) -> Option<ScopePath> {
-        let key = Self::fold(text);
-        let mut best: Option<(usize, &ScopePath)> = None;
-        for candidate in known {
-            if candidate.as_str() == text {
-                return None;
-            }
-            let distance = edit_distance(&key, &Self::fold(candidate.as_str()));
-            if distance <= 2 && best.is_none_or(|(d, _)| distance < d) {
-                best = Some((distance, candidate));
-            }
+        let known: Vec<&ScopePath> = known.into_iter().collect();
+        if known.iter().any(|k| k.as_str() == text) {
+            return None;
         }
-        best.map(|(_, p)| p.clone())
+        failover_core::names::nearest(text, known, Self::fold).cloned()
     }
 }
 
-/// Levenshtein distance over characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (diagonal + usize::from(ca != cb))
-                .min(above + 1)
-                .min(row[j] + 1);
-            diagonal = above;
-        }
+impl AsRef<str> for ScopePath {
+    fn as_ref(&self) -> &str {
+        &self.0
     }
-    row[b.len()]
 }
 
 impl std::fmt::Display for ScopePath {
@@ -241,12 +222,6 @@ impl std::str::FromStr for ScopePath {
     type Err = PathError;
     fn from_str(s: &str) -> Result<Self, PathError> {
         Self::parse(s)
-    }
-}
-
-impl AsRef<str> for ScopePath {
-    fn as_ref(&self) -> &str {
-        &self.0
     }
 }
 
