@@ -13,6 +13,7 @@ mod memory;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+pub mod scope;
 
 pub use failover_core::{
     Applied, Audit, AuditError, Authority, ChangeRef, ComponentHealth, ComponentStatus, Refusal,
@@ -22,6 +23,10 @@ pub use memory::MemoryKillSwitchStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PgStore, PostgresKillSwitchStateStore, PostgresKillSwitchStore};
+pub use scope::{
+    DecidedBy, EffectiveScope, MemoryScopeStore, OrderIntent, ScopeChange, ScopeDelta, ScopeEvent,
+    ScopeMode, ScopePath, ScopeState, ScopeStore, SCOPE_ACTIONS,
+};
 
 pub use failover_core::{FeedSource, Position, Positioned};
 
