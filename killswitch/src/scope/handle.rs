@@ -450,23 +450,11 @@ impl Tree {
     }
 
     fn did_you_mean(&self, wanted: &str) -> Option<ScopePath> {
-        let key = fold(wanted);
-        self.index
-            .keys()
-            .filter(|p| fold(p.as_str()) == key)
-            .min()
-            .cloned()
+        ScopePath::near_miss(
+            wanted,
+            self.nodes.iter().filter(|n| !n.missing).map(|n| &n.path),
+        )
     }
-}
-
-/// A path as compared for near misses: lower case, with `-`, `_` and `.` alike.
-fn fold(path: &str) -> String {
-    path.chars()
-        .map(|c| match c {
-            '-' | '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
 }
 
 #[derive(Debug)]

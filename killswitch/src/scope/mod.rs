@@ -11,9 +11,14 @@
 //! The rules every store applies (memory and PostgreSQL alike, held by one
 //! conformance suite) are on [`ScopeStore`].
 
+mod handle;
 mod memory;
 mod path;
 
+pub use handle::{
+    GateCause, ScopeGate, ScopeModes, ScopeModesConfig, ScopeModesStatus, ScopeRejection,
+    ScopeSnapshotState, FAIL_CLOSED_MODE, SCOPE_HEALTH_COMPONENT,
+};
 pub use memory::MemoryScopeStore;
 pub use path::{PathError, ScopePath, MAX_SEGMENTS, MAX_SEGMENT_CHARS};
 
