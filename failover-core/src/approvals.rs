@@ -6,8 +6,8 @@
 //!   at once. Waiving it relaxes: a supervisor with a ticket, and while any action
 //!   is required the waiver itself waits for a second supervisor. How long a
 //!   request stays open is the policy's `expiry` per action ([`DEFAULT_EXPIRY`]
-//!   unless set when requiring it). `scope.relax` is reserved for scoped controls,
-//!   which do not exist yet: the policy accepts it so that they need no migration.
+//!   unless set when requiring it). `scope.relax` is the relaxation of a scoped
+//!   control (control `scope`, one request per scope path).
 //! * **Pending requests are bound to the exact command and state.** A supervisor's
 //!   relaxation of a required action changes nothing: it records the command
 //!   (control, action, target, parameters, reason, ticket, actor, login) and the
@@ -868,7 +868,7 @@ mod memory {
     /// ([`MemoryApprovals::close`]) — the same order as PostgreSQL (the control's
     /// lock first, then the request).
     pub trait MemoryApprover: Send + Sync + std::fmt::Debug {
-        /// The control it applies for: `kill_switch` or `symbol_mode`.
+        /// The control it applies for: `kill_switch`, `symbol_mode` or `scope`.
         fn control(&self) -> &'static str;
         /// Applies request `id`, approved by `actor`.
         fn apply_approved(

@@ -23,6 +23,9 @@ pub use memory::MemoryKillSwitchStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{PgStore, PostgresKillSwitchStateStore, PostgresKillSwitchStore};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use scope::PostgresScopeStore;
 pub use scope::{
     DecidedBy, EffectiveScope, MemoryScopeStore, OrderIntent, ScopeChange, ScopeDelta, ScopeEvent,
     ScopeMode, ScopePath, ScopeState, ScopeStore, SCOPE_ACTIONS,

@@ -19,6 +19,7 @@
 //! |---------------|-----------------------|-----------------|--------|-----------------------------|---------|
 //! | `kill_switch` | `position`            | `action`        | `actor`| as recorded                 | `approval_id`, `authority`, `break_glass`, `engaged`, `login`, `version` |
 //! | `symbol_mode` | `position`            | `command`       | `actor`| as recorded                 | `approval_id`, `authority`, `break_glass`, `from_burst`, `from_mode`, `from_rate`, `login`, `relaxes`, `symbol`, `to_burst`, `to_mode`, `to_rate`, `version`, `withdrawals_halted` |
+//! | `scope`       | `position`            | `action`        | `actor`| as recorded                 | `approval_id`, `authority`, `break_glass`, `from_mode`, `login`, `path`, `to_mode`, `version` |
 //! | `approvals`   | `position`            | `event`         | `actor`| as recorded                 | `action`, `detail`, `login`, `what` |
 //! | `lease`       | the event's `id`      | `event`         | `holder`| null                       | `resource`, `token`, `ttl_us` |
 //!
@@ -40,7 +41,7 @@ pub const ENCODING_VERSION: &str = "tp-audit-v1";
 /// One audit event of any control, with the fields its canonical entry is made of.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    /// `kill_switch`, `symbol_mode` or `lease`.
+    /// `kill_switch`, `symbol_mode`, `scope`, `approvals` or `lease`.
     pub control: String,
     /// The event's identity within its control: its position (the row id for leases).
     pub position: u64,

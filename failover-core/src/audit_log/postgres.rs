@@ -101,6 +101,9 @@ const SYMBOL_MODE: &str = "SELECT position, request_id::TEXT, command, actor, re
     authority, from_mode, login, relaxes, symbol, to_mode, version, withdrawals_halted, \
     approval_id::TEXT, break_glass, from_rate, from_burst, to_rate, to_burst \
     FROM symbol_mode_events";
+const SCOPE: &str = "SELECT position, request_id::TEXT, action, actor, reason, ticket, at, \
+    authority, approval_id::TEXT, break_glass, from_mode, login, path, to_mode, version \
+    FROM scope_events";
 const APPROVALS: &str = "SELECT position, request_id::TEXT, event, actor, reason, ticket, at, \
     action, detail, login, what FROM approval_events";
 const LEASE: &str = "SELECT id, event, holder, at, resource, token, \
@@ -164,6 +167,26 @@ fn record(control: &str, r: &Row) -> AuditRecord {
                 ("to_burst".to_owned(), json!(r.get::<_, Option<i32>>(20))),
             ]),
         },
+        "scope" => AuditRecord {
+            control: control.into(),
+            position: r.get::<_, i64>(0) as u64,
+            request_id: r.get(1),
+            action: r.get(2),
+            actor: r.get(3),
+            reason: r.get(4),
+            ticket: r.get(5),
+            at: at(6),
+            details: BTreeMap::from([
+                ("authority".to_owned(), s(r.get(7))),
+                ("approval_id".to_owned(), s(r.get(8))),
+                ("break_glass".to_owned(), json!(r.get::<_, bool>(9))),
+                ("from_mode".to_owned(), s(r.get(10))),
+                ("login".to_owned(), s(r.get(11))),
+                ("path".to_owned(), s(r.get(12))),
+                ("to_mode".to_owned(), s(r.get(13))),
+                ("version".to_owned(), json!(r.get::<_, i64>(14))),
+            ]),
+        },
         "approvals" => AuditRecord {
             control: control.into(),
             position: r.get::<_, i64>(0) as u64,
@@ -216,6 +239,7 @@ pub async fn read_log(pool: &PgPool, progress: impl Fn(u64, u64)) -> Result<LogS
                 for (control, table, sql) in [
                     ("kill_switch", "kill_switch_events", KILL_SWITCH),
                     ("symbol_mode", "symbol_mode_events", SYMBOL_MODE),
+                    ("scope", "scope_events", SCOPE),
                     ("approvals", "approval_events", APPROVALS),
                     ("lease", "fencing_lease_events", LEASE),
                 ] {
@@ -249,6 +273,7 @@ pub async fn read_log(pool: &PgPool, progress: impl Fn(u64, u64)) -> Result<LogS
         let key = match control.as_str() {
             "kill_switch" => "kill_switch",
             "symbol_mode" => "symbol_mode",
+            "scope" => "scope",
             "approvals" => "approvals",
             _ => "lease",
         };

@@ -84,6 +84,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         "approvals",
         include_str!("../../migrations/postgres/0005_approvals.sql"),
     ),
+    Migration::new(
+        6,
+        "scopes",
+        include_str!("../../migrations/postgres/0006_scopes.sql"),
+    ),
 ];
 
 /// The roles of the operators' authority model (`tradepulse_viewer`,

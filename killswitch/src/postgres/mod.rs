@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "append_only",
         include_str!("../../migrations/postgres/0006_append_only.sql"),
     ),
+    Migration::new(
+        7,
+        "scopes",
+        include_str!("../../migrations/postgres/0007_scopes.sql"),
+    ),
 ];
 
 const LOAD: &str = "SELECT engaged, reason, updated_at, updated_by, ticket, version, position \

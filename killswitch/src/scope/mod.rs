@@ -14,6 +14,13 @@
 mod handle;
 mod memory;
 mod path;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+
+#[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
+pub mod conformance;
 
 pub use handle::{
     GateCause, ScopeGate, ScopeModes, ScopeModesConfig, ScopeModesStatus, ScopeRejection,
@@ -21,6 +28,9 @@ pub use handle::{
 };
 pub use memory::MemoryScopeStore;
 pub use path::{PathError, ScopePath, MAX_SEGMENTS, MAX_SEGMENT_CHARS};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PostgresScopeStore;
 
 use crate::KillSwitchState;
 use failover_core::{
