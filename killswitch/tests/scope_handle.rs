@@ -439,3 +439,285 @@ async fn before_the_first_load_and_once_stale_every_gate_is_halted() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(fx.mode(), ScopeMode::Normal, "fresh again");
 }
+
+// ---------------------------------------------------------------------------------
+// PostgreSQL: push to a handle in another process, and the shared handle suite
+// (another pool, a dead primary, lossy failovers, a switchover).
+// ---------------------------------------------------------------------------------
+
+use tradepulse_killswitch::scope::PostgresScopeStore;
+use tradepulse_testkit::fast_settings;
+
+/// Set in the child process: the DSN its handle connects to.
+const CHILD_DSN: &str = "TRADEPULSE_SCOPE_CHILD_DSN";
+const CHILD_TEST: &str = "pg_a_handle_in_another_process_is_halted_by_push";
+const LEAF: &str = "acme/eq/mm-1/acct-42";
+
+/// Polling at 1 h: only push can tell the handle within the test.
+fn push_only() -> ScopeModesConfig {
+    ScopeModesConfig::default()
+        .with_poll_interval(Duration::from_secs(3600))
+        .with_staleness_window(Duration::from_secs(7200))
+}
+
+async fn pg_scope_store(dsn: &str) -> PostgresScopeStore {
+    let store =
+        PostgresScopeStore::new(fast_settings(dsn).build().expect("settings")).expect("store");
+    store.migrate().await.expect("migrate");
+    store
+}
+
+/// A handle over its own pool, as a separate engine has. Its root is an in-memory
+/// kill switch: what is under test here is the scope feed alone (one LISTEN channel
+/// on the process's shared connection).
+async fn pg_handle(dsn: &str, config: ScopeModesConfig) -> ScopeModes {
+    let switch = KillSwitch::spawn(
+        Arc::new(MemoryKillSwitchStore::new()),
+        KillSwitchConfig::default(),
+    );
+    ScopeModes::spawn(Arc::new(pg_scope_store(dsn).await), switch, config)
+}
+
+/// Kills the child when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The same test binary runs this test in two roles: without [`CHILD_DSN`] it is the
+/// parent (a database, the scopes, the write); with it, the other process (a handle
+/// on its own pool that only push can reach, reporting on stdout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_handle_in_another_process_is_halted_by_push() {
+    if let Ok(dsn) = std::env::var(CHILD_DSN) {
+        return child(&dsn).await;
+    }
+    use std::io::BufRead;
+    let (cluster, db) = tradepulse_testkit::shared_primary().await.expect("cluster");
+    let dsn = cluster.primary().dsn(&db);
+    let store = pg_scope_store(&dsn).await;
+    create(&store, TREE).await;
+
+    let mut child = Child(
+        std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD_DSN, &dsn)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the other process"),
+    );
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = child.0.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut expect = async |word: &str, bound: Duration| -> String {
+        let found = tokio::time::timeout(bound, async {
+            while let Some(line) = lines.recv().await {
+                // libtest may have written "test … ... " on the same line first.
+                if let Some(at) = line.find(word) {
+                    return Some(line[at + word.len()..].to_owned());
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(rest)) => rest,
+            Ok(None) => panic!("the other process ended without saying {word}"),
+            Err(_) => panic!("the other process did not say {word} within {bound:?}"),
+        }
+    };
+    expect("SCOPE-CHILD READY", Duration::from_secs(30)).await;
+
+    set(&store, "acme/eq", ScopeMode::Halted).await;
+    let took = expect("SCOPE-CHILD HALTED", Duration::from_secs(15)).await;
+    eprintln!("the other process's gate halted{took} after the write");
+    let status = tokio::task::spawn_blocking(move || child.0.wait())
+        .await
+        .unwrap()
+        .expect("wait");
+    assert!(status.success(), "the other process failed: {status}");
+}
+
+/// The other process: a gate on the leaf, told by push only.
+async fn child(dsn: &str) {
+    // Its warnings go to the parent's stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter("warn")
+        .try_init();
+    let modes = pg_handle(dsn, push_only()).await;
+    assert!(
+        modes.ready(Duration::from_secs(20)).await,
+        "{:?}",
+        modes.health()
+    );
+    wait_until("listening", WAIT, || {
+        modes.health().status == ComponentStatus::Operational
+    })
+    .await;
+    let gate = modes.gate(&[LEAF]).expect("gate");
+    assert_eq!(gate.mode(), ScopeMode::Normal);
+    let mut notices = gate.subscribe();
+    println!("SCOPE-CHILD READY");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        notices.wait_for(|m| *m == ScopeMode::Halted),
+    )
+    .await
+    .expect("halted by push within 10 s")
+    .expect("handle alive");
+    let started = std::time::Instant::now();
+    let refusal = gate.check(OrderIntent::Open).unwrap_err();
+    assert_eq!(
+        refusal.decided_by(),
+        Some(&DecidedBy::Scope(path("acme/eq")))
+    );
+    println!(
+        "SCOPE-CHILD HALTED (refusal built in {:?})",
+        started.elapsed()
+    );
+}
+
+mod suite {
+    //! failover-core's shared PostgreSQL handle suite, run by the scope handle: a gate
+    //! on `acme/eq` that "halts" when `acme/eq` is HALTED.
+    use super::*;
+    use failover_core::{ComponentHealth, WatchConfig};
+    use tradepulse_testkit::suite::{SuiteHandle, SuiteHandleStore, SuiteStore};
+
+    struct ScopeSuite;
+
+    async fn ensure_tree(store: &PostgresScopeStore) -> Result<(), scope::Error> {
+        for p in ["acme", "acme/eq"] {
+            if store.scope(p).await?.is_none() {
+                store
+                    .create_scope(&path(p), &Audit::new("suite:ops", format!("register {p}")))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    #[async_trait::async_trait]
+    impl SuiteStore for ScopeSuite {
+        type Store = PostgresScopeStore;
+        type Error = scope::Error;
+        const AUDIT_TABLE: &'static str = "scope_events";
+
+        async fn tighten(store: &Self::Store, n: u32) -> Result<Position, scope::Error> {
+            ensure_tree(store).await?;
+            let audit = Audit::new("suite:ops", format!("halt {n}"));
+            Ok(store
+                .set_scope_mode("acme/eq", ScopeMode::Halted, &audit)
+                .await?
+                .position)
+        }
+
+        async fn relax(store: &Self::Store, n: u32) -> Result<Position, scope::Error> {
+            ensure_tree(store).await?;
+            // One step from HALTED; to NORMAL from anything else.
+            let to = match store.scope("acme/eq").await?.map(|s| s.mode) {
+                Some(ScopeMode::Halted) => ScopeMode::CancelOnly,
+                _ => ScopeMode::Normal,
+            };
+            let audit = Audit::new("suite:ops", format!("resume {n}")).with_ticket("CHG-1");
+            Ok(store.set_scope_mode("acme/eq", to, &audit).await?.position)
+        }
+
+        fn is_schema_missing(error: &scope::Error) -> bool {
+            matches!(error, scope::Error::SchemaMissing { .. })
+        }
+
+        fn is_unavailable(error: &scope::Error) -> bool {
+            matches!(error, scope::Error::Unavailable { .. })
+        }
+    }
+
+    /// The handle and a gate on `acme/eq`, made once the handle holds that scope
+    /// (until then a gate on the root alone: the kill switch and freshness).
+    struct Handle {
+        modes: ScopeModes,
+        root_gate: std::sync::OnceLock<ScopeGate>,
+        gate: std::sync::OnceLock<ScopeGate>,
+    }
+
+    impl Handle {
+        fn mode(&self) -> ScopeMode {
+            if self.gate.get().is_none() {
+                if let Ok(gate) = self.modes.gate(&["acme/eq"]) {
+                    let _ = self.gate.set(gate);
+                }
+            }
+            match self.gate.get() {
+                Some(gate) => gate.mode(),
+                None => match self.root_gate.get() {
+                    Some(gate) => gate.mode(),
+                    None => match self.modes.gate(&[]) {
+                        Ok(gate) => self.root_gate.get_or_init(|| gate).mode(),
+                        Err(_) => ScopeMode::Halted,
+                    },
+                },
+            }
+        }
+    }
+
+    impl SuiteHandle for Handle {
+        fn halted(&self) -> bool {
+            self.mode() == ScopeMode::Halted
+        }
+        fn health(&self) -> ComponentHealth {
+            self.modes.health()
+        }
+        fn position(&self) -> Option<Position> {
+            let status = self.modes.status();
+            (status.state != scope::ScopeSnapshotState::NotLoaded).then_some(status.position)
+        }
+    }
+
+    impl SuiteHandleStore for ScopeSuite {
+        fn handle(store: Arc<Self::Store>, config: WatchConfig) -> Box<dyn SuiteHandle> {
+            // The root in memory: the scope feed alone is under test.
+            let switch = KillSwitch::spawn(
+                Arc::new(MemoryKillSwitchStore::new()),
+                KillSwitchConfig::default(),
+            );
+            Box::new(Handle {
+                modes: ScopeModes::spawn(store, switch, config),
+                root_gate: std::sync::OnceLock::new(),
+                gate: std::sync::OnceLock::new(),
+            })
+        }
+    }
+
+    // Of failover-core's handle suite, what concerns the gate beyond the store's own
+    // suite: push to another pool, and a lost relaxation undone by the failover.
+    #[tokio::test]
+    async fn suite_push_reaches_another_pool() {
+        tradepulse_testkit::suite::push_reaches_another_pool::<ScopeSuite>(
+            tradepulse_testkit::suite::Route::Direct,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn suite_lossy_failover_lost_relaxation_halts_the_running_handle() {
+        tradepulse_testkit::suite::lossy_failover_lost_relaxation_halts_the_running_handle::<
+            ScopeSuite,
+        >()
+        .await;
+    }
+}
