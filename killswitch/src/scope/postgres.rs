@@ -55,7 +55,11 @@ const HISTORY: &str =
     "SELECT position, request_id, path, action, from_mode, to_mode, reason, actor, \
     ticket, at, login, authority, approval_id, break_glass FROM scope_events \
     WHERE ($1::TEXT IS NULL OR path = $1) ORDER BY position DESC LIMIT $2";
-const POSITION: &str = "SELECT position FROM scope_store_state WHERE id = 1";
+/// The newest change, with its delta: what a (re)connected reader is given.
+const CURRENT: &str = "SELECT st.version, st.position, e.request_id AS head_event, e.path, \
+    e.to_mode, (SELECT request_id FROM scope_events WHERE version = st.version - 1 \
+    ORDER BY position DESC LIMIT 1) AS since_event \
+    FROM scope_store_state st LEFT JOIN scope_events e ON e.position = st.position WHERE st.id = 1";
 /// Candidates for a near miss: paths within two characters of the length.
 const NEAR: &str = "SELECT path FROM scopes WHERE abs(length(path) - length($1)) <= 2 \
     ORDER BY path COLLATE \"C\" LIMIT 10000";
@@ -99,17 +103,40 @@ fn state_from(op: &'static str, r: &Row) -> Result<ScopeState, Error> {
     })
 }
 
-async fn position(pool: &PgPool) -> Result<Position, DbError> {
-    let row = pool.query_opt("scope.position", POSITION, &[]).await?;
-    row.map(|r| Position::from_i64(r.get("position")))
-        .ok_or_else(|| {
-            DbError::new(
-                DbErrorKind::SchemaMissing,
-                "scope.position",
-                None,
-                "scope_store_state has no row id = 1".into(),
-            )
-        })
+/// The newest change, carrying its delta when the history holds it (a reader at the
+/// version before applies it; any other reader reads what changed).
+async fn current(pool: &PgPool) -> Result<ScopeChange, DbError> {
+    let row = pool.query_opt("scope.current", CURRENT, &[]).await?;
+    let r = row.ok_or_else(|| {
+        DbError::new(
+            DbErrorKind::SchemaMissing,
+            "scope.current",
+            None,
+            "scope_store_state has no row id = 1".into(),
+        )
+    })?;
+    let position = Position::from_i64(r.get("position"));
+    let version = r.get::<_, i64>("version").max(0) as u64;
+    let head: Option<Uuid> = r.get("head_event");
+    let scope = r
+        .get::<_, Option<&str>>("path")
+        .and_then(|p| ScopePath::parse(p).ok())
+        .zip(
+            r.get::<_, Option<&str>>("to_mode")
+                .and_then(|m| m.parse::<ScopeMode>().ok()),
+        );
+    let delta = match (version, head, scope) {
+        (1.., Some(head), Some(scope)) => Some(ScopeDelta {
+            since: version - 1,
+            since_event: r.get("since_event"),
+            version,
+            position,
+            head_event: Some(head),
+            scopes: vec![scope],
+        }),
+        _ => None,
+    };
+    Ok(ScopeChange { position, delta })
 }
 
 /// The delta a `scope_changed` notification carries.
@@ -168,7 +195,7 @@ impl PgStore for PostgresScopeStore {
 
     fn from_pool(pool: PgPool) -> Self {
         let reload: Reload<ScopeChange> =
-            Arc::new(|pool| Box::pin(async move { position(&pool).await.map(ScopeChange::at) }));
+            Arc::new(|pool| Box::pin(async move { current(&pool).await }));
         Self {
             pool,
             changes: PgChangeFeed::new(CHANNEL, "scope_events", reload, Arc::new(interpret)),
