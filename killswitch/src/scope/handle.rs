@@ -927,7 +927,7 @@ impl ScopeGate {
             .subscribe()
     }
 
-    /// The leaves of this gate, as given to [`ScopeModes::gate`] (sorted).
+    /// The leaves of this gate (those given to [`ScopeModes::gate`], each once).
     pub fn leaves(&self) -> Vec<ScopePath> {
         let tree = lock(&self.handle.shared.tree);
         self.cell
