@@ -90,7 +90,8 @@ pub struct ScopeRejection {
     pub cause: GateCause,
     /// Who set the deciding mode, when, at which position; `None` when failing closed,
     /// or while the handle has not yet read the details of a change it applied.
-    pub change: Option<ChangeRef>,
+    /// Boxed: the refusal stays small for the `Result` of every check.
+    pub change: Option<Box<ChangeRef>>,
     /// Why the deciding mode was set (same availability as `change`).
     pub reason: Option<String>,
 }
@@ -593,12 +594,12 @@ impl Shared {
             let state = self.root.status().state;
             let (change, reason) = match (trading, state) {
                 (Some(Trading::Halted(crate::Halt::Engaged)) | None, Some(state)) => (
-                    Some(ChangeRef {
+                    Some(Box::new(ChangeRef {
                         position: state.position,
                         actor: state.updated_by.clone(),
                         what: "engage".to_owned(),
                         at: state.updated_at,
-                    }),
+                    })),
                     Some(state.reason),
                 ),
                 (Some(Trading::Halted(halt)), _) => (None, Some(halt.to_string())),
@@ -618,11 +619,13 @@ impl Shared {
         };
         refused(
             GateCause::Decided(DecidedBy::Scope(node.path.clone())),
-            details.map(|d| ChangeRef {
-                position: d.position,
-                actor: d.updated_by.clone(),
-                what: format!("set {} {}", d.path, d.mode.as_str()),
-                at: d.updated_at,
+            details.map(|d| {
+                Box::new(ChangeRef {
+                    position: d.position,
+                    actor: d.updated_by.clone(),
+                    what: format!("set {} {}", d.path, d.mode.as_str()),
+                    at: d.updated_at,
+                })
             }),
             reason,
         )
