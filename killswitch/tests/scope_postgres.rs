@@ -5,7 +5,6 @@
 
 mod support;
 
-use failover_core::postgres::PgStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tradepulse_killswitch::scope::conformance::ScopeFixture;
