@@ -3,6 +3,7 @@
 
 pub mod admin_http;
 pub mod drill;
+pub mod gateway;
 pub mod logging;
 pub mod order_loop;
 pub mod trading_engine;

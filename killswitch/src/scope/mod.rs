@@ -11,6 +11,7 @@
 //! The rules every store applies (memory and PostgreSQL alike, held by one
 //! conformance suite) are on [`ScopeStore`].
 
+mod handle;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
@@ -25,6 +26,10 @@ mod tree;
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
+pub use handle::{
+    GateCause, ScopeGate, ScopeModes, ScopeModesConfig, ScopeModesStatus, ScopeRejection,
+    ScopeSnapshotState, FAIL_CLOSED_MODE, SCOPE_HEALTH_COMPONENT,
+};
 pub use memory::MemoryScopeStore;
 pub use path::{PathError, ScopePath, MAX_SEGMENTS, MAX_SEGMENT_CHARS};
 #[cfg(feature = "postgres")]
