@@ -86,6 +86,24 @@ pub(crate) async fn symbol_modes(
     wait(g, args, wanted).await
 }
 
+/// `scope set … --wait`: waits for `position` of the scope store (every `ScopeModes`
+/// handle watches every tree).
+pub(crate) async fn scopes(
+    g: &Global,
+    args: &WaitArgs,
+    store: &killswitch::PostgresScopeStore,
+    position: Position,
+) -> Result<(), Failure> {
+    let wanted = Wanted {
+        pool: store.pool(),
+        component: killswitch::scope::SCOPE_HEALTH_COMPONENT,
+        target: "",
+        position,
+        what: "scopes",
+    };
+    wait(g, args, wanted).await
+}
+
 /// What is waited for: a position of one control's `(component, target)`.
 struct Wanted<'a> {
     /// The pool of the database the control's handles report to.

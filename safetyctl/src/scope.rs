@@ -29,6 +29,9 @@ pub enum ScopeCmd {
         path: String,
         /// NORMAL | REDUCE_ONLY | CANCEL_ONLY | HALTED
         mode: ScopeMode,
+        /// `--wait [--timeout 5s]`: until every live engine applied it.
+        #[command(flatten)]
+        wait: crate::receipt::WaitArgs,
     },
     /// A scope's own mode, its effective mode (`effective`) and which node decides it.
     Show {
@@ -98,7 +101,7 @@ pub(crate) async fn run(g: &Global, action: ScopeCmd) -> Result<(), Failure> {
                 ),
             );
         }
-        ScopeCmd::Set { path, mode } => {
+        ScopeCmd::Set { path, mode, wait } => {
             let audit = g.audit(&*store)?;
             let seen = store.scope(&path).await?;
             let audit = match &seen {
@@ -135,6 +138,7 @@ pub(crate) async fn run(g: &Global, action: ScopeCmd) -> Result<(), Failure> {
                     effective_text(&effective)
                 ),
             );
+            crate::receipt::scopes(g, &wait, &store, state.position).await?;
         }
         ScopeCmd::Show { path } => {
             let store = reading(store, g.allow_standby).await?;

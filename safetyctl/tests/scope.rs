@@ -3,7 +3,7 @@
 //! relaxes what an ancestor holds; an unknown or mis-spelled path changes nothing and
 //! exits 2; relaxing is a supervisor's, with a ticket, one step at a time from
 //! HALTED; engaging the kill switch halts every scope and the runbook's row says
-//! `t`. Real PostgreSQL.
+//! `t`; `--wait` counts the engines that applied the change. Real PostgreSQL.
 
 mod support;
 
@@ -45,13 +45,15 @@ async fn a_desk_halted_by_the_cli_halts_its_leaves_by_push_and_only_its_leaves()
             .with_staleness_window(Duration::from_secs(7200)),
     );
     let store = Arc::new(killswitch::PostgresScopeStore::from_lookup(lookup).unwrap());
+    let receipts = failover_core::Receipts::postgres(store.pool().clone());
     let scopes = ScopeModes::spawn(
         store,
         root.clone(),
         ScopeModesConfig::default()
             .with_poll_interval(Duration::from_secs(3600))
             .with_staleness_window(Duration::from_secs(7200)),
-    );
+    )
+    .with_receipts(&receipts);
     assert!(root.ready(Duration::from_secs(10)).await);
     assert!(scopes.ready(Duration::from_secs(10)).await);
     wait_until("push connected", Duration::from_secs(10), || {
@@ -72,9 +74,15 @@ async fn a_desk_halted_by_the_cli_halts_its_leaves_by_push_and_only_its_leaves()
             "HALTED",
             "--reason",
             "runaway desk",
+            "--wait",
         ],
     );
     assert_eq!(o.status.code(), Some(0), "an operator halts: {}", text(&o));
+    assert!(
+        text(&o).contains("1/1"),
+        "the receipt counts this engine: {}",
+        text(&o)
+    );
     wait_until("the halt arrives by push", Duration::from_secs(2), || {
         leaf.mode() == ScopeMode::Halted
     })

@@ -43,6 +43,7 @@ use super::{
 };
 use crate::{KillSwitch, Trading};
 use failover_core::health::HealthSource;
+use failover_core::receipt::{ReceiptHook, Receipts};
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
 use failover_core::{ChangeRef, ComponentHealth, DbError, DbErrorKind, Position};
 use std::collections::{HashMap, HashSet};
@@ -465,6 +466,8 @@ struct Shared {
     version: watch::Sender<u64>,
     store: Arc<dyn ScopeStore>,
     root: KillSwitch,
+    /// Where the positions this handle applies are reported, when installed.
+    receipt: ReceiptHook,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -485,9 +488,10 @@ impl Shared {
         } else if delta.since == 0 && newer {
             tree.publish_all();
         }
-        let version = tree.version;
+        let (version, position) = (tree.version, tree.position);
         drop(tree);
         if newer {
+            self.receipt.report(position);
             self.version.send_replace(version);
             self.fetch_details(delta);
         }
@@ -690,6 +694,7 @@ impl ScopeModes {
             version,
             store: store.clone(),
             root,
+            receipt: ReceiptHook::default(),
         });
         let follower = Arc::downgrade(&shared);
         let root_task = tokio::spawn(async move {
@@ -841,6 +846,21 @@ impl ScopeModes {
             last_success: freshness.last_success(),
             last_error: freshness.last_error(),
         }
+    }
+
+    /// Reports every change this handle applies to `receipts` (component `scope`,
+    /// target `""`), from the watcher, never the order path: what `safetyctl scope
+    /// set --wait` counts. Call once per handle.
+    #[must_use]
+    pub fn with_receipts(self, receipts: &Receipts) -> Self {
+        let held = || {
+            let tree = lock(&self.shared.tree);
+            (tree.freshness != NOT_LOADED).then_some(tree.position)
+        };
+        self.shared
+            .receipt
+            .install(receipts, SCOPE_HEALTH_COMPONENT, "", held);
+        self
     }
 
     /// Health component `scope`.
