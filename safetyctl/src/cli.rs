@@ -115,7 +115,7 @@ pub enum Command {
     /// Scoped controls: halt a desk, a strategy, an account or a venue (a node of the
     /// firm's trees, under the kill switch).
     Scope {
-        /// create PATH | set PATH MODE | show PATH | tree [PATH] | history PATH
+        /// create PATH | set PATH MODE | show PATH | tree, optionally under PATH | history PATH
         #[command(subcommand)]
         action: crate::scope::ScopeCmd,
     },

@@ -181,7 +181,7 @@ impl From<crate::AuditError> for ApiError {
     }
 }
 
-/// How every control's store error answers, decided once by its [`Outcome`]: the
+/// How every control's store error answers, decided once by its [`Outcome`](crate::Outcome): the
 /// control's own refusals with their status and code, authority refusals and invalid
 /// audits as above, 503 `store_unavailable`, 423 `locked`, 503 `schema_missing`, 500
 /// `store_error`. A pending approval is answered 202 by the route itself
