@@ -369,7 +369,7 @@ pub async fn concurrent_tightenings_each_take_one_position<C: AuditedControl>(co
 /// calling module returning `(Arc<impl AuditedControl>, guard)` for a fresh target;
 /// the guard (a test database, say) lives as long as the test.
 ///
-/// ```ignore
+/// ```text
 /// async fn audited() -> (Arc<MyControl>, ()) { (Arc::new(MyControl::fresh()), ()) }
 /// failover_core::audited_contract_tests!(audited);
 /// ```

@@ -88,8 +88,19 @@ pub trait ControlError: std::error::Error + Send + Sync + 'static {
 /// `Unavailable { source }`, `SchemaMissing { source }`, `Locked { source }` and
 /// `Database { source }`.
 ///
-/// ```ignore
-/// failover_core::impl_from_db!(Error);
+/// ```
+/// use tradepulse_failover_core::{DbError, Refusal};
+///
+/// #[derive(Debug)]
+/// enum Error {
+///     Refused(Refusal),
+///     Unavailable { source: DbError },
+///     SchemaMissing { source: DbError },
+///     Locked { source: DbError },
+///     Database { source: DbError },
+/// }
+///
+/// tradepulse_failover_core::impl_from_db!(Error);
 /// ```
 #[macro_export]
 macro_rules! impl_from_db {
