@@ -238,3 +238,107 @@ async fn a_desk_halted_by_the_cli_halts_its_leaves_by_push_and_only_its_leaves()
         .collect();
     assert_eq!(reasons, ["fixed", "runaway desk", "org chart"], "{events}");
 }
+
+/// A supervisor's `scope set` relaxation racing a tightening held open in another
+/// transaction waits for it, then refuses naming it (exit 2) and relaxes nothing; a
+/// request sent again answers its change while it is in force and is refused as
+/// superseded after a later change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_relaxation_racing_a_held_tightening_is_refused_and_a_stale_replay_too() {
+    let db = db().await;
+    let alice = as_login(&db.dsn, &login(&db, "alice", "tradepulse_operator").await);
+    let bob = as_login(&db.dsn, &login(&db, "bob", "tradepulse_supervisor").await);
+    for path in ["acme", "acme/eq"] {
+        let o = safetyctl(&alice, &["scope", "create", path, "--reason", "org chart"]);
+        assert_eq!(o.status.code(), Some(0), "create {path}: {}", text(&o));
+    }
+    let o = safetyctl(
+        &alice,
+        &[
+            "scope",
+            "set",
+            "acme/eq",
+            "CANCEL_ONLY",
+            "--reason",
+            "desk stop",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Dave re-asserts the stop in a transaction left open; Bob's relaxation, made
+    // against the state before it, must wait and then be refused.
+    let stop_by_dave = "SELECT * FROM scope_apply(gen_random_uuid(), 'set_mode', 'acme/eq', \
+                        'CANCEL_ONLY', 'second incident', 'ops:dave', NULL)";
+    let mut relax = command(
+        &bob,
+        &[
+            "scope", "set", "acme/eq", "NORMAL", "--reason", "resume", "--ticket", "CHG-1",
+        ],
+    );
+    let o = tradepulse_testkit::Held::begin(&db.dsn, stop_by_dave)
+        .await
+        .race(async move {
+            tokio::task::spawn_blocking(move || relax.output().unwrap())
+                .await
+                .unwrap()
+        })
+        .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("ops:dave"),
+        "names the change: {}",
+        text(&o)
+    );
+    let o = safetyctl(&alice, &["scope", "show", "acme/eq", "--json"]);
+    let shown = json(&o);
+    assert_eq!(
+        shown["effective"], "CANCEL_ONLY",
+        "nothing relaxed: {shown}"
+    );
+    assert_eq!(shown["decision"]["actor"], "ops:dave", "{shown}");
+
+    // A replay answers its change while in force; after a later change it is refused.
+    let id = uuid::Uuid::new_v4().to_string();
+    let halt = [
+        "scope",
+        "set",
+        "acme/eq",
+        "HALTED",
+        "--reason",
+        "halt",
+        "--request-id",
+        &id,
+    ];
+    let o = safetyctl(&alice, &halt);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = safetyctl(&alice, &halt);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "the replay in force: {}",
+        text(&o)
+    );
+    let o = safetyctl(
+        &bob,
+        &[
+            "scope",
+            "set",
+            "acme/eq",
+            "CANCEL_ONLY",
+            "--reason",
+            "fixed",
+            "--ticket",
+            "CHG-2",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = safetyctl(&alice, &halt);
+    assert_eq!(o.status.code(), Some(2), "a stale replay: {}", text(&o));
+    assert!(text(&o).contains("superseded"), "{}", text(&o));
+    let o = safetyctl(&alice, &["scope", "show", "acme/eq", "--json"]);
+    assert_eq!(
+        json(&o)["effective"],
+        "CANCEL_ONLY",
+        "the replay halted nothing"
+    );
+}
