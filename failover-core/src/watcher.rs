@@ -418,8 +418,11 @@ impl<W: Watched> Loop<W> {
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_poll = Instant::now();
         let mut next_subscribe = Instant::now();
-        // A first load that failed is retried with backoff, not after a poll interval.
-        let mut load_backoff = Duration::from_millis(100);
+        // A failed refresh (a read, or the history check after a failover) is retried
+        // with backoff, never left to the poll interval: with push-only settings
+        // (poll 1 h) that would leave health `failed` — or a lost change standing —
+        // for an hour after the store is back.
+        let mut retry_backoff = FIRST_RETRY;
         let mut load: Pending<Result<W::State, Error<W>>> = None;
         let mut subscribing: Pending<Result<FeedSubscription<Item<W>>, Error<W>>> = None;
         let mut feed: Option<FeedSubscription<Item<W>>> = None;
@@ -436,29 +439,23 @@ impl<W: Watched> Loop<W> {
             tokio::select! {
                 result = pending_or(&mut load) => {
                     load = None;
-                    match result {
-                        Ok(state) => {
-                            next_poll = Instant::now() + self.config.poll_interval;
-                            load_backoff = Duration::from_millis(100);
-                            self.observe(state).await;
-                        }
+                    let ok = match result {
+                        Ok(state) => self.observe(state).await,
                         Err(error) => {
                             let text = error.to_string();
                             if self.warnings.allow() {
                                 tracing::warn!(component = self.name, error = %text, "refresh failed; serving the last known state until the staleness window");
                             }
                             self.freshness.failed(text);
-                            let retry = if self.watched.held().is_none() {
-                                // Jittered backoff up to the poll interval.
-                                let wait = crate::retry::jittered(load_backoff);
-                                load_backoff = (load_backoff * 2).min(Duration::from_secs(2));
-                                wait.min(self.config.poll_interval)
-                            } else {
-                                self.config.poll_interval
-                            };
-                            next_poll = Instant::now() + retry;
+                            false
                         }
-                    }
+                    };
+                    next_poll = Instant::now() + if ok {
+                        retry_backoff = FIRST_RETRY;
+                        self.config.poll_interval
+                    } else {
+                        self.retry_after(&mut retry_backoff)
+                    };
                 }
                 result = pending_or(&mut subscribing) => {
                     subscribing = None;
@@ -479,7 +476,11 @@ impl<W: Watched> Loop<W> {
                 }
                 pushed = next_or_pending(&mut feed) => match pushed {
                     Some(item) => match self.watched.resolve(item).await {
-                        Ok(Some(state)) => self.observe(state).await,
+                        Ok(Some(state)) => {
+                            if !self.observe(state).await {
+                                next_poll = next_poll.min(Instant::now() + self.retry_after(&mut retry_backoff));
+                            }
+                        }
                         Ok(None) => {}
                         Err(error) => {
                             tracing::debug!(component = self.name, %error, "reading a pushed change failed; polling");
@@ -499,8 +500,17 @@ impl<W: Watched> Loop<W> {
         }
     }
 
+    /// The wait before retrying a failed refresh: jittered, doubling from 100 ms to
+    /// 2 s, never longer than the poll interval.
+    fn retry_after(&self, backoff: &mut Duration) -> Duration {
+        let wait = crate::retry::jittered(*backoff);
+        *backoff = (*backoff * 2).min(MAX_RETRY);
+        wait.min(self.config.poll_interval)
+    }
+
     /// Orders a read by position against what the handle holds (see the module docs).
-    async fn observe(&mut self, state: W::State) {
+    /// False when it could not decide (the history check failed): the caller retries.
+    async fn observe(&mut self, state: W::State) -> bool {
         let position = state.position();
         let held = self.watched.held();
         match held {
@@ -510,13 +520,13 @@ impl<W: Watched> Loop<W> {
                         // A late answer: the handle already holds a newer change that
                         // the store still has.
                         self.freshness.succeeded();
-                        return;
+                        return true;
                     }
                     Ok(true) => {}
                     Ok(false) => self.report_divergence(held, position),
                     Err(error) => {
                         self.freshness.failed(error.to_string());
-                        return;
+                        return false;
                     }
                 }
             }
@@ -525,6 +535,7 @@ impl<W: Watched> Loop<W> {
         self.freshness.succeeded();
         self.warnings.reset();
         self.watched.adopt(state);
+        true
     }
 
     fn report_divergence(&self, held: Position, adopted: Position) {
@@ -537,6 +548,9 @@ impl<W: Watched> Loop<W> {
         self.freshness.diverged(text);
     }
 }
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// A newer position on another timeline: the held one may have been lost.
 fn crosses(held: Position, newer: Position) -> bool {
@@ -557,6 +571,8 @@ mod tests {
         feed: ChangeFeed<Position>,
         held: Mutex<Option<Position>>,
         stale: AtomicBool,
+        /// The history check fails (the new primary is still starting up, say).
+        history_down: AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -567,6 +583,9 @@ mod tests {
             Ok(self.feed.subscribe())
         }
         async fn contains(&self, p: Position) -> Result<bool, String> {
+            if self.history_down.load(Ordering::SeqCst) {
+                return Err("the database system is starting up".into());
+            }
             Ok(self.store.lock().unwrap().1.contains(&p))
         }
         fn unreachable(&self) -> Option<String> {
@@ -693,6 +712,42 @@ mod tests {
             Some(Position::new(2, 1)),
             "late answer ignored"
         );
+    }
+
+    /// Push-only settings (poll 1 h): the resync after a failover arrives while the
+    /// history check still fails. The watcher retries within seconds — it does not
+    /// leave the lost change standing and health `failed` until the next poll.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_history_check_is_retried_with_backoff_not_after_the_poll_interval() {
+        let fake = Arc::new(Fake::default());
+        fake.up.store(true, Ordering::SeqCst);
+        fake.write(Position::new(1, 1));
+        fake.write(Position::new(1, 2));
+        let watcher = spawn(
+            "demo",
+            config()
+                .with_poll_interval(Duration::from_secs(3600))
+                .with_staleness_window(Duration::from_secs(7200)),
+            fake.clone(),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.held(), Some(Position::new(1, 2)));
+        *fake.store.lock().unwrap() = (Position::new(1, 1), vec![Position::new(1, 1)]);
+        fake.history_down.store(true, Ordering::SeqCst);
+        fake.feed.resync(Position::new(1, 1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(fake.held(), Some(Position::new(1, 2)), "undecided yet");
+        assert_eq!(watcher.freshness().health().status, ComponentStatus::Failed);
+        fake.history_down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            fake.held(),
+            Some(Position::new(1, 1)),
+            "the lost change was replaced within seconds"
+        );
+        let h = watcher.freshness().health();
+        assert_eq!(h.status, ComponentStatus::Degraded, "{h:?}");
+        assert!(h.details.unwrap().contains("diverged"));
     }
 
     #[test]

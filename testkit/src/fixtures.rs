@@ -48,6 +48,25 @@ pub async fn shared_primary() -> Result<(Arc<Cluster>, String), TestkitError> {
     Ok((cluster, db))
 }
 
+/// Like [`wait_until`], and on timeout the panic also says what `seen` shows then
+/// (a health component, say), so a failure names its cause.
+pub async fn wait_until_seeing<F: Fn() -> bool, D: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    f: F,
+    seen: impl Fn() -> D,
+) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; seen: {:?}",
+            seen()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `f` every 20 ms until it is true; panics naming `what` after `timeout`.
 pub async fn wait_until<F: Fn() -> bool>(what: &str, timeout: Duration, f: F) {
     let start = Instant::now();

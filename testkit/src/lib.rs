@@ -39,7 +39,7 @@ mod tls;
 pub use binaries::PgBinaries;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use error::TestkitError;
-pub use fixtures::{fast_settings, own_primary, shared_primary, wait_until};
+pub use fixtures::{fast_settings, own_primary, shared_primary, wait_until, wait_until_seeing};
 pub use held::Held;
 pub use node::Node;
 pub use pgbouncer::{PgBouncer, PoolMode};

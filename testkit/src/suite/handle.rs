@@ -3,7 +3,7 @@
 //! asynchronous failovers in both directions, and a planned switchover.
 
 use super::{push_only, Db, Route, SuiteHandle, SuiteHandleStore, SuiteStore, WAIT};
-use crate::{fast_settings, own_primary, wait_until, Cluster};
+use crate::{fast_settings, own_primary, wait_until, wait_until_seeing, Cluster};
 use failover_core::health::ComponentStatus;
 use failover_core::position::Position;
 use failover_core::postgres::{PgSettings, PgStore};
@@ -188,15 +188,20 @@ pub async fn lossy_failover_new_tightening_reaches_the_running_handle<S: SuiteHa
         assert!(!lossy.handle.halted());
         if pushed {
             // The handle's LISTEN connection follows the new primary.
-            wait_until("push back on the new primary", WAIT, || {
-                !lossy
-                    .handle
-                    .health()
-                    .details
-                    .unwrap_or_default()
-                    .contains("push unavailable")
-                    && lossy.handle.health().status != ComponentStatus::Failed
-            })
+            wait_until_seeing(
+                "push back on the new primary",
+                WAIT,
+                || {
+                    !lossy
+                        .handle
+                        .health()
+                        .details
+                        .unwrap_or_default()
+                        .contains("push unavailable")
+                        && lossy.handle.health().status != ComponentStatus::Failed
+                },
+                || lossy.handle.health(),
+            )
             .await;
         }
         let position = S::tighten(&lossy.writer, 100)
