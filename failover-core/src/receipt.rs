@@ -1,9 +1,11 @@
 //! The receipt: did a change reach every running process?
 //!
 //! Every hot-path handle reports the position it has applied to a process-wide
-//! [`Receipts`] reporter. [`Receipts::report`] (or a handle's [`Reporter`]) only
-//! stores the newest position per `(component, target)` in a small map: no I/O, no
-//! waiting, never on the order path. A background task flushes the entries that
+//! [`Receipts`] reporter. A handle's [`Reporter`] (or [`Receipts::report`]) only
+//! stores its newest position in a small map: no I/O, no waiting, never on the
+//! order path. When several handles of one `(component, target)` run in a process,
+//! the process reports what its **slowest** handle applied: it confirms a change
+//! only once every one of its handles has it. A background task flushes the entries that
 //! changed every [`flush_interval`](ReceiptsBuilder::flush_interval) (default 50 ms)
 //! in one statement, and every entry every [`heartbeat`](ReceiptsBuilder::heartbeat)
 //! (default 1 s), so a reader knows which processes are alive. Each flush is bounded
@@ -192,16 +194,43 @@ pub fn parse_position(text: &str) -> Result<Position, String> {
     })
 }
 
-/// The newest position of one entry, and whether it still has to be flushed.
+/// The position one `(component, target)` reports, and whether it still has to be
+/// flushed.
 #[derive(Debug)]
 struct Slot {
-    /// `None` until the handle applied a state (position 0 included: a control never
-    /// changed is a state a live handle confirms).
+    /// What the process reports: the lowest of its handles' positions; `None` until
+    /// every handle applied a state (position 0 included: a control never changed is
+    /// a state a live handle confirms).
     position: Option<Position>,
     applied_at: SystemTime,
     dirty: bool,
-    /// Reporters holding this entry: it is forgotten when the last one is dropped.
-    holders: usize,
+    /// Each holding reporter's newest position, by reporter id. The entry is
+    /// forgotten when the last one is dropped.
+    holders: HashMap<u64, Option<Position>>,
+    /// What [`Receipts::report`] reported without a reporter (newest wins).
+    unheld: Option<Position>,
+}
+
+impl Slot {
+    /// Re-derives the reported position: the slowest holder decides; without
+    /// holders, the unheld report. It never moves backwards (a handle that joins
+    /// later does not withdraw what the process confirmed).
+    fn settle(&mut self) {
+        let lowest = if self.holders.is_empty() {
+            self.unheld
+        } else {
+            self.holders
+                .values()
+                .try_fold(Position(u64::MAX), |low, p| p.map(|p| low.min(p)))
+        };
+        if let Some(lowest) = lowest {
+            if self.position.is_none_or(|held| lowest > held) {
+                self.position = Some(lowest);
+                self.applied_at = SystemTime::now();
+                self.dirty = true;
+            }
+        }
+    }
 }
 
 /// One row of a flush.
@@ -222,6 +251,7 @@ struct Inner {
     entries: Mutex<Entries>,
     count: AtomicU64,
     dropped: AtomicU64,
+    next_reporter: AtomicU64,
     flush_timeout: Duration,
 }
 
@@ -329,6 +359,7 @@ impl ReceiptsBuilder {
             entries: Mutex::new(HashMap::new()),
             count: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            next_reporter: AtomicU64::new(0),
             flush_timeout: self.flush_timeout,
         });
         tokio::spawn(flush_loop(
@@ -383,18 +414,22 @@ impl Receipts {
     /// ignored. Without a [`reporter`](Self::reporter) holding the entry, it is
     /// reported until the process ends.
     pub fn report(&self, component: &str, target: &str, position: Position) {
-        self.inner.report(component, target, position, false);
+        self.inner.report(component, target, None, Some(position));
     }
 
     /// A handle's own reporter for `(component, target)`: the entry lives as long as a
     /// reporter holds it, so a dropped handle stops being reported (and ages out).
+    /// With several reporters of one entry, the process reports the lowest of their
+    /// positions, and nothing until each has reported once.
     pub fn reporter(&self, component: &str, target: &str) -> Reporter {
-        self.inner.hold(component, target);
+        let id = self.inner.next_reporter.fetch_add(1, Ordering::Relaxed);
+        self.inner.report(component, target, Some(id), None);
         Reporter {
             inner: Arc::new(ReporterInner {
                 receipts: self.inner.clone(),
                 component: component.to_owned(),
                 target: target.to_owned(),
+                id,
             }),
         }
     }
@@ -460,41 +495,43 @@ impl Inner {
                     position: None,
                     applied_at: SystemTime::now(),
                     dirty: false,
-                    holders: 0,
+                    holders: HashMap::new(),
+                    unheld: None,
                 },
             );
         }
         entries.get_mut(component).and_then(|m| m.get_mut(target))
     }
 
-    fn report(&self, component: &str, target: &str, position: Position, hold: bool) {
+    /// Records `position` for reporter `id` (or unheld); a reporter's first call
+    /// (`position` `None`) holds the entry without claiming that anything was applied.
+    fn report(&self, component: &str, target: &str, id: Option<u64>, position: Option<Position>) {
         let mut entries = lock(&self.entries);
         if let Some(slot) = self.slot(&mut entries, component, target) {
-            if hold {
-                slot.holders += 1;
+            let newest = match id {
+                Some(id) => slot.holders.entry(id).or_insert(None),
+                None => &mut slot.unheld,
+            };
+            if let Some(position) = position {
+                if newest.is_none_or(|held| position > held) {
+                    *newest = Some(position);
+                }
             }
-            if !hold && slot.position.is_none_or(|held| position > held) {
-                slot.position = Some(position);
-                slot.applied_at = SystemTime::now();
-                slot.dirty = true;
-            }
+            slot.settle();
         }
     }
 
-    fn hold(&self, component: &str, target: &str) {
-        // Holds the entry without claiming that anything was applied.
-        self.report(component, target, Position::ZERO, true);
-    }
-
-    fn release(&self, component: &str, target: &str) {
+    fn release(&self, component: &str, target: &str, id: u64) {
         let mut entries = lock(&self.entries);
         let Some(targets) = entries.get_mut(component) else {
             return;
         };
         let forget = match targets.get_mut(target) {
             Some(slot) => {
-                slot.holders = slot.holders.saturating_sub(1);
-                slot.holders == 0
+                slot.holders.remove(&id);
+                // The slowest handle may be the one gone.
+                slot.settle();
+                slot.holders.is_empty() && slot.unheld.is_none()
             }
             None => false,
         };
@@ -643,11 +680,13 @@ struct ReporterInner {
     receipts: Arc<Inner>,
     component: String,
     target: String,
+    id: u64,
 }
 
 impl Drop for ReporterInner {
     fn drop(&mut self) {
-        self.receipts.release(&self.component, &self.target);
+        self.receipts
+            .release(&self.component, &self.target, self.id);
     }
 }
 
@@ -672,9 +711,12 @@ impl Reporter {
     /// Records that the handle applied `position` (no I/O; see [`Receipts::report`]).
     pub fn report(&self, position: Position) {
         let inner = &self.inner;
-        inner
-            .receipts
-            .report(&inner.component, &inner.target, position, false);
+        inner.receipts.report(
+            &inner.component,
+            &inner.target,
+            Some(inner.id),
+            Some(position),
+        );
     }
 }
 
@@ -1046,6 +1088,37 @@ mod tests {
         assert_eq!(receipts.entries(), 1);
         drop(two);
         assert_eq!(receipts.entries(), 0, "the last holder forgets it");
+    }
+
+    /// Two handles of one control in a process: the process confirms a change only
+    /// once the slower one applied it — and again when the slow one is dropped.
+    #[tokio::test]
+    async fn a_process_confirms_only_what_its_slowest_handle_applied() {
+        let receipts = Receipts::memory();
+        let fast = receipts.reporter("scope", "");
+        let slow = receipts.reporter("scope", "");
+        let confirmed = |p: u64| {
+            let receipts = receipts.clone();
+            async move {
+                receipts.flush_now().await.unwrap();
+                receipts
+                    .receipt("scope", "", Position::new(1, p), DEFAULT_LIVE_WITHIN)
+                    .await
+                    .unwrap()
+                    .confirmed
+                    .len()
+            }
+        };
+        fast.report(Position::new(1, 5));
+        assert_eq!(confirmed(5).await, 0, "the slow handle has applied nothing");
+        slow.report(Position::new(1, 4));
+        assert_eq!(confirmed(4).await, 1);
+        assert_eq!(confirmed(5).await, 0, "the slow handle holds 4");
+        slow.report(Position::new(1, 6));
+        assert_eq!(confirmed(5).await, 1, "both hold 5 or more");
+        assert_eq!(confirmed(6).await, 0, "the fast one holds 5");
+        drop(fast);
+        assert_eq!(confirmed(6).await, 1, "the one left holds 6");
     }
 
     #[cfg(feature = "http")]
