@@ -34,14 +34,14 @@ use failover_core::ComponentStatus;
 use killswitch::{Audit, KillSwitch, KillSwitchConfig, KillSwitchStore, PostgresKillSwitchStore};
 use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tradepulse_testkit::Cluster;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::PollOnly;
+use common::{connections, ms, percentile, unix_nanos, PollOnly};
 
 const CHILD_ENV: &str = "TRADEPULSE_FANOUT_CHILD";
 const POLL_BASELINE: Duration = Duration::from_millis(100);
@@ -54,17 +54,6 @@ fn env_list(name: &str, default: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// Push only: polling at 1 h so that every observation below came by push.
@@ -111,28 +100,6 @@ async fn until_operational(handles: &[KillSwitch], timeout: Duration) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// Backends in `db` on `node` (without the counting connection itself), and how many
-/// of them are push (`*_listen`) connections.
-async fn connections(node: &tradepulse_testkit::Node, db: &str) -> (usize, usize) {
-    let rows = node
-        .query(
-            "postgres",
-            &format!(
-                "SELECT count(*), count(*) FILTER (WHERE application_name LIKE '%\\_listen') \
-                 FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-            ),
-        )
-        .await
-        .expect("pg_stat_activity");
-    let get = |i: usize| {
-        rows[0][i]
-            .as_deref()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (get(0), get(1))
 }
 
 /// Per handle: a task that awaits the handle's watch and reports when it turned
@@ -570,10 +537,6 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .await
         .expect("a child said nothing for 120 s")
         .expect("the children exited")
-}
-
-fn unix_nanos(t: SystemTime) -> u128 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
 }
 
 /// `p` child processes with `h` handles each: every child prints `ready`, then per

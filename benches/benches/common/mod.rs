@@ -8,7 +8,7 @@ use killswitch::{
     PostgresKillSwitchStore, Trading,
 };
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A kill-switch handle over the in-memory store, loaded and allowing trading: what
 /// the hot-path benches measure.
@@ -62,4 +62,44 @@ impl killswitch::FeedSource for PollOnly {
     async fn subscribe(&self) -> Result<killswitch::Subscription, killswitch::Error> {
         Err(killswitch::Error::Closed)
     }
+}
+
+/// The `p` quantile (0..=1) of sorted samples; zero when there are none.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Milliseconds with two decimals.
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Backends in `db` on `node` (without the counting connection itself), and how many
+/// of them are push (`*_listen`) connections.
+pub(crate) async fn connections(node: &tradepulse_testkit::Node, db: &str) -> (usize, usize) {
+    let rows = node
+        .query(
+            "postgres",
+            &format!(
+                "SELECT count(*), count(*) FILTER (WHERE application_name LIKE '%\\_listen') \
+                 FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+            ),
+        )
+        .await
+        .expect("pg_stat_activity");
+    let get = |i: usize| {
+        rows[0][i]
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (get(0), get(1))
+}
+
+/// Wall-clock nanoseconds since the epoch: how observation times cross processes.
+pub(crate) fn unix_nanos(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
 }
