@@ -34,8 +34,8 @@ async fn ensure_desk(store: &PostgresScopeStore) -> Result<(), Error> {
         return Ok(());
     }
     for path in ["acme", DESK, LEAF] {
-        let audit = Audit::new("suite:ops", format!("register {path}"))
-            .with_authority(Authority::Operator);
+        let audit =
+            Audit::new("suite:ops", format!("register {path}")).with_authority(Authority::Operator);
         match store
             .create_scope(&ScopePath::parse(path).expect("canonical"), &audit)
             .await
@@ -57,7 +57,8 @@ impl SuiteStore for ScopeSuite {
 
     async fn tighten(store: &Self::Store, n: u32) -> Result<Position, Error> {
         ensure_desk(store).await?;
-        let audit = Audit::new("suite:ops", format!("halt {n}")).with_authority(Authority::Operator);
+        let audit =
+            Audit::new("suite:ops", format!("halt {n}")).with_authority(Authority::Operator);
         Ok(store
             .set_scope_mode(DESK, ScopeMode::Halted, &audit)
             .await?
