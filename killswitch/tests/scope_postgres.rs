@@ -1,16 +1,16 @@
 //! The PostgreSQL scope store runs the whole scope conformance suite against a real
 //! server (one shared cluster, a fresh database per test), and what only PostgreSQL
-//! has: a competing change held open in another transaction, the Merkle audit log,
-//! and a lossy asynchronous failover.
+//! has: a competing change held open in another transaction, the Merkle audit log and
+//! approvals applied through the database. The guarantees every PostgreSQL store
+//! gives (migrations, the append-only trail, outages, push, failovers, pgbouncer) are
+//! in `scope_suite.rs`, which runs failover-core's shared suite.
 
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 use tradepulse_killswitch::scope::conformance::ScopeFixture;
 use tradepulse_killswitch::{
-    Audit, Authority, FeedSource, PostgresKillSwitchStore, PostgresScopeStore, ScopeMode,
-    ScopePath, ScopeStore,
+    Audit, Authority, PostgresKillSwitchStore, PostgresScopeStore, ScopeMode, ScopePath, ScopeStore,
 };
 use tradepulse_testkit::Cluster;
 
@@ -169,144 +169,4 @@ async fn an_approval_applies_a_scope_relaxation_through_tradepulse_approve() {
     let state = store.scope("acme/eq").await.unwrap().unwrap();
     assert_eq!(state.mode, ScopeMode::Normal);
     assert_eq!(state.position, approved.position);
-}
-
-/// A lost relaxation of a desk (committed on the primary, never replicated) returns
-/// its leaves to the stricter mode on the promoted replica; the lost position is no
-/// longer in the history, and the next change is numbered above it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lossy_failover_lost_relaxation_returns_the_desk_to_the_stricter_mode() {
-    let cluster = Cluster::start_with_replica()
-        .await
-        .expect("primary + replica");
-    let db = cluster.create_database().await.expect("database");
-    let dsn = cluster.multi_host_dsn(&db);
-    let (store, _root) = stores(&dsn).await;
-    desk(&store).await;
-    store
-        .set_scope_mode("acme/eq", ScopeMode::CancelOnly, &operator("desk stop"))
-        .await
-        .unwrap();
-    cluster
-        .wait_replica_caught_up(Duration::from_secs(15))
-        .await
-        .unwrap();
-    cluster.replica().unwrap().stop().await.unwrap();
-    let lost = store
-        .set_scope_mode(
-            "acme/eq",
-            ScopeMode::Normal,
-            &Audit::new("ops:sam", "resume").with_ticket("CHG-1"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store.effective("acme/eq/mm-1").await.unwrap().effective,
-        ScopeMode::Normal
-    );
-    cluster.primary().kill9().await.unwrap();
-    let replica = cluster.replica().unwrap();
-    replica.start().await.unwrap();
-    replica.promote().await.unwrap();
-    // The store follows the promoted replica (multi-host DSN) within its bounds.
-    let start = std::time::Instant::now();
-    let leaf = loop {
-        match store.effective("acme/eq/mm-1").await {
-            Ok(leaf) => break leaf,
-            Err(e) => {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "the promoted replica did not answer within 30 s: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    assert_eq!(
-        leaf.effective,
-        ScopeMode::CancelOnly,
-        "the relaxation was lost"
-    );
-    assert_eq!(
-        leaf.decided_by,
-        tradepulse_killswitch::DecidedBy::Scope(ScopePath::parse("acme/eq").unwrap())
-    );
-    assert!(!store.contains(lost.position).await.unwrap());
-    let next = store
-        .set_scope_mode("acme/eq", ScopeMode::Halted, &operator("again"))
-        .await
-        .unwrap();
-    assert!(next.position > lost.position);
-    assert!(next.position.timeline() > lost.position.timeline());
-}
-
-/// The scope store as failover-core's shared store suite drives it: a tightening
-/// halts scope `suite` (created on first use), a relaxation steps it down.
-struct ScopeSuite;
-
-#[async_trait::async_trait]
-impl tradepulse_testkit::suite::SuiteStore for ScopeSuite {
-    type Store = PostgresScopeStore;
-    type Error = tradepulse_killswitch::scope::Error;
-    const AUDIT_TABLE: &'static str = "scope_events";
-
-    async fn tighten(store: &Self::Store, n: u32) -> Result<failover_core::Position, Self::Error> {
-        match store
-            .create_scope(&ScopePath::parse("suite").unwrap(), &operator("suite"))
-            .await
-        {
-            Ok(_) | Err(tradepulse_killswitch::scope::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(store
-            .set_scope_mode("suite", ScopeMode::Halted, &operator(&format!("halt {n}")))
-            .await?
-            .position)
-    }
-
-    async fn relax(store: &Self::Store, n: u32) -> Result<failover_core::Position, Self::Error> {
-        let audit = Audit::new("suite:ops", format!("resume {n}")).with_ticket("CHG-1");
-        Ok(store
-            .set_scope_mode("suite", ScopeMode::CancelOnly, &audit)
-            .await?
-            .position)
-    }
-
-    fn is_schema_missing(error: &Self::Error) -> bool {
-        matches!(
-            error,
-            tradepulse_killswitch::scope::Error::SchemaMissing { .. }
-        )
-    }
-
-    fn is_unavailable(error: &Self::Error) -> bool {
-        matches!(
-            error,
-            tradepulse_killswitch::scope::Error::Unavailable { .. }
-        )
-    }
-}
-
-#[tokio::test]
-async fn suite_scope_events_are_append_only() {
-    tradepulse_testkit::suite::audit_trail_is_append_only::<ScopeSuite>(
-        tradepulse_testkit::suite::Route::Direct,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn suite_unmigrated_database_says_run_migrations() {
-    tradepulse_testkit::suite::unmigrated_database_says_run_migrations::<ScopeSuite>(
-        tradepulse_testkit::suite::Route::Direct,
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn suite_concurrent_migrations_apply_once() {
-    tradepulse_testkit::suite::concurrent_migrations_apply_once::<ScopeSuite>(
-        tradepulse_testkit::suite::Route::Direct,
-    )
-    .await;
 }
