@@ -3,145 +3,16 @@
 //! `safetyctl kill-switch engage --wait` counts them, names a stopped one and lists a
 //! dead one apart.
 
+use followers::{follower_binary, run, stdout, Followers};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use std::time::Duration;
 
+mod followers;
 mod support;
-use support::{as_login, command, login, text};
+use support::{as_login, login, text};
 
 const FOLLOWERS: usize = 10;
-
-/// The `receipt-follower` example: as the workspace's test build left it, or built
-/// into this test's target directory when the test runs alone.
-fn follower_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    // <target>/<profile>/deps/receipt-…
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    // `cargo test --workspace` (the suite's command) has built every example.
-    let built = profile_dir.join("examples").join("receipt-follower");
-    if built.exists() {
-        return built;
-    }
-    let target_dir = profile_dir.parent().expect("<target>/<profile>");
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build
-        .args(["build", "--quiet", "-p", "tradepulse-examples"])
-        .args(["--example", "receipt-follower", "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let mut child = build.spawn().expect("cargo runs");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > Duration::from_secs(900) {
-            let _ = child.kill();
-            panic!("building the receipt-follower example took longer than 15 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(
-        status.success(),
-        "building the receipt-follower example failed"
-    );
-    let binary = profile_dir.join("examples").join("receipt-follower");
-    assert!(binary.exists(), "{} is missing", binary.display());
-    binary
-}
-
-/// The followers, killed (and reaped) when the test ends, however it ends.
-struct Followers {
-    children: Vec<Child>,
-    lines: mpsc::UnboundedReceiver<(usize, String)>,
-}
-
-impl Drop for Followers {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Followers {
-    fn spawn(binary: &Path, dsn: &str, n: usize) -> Self {
-        let (tx, lines) = mpsc::unbounded_channel();
-        let mut children = Vec::new();
-        for i in 0..n {
-            let mut child = Command::new(binary)
-                .env("TRADEPULSE_KILL_SWITCH_POSTGRES__DSN", dsn)
-                .env("TRADEPULSE_KILL_SWITCH_POSTGRES__CONNECT_TIMEOUT", "500ms")
-                .env("RUST_LOG", "error")
-                .args(["--name", &format!("follower-{i}")])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("the follower starts");
-            let stdout = child.stdout.take().expect("stdout");
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { return };
-                    if tx.send((i, line)).is_err() {
-                        return;
-                    }
-                }
-            });
-            children.push(child);
-        }
-        Self { children, lines }
-    }
-
-    /// Waits (bounded) until every follower said `ready`.
-    async fn ready(&mut self) {
-        let mut ready = vec![false; self.children.len()];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while ready.iter().any(|r| !r) {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .unwrap_or_else(|_| panic!("followers not ready within 60 s: {ready:?}"))
-                .expect("a follower's output closed before it was ready");
-            if line.1.starts_with("ready ") {
-                ready[line.0] = true;
-            }
-        }
-    }
-
-    fn pid(&self, i: usize) -> i32 {
-        self.children[i].id() as i32
-    }
-}
-
-/// Runs safetyctl off the runtime's workers (it blocks).
-async fn run(dsn: &str, args: &[&str]) -> (Output, Duration) {
-    let mut cmd = command(dsn, args);
-    cmd.env_remove("RUST_LOG");
-    tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        let o = cmd.output().unwrap();
-        (o, started.elapsed())
-    })
-    .await
-    .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engage_wait_counts_every_live_engine_names_a_stopped_one_and_lists_a_dead_one_apart() {
@@ -150,7 +21,7 @@ async fn engage_wait_counts_every_live_engine_names_a_stopped_one_and_lists_a_de
     // The engines log in as plain viewers: reading the controls is all they may do,
     // and reporting what they applied.
     let engine = login(&db, "engine", "tradepulse_viewer").await;
-    let mut followers = Followers::spawn(&binary, &as_login(&db.dsn, &engine), FOLLOWERS);
+    let mut followers = Followers::spawn(&binary, &as_login(&db.dsn, &engine), FOLLOWERS, &[]);
     followers.ready().await;
 
     // Every engine confirms.
