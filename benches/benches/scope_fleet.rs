@@ -1,11 +1,11 @@
 //! A firm-level halt across a fleet of engine processes, with its receipt.
 //!
 //! `FLEET_PROCESSES` (default 10) child processes — this bench binary re-executed —
-//! each run `FLEET_HANDLES` (default 100) `ScopeModes` handles over one PostgreSQL
-//! pool, each handle holding `FLEET_LEAVES / FLEET_HANDLES` leaf gates (default 10),
-//! so that every process gates all `FLEET_LEAVES` (default 1,000) leaves of
-//! `acme/eq/d<k>/a<i>`. Every handle reports to the process's `Receipts`. Push only
-//! (polling at 1 h), on a testkit primary.
+//! each gate all `FLEET_LEAVES` (default 1,000) leaves of `acme/eq/d<k>/a<i>`, one
+//! `ScopeGate` per leaf, through `FLEET_HANDLES` `ScopeModes` handles over one
+//! PostgreSQL pool (default 1: the handle is process-wide by design; more divides the
+//! leaves between handles, each a watcher of its own). Every handle reports to the
+//! process's `Receipts`. Push only (polling at 1 h), on a testkit primary.
 //!
 //! Per round the parent sets `acme` `HALTED` as an operator (then relaxes it to
 //! `CANCEL_ONLY` as a supervisor with a ticket, and waits until every leaf is no
@@ -245,7 +245,7 @@ fn main() {
         .build()
         .expect("runtime");
     let processes = env_usize("FLEET_PROCESSES", 10);
-    let handles = env_usize("FLEET_HANDLES", 100);
+    let handles = env_usize("FLEET_HANDLES", 1);
     let leaf_count = env_usize("FLEET_LEAVES", 1000);
     assert!(handles > 0 && leaf_count.is_multiple_of(handles));
 
@@ -313,7 +313,9 @@ fn main() {
 
     let mut group = criterion.benchmark_group("scope_fleet");
     group.sample_size(10);
-    let name = |what: &str| format!("{what}, {processes} processes x {leaf_count} leaves");
+    let name = |what: &str| {
+        format!("{what}, {processes} processes x {handles} handles x {leaf_count} leaves")
+    };
     group.bench_function(name("firm halt → every leaf"), |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
@@ -428,7 +430,7 @@ fn wall(at: Instant) -> u128 {
 fn child_main() {
     let k = std::env::var(CHILD_ENV).expect("child number");
     let dsn = std::env::var("FLEET_CHILD_DSN").expect("FLEET_CHILD_DSN");
-    let handles = env_usize("FLEET_HANDLES", 100);
+    let handles = env_usize("FLEET_HANDLES", 1);
     let leaf_count = env_usize("FLEET_LEAVES", 1000);
     let per_handle = leaf_count / handles;
     let rt = tokio::runtime::Builder::new_current_thread()
