@@ -10,6 +10,7 @@
 //! assert!(readiness.to_json().contains(r#""status":"operational""#));
 //! ```
 
+use crate::handle::lock;
 use serde::{Serialize, Serializer};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -163,10 +164,6 @@ impl std::fmt::Debug for HealthRegistry {
             .field("components", &names)
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl HealthRegistry {

@@ -12,6 +12,7 @@ pub mod conformance;
 pub mod control;
 pub mod errors;
 pub mod feed;
+pub mod handle;
 pub mod health;
 pub mod log;
 pub mod memory;

@@ -39,6 +39,7 @@
 //! ```
 
 use crate::errors::{DbError, DbErrorKind};
+use crate::handle::lock;
 use crate::position::Position;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -459,10 +460,6 @@ impl Receipts {
             Backend::Postgres(pool) => read(pool, component, target, position, live_within).await,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Inner {

@@ -21,10 +21,10 @@
 //! `operational` when reads and push both work.
 
 use crate::{Error, KillSwitchState, KillSwitchStore, HEALTH_COMPONENT};
-use failover_core::health::HealthSource;
-use failover_core::receipt::{ReceiptHook, Receipts};
+use failover_core::handle::{lock, Published};
+use failover_core::receipt::Receipts;
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
-use failover_core::{ComponentHealth, Position};
+use failover_core::Position;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -107,7 +107,7 @@ struct Shared {
     word: AtomicU8,
     state: Mutex<Option<KillSwitchState>>,
     trading: watch::Sender<Trading>,
-    receipt: ReceiptHook,
+    published: Published,
 }
 
 /// The hot-path handle. Cheap to clone; the watcher stops when the last clone is dropped.
@@ -144,7 +144,7 @@ impl KillSwitch {
             word: AtomicU8::new(NOT_LOADED),
             state: Mutex::new(None),
             trading,
-            receipt: ReceiptHook::default(),
+            published: Published::new(),
         });
         let watched = Arc::new(Source {
             store,
@@ -190,13 +190,8 @@ impl KillSwitch {
     /// (then [`trading`](Self::trading) says what the hot path answers); the same
     /// rule as every handle of the family (`SymbolModes::ready`).
     pub async fn ready(&self, timeout: Duration) -> bool {
-        let mut rx = self.subscribe();
-        let _ = tokio::time::timeout(
-            timeout,
-            rx.wait_for(|t| *t != Trading::Halted(Halt::NotLoaded)),
-        )
-        .await;
-        self.trading() != Trading::Halted(Halt::NotLoaded)
+        let loaded = || self.shared.word.load(Ordering::Acquire) != NOT_LOADED;
+        self.shared.published.ready(timeout, loaded).await
     }
 
     /// A snapshot for admin pages (takes a lock; not for the order path).
@@ -217,31 +212,13 @@ impl KillSwitch {
     pub fn with_receipts(self, receipts: &Receipts) -> Self {
         let held = || lock(&self.shared.state).as_ref().map(|s| s.position);
         self.shared
-            .receipt
-            .install(receipts, HEALTH_COMPONENT, "", held);
+            .published
+            .install_receipts(receipts, HEALTH_COMPONENT, held);
         self
     }
-
-    /// Health component `kill_switch`.
-    pub fn health(&self) -> ComponentHealth {
-        self.watcher.freshness().health()
-    }
-
-    /// This handle as a [`HealthSource`] for a [`failover_core::HealthRegistry`].
-    pub fn health_source(&self) -> Arc<dyn HealthSource> {
-        Arc::new(self.clone())
-    }
 }
 
-impl HealthSource for KillSwitch {
-    fn health(&self) -> ComponentHealth {
-        KillSwitch::health(self)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+failover_core::handle_health!(KillSwitch, |handle| handle.watcher);
 
 impl Shared {
     fn set_word(&self, word: u8) {
@@ -262,7 +239,8 @@ impl Shared {
         let (engaged, position) = (state.engaged, state.position);
         *lock(&self.state) = Some(state);
         self.set_word(if engaged { ENGAGED } else { RUNNING });
-        self.receipt.report(position);
+        // The kill switch has no version of its own: its position orders its states.
+        self.published.announce(position.0, position);
     }
 }
 

@@ -43,10 +43,10 @@ use crate::{
 };
 use arc_swap::ArcSwap;
 use failover_core::clock::CoarseClock;
-use failover_core::health::HealthSource;
-use failover_core::receipt::{ReceiptHook, Receipts};
+use failover_core::handle::{lock, Published};
+use failover_core::receipt::Receipts;
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
-use failover_core::{ComponentHealth, Position};
+use failover_core::Position;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -148,7 +148,8 @@ type BucketMap = HashMap<Box<str>, Arc<Bucket>, SymbolHasher>;
 struct Shared {
     word: AtomicU8,
     snapshot: Arc<ArcSwap<ModeSnapshot>>,
-    version: watch::Sender<u64>,
+    /// Versions applied, and the receipt.
+    published: Published,
     /// This process's token buckets: every throttled symbol, and every symbol a
     /// gate was made for. Replaced (copy on write) only when a symbol is added.
     buckets: Arc<ArcSwap<BucketMap>>,
@@ -159,7 +160,6 @@ struct Shared {
     /// How many symbols have a limit in force: while none has, `admit` by name is
     /// one load of this word.
     limited: AtomicUsize,
-    receipt: ReceiptHook,
 }
 
 /// The effective mode of `symbol` under the freshness word `word` (not `NOT_LOADED`).
@@ -316,16 +316,14 @@ impl SymbolModes {
         config: SymbolModesConfig,
     ) -> Result<Self, failover_core::WatchConfigError> {
         config.validate(store.retry_budget())?;
-        let (version, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             word: AtomicU8::new(NOT_LOADED),
             snapshot: Arc::new(ArcSwap::from_pointee(ModeSnapshot::default())),
-            version,
+            published: Published::new(),
             buckets: Arc::new(ArcSwap::from_pointee(BucketMap::default())),
             bucket_writer: Mutex::new(()),
             clock: OnceLock::new(),
             limited: AtomicUsize::new(0),
-            receipt: ReceiptHook::default(),
         });
         let watched = Arc::new(Source {
             store,
@@ -483,30 +481,22 @@ impl SymbolModes {
 
     /// Pushes the store version of every new snapshot.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.version.subscribe()
+        self.shared.published.subscribe()
     }
 
     /// Waits until the first load succeeded, bounded by `timeout`. True when loaded.
     pub async fn ready(&self, timeout: Duration) -> bool {
-        let mut rx = self.subscribe();
-        let _ = tokio::time::timeout(timeout, async {
-            while self.shared.word.load(Ordering::Acquire) == NOT_LOADED {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-        self.shared.word.load(Ordering::Acquire) != NOT_LOADED
+        let loaded = || self.shared.word.load(Ordering::Acquire) != NOT_LOADED;
+        self.shared.published.ready(timeout, loaded).await
     }
 
     /// Waits until the snapshot reaches `version` (e.g. the version an admin command
     /// returned), bounded by `timeout`. True when reached.
     pub async fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
-        let mut rx = self.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version))
+        self.shared
+            .published
+            .wait_for_version(version, timeout)
             .await
-            .is_ok_and(|r| r.is_ok())
     }
 
     /// A snapshot for admin pages (takes locks; not for the order path).
@@ -540,31 +530,13 @@ impl SymbolModes {
                 .then(|| self.shared.snapshot.load().position())
         };
         self.shared
-            .receipt
-            .install(receipts, HEALTH_COMPONENT, "", held);
+            .published
+            .install_receipts(receipts, HEALTH_COMPONENT, held);
         self
     }
-
-    /// Health component `symbol_mode`.
-    pub fn health(&self) -> ComponentHealth {
-        self.watcher.freshness().health()
-    }
-
-    /// This handle as a [`HealthSource`] for a [`failover_core::HealthRegistry`].
-    pub fn health_source(&self) -> Arc<dyn HealthSource> {
-        Arc::new(self.clone())
-    }
 }
 
-impl HealthSource for SymbolModes {
-    fn health(&self) -> ComponentHealth {
-        SymbolModes::health(self)
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+failover_core::handle_health!(SymbolModes, |handle| handle.watcher);
 
 impl Shared {
     fn clock(&self) -> CoarseClock {
@@ -628,9 +600,7 @@ impl Shared {
                 let (version, position) = (next.version(), next.position());
                 self.publish(Arc::new(next));
                 self.set_word(FRESH);
-                self.receipt.report(position);
-                // Always sent, also for version 0, so `ready()` wakes on the first load.
-                self.version.send_replace(version);
+                self.published.announce(version, position);
             }
             // Nothing newer: the read still proves freshness.
             None => self.set_word(FRESH),

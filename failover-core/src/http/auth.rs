@@ -42,6 +42,7 @@
 //! all. Throttled requests are counted in `auth_throttled_total`.
 
 use super::ApiError;
+use crate::handle::lock;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -362,10 +363,6 @@ pub struct Authenticator {
     source: Arc<Source>,
     cache: Arc<Mutex<Cache>>,
     throttle: Arc<Throttle>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Authenticator {

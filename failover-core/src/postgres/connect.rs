@@ -7,6 +7,7 @@
 
 use super::error::{describe, NO_PRIMARY};
 use super::tls::Connector;
+use crate::handle::lock;
 use deadpool_postgres::Connect;
 use futures_util::future::BoxFuture;
 use std::sync::{Arc, Mutex};
@@ -186,8 +187,4 @@ impl Connect for SharedConnect {
             }
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -12,6 +12,7 @@
 
 use super::listen::{Channels, ListenEvent, ListenOptions, Listener};
 use super::pool::PgPool;
+use crate::handle::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::mpsc;
@@ -41,10 +42,6 @@ impl Drop for Hub {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A subscription to one channel of the process's shared LISTEN connection.

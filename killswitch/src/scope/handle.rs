@@ -42,10 +42,10 @@ use super::{
     ScopeStore,
 };
 use crate::{KillSwitch, Trading};
-use failover_core::health::HealthSource;
-use failover_core::receipt::{ReceiptHook, Receipts};
+use failover_core::handle::{lock, Published};
+use failover_core::receipt::Receipts;
 use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
-use failover_core::{ChangeRef, ComponentHealth, DbError, DbErrorKind, Position};
+use failover_core::{ChangeRef, DbError, DbErrorKind, Position};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -462,16 +462,10 @@ impl Tree {
 #[derive(Debug)]
 struct Shared {
     tree: Mutex<Tree>,
-    /// The version of every applied read (also sent for version 0, so `ready` wakes).
-    version: watch::Sender<u64>,
+    /// The version of every applied read, and the receipt.
+    published: Published,
     store: Arc<dyn ScopeStore>,
     root: KillSwitch,
-    /// Where the positions this handle applies are reported, when installed.
-    receipt: ReceiptHook,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {
@@ -491,8 +485,7 @@ impl Shared {
         let (version, position) = (tree.version, tree.position);
         drop(tree);
         if newer {
-            self.receipt.report(position);
-            self.version.send_replace(version);
+            self.published.announce(version, position);
             self.fetch_details(delta);
         }
     }
@@ -684,17 +677,15 @@ impl ScopeModes {
         config: ScopeModesConfig,
     ) -> Result<Self, failover_core::WatchConfigError> {
         config.validate(store.retry_budget())?;
-        let (version, _) = watch::channel(0);
         let mut trading = root.subscribe();
         let shared = Arc::new(Shared {
             tree: Mutex::new(Tree {
                 root: ScopeMode::Halted,
                 ..Tree::default()
             }),
-            version,
+            published: Published::new(),
             store: store.clone(),
             root,
-            receipt: ReceiptHook::default(),
         });
         let follower = Arc::downgrade(&shared);
         let root_task = tokio::spawn(async move {
@@ -800,15 +791,8 @@ impl ScopeModes {
     /// True when both are (then every gate answers what the store says).
     pub async fn ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self.shared.version.subscribe();
-        let _ = tokio::time::timeout_at(deadline, async {
-            while lock(&self.shared.tree).freshness == NOT_LOADED {
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
+        let loaded = || lock(&self.shared.tree).freshness != NOT_LOADED;
+        self.shared.published.ready(timeout, loaded).await;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let root = self.shared.root.ready(remaining).await;
         root && lock(&self.shared.tree).freshness != NOT_LOADED
@@ -817,10 +801,10 @@ impl ScopeModes {
     /// Waits until the handle holds store version `version` (e.g. the version after
     /// an admin command), bounded by `timeout`. True when reached.
     pub async fn wait_for_version(&self, version: u64, timeout: Duration) -> bool {
-        let mut rx = self.shared.version.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version))
+        self.shared
+            .published
+            .wait_for_version(version, timeout)
             .await
-            .is_ok_and(|r| r.is_ok())
     }
 
     /// A snapshot for admin pages (takes locks; not for the order path).
@@ -858,27 +842,13 @@ impl ScopeModes {
             (tree.freshness != NOT_LOADED).then_some(tree.position)
         };
         self.shared
-            .receipt
-            .install(receipts, SCOPE_HEALTH_COMPONENT, "", held);
+            .published
+            .install_receipts(receipts, SCOPE_HEALTH_COMPONENT, held);
         self
     }
-
-    /// Health component `scope`.
-    pub fn health(&self) -> ComponentHealth {
-        self.running.watcher.freshness().health()
-    }
-
-    /// This handle as a [`HealthSource`] for a [`failover_core::HealthRegistry`].
-    pub fn health_source(&self) -> Arc<dyn HealthSource> {
-        Arc::new(self.clone())
-    }
 }
 
-impl HealthSource for ScopeModes {
-    fn health(&self) -> ComponentHealth {
-        ScopeModes::health(self)
-    }
-}
+failover_core::handle_health!(ScopeModes, |handle| handle.running.watcher);
 
 /// Drops the entries of dropped gates whenever a list reaches a power of two, so a
 /// list never holds more than twice the gates alive at its last pruning.

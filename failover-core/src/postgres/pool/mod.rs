@@ -61,6 +61,7 @@ use super::manager::{Pool, VerifyingManager, RECYCLE_CHECK};
 use super::settings::PgSettings;
 use super::tls::connector;
 use crate::errors::ConfigError;
+use crate::handle::lock;
 use arc_swap::ArcSwap;
 use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime, Timeouts};
 use reachability::Link;
@@ -244,10 +245,6 @@ impl PgPool {
         let s = self.inner.current.load().pool.status();
         (s.size, s.available, s.waiting)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn build(
