@@ -234,10 +234,55 @@ async fn enabling_new_strategies_waits_for_a_held_disable_then_refuses_naming_it
     )
     .await;
 
-    // Decided again on Dave's halt, the enable goes through.
-    let seen = s.api.etag(STRATEGIES).await;
-    let (status, _, body) = enable(&s.api, seen, r#"{"reason":"fixed","ticket":"INC-7"}"#).await;
+    // Breaking the glass skips a second supervisor, never the precondition: with
+    // four eyes required, a break-glass enable racing another held disable is
+    // refused the same way.
+    let (status, body) = s
+        .api
+        .post(
+            OPERATOR,
+            "/admin/approvals/require",
+            r#"{"actions":["strategies.enable-new"],"reason":"four eyes"}"#,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
+    let seen = s.api.etag(STRATEGIES).await;
+    let before = events(&observer).await;
+    let api = s.clone();
+    let (status, _, body) = Held::begin(&dsn, DISABLE_BY_DAVE)
+        .await
+        .race(async move {
+            enable(
+                &api.api,
+                seen,
+                r#"{"reason":"fixed","ticket":"INC-8","break_glass":true}"#,
+            )
+            .await
+        })
+        .await;
+    assert_refused(
+        &(status, body),
+        412,
+        "precondition_failed",
+        "NewStrategiesHalt on by ops:dave",
+    );
+    assert_eq!(shown(&s.api).await["new_strategies_disabled"], true);
+    assert_eq!(
+        events(&observer).await,
+        before + 1,
+        "one event more: Dave's"
+    );
+
+    // Decided again on Dave's halt, a break-glass enable goes through.
+    let seen = s.api.etag(STRATEGIES).await;
+    let (status, _, body) = enable(
+        &s.api,
+        seen,
+        r#"{"reason":"fixed","ticket":"INC-8","break_glass":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["break_glass"], true, "{body}");
     assert_eq!(shown(&s.api).await["new_strategies_disabled"], false);
 }
 
