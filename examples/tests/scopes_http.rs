@@ -2,13 +2,20 @@
 //! firm's tree and halts a desk; a path is written with its slashes; an unknown or
 //! mis-spelled path answers 404 naming the known one; relaxing is a supervisor's,
 //! with `If-Match` and a ticket, one step at a time from HALTED; four eyes hold a
-//! required relaxation at 202; engaging the kill switch halts every scope.
+//! required relaxation at 202; engaging the kill switch halts every scope. A
+//! relaxation is decided against the scope it locks: a tightening held open in
+//! another transaction makes it wait and then refuse, naming that change; a replay
+//! answers its original only while it is the scope's latest change; a typo halts
+//! nothing.
 
 mod support;
 
+use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
+use reqwest::Method;
+use std::sync::Arc;
 use std::time::Duration;
 use support::*;
-use tradepulse_testkit::shared_primary;
+use tradepulse_testkit::{shared_primary, Held};
 
 const DESK: &str = "/admin/scope-modes/acme/eq";
 
@@ -161,4 +168,274 @@ async fn an_operator_halts_a_desk_and_a_supervisor_relaxes_it_one_step_at_a_time
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
     assert_eq!(reasons, ["fixed", "runaway desk", "org chart"], "{history}");
+}
+
+/// A session of its own, as a DBA's psql or another service would hold one.
+async fn session(dsn: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn scope_events(client: &Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM scope_events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// The tree `acme`, `acme/eq`, `acme/eq/mm-1`, created by an operator.
+async fn tree(api: &Api) {
+    for path in ["acme", "acme/eq", "acme/eq/mm-1"] {
+        let (status, body) = api
+            .put(
+                OPERATOR,
+                &format!("/admin/scopes/{path}"),
+                r#"{"reason":"org chart"}"#,
+            )
+            .await;
+        assert_eq!(status, 201, "{path}: {body}");
+    }
+}
+
+/// An operator's change of the desk, made by another session in a transaction left
+/// open (as another admin process or a DBA's psql would make it).
+fn desk_set_by_dave(mode: &str) -> String {
+    format!(
+        "SELECT * FROM scope_apply(gen_random_uuid(), 'set_mode', 'acme/eq', '{mode}', \
+         'second incident', 'ops:dave', NULL, 'operator')"
+    )
+}
+
+/// A supervisor's relaxation of the desk, with `If-Match: etag`.
+async fn relax_desk(api: &Api, etag: String, body: &str) -> (u16, serde_json::Value) {
+    let (status, _, body) = api
+        .request(
+            Method::PUT,
+            DESK,
+            Some(body),
+            SUPERVISOR,
+            &[("if-match", etag)],
+        )
+        .await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisors_relaxation_waits_for_a_held_tightening_then_refuses_naming_it() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    let s = Arc::new(start_all(&dsn, Duration::from_secs(300)).await);
+    let observer = session(&dsn).await;
+    tree(&s.api).await;
+    let (status, body) = s
+        .api
+        .put(
+            OPERATOR,
+            DESK,
+            r#"{"mode":"REDUCE_ONLY","reason":"limit breach"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The supervisor decides on REDUCE_ONLY; Dave's CANCEL_ONLY commits while the
+    // relaxation waits on the scope's row.
+    let seen = s.api.etag(DESK).await;
+    let before = scope_events(&observer).await;
+    let api = s.clone();
+    let refused = Held::begin(&dsn, &desk_set_by_dave("CANCEL_ONLY"))
+        .await
+        .race(async move {
+            relax_desk(
+                &api.api,
+                seen,
+                r#"{"mode":"NORMAL","reason":"breach cleared","ticket":"INC-1"}"#,
+            )
+            .await
+        })
+        .await;
+    assert_refused(
+        &refused,
+        412,
+        "precondition_failed",
+        "set_mode acme/eq REDUCE_ONLY -> CANCEL_ONLY by ops:dave",
+    );
+    let (_, desk) = s.api.get(DESK).await;
+    assert_eq!(desk["mode"], "CANCEL_ONLY", "nothing was relaxed: {desk}");
+    assert_eq!(desk["last_change"]["updated_by"], "ops:dave", "{desk}");
+    let (_, leaf) = s.api.get("/admin/scope-modes/acme/eq/mm-1").await;
+    assert_eq!(leaf["effective"], "CANCEL_ONLY", "{leaf}");
+    assert_eq!(
+        scope_events(&observer).await,
+        before + 1,
+        "one event more: Dave's"
+    );
+
+    // The same from CANCEL_ONLY with Dave halting the desk: still refused and
+    // nothing relaxed. From HALTED the step rule is checked first, so the answer is
+    // 409 `step_too_large` naming HALTED, the mode now in force.
+    let seen = s.api.etag(DESK).await;
+    let before = scope_events(&observer).await;
+    let api = s.clone();
+    let refused = Held::begin(&dsn, &desk_set_by_dave("HALTED"))
+        .await
+        .race(async move {
+            relax_desk(
+                &api.api,
+                seen,
+                r#"{"mode":"REDUCE_ONLY","reason":"breach cleared","ticket":"INC-1"}"#,
+            )
+            .await
+        })
+        .await;
+    assert_refused(&refused, 409, "step_too_large", "acme/eq is HALTED");
+    let (_, desk) = s.api.get(DESK).await;
+    assert_eq!(desk["mode"], "HALTED", "nothing was relaxed: {desk}");
+    let (_, leaf) = s.api.get("/admin/scope-modes/acme/eq/mm-1").await;
+    assert_eq!(leaf["effective"], "HALTED", "{leaf}");
+    assert_eq!(
+        scope_events(&observer).await,
+        before + 1,
+        "one event more: Dave's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_scope_change_answers_the_original_only_while_it_is_in_force() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    let s = start_all(&dsn, Duration::from_secs(300)).await;
+    let observer = session(&dsn).await;
+    tree(&s.api).await;
+    let id = uuid::Uuid::new_v4();
+    let halt = format!(r#"{{"mode":"HALTED","reason":"runaway desk","request_id":"{id}"}}"#);
+    let send = |token: &'static str| {
+        let (api, halt) = (&s.api, halt.clone());
+        async move {
+            api.request(Method::PUT, DESK, Some(&halt), token, &[])
+                .await
+        }
+    };
+
+    let (status, _, first) = send(OPERATOR).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["replayed"], false, "{first}");
+    // A change of another scope does not supersede the desk's halt.
+    let (status, body) = s
+        .api
+        .put(
+            OPERATOR,
+            "/admin/scope-modes/acme/eq/mm-1",
+            r#"{"mode":"REDUCE_ONLY","reason":"limit breach"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events = scope_events(&observer).await;
+    // While the halt is the desk's latest change, the replay answers it.
+    let (status, headers, again) = send(OPERATOR).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(again["position"], first["position"], "{again}");
+    // Another caller with the same request id: refused.
+    let (status, _, body) = send(SUPERVISOR).await;
+    assert_refused(&(status, body), 409, "request_reused", "ops:alice");
+    assert_eq!(scope_events(&observer).await, events, "nothing written");
+
+    // A supervisor relaxes the desk; the replay is no longer in force.
+    let relax_id = uuid::Uuid::new_v4();
+    let relax = format!(
+        r#"{{"mode":"CANCEL_ONLY","reason":"contained","ticket":"INC-1","request_id":"{relax_id}"}}"#
+    );
+    let seen = s.api.etag(DESK).await;
+    let (status, body) = relax_desk(&s.api, seen.clone(), &relax).await;
+    assert_eq!(status, 200, "{body}");
+    let events = scope_events(&observer).await;
+    let (status, headers, body) = send(OPERATOR).await;
+    assert_refused(
+        &(status, body),
+        409,
+        "superseded",
+        "set_mode acme/eq HALTED -> CANCEL_ONLY by ops:bob",
+    );
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (_, desk) = s.api.get(DESK).await;
+    assert_eq!(
+        desk["mode"], "CANCEL_ONLY",
+        "the replay halted nothing: {desk}"
+    );
+    assert_eq!(scope_events(&observer).await, events, "nothing written");
+
+    // And the other way: after a later halt, the replayed relaxation relaxes nothing.
+    let (status, body) = s
+        .api
+        .put(OPERATOR, DESK, r#"{"mode":"HALTED","reason":"again"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let events = scope_events(&observer).await;
+    let refused = relax_desk(&s.api, seen, &relax).await;
+    assert_refused(
+        &refused,
+        409,
+        "superseded",
+        "set_mode acme/eq CANCEL_ONLY -> HALTED by ops:alice",
+    );
+    let (_, desk) = s.api.get(DESK).await;
+    assert_eq!(desk["mode"], "HALTED", "still halted: {desk}");
+    assert_eq!(scope_events(&observer).await, events, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_in_a_scope_path_halts_nothing() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    let s = start_all(&dsn, Duration::from_secs(300)).await;
+    let observer = session(&dsn).await;
+    tree(&s.api).await;
+    let events = scope_events(&observer).await;
+
+    let halt = r#"{"mode":"HALTED","reason":"runaway desk"}"#;
+    for (path, status, code, names) in [
+        ("ACME/EQ", 400, "invalid_scope", "write acme/eq"),
+        ("acme/EQ", 400, "invalid_scope", "write acme/eq"),
+        (
+            "acme/eq/mm_1",
+            404,
+            "unknown_scope",
+            "did you mean acme/eq/mm-1?",
+        ),
+        (
+            "acme/eq/mm.1",
+            404,
+            "unknown_scope",
+            "did you mean acme/eq/mm-1?",
+        ),
+        ("acme/eq/", 400, "invalid_scope", "write acme/eq"),
+    ] {
+        let refused = s
+            .api
+            .put(OPERATOR, &format!("/admin/scope-modes/{path}"), halt)
+            .await;
+        assert_refused(&refused, status, code, names);
+    }
+    // Creating the near miss instead: refused, naming the scope it reads like.
+    let refused = s
+        .api
+        .put(
+            OPERATOR,
+            "/admin/scopes/acme/eq/mm_1",
+            r#"{"reason":"typo"}"#,
+        )
+        .await;
+    assert_refused(&refused, 409, "near_miss", "acme/eq/mm-1");
+
+    assert_eq!(scope_events(&observer).await, events, "no event written");
+    let (_, all) = s.api.get("/admin/scopes").await;
+    let scopes = all["scopes"].as_array().unwrap();
+    assert_eq!(scopes.len(), 3, "no scope created: {all}");
+    assert!(
+        scopes.iter().all(|s| s["effective"] == "NORMAL"),
+        "nothing halted: {all}"
+    );
 }
