@@ -833,3 +833,71 @@ impl MemoryApprover for Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_core::position::FIRST_TIMELINE;
+    use SymbolMode::{HardHalt, SoftHalt};
+
+    fn ops(reason: &str) -> Audit {
+        Audit::new("ops:test", reason)
+    }
+
+    #[tokio::test]
+    async fn a_lossy_failover_rolls_the_modes_back_and_forgets_the_lost_requests() {
+        let store = MemorySymbolModeStore::new();
+        store
+            .register_symbol("BTC-USD", &ops("registry"))
+            .await
+            .expect("register");
+        let kept_audit = ops("kept");
+        let kept = store
+            .set_symbol_mode("BTC-USD", SoftHalt, &kept_audit)
+            .await
+            .expect("kept");
+        let lost_audit = ops("lost");
+        let lost = store
+            .set_symbol_mode("BTC-USD", HardHalt, &lost_audit)
+            .await
+            .expect("lost");
+        let halt = store
+            .withdrawals_halt(true, &ops("lost too"))
+            .await
+            .expect("halt");
+
+        let gone = store.simulate_lossy_failover(2);
+        assert_eq!(gone, [halt.position, lost.position], "newest first");
+        let state = store.symbol_state("BTC-USD").await.expect("state");
+        assert_eq!(
+            state.map(|s| (s.mode, s.position)),
+            Some((SoftHalt, kept.position))
+        );
+        let venue = store.venue().await.expect("venue");
+        assert!(!venue.withdrawals_halted, "the lost halt is undone");
+        assert_eq!((venue.version, venue.position), (2, kept.position));
+        assert_eq!(store.history(10).await.expect("history").len(), 2);
+        assert!(!store.contains(lost.position).await.expect("contains"));
+        assert!(store.contains(kept.position).await.expect("contains"));
+        assert_eq!(
+            store.shared.feed.current().map(|c| c.position),
+            Some(kept.position),
+            "subscribers are resynced to what remains"
+        );
+
+        // A kept request still replays; a lost one applies anew, on the next timeline.
+        let replay = store
+            .set_symbol_mode("BTC-USD", SoftHalt, &kept_audit)
+            .await
+            .expect("replay");
+        assert!(replay.replayed);
+        let again = store
+            .set_symbol_mode("BTC-USD", HardHalt, &lost_audit)
+            .await
+            .expect("the lost request again");
+        assert!(!again.replayed, "the promoted store never saw it");
+        assert_eq!(again.version, 3);
+        assert_eq!(again.position.timeline(), FIRST_TIMELINE + 1);
+        assert!(again.position > gone[0], "past every lost position");
+    }
+}
