@@ -154,6 +154,10 @@ pub async fn operator_may_not_relax<C: AuditedControl + ?Sized>(control: &C) {
         matches!(refusal(&err), Refusal::Forbidden { .. }),
         "{err:?}"
     );
+    assert!(
+        err.to_string().contains("supervisor"),
+        "the refusal says who may relax: {err}"
+    );
     assert_eq!(err.outcome().exit_code(), crate::control::exit::REFUSED);
     assert_eq!(control.position().await.expect("position"), first.position);
     assert_eq!(count(control).await, 1);
@@ -176,13 +180,18 @@ pub async fn relax_without_ticket_is_refused<C: AuditedControl + ?Sized>(control
         ),
         "{err:?}"
     );
+    assert!(
+        err.to_string().contains("ticket"),
+        "the refusal says what is missing: {err}"
+    );
     assert_eq!(control.position().await.expect("position"), first.position);
     assert_eq!(count(control).await, 1);
 }
 
 /// A relaxation names the state it relaxes: when another change landed after the
 /// caller read it, it is refused naming that change; against the change in force it
-/// applies.
+/// applies. A tightening never waits for a precondition: it applies whatever
+/// position it names.
 pub async fn relax_of_a_moved_state_is_refused<C: AuditedControl + ?Sized>(control: &C) {
     let seen = control
         .tighten(&tighten_audit("first"))
@@ -207,11 +216,16 @@ pub async fn relax_of_a_moved_state_is_refused<C: AuditedControl + ?Sized>(contr
         other => panic!("expected precondition failed, got {other:?}"),
     }
     assert_eq!(control.position().await.expect("position"), moved.position);
+    let stale = control
+        .tighten(&tighten_audit("third").expecting(seen.position))
+        .await
+        .expect("a tightening applies whatever it names");
+    assert!(stale.position > moved.position);
     let relaxed = control
-        .relax(&relax_audit("resume").expecting(moved.position))
+        .relax(&relax_audit("resume").expecting(stale.position))
         .await
         .expect("relax against the change in force");
-    assert!(relaxed.position > moved.position);
+    assert!(relaxed.position > stale.position);
 }
 
 /// A relaxation that must name its state and does not is refused naming the
@@ -234,11 +248,12 @@ pub async fn relax_without_required_precondition_is_refused<C: AuditedControl + 
     assert_eq!(control.position().await.expect("position"), first.position);
 }
 
-/// Invalid audits (blank or missing reason and actor, control characters, a line
-/// separator, too long, an empty ticket) are refused with a typed error, tightening
-/// and relaxing alike, and change nothing.
-pub async fn invalid_audit_is_refused_and_changes_nothing<C: AuditedControl + ?Sized>(control: &C) {
-    let bad = [
+/// Audits every command must refuse: a blank or missing reason and actor, control
+/// characters, a line separator, a reason too long, an empty ticket, a ticket with a
+/// control character. For a control's commands beyond one target's tighten and
+/// relax.
+pub fn invalid_audits() -> Vec<Audit> {
+    vec![
         Audit::new("ops", ""),
         Audit::new("ops", "   "),
         Audit::new("", "reason"),
@@ -247,9 +262,15 @@ pub async fn invalid_audit_is_refused_and_changes_nothing<C: AuditedControl + ?S
         Audit::new("ops\u{0}", "nul"),
         Audit::new("ops", "x".repeat(crate::audit::MAX_REASON_CHARS + 1)),
         Audit::new("ops", "ok").with_ticket(""),
-    ];
+        Audit::new("ops", "ok").with_ticket("INC\u{7}"),
+    ]
+}
+
+/// Every one of [`invalid_audits`] is refused with a typed error, tightening and
+/// relaxing alike, and changes nothing.
+pub async fn invalid_audit_is_refused_and_changes_nothing<C: AuditedControl + ?Sized>(control: &C) {
     let before = control.position().await.expect("position");
-    for audit in &bad {
+    for audit in &invalid_audits() {
         let err = control
             .tighten(&audit.clone().with_authority(Authority::Operator))
             .await

@@ -83,6 +83,20 @@ impl<E: HistoryEvent> MemoryHistory<E> {
         &self.events
     }
 
+    /// The event at `position`, if the trail holds one there (the change a target's
+    /// position names).
+    pub fn at(&self, position: Position) -> Option<&E> {
+        let i = self.events.partition_point(|e| e.position() < position);
+        self.events.get(i).filter(|e| e.position() == position)
+    }
+
+    /// The events after `position`, oldest first (what a subscriber that has seen
+    /// `position` has yet to see).
+    pub fn after(&self, position: Position) -> &[E] {
+        let start = self.events.partition_point(|e| e.position() <= position);
+        &self.events[start..]
+    }
+
     /// At most `limit` events, newest first.
     pub fn newest(&self, limit: usize) -> Vec<E> {
         self.events.iter().rev().take(limit).cloned().collect()
@@ -154,5 +168,25 @@ mod tests {
             next > before,
             "a new timeline's positions pass every lost one"
         );
+    }
+
+    #[test]
+    fn events_are_found_by_position_and_after_one() {
+        let mut h = MemoryHistory::new();
+        for _ in 0..3 {
+            let p = h.next_position();
+            h.push(E(p, Uuid::new_v4()));
+        }
+        let [a, b, c] = [0, 1, 2].map(|i| h.events()[i].0);
+        assert_eq!(h.at(b).map(|e| e.0), Some(b));
+        assert!(h.at(Position::ZERO).is_none());
+        assert!(h.at(Position(c.0 + 1)).is_none());
+        let after: Vec<Position> = h.after(a).iter().map(|e| e.0).collect();
+        assert_eq!(after, [b, c]);
+        assert_eq!(h.after(Position::ZERO).len(), 3);
+        assert!(h.after(c).is_empty());
+        h.lose_newest(1);
+        assert!(h.at(c).is_none(), "a lost position finds nothing");
+        assert_eq!(h.after(a).len(), 1);
     }
 }

@@ -16,9 +16,10 @@ use failover_core::approvals::{
     ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
 };
 use failover_core::authority::{check_relaxation, replay};
+use failover_core::memory::{HistoryEvent, MemoryHistory};
 use failover_core::AuditError;
 use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -82,10 +83,20 @@ struct Inner {
     global_position: Position,
     withdrawals_position: Position,
     new_strategies_position: Position,
-    /// `events[i].version == i + 1`; positions strictly increase.
-    events: Vec<AuditEvent>,
-    by_request: HashMap<Uuid, usize>,
-    timeline: u64,
+    /// The audit trail: the `i`th event (oldest first) has version `i + 1`.
+    history: MemoryHistory<AuditEvent>,
+}
+
+impl HistoryEvent for AuditEvent {
+    fn position(&self) -> Position {
+        self.position
+    }
+    fn request_id(&self) -> Uuid {
+        self.request_id
+    }
+    fn change_ref(&self) -> ChangeRef {
+        AuditEvent::change_ref(self)
+    }
 }
 
 impl Default for Inner {
@@ -100,20 +111,28 @@ impl Default for Inner {
             global_position: Position::ZERO,
             withdrawals_position: Position::ZERO,
             new_strategies_position: Position::ZERO,
-            events: Vec::new(),
-            by_request: HashMap::new(),
-            timeline: failover_core::position::FIRST_TIMELINE,
+            history: MemoryHistory::new(),
         }
     }
 }
 
 impl Inner {
     fn version(&self) -> u64 {
-        self.events.len() as u64
+        self.history.events().len() as u64
     }
 
     fn position(&self) -> Position {
-        self.events.last().map_or(Position::ZERO, |e| e.position)
+        self.history.head()
+    }
+
+    /// The state, rebuilt from what remains of the trail (after a simulated failover).
+    fn rebuild(&mut self) {
+        let history = std::mem::take(&mut self.history);
+        *self = Self::default();
+        for event in history.events() {
+            self.record(event);
+        }
+        self.history = history;
     }
 
     /// Writes what `event` did into the state.
@@ -195,11 +214,6 @@ impl Inner {
         }
     }
 
-    fn event_at(&self, position: Position) -> Option<&AuditEvent> {
-        let i = self.events.partition_point(|e| e.position < position);
-        self.events.get(i).filter(|e| e.position == position)
-    }
-
     fn registered(&self, symbol: &str) -> bool {
         self.registry
             .get(&fold_symbol(symbol))
@@ -208,7 +222,7 @@ impl Inner {
 
     fn event_id(&self, version: u64) -> Option<Uuid> {
         let index = usize::try_from(version).ok()?.checked_sub(1)?;
-        self.events.get(index).map(|e| e.request_id)
+        self.history.events().get(index).map(|e| e.request_id)
     }
 }
 
@@ -254,24 +268,8 @@ impl MemorySymbolModeStore {
     /// Returns the positions lost, newest first.
     pub fn simulate_lossy_failover(&self, lost: usize) -> Vec<Position> {
         let mut inner = self.lock();
-        let keep = inner.events.len().saturating_sub(lost);
-        let gone: Vec<Position> = inner
-            .events
-            .drain(keep..)
-            .rev()
-            .map(|e| e.position)
-            .collect();
-        let events = std::mem::take(&mut inner.events);
-        let timeline = inner.timeline + 1;
-        *inner = Inner {
-            timeline,
-            ..Inner::default()
-        };
-        for (i, event) in events.iter().enumerate() {
-            inner.record(event);
-            inner.by_request.insert(event.request_id, i);
-        }
-        inner.events = events;
+        let gone = inner.history.lose_newest(lost);
+        inner.rebuild();
         self.shared.feed.resync(ModeChange::at(inner.position()));
         gone
     }
@@ -306,11 +304,10 @@ impl Shared {
         let target = inner.target(&request);
         let latest = |inner: &Inner| -> Option<ChangeRef> {
             target
-                .and_then(|t| inner.event_at(t))
+                .and_then(|t| inner.history.at(t))
                 .map(AuditEvent::change_ref)
         };
-        if let Some(&i) = inner.by_request.get(&audit.request_id()) {
-            let e = &inner.events[i];
+        if let Some(e) = inner.history.by_request(audit.request_id()) {
             let same = request.matches(&e.command) && e.actor == audit.actor();
             return replay(
                 e.request_id,
@@ -475,7 +472,7 @@ impl Shared {
         }
         let event = AuditEvent {
             version: inner.version() + 1,
-            position: inner.position().next_on(inner.timeline),
+            position: inner.history.next_position(),
             request_id: audit.request_id(),
             command,
             actor: audit.actor().to_owned(),
@@ -488,9 +485,7 @@ impl Shared {
             break_glass: break_glass.is_some(),
         };
         inner.record(&event);
-        inner.events.push(event.clone());
-        let index = inner.events.len() - 1;
-        inner.by_request.insert(event.request_id, index);
+        inner.history.push(event.clone());
         if let (Some(approvals), Some((_, key))) = (&self.approvals, approval_of(&request)) {
             approvals.applied(CONTROL, &key, &event.change_ref(), approving);
         }
@@ -655,7 +650,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
 
     async fn new_strategies(&self) -> Result<NewStrategiesState, Error> {
         let inner = self.lock();
-        let last = inner.event_at(inner.new_strategies_position);
+        let last = inner.history.at(inner.new_strategies_position);
         Ok(NewStrategiesState {
             new_strategies_disabled: inner.new_strategies_disabled,
             position: inner.new_strategies_position,
@@ -715,14 +710,7 @@ impl SymbolModeStore for MemorySymbolModeStore {
     }
 
     async fn history(&self, limit: usize) -> Result<Vec<AuditEvent>, Error> {
-        Ok(self
-            .lock()
-            .events
-            .iter()
-            .rev()
-            .take(limit)
-            .cloned()
-            .collect())
+        Ok(self.lock().history.newest(limit))
     }
 
     async fn subscribe_cancel_all(&self, start: StartAt) -> Result<CancelAllSubscription, Error> {
@@ -751,12 +739,7 @@ impl FeedSource for MemorySymbolModeStore {
     }
 
     async fn contains(&self, position: Position) -> Result<bool, Error> {
-        let inner = self.lock();
-        Ok(failover_core::position::history_holds(
-            &inner.events,
-            position,
-            |e| e.position,
-        ))
+        Ok(self.lock().history.holds(position))
     }
 }
 
@@ -770,10 +753,9 @@ struct MemoryFeed {
 impl CancelAllFeed for MemoryFeed {
     async fn fetch_after(&self, after: u64) -> Result<Vec<CancelAllCommand>, Error> {
         let inner = lock(&self.shared.inner);
-        let start = inner
-            .events
-            .partition_point(|e| e.position <= Position(after));
-        Ok(inner.events[start..]
+        Ok(inner
+            .history
+            .after(Position(after))
             .iter()
             .filter_map(CancelAllCommand::from_event)
             .collect())
@@ -849,5 +831,73 @@ impl MemoryApprover for Shared {
             Ok(None) => Err(invalid("the store applied nothing".into())),
             Err(e) => Err(invalid(format!("the symbol-mode store refused it: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use failover_core::position::FIRST_TIMELINE;
+    use SymbolMode::{HardHalt, SoftHalt};
+
+    fn ops(reason: &str) -> Audit {
+        Audit::new("ops:test", reason)
+    }
+
+    #[tokio::test]
+    async fn a_lossy_failover_rolls_the_modes_back_and_forgets_the_lost_requests() {
+        let store = MemorySymbolModeStore::new();
+        store
+            .register_symbol("BTC-USD", &ops("registry"))
+            .await
+            .expect("register");
+        let kept_audit = ops("kept");
+        let kept = store
+            .set_symbol_mode("BTC-USD", SoftHalt, &kept_audit)
+            .await
+            .expect("kept");
+        let lost_audit = ops("lost");
+        let lost = store
+            .set_symbol_mode("BTC-USD", HardHalt, &lost_audit)
+            .await
+            .expect("lost");
+        let halt = store
+            .withdrawals_halt(true, &ops("lost too"))
+            .await
+            .expect("halt");
+
+        let gone = store.simulate_lossy_failover(2);
+        assert_eq!(gone, [halt.position, lost.position], "newest first");
+        let state = store.symbol_state("BTC-USD").await.expect("state");
+        assert_eq!(
+            state.map(|s| (s.mode, s.position)),
+            Some((SoftHalt, kept.position))
+        );
+        let venue = store.venue().await.expect("venue");
+        assert!(!venue.withdrawals_halted, "the lost halt is undone");
+        assert_eq!((venue.version, venue.position), (2, kept.position));
+        assert_eq!(store.history(10).await.expect("history").len(), 2);
+        assert!(!store.contains(lost.position).await.expect("contains"));
+        assert!(store.contains(kept.position).await.expect("contains"));
+        assert_eq!(
+            store.shared.feed.current().map(|c| c.position),
+            Some(kept.position),
+            "subscribers are resynced to what remains"
+        );
+
+        // A kept request still replays; a lost one applies anew, on the next timeline.
+        let replay = store
+            .set_symbol_mode("BTC-USD", SoftHalt, &kept_audit)
+            .await
+            .expect("replay");
+        assert!(replay.replayed);
+        let again = store
+            .set_symbol_mode("BTC-USD", HardHalt, &lost_audit)
+            .await
+            .expect("the lost request again");
+        assert!(!again.replayed, "the promoted store never saw it");
+        assert_eq!(again.version, 3);
+        assert_eq!(again.position.timeline(), FIRST_TIMELINE + 1);
+        assert!(again.position > gone[0], "past every lost position");
     }
 }
