@@ -16,6 +16,7 @@ use failover_core::approvals::{
     ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
 };
 use failover_core::authority::{check_relaxation, replay};
+use failover_core::handle::lock;
 use failover_core::memory::{HistoryEvent, MemoryHistory};
 use failover_core::AuditError;
 use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
@@ -523,10 +524,6 @@ impl Shared {
         });
         Ok(Some(Applied::new(event)))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn expect_event(event: Option<Applied<AuditEvent>>) -> Result<Applied<AuditEvent>, Error> {

@@ -11,6 +11,7 @@
 //! (so a restart never trips over a zombie holding `postmaster.pid`), and takes the server
 //! down with it if the test process dies.
 
+use failover_core::handle::lock;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -18,7 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -267,10 +268,6 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn supervise(rx: &mpsc::Receiver<(Command, Reply)>, exited: &Mutex<HashMap<u32, ExitStatus>>) {
