@@ -182,6 +182,8 @@ async fn run(
 ) {
     let mut wait = options.reconnect_initial;
     let mut warnings = Throttle::default();
+    // Probes in a row whose notification never arrived.
+    let mut undelivered = 0u32;
     loop {
         let error = match session(&pool, &mut channels, &options, &tx, &mut warnings).await {
             Session::Closed => return,
@@ -193,7 +195,13 @@ async fn run(
                 if was_connected {
                     wait = options.reconnect_initial;
                 }
-                if persistent {
+                undelivered = if persistent { undelivered + 1 } else { 0 };
+                // Once could be a failover between the probe's two sessions (its
+                // notification sent through the pool to a server this connection
+                // no longer shares); twice in a row is a pooler that will not change
+                // soon. Every other failure — the server gone mid-probe included —
+                // reconnects with the usual backoff.
+                if undelivered >= PERSISTENT_AFTER {
                     wait = PERSISTENT_RETRY;
                 }
                 error
@@ -228,6 +236,16 @@ enum Session {
 
 /// How long to wait before trying again after a persistent failure.
 const PERSISTENT_RETRY: Duration = Duration::from_secs(30);
+/// How many undelivered probes in a row make a failure persistent.
+const PERSISTENT_AFTER: u32 = 2;
+
+/// Why a probe failed: its notification never arrived on a working connection
+/// (`Undelivered`: a transaction pooler, most likely), or anything else (`Failed`:
+/// the connection or the server went away, which a reconnect may fix at once).
+enum ProbeFailure {
+    Undelivered(String),
+    Failed(String),
+}
 
 static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -242,7 +260,8 @@ async fn probe(
     nrx: &mut mpsc::UnboundedReceiver<Forwarded>,
     early: &mut Vec<(String, String)>,
     bound: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeFailure> {
+    use ProbeFailure::{Failed, Undelivered};
     let channel = format!(
         "failover_probe_{}_{}",
         std::process::id(),
@@ -258,7 +277,7 @@ async fn probe(
             )),
         }
     };
-    run(format!("LISTEN {channel}")).await?;
+    run(format!("LISTEN {channel}")).await.map_err(Failed)?;
     let sent = tokio::time::timeout(
         bound,
         pool.execute(
@@ -270,8 +289,13 @@ async fn probe(
     .await;
     match sent {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(format!("sending the push probe failed: {}", e.message())),
-        Err(_) => return Err("sending the push probe got no answer".into()),
+        Ok(Err(e)) => {
+            return Err(Failed(format!(
+                "sending the push probe failed: {}",
+                e.message()
+            )))
+        }
+        Err(_) => return Err(Failed("sending the push probe got no answer".into())),
     }
     // Delivery takes milliseconds; a loaded machine gets some slack before push is
     // declared unavailable for a while.
@@ -284,17 +308,17 @@ async fn probe(
                 }
                 early.push((c, payload));
             }
-            Ok(Some(Err(error))) => return Err(error),
-            Ok(None) => return Err("connection closed".into()),
+            Ok(Some(Err(error))) => return Err(Failed(error)),
+            Ok(None) => return Err(Failed("connection closed".into())),
             Err(_) => {
-                return Err(format!(
-                    "notifications do not reach this LISTEN connection (a transaction pooler such as pgbouncer in transaction mode?): set …_POSTGRES__LISTEN_DSN to the primary or to a session-mode pool; retrying in {}",
+                return Err(Undelivered(format!(
+                    "notifications do not reach this LISTEN connection (a transaction pooler such as pgbouncer in transaction mode?): set …_POSTGRES__LISTEN_DSN to the primary or to a session-mode pool; retrying, every {} once it fails twice in a row",
                     humantime::format_duration(PERSISTENT_RETRY)
-                ))
+                )))
             }
         }
     }
-    run(format!("UNLISTEN {channel}")).await
+    run(format!("UNLISTEN {channel}")).await.map_err(Failed)
 }
 
 /// Fails when the server is a standby or read-only (a demoted primary).
@@ -385,12 +409,16 @@ async fn session(
     // Does a notification sent from another session reach this one? Not through a
     // transaction pooler, which hands the backend that LISTENs to other clients.
     let mut early = Vec::new();
-    if let Err(error) = probe(pool, &client, &mut nrx, &mut early, bound).await {
-        return Session::Lost {
-            error,
-            was_connected: false,
-            persistent: true,
-        };
+    match probe(pool, &client, &mut nrx, &mut early, bound).await {
+        Ok(()) => {}
+        Err(ProbeFailure::Undelivered(error)) => {
+            return Session::Lost {
+                error,
+                was_connected: false,
+                persistent: true,
+            }
+        }
+        Err(ProbeFailure::Failed(error)) => return lost(error, false),
     }
     if warnings.reset() {
         tracing::info!(component = pool.component(), %host, "LISTEN connection back on the primary");
