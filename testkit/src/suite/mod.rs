@@ -60,7 +60,7 @@ pub trait SuiteStore: Send + Sync + 'static {
     /// The store.
     type Store: PgStore<Error = Self::Error> + Debug + Send + Sync + 'static;
     /// Its error type.
-    type Error: std::fmt::Display + Debug + Send;
+    type Error: failover_core::control::ControlError + Debug + Send;
     /// Its append-only audit table.
     const AUDIT_TABLE: &'static str;
 
