@@ -19,6 +19,30 @@ pub trait HistoryEvent: Clone {
     fn change_ref(&self) -> ChangeRef;
 }
 
+/// Implements [`HistoryEvent`] for an event type with the fields every control's
+/// event has — `position: Position` and `request_id: Uuid` — and an inherent
+/// `change_ref(&self) -> ChangeRef`.
+///
+/// ```text
+/// failover_core::history_event!(KillSwitchEvent);
+/// ```
+#[macro_export]
+macro_rules! history_event {
+    ($event:ty) => {
+        impl $crate::memory::HistoryEvent for $event {
+            fn position(&self) -> $crate::Position {
+                self.position
+            }
+            fn request_id(&self) -> ::uuid::Uuid {
+                self.request_id
+            }
+            fn change_ref(&self) -> $crate::ChangeRef {
+                <$event>::change_ref(self)
+            }
+        }
+    };
+}
+
 /// The events of an in-memory store, oldest first, with the timeline new positions
 /// are numbered on.
 #[derive(Debug, Clone)]

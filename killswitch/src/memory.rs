@@ -13,8 +13,8 @@ use failover_core::approvals::{
     ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
 };
 use failover_core::authority::{check_relaxation, replay};
-use failover_core::memory::{HistoryEvent, MemoryHistory};
-use failover_core::{ChangeFeed, ChangeRef, FeedSource, Position};
+use failover_core::memory::MemoryHistory;
+use failover_core::{ChangeFeed, FeedSource, Position};
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -37,17 +37,7 @@ struct Inner {
     history: MemoryHistory<KillSwitchEvent>,
 }
 
-impl HistoryEvent for KillSwitchEvent {
-    fn position(&self) -> Position {
-        self.position
-    }
-    fn request_id(&self) -> Uuid {
-        self.request_id
-    }
-    fn change_ref(&self) -> ChangeRef {
-        KillSwitchEvent::change_ref(self)
-    }
-}
+failover_core::history_event!(KillSwitchEvent);
 
 impl Default for MemoryKillSwitchStore {
     fn default() -> Self {

@@ -17,7 +17,7 @@ use failover_core::approvals::{
 };
 use failover_core::authority::{check_relaxation, replay};
 use failover_core::handle::lock;
-use failover_core::memory::{HistoryEvent, MemoryHistory};
+use failover_core::memory::MemoryHistory;
 use failover_core::AuditError;
 use failover_core::{ChangeFeed, FeedSource, FeedSubscription, Position};
 use std::collections::BTreeMap;
@@ -88,17 +88,7 @@ struct Inner {
     history: MemoryHistory<AuditEvent>,
 }
 
-impl HistoryEvent for AuditEvent {
-    fn position(&self) -> Position {
-        self.position
-    }
-    fn request_id(&self) -> Uuid {
-        self.request_id
-    }
-    fn change_ref(&self) -> ChangeRef {
-        AuditEvent::change_ref(self)
-    }
-}
+failover_core::history_event!(AuditEvent);
 
 impl Default for Inner {
     fn default() -> Self {

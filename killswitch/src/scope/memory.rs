@@ -14,8 +14,8 @@ use failover_core::approvals::{
     serde_json, ApprovalError, Approved, Gate, GateCommand, MemoryApprovals, MemoryApprover,
 };
 use failover_core::authority::{check_relaxation, counted, replay};
-use failover_core::memory::{HistoryEvent, MemoryHistory};
-use failover_core::{Applied, Audit, ChangeFeed, ChangeRef, FeedSource, Position, Refusal, Safety};
+use failover_core::memory::MemoryHistory;
+use failover_core::{Applied, Audit, ChangeFeed, FeedSource, Position, Refusal, Safety};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -43,17 +43,7 @@ struct Inner {
     history: MemoryHistory<ScopeEvent>,
 }
 
-impl HistoryEvent for ScopeEvent {
-    fn position(&self) -> Position {
-        self.position
-    }
-    fn request_id(&self) -> Uuid {
-        self.request_id
-    }
-    fn change_ref(&self) -> ChangeRef {
-        ScopeEvent::change_ref(self)
-    }
-}
+failover_core::history_event!(ScopeEvent);
 
 impl Inner {
     fn version(&self) -> u64 {
