@@ -95,9 +95,16 @@ pub fn router(state: AdminState) -> Router {
             failover_core::http::approvals::ApprovalRoutes::new(Arc::new(approvals)).router(),
         );
     }
-    // Scopes live beside the kill switch, their root, in its database.
+    // Scopes live beside the kill switch, their root, in its database. The service
+    // also holds a scope handle, as an engine would, for its gauges.
+    let mut scope_handle = None;
     if let Some(pool) = pool_of(killswitch::HEALTH_COMPONENT) {
         let scopes = Arc::new(killswitch::PostgresScopeStore::from_pool(pool));
+        scope_handle = Some(killswitch::scope::ScopeModes::spawn(
+            scopes.clone(),
+            state.kill_switch.clone(),
+            killswitch::scope::ScopeModesConfig::default(),
+        ));
         admin = admin.merge(
             killswitch::scope::http::ScopeRoutes::new(scopes, state.kill_store.clone()).router(),
         );
@@ -113,6 +120,9 @@ pub fn router(state: AdminState) -> Router {
         .with_prometheus(state.prometheus.clone())
         .with_collector(killswitch::http::gauges(state.kill_switch.clone()))
         .with_collector(symbol_mode::http::gauges(state.modes.clone()));
+    if let Some(handle) = scope_handle {
+        ops = ops.with_collector(killswitch::scope::http::gauges(handle));
+    }
     for (name, pool) in &state.pools {
         ops = ops.with_collector(pool_gauges(name, pool.clone()));
     }

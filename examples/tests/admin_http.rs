@@ -257,6 +257,9 @@ async fn only_authenticated_callers_with_the_right_role_change_anything() {
         "failover_pg_operation_seconds_bucket{",
         "kill_switch_engaged 0",
         "kill_switch_state_age_seconds",
+        "scope_nodes 0",
+        "scope_root_halted 0",
+        "scope_state_age_seconds",
         "symbol_mode_effective_symbols{mode=\"NORMAL\"}",
         "failover_pg_attempts_total{component=\"kill_switch\"",
     ] {

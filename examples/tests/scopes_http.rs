@@ -73,6 +73,25 @@ async fn an_operator_halts_a_desk_and_a_supervisor_relaxes_it_one_step_at_a_time
     assert_eq!(body["effective"], "HALTED", "{body}");
     assert_eq!(body["mode"], "NORMAL", "{body}");
     assert_eq!(body["decided_by"]["path"], "acme/eq", "{body}");
+    // The service's own scope handle follows: its gauges count the four scopes and
+    // the one halted desk. (Gauges are process-wide and other tests of this binary
+    // scrape too, so the scrape is retried until it shows this service's values.)
+    let wanted = [
+        "scope_nodes 4",
+        "scope_restricted_nodes 1",
+        "scope_root_halted 0",
+    ];
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = api.text("/metrics").await;
+        if wanted.iter().all(|w| metrics.lines().any(|l| l == *w)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in wanted {
+        assert!(metrics.lines().any(|l| l == w), "{w} missing:\n{metrics}");
+    }
     let (_, body) = api.get("/admin/scope-modes/acme/fx").await;
     assert_eq!(body["effective"], "NORMAL", "{body}");
 

@@ -135,7 +135,7 @@ impl KillSwitchRoutes {
     }
 }
 
-fn age_seconds(at: Option<SystemTime>) -> Option<f64> {
+pub(crate) fn age_seconds(at: Option<SystemTime>) -> Option<f64> {
     at.and_then(|t| SystemTime::now().duration_since(t).ok())
         .map(|d| d.as_secs_f64())
 }

@@ -214,3 +214,46 @@ async fn history(
     .await?;
     Ok(axum::Json(Page { events, next }).into_response())
 }
+
+/// Describes the scope handle's metrics (`# HELP`); [`gauges`] calls it.
+pub fn describe_metrics() {
+    metrics::describe_gauge!("scope_nodes", "Scopes the process's scope handle holds");
+    metrics::describe_gauge!(
+        "scope_restricted_nodes",
+        "Scopes whose own mode is stricter than NORMAL"
+    );
+    metrics::describe_gauge!(
+        "scope_root_halted",
+        "1 when the scopes' root (the kill switch) halts every scope in this process, else 0"
+    );
+    metrics::describe_gauge!(
+        "scope_gates",
+        "Live leaf gates of the process's scope handle"
+    );
+    metrics::describe_gauge!(
+        "scope_state_age_seconds",
+        metrics::Unit::Seconds,
+        "Age of the scope handle's last successful read"
+    );
+}
+
+/// A scrape-time collector of the scope handle's gauges: `scope_nodes`,
+/// `scope_restricted_nodes`, `scope_root_halted`, `scope_gates` and
+/// `scope_state_age_seconds` (from [`ScopeModes::status`](super::ScopeModes::status)).
+pub fn gauges(handle: super::ScopeModes) -> impl Fn() + Send + Sync + 'static {
+    describe_metrics();
+    move || {
+        let status = handle.status();
+        metrics::gauge!("scope_nodes").set(status.scopes as f64);
+        metrics::gauge!("scope_restricted_nodes").set(status.restricted as f64);
+        metrics::gauge!("scope_root_halted").set(if status.root == ScopeMode::Halted {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("scope_gates").set(status.gates as f64);
+        if let Some(age) = crate::http::age_seconds(status.last_success) {
+            metrics::gauge!("scope_state_age_seconds").set(age);
+        }
+    }
+}
