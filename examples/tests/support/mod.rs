@@ -180,12 +180,28 @@ pub async fn setup(dsn: &str, window: Duration) -> Setup {
         .with_retry_budget(Duration::from_millis(600))
         .build()
         .unwrap();
+    // Migrating is setup, not under test: it runs with the default retry budget, so
+    // that a loaded machine does not fail it; the stores under test keep the tight
+    // settings above (the outage tests need them to fail fast).
+    let defaults = PgSettings::builder().with_dsn(dsn).build().unwrap();
+    PostgresKillSwitchStore::new(defaults.clone())
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    PostgresSymbolModeStore::new(defaults.clone())
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    fencing::PostgresLeaseFencer::new(defaults)
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
     let kill = Arc::new(PostgresKillSwitchStore::new(settings.clone()).unwrap());
-    kill.migrate().await.unwrap();
     let modes_store = Arc::new(PostgresSymbolModeStore::new(settings.clone()).unwrap());
-    modes_store.migrate().await.unwrap();
     let fencer = Arc::new(fencing::PostgresLeaseFencer::new(settings).unwrap());
-    fencer.migrate().await.unwrap();
     let mode_store: Arc<dyn SymbolModeStore> = modes_store.clone();
     let modes = SymbolModes::spawn(
         mode_store.clone(),
