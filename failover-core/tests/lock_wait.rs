@@ -271,3 +271,42 @@ async fn with_every_connection_slot_taken_a_write_says_nothing_was_written_and_w
     );
     drop(held);
 }
+
+/// Nodes starting together migrate one at a time. One node's migration holding the
+/// migration lock longer than the pool's `lock_timeout` (500 ms by default) must not
+/// fail the others: they wait for it, then find the migrations applied.
+#[tokio::test]
+async fn a_node_waits_for_another_nodes_migration_longer_than_the_lock_timeout() {
+    use tradepulse_failover_core::postgres::{migrate, Migration};
+    static DEMO: &[Migration] = &[Migration::new(
+        1,
+        "demo",
+        "CREATE TABLE migrate_demo (x INT)",
+    )];
+    let cluster = Cluster::start().await.unwrap();
+    let db = cluster.create_database().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    // Another node's migration, as it holds the lock: the same advisory lock
+    // failover-core's migrate takes, in a transaction left open for 1.5 s.
+    let other = session(&dsn).await.unwrap();
+    other
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(8390876139571148140)")
+        .await
+        .unwrap();
+    let pool = default_pool(&dsn);
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move { migrate(&pool, "demo", DEMO).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "it waits while the other node migrates"
+    );
+    other.batch_execute("COMMIT").await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("done within 10 s of the other node's commit")
+        .unwrap()
+        .expect("migrated after waiting, not refused by the lock timeout");
+    assert_eq!(report.applied, vec![1]);
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}

@@ -47,8 +47,9 @@ pub struct MigrationReport {
     pub already_applied: Vec<i64>,
 }
 
-/// Arbitrary constant key of the advisory lock that serialises migrations.
-const LOCK_KEY: i64 = 0x7472_6164_6570_756c; // "tradepul"
+/// The key of the advisory lock that serialises migrations (8390876139571148140:
+/// "tradepul").
+const LOCK_KEY: i64 = 0x7472_6164_6570_756c;
 
 const BOOTSTRAP: &str = "CREATE TABLE IF NOT EXISTS failover_core_migrations (
     component  TEXT        NOT NULL,
@@ -108,9 +109,18 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
 /// roles (`safetyctl migrate --print-roles` prints it).
 pub const ROLES_SQL: &str = include_str!("../../migrations/postgres/0002_roles.sql");
 
+/// How long a node waits for another node's migration to finish before giving up.
+pub(crate) const MIGRATION_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Applies failover-core's [`CORE_MIGRATIONS`], then every migration of `component`
 /// not yet applied, under the pool's retry policy (the whole transaction is retried,
 /// which is safe because it either committed or left nothing behind).
+///
+/// Nodes starting together serialize on one advisory lock. A node never waits on
+/// that lock inside a statement (the pool's `lock_timeout`, 500 ms by default, would
+/// cancel it while another node's migration runs longer): it tries the lock, and
+/// while another node holds it, ends its transaction and tries again with jittered
+/// backoff, for up to 60 s; then it finds the migrations applied.
 pub async fn migrate(
     pool: &PgPool,
     component: &'static str,
@@ -122,6 +132,35 @@ pub async fn migrate(
             "migrations of {component} must have strictly increasing versions"
         );
     }
+    let deadline = tokio::time::Instant::now() + MIGRATION_WAIT;
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        if let Some(report) = migrate_once(pool, component, migrations).await? {
+            return Ok(report);
+        }
+        if tokio::time::Instant::now() + wait > deadline {
+            return Err(DbError::new(
+                crate::errors::DbErrorKind::Locked,
+                "migrate",
+                None,
+                format!(
+                    "another node has held the migration lock for {}: is a migration stuck? \
+                     look for a session running one (pg_locks, advisory lock {LOCK_KEY}) and end it",
+                    humantime::format_duration(MIGRATION_WAIT)
+                ),
+            ));
+        }
+        tokio::time::sleep(crate::retry::jittered(wait)).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
+/// One attempt: `None` when another node holds the migration lock.
+async fn migrate_once(
+    pool: &PgPool,
+    component: &'static str,
+    migrations: &'static [Migration],
+) -> Result<Option<MigrationReport>, DbError> {
     pool.run("migrate", |client| {
         Box::pin(async move {
             let tx = begin(client).await?;
@@ -131,8 +170,15 @@ pub async fn migrate(
             // are wanted from a migration. SET LOCAL ends with the transaction.
             tx.batch_execute("SET LOCAL client_min_messages = warning")
                 .await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-                .await?;
+            let locked: bool = tx
+                .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&LOCK_KEY])
+                .await?
+                .get(0);
+            if !locked {
+                // Another node is migrating: end this transaction and try again.
+                tx.rollback().await?;
+                return Ok(None);
+            }
             tx.batch_execute(BOOTSTRAP).await?;
             let mut report = MigrationReport {
                 applied: Vec::new(),
@@ -144,7 +190,7 @@ pub async fn migrate(
             if !report.applied.is_empty() {
                 tracing::info!(component, applied = ?report.applied, "migrations applied");
             }
-            Ok(report)
+            Ok(Some(report))
         })
     })
     .await
@@ -219,5 +265,10 @@ impl std::ops::Deref for RawTx<'_> {
 impl RawTx<'_> {
     pub(crate) async fn commit(self) -> Result<(), tokio_postgres::Error> {
         self.client.batch_execute("COMMIT").await
+    }
+
+    /// Ends the transaction without a trace, leaving the connection fit for reuse.
+    pub(crate) async fn rollback(self) -> Result<(), tokio_postgres::Error> {
+        self.client.batch_execute("ROLLBACK").await
     }
 }
