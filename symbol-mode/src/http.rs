@@ -67,26 +67,9 @@ pub struct CommandBody {
     pub request_id: Option<Uuid>,
 }
 
-/// Body of the mode routes.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModeBody {
-    /// `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or `HARD_HALT`.
-    pub mode: SymbolMode,
-    /// Why.
-    pub reason: String,
-    /// Ticket; required to relax.
-    #[serde(default)]
-    pub ticket: Option<String>,
-    /// Idempotency key.
-    #[serde(default)]
-    pub request_id: Option<Uuid>,
-    /// Relax at once although a second supervisor's approval is required:
-    /// audited, counted and listed for review until another supervisor
-    /// acknowledges it.
-    #[serde(default)]
-    pub break_glass: bool,
-}
+/// Body of the mode routes: `mode` is `NORMAL`, `CANCEL_ONLY`, `SOFT_HALT` or
+/// `HARD_HALT`.
+pub type ModeBody = failover_core::http::ModeBody<SymbolMode>;
 
 /// Body of `POST /admin/withdrawals/halt`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -298,10 +281,7 @@ async fn symbol_put(
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set a symbol mode")?;
-    let audit = glass(
-        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
-        body.break_glass,
-    );
+    let audit = body.audit(&caller, if_match);
     let event = match s.store.set_symbol_mode(&symbol, body.mode, &audit).await {
         Err(Error::PendingApproval(request)) => {
             return Ok(failover_core::http::approvals::pending(&request))
@@ -344,10 +324,7 @@ async fn global_put(
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set the global mode")?;
-    let audit = glass(
-        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id)),
-        body.break_glass,
-    );
+    let audit = body.audit(&caller, if_match);
     let event = match s.store.set_global_mode(body.mode, &audit).await {
         Err(Error::PendingApproval(request)) => {
             return Ok(failover_core::http::approvals::pending(&request))

@@ -96,3 +96,39 @@ impl From<Refusal> for ApiError {
         ApiError::new(status, r.code(), message)
     }
 }
+
+/// The body of a command that sets a control's mode (a symbol's, a scope's):
+/// `{"mode", "reason", "ticket"?, "request_id"?, "break_glass"?}`; unknown fields
+/// are refused.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeBody<M> {
+    /// The mode to set, in the control's own words (e.g. `HALTED`).
+    pub mode: M,
+    /// Why.
+    pub reason: String,
+    /// Incident or change ticket; required to relax.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Idempotency key: resending the same id is applied once.
+    #[serde(default)]
+    pub request_id: Option<uuid::Uuid>,
+    /// Relax at once although a second supervisor's approval is required: audited,
+    /// counted and listed for review until another supervisor acknowledges it.
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+impl<M> ModeBody<M> {
+    /// The command's audit by `caller`: conditional on `if_match` (see
+    /// [`IfMatch::apply`]), breaking the glass when the body asks to.
+    pub fn audit(&self, caller: &super::Caller, if_match: IfMatch) -> Audit {
+        let audit =
+            if_match.apply(caller.audit(&self.reason, self.ticket.as_deref(), self.request_id));
+        if self.break_glass {
+            audit.breaking_glass()
+        } else {
+            audit
+        }
+    }
+}

@@ -45,7 +45,7 @@ mod serve;
 pub mod tls;
 
 pub use auth::{Authenticator, Caller, Identity, PeerCertificate, Role};
-pub use conditional::{applied, etag, with_etag, IfMatch, IDEMPOTENT_REPLAYED};
+pub use conditional::{applied, etag, with_etag, IfMatch, ModeBody, IDEMPOTENT_REPLAYED};
 pub use ops::Ops;
 pub use serve::{serve, serve_with_shutdown, ServeLimits};
 

@@ -42,25 +42,9 @@ pub struct CreateBody {
     pub request_id: Option<Uuid>,
 }
 
-/// The body of a mode change.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModeBody {
-    /// `NORMAL`, `REDUCE_ONLY`, `CANCEL_ONLY` or `HALTED`.
-    pub mode: ScopeMode,
-    /// Why.
-    pub reason: String,
-    /// Incident or change ticket; required to relax.
-    #[serde(default)]
-    pub ticket: Option<String>,
-    /// Idempotency key: resending the same id is applied once.
-    #[serde(default)]
-    pub request_id: Option<Uuid>,
-    /// Relax at once although a second supervisor's approval is required: audited,
-    /// counted and listed for review until another supervisor acknowledges it.
-    #[serde(default)]
-    pub break_glass: bool,
-}
+/// The body of a mode change: `mode` is `NORMAL`, `REDUCE_ONLY`, `CANCEL_ONLY` or
+/// `HALTED`.
+pub type ModeBody = failover_core::http::ModeBody<ScopeMode>;
 
 /// The `?under=` of the tree.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -172,11 +156,7 @@ async fn set_mode(
     JsonBody(body): JsonBody<ModeBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator, "set a scope's mode")?;
-    let mut audit =
-        if_match.apply(caller.audit(&body.reason, body.ticket.as_deref(), body.request_id));
-    if body.break_glass {
-        audit = audit.breaking_glass();
-    }
+    let audit = body.audit(&caller, if_match);
     let result = match s.store.set_scope_mode(&path, body.mode, &audit).await {
         Err(Error::PendingApproval(request)) => {
             return Ok(failover_core::http::approvals::pending(&request))
