@@ -179,3 +179,43 @@ pub async fn run(dsn: &str, args: &[&str]) -> (Output, Duration) {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// What `… --wait --timeout 2s` must answer when one of `followers` processes,
+/// `stopped`, is SIGSTOPped: exit 6 after the timeout (and well before 10 s), the
+/// count of the others, only the stopped process named with when it was last seen,
+/// and `NOT CONFIRMED: 1 of N` on stderr.
+pub fn assert_only_the_stopped_one_is_named(
+    o: &Output,
+    took: Duration,
+    followers: usize,
+    stopped: i32,
+) {
+    assert_eq!(o.status.code(), Some(6), "{}", crate::support::text(o));
+    assert!(
+        took >= Duration::from_secs(2),
+        "waited out the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let out = stdout(o);
+    assert!(
+        out.contains(&format!(
+            "{}/{followers} live processes confirmed; not confirmed within",
+            followers - 1
+        )),
+        "{out}"
+    );
+    let named: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.contains(" pid "))
+        .collect();
+    assert_eq!(named.len(), 1, "only the stopped engine is named: {out}");
+    assert!(
+        named[0].contains(&format!("pid {stopped} follower-3")) && named[0].contains("last seen"),
+        "{out}"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("NOT CONFIRMED: 1 of {followers} live process(es)")),
+        "{stderr}"
+    );
+}
