@@ -3,7 +3,10 @@
 //! `safetyctl kill-switch engage --wait` counts them, names a stopped one and lists a
 //! dead one apart.
 
-use followers::{assert_only_the_stopped_one_is_named, follower_binary, run, stdout, Followers};
+use followers::{
+    assert_all_confirmed, assert_only_the_stopped_one_is_named, follower_binary, run, stdout,
+    Followers,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::time::Duration;
@@ -36,14 +39,7 @@ async fn engage_wait_counts_every_live_engine_names_a_stopped_one_and_lists_a_de
         ],
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let out = stdout(&o);
-    assert!(
-        out.contains(&format!(
-            "{FOLLOWERS}/{FOLLOWERS} live processes confirmed after"
-        )),
-        "{out}"
-    );
+    let out = assert_all_confirmed(&o, FOLLOWERS);
     assert!(!out.contains("aged out"), "{out}");
     println!("engage --wait, {FOLLOWERS} engines, command took {took:?}: {out}");
     assert!(

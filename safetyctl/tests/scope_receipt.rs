@@ -5,7 +5,9 @@
 //! confirmed position; with one follower stopped, the next tightening names it and
 //! exits 6 after the timeout; resumed, it confirms again. Real PostgreSQL.
 
-use followers::{assert_only_the_stopped_one_is_named, follower_binary, run, stdout, Followers};
+use followers::{
+    assert_all_confirmed, assert_only_the_stopped_one_is_named, follower_binary, run, Followers,
+};
 use killswitch::scope::{ScopePath, ScopeStore};
 use killswitch::{Audit, Authority, PostgresScopeStore};
 use nix::sys::signal::{kill, Signal};
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 mod followers;
 mod support;
-use support::{as_login, login, text};
+use support::{as_login, login};
 
 const FOLLOWERS: usize = 10;
 const LEAVES: usize = 100;
@@ -84,14 +86,7 @@ async fn scope_set_wait_counts_ten_engines_of_a_hundred_leaf_gates_and_names_a_s
         ],
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let out = stdout(&o);
-    assert!(
-        out.contains(&format!(
-            "{FOLLOWERS}/{FOLLOWERS} live processes confirmed after"
-        )),
-        "{out}"
-    );
+    let out = assert_all_confirmed(&o, FOLLOWERS);
     assert!(!out.contains("aged out"), "{out}");
     println!(
         "scope set acme HALTED --wait, {FOLLOWERS} engines x {LEAVES} gates, command took {took:?}: {out}"
@@ -150,14 +145,7 @@ async fn scope_set_wait_counts_ten_engines_of_a_hundred_leaf_gates_and_names_a_s
         ],
     )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    let out = stdout(&o);
-    assert!(
-        out.contains(&format!(
-            "{FOLLOWERS}/{FOLLOWERS} live processes confirmed after"
-        )),
-        "{out}"
-    );
+    let out = assert_all_confirmed(&o, FOLLOWERS);
     println!("after SIGCONT, command took {took:?}: {out}");
     drop(followers);
 }

@@ -219,3 +219,17 @@ pub fn assert_only_the_stopped_one_is_named(
         "{stderr}"
     );
 }
+
+/// What `… --wait` must answer when all `followers` processes applied the change:
+/// exit 0 and `N/N live processes confirmed after …`. Returns the standard output.
+pub fn assert_all_confirmed(o: &Output, followers: usize) -> String {
+    assert_eq!(o.status.code(), Some(0), "{}", crate::support::text(o));
+    let out = stdout(o);
+    assert!(
+        out.contains(&format!(
+            "{followers}/{followers} live processes confirmed after"
+        )),
+        "{out}"
+    );
+    out
+}
