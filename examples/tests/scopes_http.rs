@@ -292,8 +292,8 @@ async fn a_supervisors_relaxation_waits_for_a_held_tightening_then_refuses_namin
     );
 
     // The same from CANCEL_ONLY with Dave halting the desk: still refused and
-    // nothing relaxed. From HALTED the step rule is checked first, so the answer is
-    // 409 `step_too_large` naming HALTED, the mode now in force.
+    // nothing relaxed, and the answer names Dave's halt (the state moved), not the
+    // step rule, which speaks of a mode the supervisor never saw.
     let seen = s.api.etag(DESK).await;
     let before = scope_events(&observer).await;
     let api = s.clone();
@@ -308,7 +308,12 @@ async fn a_supervisors_relaxation_waits_for_a_held_tightening_then_refuses_namin
             .await
         })
         .await;
-    assert_refused(&refused, 409, "step_too_large", "acme/eq is HALTED");
+    assert_refused(
+        &refused,
+        412,
+        "precondition_failed",
+        "set_mode acme/eq CANCEL_ONLY -> HALTED by ops:dave",
+    );
     let (_, desk) = s.api.get(DESK).await;
     assert_eq!(desk["mode"], "HALTED", "nothing was relaxed: {desk}");
     let (_, leaf) = s.api.get("/admin/scope-modes/acme/eq/mm-1").await;

@@ -11,7 +11,7 @@
 use super::{DecidedBy, Error, PathError, ScopeAction, ScopeMode, ScopePath, ScopeStore};
 use crate::{Audit, Authority, KillSwitchStore};
 use failover_core::conformance::{AuditedControl, Change, Recorded};
-use failover_core::{ApprovalStore, Position};
+use failover_core::{ApprovalStore, Position, Refusal};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -327,6 +327,55 @@ pub async fn halted_relaxes_one_step_at_a_time(f: &ScopeFixture) {
     .await;
     set(store, "acme/eq", ScopeMode::Normal, &supervisor("step 2")).await;
     assert_eq!(own(store, "acme/eq").await, ScopeMode::Normal);
+}
+
+/// A relaxation decided on a state that has moved since is refused naming the change
+/// in between, even when the step rule would also refuse it: the caller read
+/// CANCEL_ONLY, an operator halted the scope, and the answer names that halt (who,
+/// what), not a step from a mode the caller never saw. Nothing is written.
+pub async fn a_moved_state_is_named_before_the_step_rule(f: &ScopeFixture) {
+    let store = &*f.store;
+    tree(store).await;
+    let seen = set(
+        store,
+        "acme/eq",
+        ScopeMode::CancelOnly,
+        &operator("contain"),
+    )
+    .await;
+    let halted = set(store, "acme/eq", ScopeMode::Halted, &operator("breach")).await;
+    let before = events(store).await;
+    let err = store
+        .set_scope_mode(
+            "acme/eq",
+            ScopeMode::ReduceOnly,
+            &supervisor("cleared").expecting(seen),
+        )
+        .await
+        .expect_err("the state moved");
+    match &err {
+        Error::Refused(Refusal::PreconditionFailed {
+            expected, current, ..
+        }) => {
+            assert_eq!(*expected, seen, "{err}");
+            assert_eq!(current.position, halted, "{err}");
+            assert_eq!(current.actor, "ops:olivia", "{err}");
+            assert!(current.what.contains("HALTED"), "names the halt: {err}");
+        }
+        other => panic!("expected PreconditionFailed naming the halt, got {other:?}"),
+    }
+    assert_eq!(events(store).await, before, "nothing written");
+    assert_eq!(own(store, "acme/eq").await, ScopeMode::Halted);
+    // Read afresh, the step rule speaks.
+    let err = store
+        .set_scope_mode(
+            "acme/eq",
+            ScopeMode::ReduceOnly,
+            &supervisor("cleared").expecting(halted),
+        )
+        .await
+        .expect_err("too large a step");
+    assert!(matches!(err, Error::StepTooLarge { .. }), "{err:?}");
 }
 
 /// A child's own mode may be set below an ancestor's: the write is kept, the
@@ -784,6 +833,7 @@ macro_rules! scope_conformance_tests {
             invalid_paths_are_refused,
             operator_tightens_at_once,
             halted_relaxes_one_step_at_a_time,
+            a_moved_state_is_named_before_the_step_rule,
             child_below_an_ancestor_keeps_the_ancestor_mode,
             root_engaged_halts_every_scope,
             unknown_scope_names_a_near_miss,

@@ -15,7 +15,9 @@ use failover_core::approvals::{
 };
 use failover_core::authority::{check_relaxation, counted, replay};
 use failover_core::memory::MemoryHistory;
-use failover_core::{Applied, Audit, ChangeFeed, FeedSource, Position, Refusal, Safety};
+use failover_core::{
+    Applied, Audit, ChangeFeed, FeedSource, Position, Precondition, Refusal, Safety,
+};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
@@ -254,6 +256,13 @@ impl MemoryScopeStore {
                 }
                 .into());
             }
+            let current = inner.nodes[path].state.position;
+            let latest = || inner.latest(path).map(ScopeEvent::change_ref);
+            // A state that moved since the caller read it is named first: the step
+            // rule speaks of a mode the caller has not seen.
+            if matches!(audit.precondition(), Precondition::At(seen) if seen != current) {
+                check_relaxation(audit.precondition(), &what, current, latest)?;
+            }
             if from == ScopeMode::Halted && to != ScopeMode::CancelOnly {
                 return Err(Error::StepTooLarge {
                     path: path.clone(),
@@ -261,10 +270,7 @@ impl MemoryScopeStore {
                     to,
                 });
             }
-            let current = inner.nodes[path].state.position;
-            check_relaxation(audit.precondition(), &what, current, || {
-                inner.latest(path).map(ScopeEvent::change_ref)
-            })?;
+            check_relaxation(audit.precondition(), &what, current, latest)?;
             if let (None, Some(approvals)) = (approving, &self.approvals) {
                 match approvals.gate(&GateCommand {
                     action: APPROVAL_ACTION,

@@ -20,7 +20,8 @@ use failover_core::postgres::{
     ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool, PgStore, Reload,
 };
 use failover_core::{
-    Applied, Audit, AuditError, Authority, DbError, DbErrorKind, Position, Refusal,
+    Applied, Audit, AuditError, Authority, ChangeRef, DbError, DbErrorKind, Position, Precondition,
+    Refusal,
 };
 use std::sync::Arc;
 use tokio_postgres::types::Type;
@@ -60,6 +61,9 @@ const CURRENT: &str = "SELECT st.version, st.position, e.request_id AS head_even
     e.to_mode, (SELECT request_id FROM scope_events WHERE version = st.version - 1 \
     ORDER BY position DESC LIMIT 1) AS since_event \
     FROM scope_store_state st LEFT JOIN scope_events e ON e.position = st.position WHERE st.id = 1";
+/// One event, named as the apply function names the change in force.
+const EVENT_AT: &str = "SELECT position AS other_position, actor AS other_actor, \
+    scope_event_what(e) AS other_what, at AS other_at FROM scope_events e WHERE position = $1";
 /// Candidates for a near miss: paths within two characters of the length.
 const NEAR: &str = "SELECT path FROM scopes WHERE abs(length(path) - length($1)) <= 2 \
     ORDER BY path COLLATE \"C\" LIMIT 10000";
@@ -232,6 +236,20 @@ impl PostgresScopeStore {
         self
     }
 
+    /// The change that produced the state at `position` (read back to name it in a
+    /// refusal the apply function decided under the scope's lock).
+    async fn event_at(&self, position: Position) -> Result<Option<ChangeRef>, Error> {
+        let row = self
+            .pool
+            .query_opt(
+                "scope.event_at",
+                EVENT_AT,
+                &[(&position.as_i64(), Type::INT8)],
+            )
+            .await?;
+        Ok(row.as_ref().and_then(other_change))
+    }
+
     async fn near_miss(&self, text: &str) -> Result<Option<ScopePath>, Error> {
         let rows = self
             .pool
@@ -324,6 +342,21 @@ impl PostgresScopeStore {
         let state = state_from(OP, &row)?;
         let what = relax_what(target, state.mode, to);
         match status.as_str() {
+            // `scope_apply` checks the step before the precondition; a state that
+            // moved since the caller read it is named first, as in memory.
+            "step_too_large" if matches!(precondition, Precondition::At(seen) if seen != state.position) =>
+            {
+                let other = self.event_at(state.position).await?;
+                let moved = refusal_from_status(
+                    "precondition_failed",
+                    &what,
+                    request_id,
+                    precondition,
+                    state.position,
+                    other,
+                );
+                return Err(moved.map_or_else(|| db_error(OP, status.clone()), Error::from));
+            }
             "step_too_large" => {
                 return Err(Error::StepTooLarge {
                     path: target.clone(),
