@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use symbol_mode::{MemorySymbolModeStore, SymbolModeStore, SymbolModes, SymbolModesConfig};
-use tradepulse_examples::admin_http::{auth_setup, prometheus, router, AdminState};
+use tradepulse_examples::admin_http::{auth_setup, prometheus, router, AdminState, EXPIRY_SWEEP};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -103,6 +103,7 @@ async fn main() -> Result<(), BoxError> {
         prometheus,
         auth: setup.auth,
         pools,
+        expiry_sweep: EXPIRY_SWEEP,
     });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };

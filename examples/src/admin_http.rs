@@ -64,7 +64,13 @@ pub struct AdminState {
     /// PostgreSQL pools by health component name (`kill_switch`, `symbol_mode`,
     /// `fencing`), for the `pg_pool_*` gauges and "which server answered".
     pub pools: Vec<(&'static str, PgPool)>,
+    /// How often overdue approval requests are closed as `expired` (with a
+    /// PostgreSQL pool; [`EXPIRY_SWEEP`] unless a test wants it sooner).
+    pub expiry_sweep: std::time::Duration,
 }
+
+/// How often the service closes overdue approval requests, by default.
+pub const EXPIRY_SWEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The router with every route: admin routes behind authentication, probes and
 /// metrics open.
@@ -90,10 +96,16 @@ pub fn router(state: AdminState) -> Router {
     if let Some(pool) =
         pool_of(killswitch::HEALTH_COMPONENT).or_else(|| pool_of(symbol_mode::HEALTH_COMPONENT))
     {
-        let approvals = failover_core::approvals::PostgresApprovals::new(pool);
-        admin = admin.merge(
-            failover_core::http::approvals::ApprovalRoutes::new(Arc::new(approvals)).router(),
-        );
+        let approvals = Arc::new(failover_core::approvals::PostgresApprovals::new(pool));
+        // Overdue requests close as `expired`, each an entry of the audit log, even
+        // when nobody lists or approves them; the sweep ends with the runtime.
+        tokio::spawn(failover_core::approvals::run_expiry_sweep(
+            approvals.clone(),
+            state.expiry_sweep,
+            "admin-service",
+        ));
+        admin =
+            admin.merge(failover_core::http::approvals::ApprovalRoutes::new(approvals).router());
     }
     // Scopes live beside the kill switch, their root, in its database. The service
     // also holds a scope handle, as an engine would, for its gauges.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use symbol_mode::{MemorySymbolModeStore, SymbolModeStore, SymbolModes, SymbolModesConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tradepulse_examples::admin_http::{prometheus, router, AdminState};
+use tradepulse_examples::admin_http::{prometheus, router, AdminState, EXPIRY_SWEEP};
 
 const VIEWER: &str = "viewer-token-abuse";
 const OPERATOR: &str = "operator-token-abuse";
@@ -54,6 +54,7 @@ fn app(auth: Authenticator) -> (Router, Arc<dyn KillSwitchStore>) {
         prometheus,
         auth,
         pools: Vec::new(),
+        expiry_sweep: EXPIRY_SWEEP,
     });
     (app, kill_store)
 }

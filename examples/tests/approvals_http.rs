@@ -2,7 +2,8 @@
 //! PostgreSQL: a required relaxation answers 202 with the pending request and
 //! changes nothing; the requester's own approval is 403 `self_approval`; the other
 //! supervisor's applies it; a tightening in between makes the approval 409
-//! `stale_request`; an expired request is 409 `expired`; break-glass applies at once,
+//! `stale_request`; the service's sweep closes an overdue request as expired and its
+//! approval is 409 `expired`; break-glass applies at once,
 //! is counted, and stays in the review until the other supervisor acknowledges it;
 //! waiving the policy takes two supervisors too.
 
@@ -159,7 +160,20 @@ async fn two_supervisors_through_the_admin_api() {
         .await;
     assert_eq!(status, 200, "{body}");
     let id = pending_disengage(api).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Nobody lists or approves: the service's sweep closes it as expired, an entry
+    // of the trail in the service's name.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !self::trail(api, &id)
+        .await
+        .contains(&("expired".to_owned(), "admin-service".to_owned()))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the overdue request was not closed by the sweep within 5 s: {:?}",
+            self::trail(api, &id).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let expired = api.post(SUPERVISOR_2, &approve(&id), "{}").await;
     assert_refused(&expired, 409, "expired", "expired");
     assert!(engaged(api).await);

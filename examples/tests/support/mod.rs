@@ -239,6 +239,7 @@ pub async fn setup(dsn: &str, window: Duration) -> Setup {
             ("symbol_mode", modes_store.pool().clone()),
             ("fencing", fencer.pool().clone()),
         ],
+        expiry_sweep: Duration::from_millis(200),
     });
     Setup {
         app,
