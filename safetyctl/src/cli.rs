@@ -20,6 +20,7 @@ use crate::export::{self, ExportEvent, Format};
 use clap::{Args, Parser, Subcommand};
 use failover_core::postgres::PgStore;
 use failover_core::{Audit, Position};
+use killswitch::scope::ScopeStore;
 use killswitch::KillSwitchStore;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -519,6 +520,7 @@ async fn audit(g: &Global, action: AuditCmd) -> Result<(), Failure> {
             let pool = audit_pool(g.allow_standby).await?;
             let controls: Vec<&str> = [
                 (killswitch::postgres::ENV_PREFIX, "kill_switch"),
+                (killswitch::postgres::ENV_PREFIX, "scope"),
                 (symbol_mode::postgres::ENV_PREFIX, "symbol_mode"),
                 (fencing::postgres::ENV_PREFIX, "lease"),
             ]
@@ -661,6 +663,27 @@ async fn audit_export(
                 e.ticket,
                 e.at,
                 serde_json::json!({"engaged": e.engaged}),
+            ));
+        }
+    }
+    // Scopes live beside the kill switch, their root, in its database.
+    if env_set(killswitch::postgres::ENV_PREFIX) {
+        sources.push("scope");
+        for e in reading(crate::scope::scope_store()?, allow_standby)
+            .await?
+            .scope_history(None, ALL)
+            .await?
+        {
+            events.push(ExportEvent::new(
+                "scope",
+                e.position.0,
+                e.request_id.to_string(),
+                e.action.as_str().into(),
+                e.actor,
+                e.reason,
+                e.ticket,
+                e.at,
+                serde_json::json!({"path": e.path.as_str(), "from_mode": e.from_mode.map(|m| m.as_str()), "to_mode": e.to_mode.as_str()}),
             ));
         }
     }

@@ -496,6 +496,18 @@ async fn viewers_read_the_log_and_only_the_trigger_writes_it() {
         .await
         .unwrap();
     assert_eq!(rows.last().unwrap()[0].as_deref(), Some("7"));
+    // Every control's trail, the leases' included.
+    for table in [
+        "kill_switch_events",
+        "symbol_mode_events",
+        "fencing_lease_events",
+        "scope_events",
+    ] {
+        let read = primary
+            .query(&d.db, &as_viewer(&format!("SELECT count(*) FROM {table}")))
+            .await;
+        assert!(read.is_ok(), "a viewer reads {table}: {read:?}");
+    }
     for sql in [
         "INSERT INTO audit_log (idx, control, position, entry, leaf_hash) VALUES (99, 'x', 1, '', sha256(''))",
         "UPDATE audit_log_head SET size = 0",

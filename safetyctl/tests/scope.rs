@@ -237,6 +237,39 @@ async fn a_desk_halted_by_the_cli_halts_its_leaves_by_push_and_only_its_leaves()
         .map(|e| e["reason"].as_str().unwrap())
         .collect();
     assert_eq!(reasons, ["fixed", "runaway desk", "org chart"], "{events}");
+
+    // The audit export carries the scope events like every control's: the CSV
+    // (events alone) and the whole log.
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["csv", "jsonl"] {
+        let out = dir.path().join(format!("audit.{format}"));
+        let args = ["audit", "export", "--format", format, "--out"];
+        let o = safetyctl(
+            &alice,
+            &[&args[..], &[out.to_str().unwrap(), "--json"]].concat(),
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let summary = json(&o);
+        assert!(
+            summary["controls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c == "scope"),
+            "{summary}"
+        );
+        let content = std::fs::read_to_string(&out).unwrap();
+        let halt = content
+            .lines()
+            .find(|l| l.contains("scope") && l.contains("runaway desk"))
+            .unwrap_or_else(|| {
+                panic!("the desk's halt is missing from the {format} export:\n{content}")
+            });
+        assert!(
+            halt.contains("acme/eq") && halt.contains("HALTED"),
+            "{halt}"
+        );
+    }
 }
 
 /// A supervisor's `scope set` relaxation racing a tightening held open in another

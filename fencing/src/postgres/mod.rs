@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "shared_functions",
         include_str!("../../migrations/postgres/0004_shared_functions.sql"),
     ),
+    Migration::new(
+        5,
+        "viewer_reads",
+        include_str!("../../migrations/postgres/0005_viewer_reads.sql"),
+    ),
 ];
 
 const COMPONENT: &str = "fencing";
