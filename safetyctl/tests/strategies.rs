@@ -10,12 +10,21 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use symbol_mode::{SymbolModes, SymbolModesConfig};
 use tradepulse_testkit::{wait_until, Held};
+
+/// A supervisor's `enable-new`, with its reason and ticket.
+const ENABLE_NEW: &[&str] = &[
+    "strategies",
+    "enable-new",
+    "--reason",
+    "fixed",
+    "--ticket",
+    "INC-7",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_and_a_supervisor() {
@@ -91,32 +100,12 @@ async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_a
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--ticket"), "{}", text(&o));
     // An operator's login may not enable them again, ticket or not.
-    let o = safetyctl(
-        &alice_dsn,
-        &[
-            "strategies",
-            "enable-new",
-            "--reason",
-            "fixed",
-            "--ticket",
-            "INC-7",
-        ],
-    );
+    let o = safetyctl(&alice_dsn, ENABLE_NEW);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("supervisor"), "{}", text(&o));
     assert!(!modes.may_activate_strategy());
 
-    let o = safetyctl(
-        &bob_dsn,
-        &[
-            "strategies",
-            "enable-new",
-            "--reason",
-            "fixed",
-            "--ticket",
-            "INC-7",
-        ],
-    );
+    let o = safetyctl(&bob_dsn, ENABLE_NEW);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("about to relax"),
@@ -189,28 +178,7 @@ async fn enable_new_waits_for_a_held_disable_then_exits_2_naming_it() {
     // waits on the row.
     let before = events(&db).await;
     let held = Held::begin(&db.dsn, DISABLE_BY_DAVE).await;
-    let mut child = command(
-        &bob_dsn,
-        &[
-            "strategies",
-            "enable-new",
-            "--reason",
-            "fixed",
-            "--ticket",
-            "INC-7",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    held.until_waited_on(Duration::from_secs(10)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "enable-new exited while the competing halt was still held open"
-    );
-    held.commit().await;
-    let o = child.wait_with_output().unwrap();
+    let o = run_behind(held, &bob_dsn, ENABLE_NEW).await;
 
     assert_eq!(o.status.code(), Some(2), "refused: {}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -67,6 +67,22 @@ async fn bob_enables(
     })
 }
 
+/// Dave's halt held open, and Bob's enable (made on the halt he read before) seen
+/// waiting on its row, still undecided.
+async fn bob_enables_behind_dave(
+    store: &Arc<PostgresSymbolModeStore>,
+    dsn: &str,
+) -> (Held, tokio::task::JoinHandle<Result<AuditEvent, Error>>) {
+    let held = Held::begin(dsn, DISABLE_BY_DAVE).await;
+    let enable = bob_enables(store).await;
+    held.until_waited_on(WAIT).await;
+    assert!(
+        !enable.is_finished(),
+        "the enable waits on the held halt's row"
+    );
+    (held, enable)
+}
+
 async fn events(store: &PostgresSymbolModeStore) -> Vec<AuditEvent> {
     store.history(1000).await.unwrap()
 }
@@ -77,13 +93,7 @@ async fn enable_new_waits_for_a_held_disable_then_refuses_naming_it() {
     let dsn = cluster.primary().dsn(&db);
     let before = events(&store).await.len();
 
-    let held = Held::begin(&dsn, DISABLE_BY_DAVE).await;
-    let enable = bob_enables(&store).await;
-    held.until_waited_on(WAIT).await;
-    assert!(
-        !enable.is_finished(),
-        "the enable waits on the held halt's row"
-    );
+    let (held, enable) = bob_enables_behind_dave(&store, &dsn).await;
     held.commit().await;
     let refused = enable
         .await
@@ -125,13 +135,7 @@ async fn enable_new_waits_for_a_held_disable_and_applies_once_it_rolls_back() {
     let dsn = cluster.primary().dsn(&db);
     let before = events(&store).await.len();
 
-    let held = Held::begin(&dsn, DISABLE_BY_DAVE).await;
-    let enable = bob_enables(&store).await;
-    held.until_waited_on(WAIT).await;
-    assert!(
-        !enable.is_finished(),
-        "the enable waits on the held halt's row"
-    );
+    let (held, enable) = bob_enables_behind_dave(&store, &dsn).await;
     held.rollback().await;
     let enabled = enable
         .await
