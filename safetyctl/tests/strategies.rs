@@ -16,6 +16,14 @@ use support::*;
 use symbol_mode::{SymbolModes, SymbolModesConfig};
 use tradepulse_testkit::{wait_until, Held};
 
+/// An operator's `disable-new`, with its reason.
+const DISABLE_NEW: &[&str] = &[
+    "strategies",
+    "disable-new",
+    "--reason",
+    "runaway strategies",
+];
+
 /// A supervisor's `enable-new`, with its reason and ticket.
 const ENABLE_NEW: &[&str] = &[
     "strategies",
@@ -29,10 +37,12 @@ const ENABLE_NEW: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_and_a_supervisor() {
     let db = db().await;
-    let alice = login(&db, "alice", "tradepulse_operator").await;
-    let alice_dsn = as_login(&db.dsn, &alice);
-    let bob = login(&db, "bob", "tradepulse_supervisor").await;
-    let bob_dsn = as_login(&db.dsn, &bob);
+    let AliceAndBob {
+        alice,
+        alice_dsn,
+        bob_dsn,
+        ..
+    } = alice_and_bob(&db).await;
 
     // The engine: its own pool, push only.
     let lookup = |k: &str| k.ends_with("__DSN").then(|| db.dsn.clone());
@@ -58,15 +68,7 @@ async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_a
         text(&o)
     );
 
-    let o = safetyctl(
-        &alice_dsn,
-        &[
-            "strategies",
-            "disable-new",
-            "--reason",
-            "runaway strategies",
-        ],
-    );
+    let o = safetyctl(&alice_dsn, DISABLE_NEW);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -159,19 +161,13 @@ async fn events(db: &Db) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enable_new_waits_for_a_held_disable_then_exits_2_naming_it() {
     let db = db().await;
-    let alice = login(&db, "alice", "tradepulse_operator").await;
-    let alice_dsn = as_login(&db.dsn, &alice);
-    let bob = login(&db, "bob", "tradepulse_supervisor").await;
-    let bob_dsn = as_login(&db.dsn, &bob);
-    let o = safetyctl(
-        &alice_dsn,
-        &[
-            "strategies",
-            "disable-new",
-            "--reason",
-            "runaway strategies",
-        ],
-    );
+    let AliceAndBob {
+        alice,
+        alice_dsn,
+        bob_dsn,
+        ..
+    } = alice_and_bob(&db).await;
+    let o = safetyctl(&alice_dsn, DISABLE_NEW);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
     // Dave's halt is held open; Bob's enable reads Alice's halt, prints it, and

@@ -123,3 +123,23 @@ pub async fn run_behind(held: tradepulse_testkit::Held, dsn: &str, args: &[&str]
         .await
         .unwrap()
 }
+
+/// Alice, an operator, and Bob, a supervisor: their logins of this database and the
+/// DSNs that log in as them.
+pub struct AliceAndBob {
+    pub alice: String,
+    pub alice_dsn: String,
+    pub bob: String,
+    pub bob_dsn: String,
+}
+
+pub async fn alice_and_bob(db: &Db) -> AliceAndBob {
+    let alice = login(db, "alice", "tradepulse_operator").await;
+    let bob = login(db, "bob", "tradepulse_supervisor").await;
+    AliceAndBob {
+        alice_dsn: as_login(&db.dsn, &alice),
+        bob_dsn: as_login(&db.dsn, &bob),
+        alice,
+        bob,
+    }
+}
