@@ -10,12 +10,10 @@
 
 mod support;
 
-use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
-use reqwest::Method;
-use std::sync::Arc;
 use std::time::Duration;
+use support::authority::{Call, Control, Refused, Replay};
 use support::*;
-use tradepulse_testkit::{shared_primary, Held};
+use tradepulse_testkit::shared_primary;
 
 const DESK: &str = "/admin/scope-modes/acme/eq";
 
@@ -189,19 +187,9 @@ async fn an_operator_halts_a_desk_and_a_supervisor_relaxes_it_one_step_at_a_time
     assert_eq!(reasons, ["fixed", "runaway desk", "org chart"], "{history}");
 }
 
-/// A session of its own, as a DBA's psql or another service would hold one.
-async fn session(dsn: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-async fn scope_events(client: &Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM scope_events", &[])
-        .await
-        .unwrap()
-        .get(0)
+/// The desk as a control under test: its state and its event table.
+async fn desk_control<'a>(api: &'a Api, dsn: &str) -> Control<'a> {
+    Control::new(api, dsn, DESK, "scope_events").await
 }
 
 /// The tree `acme`, `acme/eq`, `acme/eq/mm-1`, created by an operator.
@@ -227,26 +215,12 @@ fn desk_set_by_dave(mode: &str) -> String {
     )
 }
 
-/// A supervisor's relaxation of the desk, with `If-Match: etag`.
-async fn relax_desk(api: &Api, etag: String, body: &str) -> (u16, serde_json::Value) {
-    let (status, _, body) = api
-        .request(
-            Method::PUT,
-            DESK,
-            Some(body),
-            SUPERVISOR,
-            &[("if-match", etag)],
-        )
-        .await;
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervisors_relaxation_waits_for_a_held_tightening_then_refuses_naming_it() {
     let (cluster, db) = shared_primary().await.unwrap();
     let dsn = cluster.primary().dsn(&db);
-    let s = Arc::new(start_all(&dsn, Duration::from_secs(300)).await);
-    let observer = session(&dsn).await;
+    let s = start_all(&dsn, Duration::from_secs(300)).await;
+    let desk = desk_control(&s.api, &dsn).await;
     tree(&s.api).await;
     let (status, body) = s
         .api
@@ -260,69 +234,45 @@ async fn a_supervisors_relaxation_waits_for_a_held_tightening_then_refuses_namin
 
     // The supervisor decides on REDUCE_ONLY; Dave's CANCEL_ONLY commits while the
     // relaxation waits on the scope's row.
-    let seen = s.api.etag(DESK).await;
-    let before = scope_events(&observer).await;
-    let api = s.clone();
-    let refused = Held::begin(&dsn, &desk_set_by_dave("CANCEL_ONLY"))
-        .await
-        .race(async move {
-            relax_desk(
-                &api.api,
-                seen,
-                r#"{"mode":"NORMAL","reason":"breach cleared","ticket":"INC-1"}"#,
-            )
-            .await
-        })
-        .await;
-    assert_refused(
-        &refused,
-        412,
-        "precondition_failed",
-        "set_mode acme/eq REDUCE_ONLY -> CANCEL_ONLY by ops:dave",
-    );
-    let (_, desk) = s.api.get(DESK).await;
-    assert_eq!(desk["mode"], "CANCEL_ONLY", "nothing was relaxed: {desk}");
-    assert_eq!(desk["last_change"]["updated_by"], "ops:dave", "{desk}");
+    desk.relaxation_racing_held_is_refused(
+        &desk_set_by_dave("CANCEL_ONLY"),
+        Call::put(
+            DESK,
+            r#"{"mode":"NORMAL","reason":"breach cleared","ticket":"INC-1"}"#,
+        ),
+        Refused {
+            status: 412,
+            code: "precondition_failed",
+            names: "set_mode acme/eq REDUCE_ONLY -> CANCEL_ONLY by ops:dave",
+        },
+    )
+    .await;
+    let (_, now) = s.api.get(DESK).await;
+    assert_eq!(now["mode"], "CANCEL_ONLY", "nothing was relaxed: {now}");
+    assert_eq!(now["last_change"]["updated_by"], "ops:dave", "{now}");
     let (_, leaf) = s.api.get("/admin/scope-modes/acme/eq/mm-1").await;
     assert_eq!(leaf["effective"], "CANCEL_ONLY", "{leaf}");
-    assert_eq!(
-        scope_events(&observer).await,
-        before + 1,
-        "one event more: Dave's"
-    );
 
     // The same from CANCEL_ONLY with Dave halting the desk: still refused and
     // nothing relaxed, and the answer names Dave's halt (the state moved), not the
     // step rule, which speaks of a mode the supervisor never saw.
-    let seen = s.api.etag(DESK).await;
-    let before = scope_events(&observer).await;
-    let api = s.clone();
-    let refused = Held::begin(&dsn, &desk_set_by_dave("HALTED"))
-        .await
-        .race(async move {
-            relax_desk(
-                &api.api,
-                seen,
-                r#"{"mode":"REDUCE_ONLY","reason":"breach cleared","ticket":"INC-1"}"#,
-            )
-            .await
-        })
-        .await;
-    assert_refused(
-        &refused,
-        412,
-        "precondition_failed",
-        "set_mode acme/eq CANCEL_ONLY -> HALTED by ops:dave",
-    );
-    let (_, desk) = s.api.get(DESK).await;
-    assert_eq!(desk["mode"], "HALTED", "nothing was relaxed: {desk}");
+    desk.relaxation_racing_held_is_refused(
+        &desk_set_by_dave("HALTED"),
+        Call::put(
+            DESK,
+            r#"{"mode":"REDUCE_ONLY","reason":"breach cleared","ticket":"INC-1"}"#,
+        ),
+        Refused {
+            status: 412,
+            code: "precondition_failed",
+            names: "set_mode acme/eq CANCEL_ONLY -> HALTED by ops:dave",
+        },
+    )
+    .await;
+    let (_, now) = s.api.get(DESK).await;
+    assert_eq!(now["mode"], "HALTED", "nothing was relaxed: {now}");
     let (_, leaf) = s.api.get("/admin/scope-modes/acme/eq/mm-1").await;
     assert_eq!(leaf["effective"], "HALTED", "{leaf}");
-    assert_eq!(
-        scope_events(&observer).await,
-        before + 1,
-        "one event more: Dave's"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,84 +280,29 @@ async fn a_replayed_scope_change_answers_the_original_only_while_it_is_in_force(
     let (cluster, db) = shared_primary().await.unwrap();
     let dsn = cluster.primary().dsn(&db);
     let s = start_all(&dsn, Duration::from_secs(300)).await;
-    let observer = session(&dsn).await;
+    let desk = desk_control(&s.api, &dsn).await;
     tree(&s.api).await;
-    let id = uuid::Uuid::new_v4();
-    let halt = format!(r#"{{"mode":"HALTED","reason":"runaway desk","request_id":"{id}"}}"#);
-    let send = |token: &'static str| {
-        let (api, halt) = (&s.api, halt.clone());
-        async move {
-            api.request(Method::PUT, DESK, Some(&halt), token, &[])
-                .await
-        }
-    };
-
-    let (status, _, first) = send(OPERATOR).await;
-    assert_eq!(status, 200, "{first}");
-    assert_eq!(first["replayed"], false, "{first}");
-    // A change of another scope does not supersede the desk's halt.
-    let (status, body) = s
-        .api
-        .put(
-            OPERATOR,
-            "/admin/scope-modes/acme/eq/mm-1",
-            r#"{"mode":"REDUCE_ONLY","reason":"limit breach"}"#,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let events = scope_events(&observer).await;
-    // While the halt is the desk's latest change, the replay answers it.
-    let (status, headers, again) = send(OPERATOR).await;
-    assert_eq!(status, 200, "{again}");
-    assert_eq!(again["replayed"], true, "{again}");
-    assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
-    assert_eq!(again["position"], first["position"], "{again}");
-    // Another caller with the same request id: refused.
-    let (status, _, body) = send(SUPERVISOR).await;
-    assert_refused(&(status, body), 409, "request_reused", "ops:alice");
-    assert_eq!(scope_events(&observer).await, events, "nothing written");
-
-    // A supervisor relaxes the desk; the replay is no longer in force.
-    let relax_id = uuid::Uuid::new_v4();
-    let relax = format!(
-        r#"{{"mode":"CANCEL_ONLY","reason":"contained","ticket":"INC-1","request_id":"{relax_id}"}}"#
-    );
-    let seen = s.api.etag(DESK).await;
-    let (status, body) = relax_desk(&s.api, seen.clone(), &relax).await;
-    assert_eq!(status, 200, "{body}");
-    let events = scope_events(&observer).await;
-    let (status, headers, body) = send(OPERATOR).await;
-    assert_refused(
-        &(status, body),
-        409,
-        "superseded",
-        "set_mode acme/eq HALTED -> CANCEL_ONLY by ops:bob",
-    );
-    assert!(headers.get("idempotent-replayed").is_none());
-    let (_, desk) = s.api.get(DESK).await;
-    assert_eq!(
-        desk["mode"], "CANCEL_ONLY",
-        "the replay halted nothing: {desk}"
-    );
-    assert_eq!(scope_events(&observer).await, events, "nothing written");
-
-    // And the other way: after a later halt, the replayed relaxation relaxes nothing.
-    let (status, body) = s
-        .api
-        .put(OPERATOR, DESK, r#"{"mode":"HALTED","reason":"again"}"#)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    let events = scope_events(&observer).await;
-    let refused = relax_desk(&s.api, seen, &relax).await;
-    assert_refused(
-        &refused,
-        409,
-        "superseded",
-        "set_mode acme/eq CANCEL_ONLY -> HALTED by ops:alice",
-    );
-    let (_, desk) = s.api.get(DESK).await;
-    assert_eq!(desk["mode"], "HALTED", "still halted: {desk}");
-    assert_eq!(scope_events(&observer).await, events, "nothing written");
+    let mode = async || s.api.get(DESK).await.1["mode"].clone();
+    desk.replay_answers_the_original_only_while_in_force(
+        Replay {
+            tighten: Call::put(DESK, r#"{"mode":"HALTED","reason":"runaway desk"}"#),
+            // A change of another scope does not supersede the desk's halt.
+            unrelated: Call::put(
+                "/admin/scope-modes/acme/eq/mm-1",
+                r#"{"mode":"REDUCE_ONLY","reason":"limit breach"}"#,
+            ),
+            relax: Call::put(
+                DESK,
+                r#"{"mode":"CANCEL_ONLY","reason":"contained","ticket":"INC-1"}"#,
+            ),
+            relax_supersedes: "set_mode acme/eq HALTED -> CANCEL_ONLY by ops:bob",
+            tighten_again: Call::put(DESK, r#"{"mode":"HALTED","reason":"again"}"#),
+            tighten_supersedes: "set_mode acme/eq CANCEL_ONLY -> HALTED by ops:alice",
+        },
+        async || assert_eq!(mode().await, "CANCEL_ONLY", "the replay halted nothing"),
+        async || assert_eq!(mode().await, "HALTED", "still halted"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -415,9 +310,9 @@ async fn a_typo_in_a_scope_path_halts_nothing() {
     let (cluster, db) = shared_primary().await.unwrap();
     let dsn = cluster.primary().dsn(&db);
     let s = start_all(&dsn, Duration::from_secs(300)).await;
-    let observer = session(&dsn).await;
+    let desk = desk_control(&s.api, &dsn).await;
     tree(&s.api).await;
-    let events = scope_events(&observer).await;
+    let events = desk.events().await;
 
     let halt = r#"{"mode":"HALTED","reason":"runaway desk"}"#;
     for (path, status, code, names) in [
@@ -454,7 +349,7 @@ async fn a_typo_in_a_scope_path_halts_nothing() {
         .await;
     assert_refused(&refused, 409, "near_miss", "acme/eq/mm-1");
 
-    assert_eq!(scope_events(&observer).await, events, "no event written");
+    assert_eq!(desk.events().await, events, "no event written");
     let (_, all) = s.api.get("/admin/scopes").await;
     let scopes = all["scopes"].as_array().unwrap();
     assert_eq!(scopes.len(), 3, "no scope created: {all}");

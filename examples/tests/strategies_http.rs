@@ -10,13 +10,11 @@
 
 mod support;
 
-use failover_core::postgres::tokio_postgres::{self, Client, NoTls};
-use reqwest::Method;
 use serde_json::Value;
-use std::sync::Arc;
 use std::time::Duration;
+use support::authority::{Call, Control, Refused, Replay};
 use support::*;
-use tradepulse_testkit::{shared_primary, Held};
+use tradepulse_testkit::shared_primary;
 
 const STRATEGIES: &str = "/admin/strategies";
 const DISABLE: &str = "/admin/strategies/disable-new";
@@ -155,19 +153,9 @@ async fn enabling_new_strategies_waits_for_a_second_supervisor_when_required() {
     assert_eq!(event["actor"], "ops:bob", "{history}");
 }
 
-/// A session of its own, as a DBA's psql or another service would hold one.
-async fn session(dsn: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-async fn events(client: &Client) -> i64 {
-    client
-        .query_one("SELECT count(*) FROM symbol_mode_events", &[])
-        .await
-        .unwrap()
-        .get(0)
+/// The flag as a control under test: its state and its event table.
+async fn flag<'a>(api: &'a Api, dsn: &str) -> Control<'a> {
+    Control::new(api, dsn, STRATEGIES, "symbol_mode_events").await
 }
 
 /// An operator's `disable-new`, made by another session in a transaction left open
@@ -176,24 +164,19 @@ const DISABLE_BY_DAVE: &str = "SELECT * FROM symbol_mode_apply(gen_random_uuid()
      'NewStrategiesHalt', NULL, NULL, TRUE, FALSE, 'second incident', 'ops:dave', NULL, \
      'operator')";
 
-/// A supervisor's `enable-new` with `If-Match: etag`: status, headers, body.
-async fn enable(api: &Api, etag: String, body: &str) -> (u16, reqwest::header::HeaderMap, Value) {
-    api.request(
-        Method::POST,
-        ENABLE,
-        Some(body),
-        SUPERVISOR,
-        &[("if-match", etag)],
-    )
-    .await
-}
+/// Dave's halt racing the supervisor's enable: refused naming Dave's halt.
+const REFUSED_NAMING_DAVE: Refused<'static> = Refused {
+    status: 412,
+    code: "precondition_failed",
+    names: "NewStrategiesHalt on by ops:dave",
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enabling_new_strategies_waits_for_a_held_disable_then_refuses_naming_it() {
     let (cluster, db) = shared_primary().await.unwrap();
     let dsn = cluster.primary().dsn(&db);
-    let s = Arc::new(start_all(&dsn, Duration::from_secs(300)).await);
-    let observer = session(&dsn).await;
+    let s = start_all(&dsn, Duration::from_secs(300)).await;
+    let flag = flag(&s.api, &dsn).await;
     let (status, body) = s
         .api
         .post(OPERATOR, DISABLE, r#"{"reason":"runaway strategies"}"#)
@@ -202,19 +185,12 @@ async fn enabling_new_strategies_waits_for_a_held_disable_then_refuses_naming_it
 
     // The supervisor decides on Alice's halt; Dave's halt commits while the
     // enable waits on the row.
-    let seen = s.api.etag(STRATEGIES).await;
-    let before = events(&observer).await;
-    let api = s.clone();
-    let (status, _, body) = Held::begin(&dsn, DISABLE_BY_DAVE)
-        .await
-        .race(async move { enable(&api.api, seen, r#"{"reason":"fixed","ticket":"INC-7"}"#).await })
-        .await;
-    assert_refused(
-        &(status, body),
-        412,
-        "precondition_failed",
-        "NewStrategiesHalt on by ops:dave",
-    );
+    flag.relaxation_racing_held_is_refused(
+        DISABLE_BY_DAVE,
+        Call::post(ENABLE, r#"{"reason":"fixed","ticket":"INC-7"}"#),
+        REFUSED_NAMING_DAVE,
+    )
+    .await;
     let halted = shown(&s.api).await;
     assert_eq!(
         halted["new_strategies_disabled"], true,
@@ -222,11 +198,6 @@ async fn enabling_new_strategies_waits_for_a_held_disable_then_refuses_naming_it
     );
     assert_eq!(halted["updated_by"], "ops:dave", "{halted}");
     assert_eq!(halted["reason"], "second incident", "{halted}");
-    assert_eq!(
-        events(&observer).await,
-        before + 1,
-        "one event more: Dave's"
-    );
     eventually(
         "the hot path still answers no",
         Duration::from_secs(5),
@@ -246,41 +217,27 @@ async fn enabling_new_strategies_waits_for_a_held_disable_then_refuses_naming_it
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let seen = s.api.etag(STRATEGIES).await;
-    let before = events(&observer).await;
-    let api = s.clone();
-    let (status, _, body) = Held::begin(&dsn, DISABLE_BY_DAVE)
-        .await
-        .race(async move {
-            enable(
-                &api.api,
-                seen,
-                r#"{"reason":"fixed","ticket":"INC-8","break_glass":true}"#,
-            )
-            .await
-        })
-        .await;
-    assert_refused(
-        &(status, body),
-        412,
-        "precondition_failed",
-        "NewStrategiesHalt on by ops:dave",
-    );
-    assert_eq!(shown(&s.api).await["new_strategies_disabled"], true);
-    assert_eq!(
-        events(&observer).await,
-        before + 1,
-        "one event more: Dave's"
-    );
-
-    // Decided again on Dave's halt, a break-glass enable goes through.
-    let seen = s.api.etag(STRATEGIES).await;
-    let (status, _, body) = enable(
-        &s.api,
-        seen,
-        r#"{"reason":"fixed","ticket":"INC-8","break_glass":true}"#,
+    flag.relaxation_racing_held_is_refused(
+        DISABLE_BY_DAVE,
+        Call::post(
+            ENABLE,
+            r#"{"reason":"fixed","ticket":"INC-8","break_glass":true}"#,
+        ),
+        REFUSED_NAMING_DAVE,
     )
     .await;
+    assert_eq!(shown(&s.api).await["new_strategies_disabled"], true);
+
+    // Decided again on Dave's halt, a break-glass enable goes through.
+    let (status, body) = s
+        .api
+        .post_matching(
+            SUPERVISOR,
+            ENABLE,
+            r#"{"reason":"fixed","ticket":"INC-8","break_glass":true}"#,
+            STRATEGIES,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["break_glass"], true, "{body}");
     assert_eq!(shown(&s.api).await["new_strategies_disabled"], false);
@@ -291,77 +248,24 @@ async fn a_replayed_strategies_command_answers_the_original_only_while_it_is_in_
     let (cluster, db) = shared_primary().await.unwrap();
     let dsn = cluster.primary().dsn(&db);
     let s = start_all(&dsn, Duration::from_secs(300)).await;
-    let observer = session(&dsn).await;
-    let id = uuid::Uuid::new_v4();
-    let disable = format!(r#"{{"reason":"runaway strategies","request_id":"{id}"}}"#);
-    let send = |token: &'static str| {
-        let (api, disable) = (&s.api, disable.clone());
-        async move {
-            api.request(Method::POST, DISABLE, Some(&disable), token, &[])
-                .await
-        }
-    };
-
-    let (status, _, first) = send(OPERATOR).await;
-    assert_eq!(status, 200, "{first}");
-    assert_eq!(first["replayed"], false, "{first}");
-    // A change of another control does not supersede the halt.
-    let (status, body) = s
-        .api
-        .put(
-            OPERATOR,
-            "/admin/global-mode",
-            r#"{"mode":"CANCEL_ONLY","reason":"widen spreads"}"#,
+    let disabled = async || shown(&s.api).await["new_strategies_disabled"].clone();
+    flag(&s.api, &dsn)
+        .await
+        .replay_answers_the_original_only_while_in_force(
+            Replay {
+                tighten: Call::post(DISABLE, r#"{"reason":"runaway strategies"}"#),
+                // A change of another control does not supersede the halt.
+                unrelated: Call::put(
+                    "/admin/global-mode",
+                    r#"{"mode":"CANCEL_ONLY","reason":"widen spreads"}"#,
+                ),
+                relax: Call::post(ENABLE, r#"{"reason":"fixed","ticket":"INC-7"}"#),
+                relax_supersedes: "NewStrategiesHalt off by ops:bob",
+                tighten_again: Call::post(DISABLE, r#"{"reason":"again"}"#),
+                tighten_supersedes: "NewStrategiesHalt on by ops:alice",
+            },
+            async || assert_eq!(disabled().await, false, "not reported halted"),
+            async || assert_eq!(disabled().await, true, "still halted"),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
-    let written = events(&observer).await;
-    // While the halt is the latest change of the flag, the replay answers it.
-    let (status, headers, again) = send(OPERATOR).await;
-    assert_eq!(status, 200, "{again}");
-    assert_eq!(again["replayed"], true, "{again}");
-    assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
-    assert_eq!(again["position"], first["position"], "{again}");
-    let (status, _, body) = send(SUPERVISOR).await;
-    assert_refused(&(status, body), 409, "request_reused", "ops:alice");
-    assert_eq!(events(&observer).await, written, "nothing written");
-
-    // A supervisor enables them again; the replayed disable is no longer in force.
-    let enable_id = uuid::Uuid::new_v4();
-    let enable_body =
-        format!(r#"{{"reason":"fixed","ticket":"INC-7","request_id":"{enable_id}"}}"#);
-    let seen = s.api.etag(STRATEGIES).await;
-    let (status, _, enabled) = enable(&s.api, seen.clone(), &enable_body).await;
-    assert_eq!(status, 200, "{enabled}");
-    let written = events(&observer).await;
-    let (status, headers, body) = send(OPERATOR).await;
-    assert_refused(
-        &(status, body),
-        409,
-        "superseded",
-        "NewStrategiesHalt off by ops:bob",
-    );
-    assert!(headers.get("idempotent-replayed").is_none());
-    let now = shown(&s.api).await;
-    assert_eq!(
-        now["new_strategies_disabled"], false,
-        "not reported halted: {now}"
-    );
-    assert_eq!(events(&observer).await, written, "nothing written");
-
-    // And the other way: after a later disable, a replayed enable enables nothing.
-    let (status, body) = s.api.post(OPERATOR, DISABLE, r#"{"reason":"again"}"#).await;
-    assert_eq!(status, 200, "{body}");
-    let written = events(&observer).await;
-    let (status, headers, body) = enable(&s.api, seen, &enable_body).await;
-    assert_refused(
-        &(status, body),
-        409,
-        "superseded",
-        "NewStrategiesHalt on by ops:alice",
-    );
-    assert!(headers.get("idempotent-replayed").is_none());
-    let now = shown(&s.api).await;
-    assert_eq!(now["new_strategies_disabled"], true, "still halted: {now}");
-    assert_eq!(events(&observer).await, written, "nothing written");
 }

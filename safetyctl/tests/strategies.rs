@@ -2,7 +2,11 @@
 //! activations — `show` says so, and a running handle in another process (its own
 //! pool, polling at 1 h) answers no by push; `enable-new` without a ticket is
 //! refused with exit 2 naming it, by an operator with exit 2 (a supervisor's), and
-//! a supervisor with a ticket enables them again. Real PostgreSQL, real logins.
+//! a supervisor with a ticket enables them again. A supervisor's `enable-new`
+//! started while another operator's `disable-new` is held open in its own
+//! transaction waits on the row and, once that commits, exits 2 naming it: the
+//! write decides, not the position the command read first. Real PostgreSQL, real
+//! logins.
 
 mod support;
 
@@ -10,15 +14,35 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 use symbol_mode::{SymbolModes, SymbolModesConfig};
-use tradepulse_testkit::wait_until;
+use tradepulse_testkit::{wait_until, Held};
+
+/// An operator's `disable-new`, with its reason.
+const DISABLE_NEW: &[&str] = &[
+    "strategies",
+    "disable-new",
+    "--reason",
+    "runaway strategies",
+];
+
+/// A supervisor's `enable-new`, with its reason and ticket.
+const ENABLE_NEW: &[&str] = &[
+    "strategies",
+    "enable-new",
+    "--reason",
+    "fixed",
+    "--ticket",
+    "INC-7",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_and_a_supervisor() {
     let db = db().await;
-    let alice = login(&db, "alice", "tradepulse_operator").await;
-    let alice_dsn = as_login(&db.dsn, &alice);
-    let bob = login(&db, "bob", "tradepulse_supervisor").await;
-    let bob_dsn = as_login(&db.dsn, &bob);
+    let AliceAndBob {
+        alice,
+        alice_dsn,
+        bob_dsn,
+        ..
+    } = alice_and_bob(&db).await;
 
     // The engine: its own pool, push only.
     let lookup = |k: &str| k.ends_with("__DSN").then(|| db.dsn.clone());
@@ -44,15 +68,7 @@ async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_a
         text(&o)
     );
 
-    let o = safetyctl(
-        &alice_dsn,
-        &[
-            "strategies",
-            "disable-new",
-            "--reason",
-            "runaway strategies",
-        ],
-    );
+    let o = safetyctl(&alice_dsn, DISABLE_NEW);
     assert_eq!(
         o.status.code(),
         Some(0),
@@ -86,32 +102,12 @@ async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_a
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("--ticket"), "{}", text(&o));
     // An operator's login may not enable them again, ticket or not.
-    let o = safetyctl(
-        &alice_dsn,
-        &[
-            "strategies",
-            "enable-new",
-            "--reason",
-            "fixed",
-            "--ticket",
-            "INC-7",
-        ],
-    );
+    let o = safetyctl(&alice_dsn, ENABLE_NEW);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("supervisor"), "{}", text(&o));
     assert!(!modes.may_activate_strategy());
 
-    let o = safetyctl(
-        &bob_dsn,
-        &[
-            "strategies",
-            "enable-new",
-            "--reason",
-            "fixed",
-            "--ticket",
-            "INC-7",
-        ],
-    );
+    let o = safetyctl(&bob_dsn, ENABLE_NEW);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("about to relax"),
@@ -145,4 +141,72 @@ async fn disable_new_by_an_operator_shows_disabled_and_enabling_needs_a_ticket_a
     let o = safetyctl(&alice_dsn, &["audit", "verify", file, "--quiet"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(text(&o).contains("ok: "), "{}", text(&o));
+}
+
+/// Another operator's `disable-new` (a tightening with a reason of its own), made by a
+/// session of its own, as another admin process or a DBA's psql would make it.
+const DISABLE_BY_DAVE: &str = "SELECT * FROM symbol_mode_apply(gen_random_uuid(), \
+     'NewStrategiesHalt', NULL, NULL, TRUE, FALSE, 'second incident', 'ops:dave', NULL, \
+     'operator')";
+
+async fn events(db: &Db) -> i64 {
+    session(&db.dsn)
+        .await
+        .query_one("SELECT count(*) FROM symbol_mode_events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_new_waits_for_a_held_disable_then_exits_2_naming_it() {
+    let db = db().await;
+    let AliceAndBob {
+        alice,
+        alice_dsn,
+        bob_dsn,
+        ..
+    } = alice_and_bob(&db).await;
+    let o = safetyctl(&alice_dsn, DISABLE_NEW);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    // Dave's halt is held open; Bob's enable reads Alice's halt, prints it, and
+    // waits on the row.
+    let before = events(&db).await;
+    let held = Held::begin(&db.dsn, DISABLE_BY_DAVE).await;
+    let o = run_behind(held, &bob_dsn, ENABLE_NEW).await;
+
+    assert_eq!(o.status.code(), Some(2), "refused: {}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("about to relax: new strategy activations DISABLED -> enabled"),
+        "it decided on the halt it read: {}",
+        text(&o)
+    );
+    assert!(err.contains(&alice), "the halt it read: {}", text(&o));
+    assert!(
+        err.contains("the state moved: NewStrategiesHalt on by ops:dave"),
+        "names the change in between: {}",
+        text(&o)
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("enabled again"),
+        "{}",
+        text(&o)
+    );
+
+    let o = safetyctl(&alice_dsn, &["strategies", "show"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let shown = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        shown.contains("new strategy activations DISABLED"),
+        "still disabled: {shown}"
+    );
+    assert!(shown.contains("ops:dave"), "Dave's halt in force: {shown}");
+    assert!(shown.contains("second incident"), "{shown}");
+    let o = safetyctl(&alice_dsn, &["strategies", "show", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json["new_strategies_disabled"], true, "{json}");
+    assert_eq!(json["updated_by"], "ops:dave", "{json}");
+    assert_eq!(events(&db).await, before + 1, "one event more: Dave's");
 }

@@ -2,6 +2,8 @@
 //! PostgreSQL stores, three principals (viewer, operator, supervisor), and a client.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod authority;
+
 use failover_core::http::auth::token_sha256_hex;
 use failover_core::http::Authenticator;
 use failover_core::postgres::PgSettings;

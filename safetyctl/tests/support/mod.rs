@@ -101,3 +101,45 @@ pub async fn login(db: &Db, name: &str, role: &str) -> String {
         .unwrap();
     login
 }
+
+/// Runs the binary against `dsn` while `held` keeps a competing change open: the
+/// command must still be running once it is seen waiting on the held row (the write
+/// decides, not what it read before); then the change commits and the command's
+/// output is returned.
+pub async fn run_behind(held: tradepulse_testkit::Held, dsn: &str, args: &[&str]) -> Output {
+    let mut child = command(dsn, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    held.until_waited_on(std::time::Duration::from_secs(10))
+        .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "safetyctl {args:?} exited while the competing change was still held open"
+    );
+    held.commit().await;
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Alice, an operator, and Bob, a supervisor: their logins of this database and the
+/// DSNs that log in as them.
+pub struct AliceAndBob {
+    pub alice: String,
+    pub alice_dsn: String,
+    pub bob: String,
+    pub bob_dsn: String,
+}
+
+pub async fn alice_and_bob(db: &Db) -> AliceAndBob {
+    let alice = login(db, "alice", "tradepulse_operator").await;
+    let bob = login(db, "bob", "tradepulse_supervisor").await;
+    AliceAndBob {
+        alice_dsn: as_login(&db.dsn, &alice),
+        bob_dsn: as_login(&db.dsn, &bob),
+        alice,
+        bob,
+    }
+}
