@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 use support::*;
 use tradepulse_testkit::Held;
@@ -187,7 +186,8 @@ async fn a_relaxation_refuses_when_the_state_moved_after_it_was_printed() {
          NULL, FALSE, 'split brain', 'ops:dave', NULL)",
     )
     .await;
-    let child = command(
+    let o = run_behind(
+        held,
         &db.dsn,
         &[
             "global-mode",
@@ -199,13 +199,7 @@ async fn a_relaxation_refuses_when_the_state_moved_after_it_was_printed() {
             "INC-1",
         ],
     )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    held.until_waited_on(Duration::from_secs(10)).await;
-    held.commit().await;
-    let o = child.wait_with_output().unwrap();
+    .await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -188,19 +188,14 @@ async fn clearing_refuses_when_a_competing_change_moved_the_throttle_after_it_wa
          NULL, FALSE, 'tighter', 'ops:dave', NULL, p_per_second => 2, p_burst => 5)",
     )
     .await;
-    let child = command(
+    let o = run_behind(
+        held,
         &db.dsn,
         &[
             "throttle", "clear", "BTC-USD", "--reason", "lag gone", "--ticket", "CHG-8",
         ],
     )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
-    held.until_waited_on(Duration::from_secs(10)).await;
-    held.commit().await;
-    let o = child.wait_with_output().unwrap();
+    .await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
