@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tradepulse_failover_core::audit_log::{verify_export, write_log, AuditRecord};
-use tradepulse_failover_core::postgres::{migrate, Migration, PgPool};
+use tradepulse_failover_core::postgres::{migrate, Migration, PgPool, CORE_MIGRATIONS};
 use tradepulse_testkit::{fast_settings, shared_primary};
 
 /// A session of its own, with the connection driven in the background.
@@ -483,4 +483,66 @@ async fn a_registration_states_its_whole_encoding_or_none() {
         .unwrap_err();
     let db = err.as_db_error().expect("a server error");
     assert!(db.message().contains("append-only"), "{db}");
+}
+
+/// Asks to disengage the kill switch, required so that it waits for a second
+/// supervisor: its `requested` event is an entry of the log.
+const REQUEST: &str = "SELECT o_gate FROM tradepulse_approval_gate(gen_random_uuid(), \
+    'kill-switch.disengage', 'kill_switch', 'global', 'disengage', '{}', $1, 'INC-9', \
+    'ops:alice', 1, FALSE, TRUE)";
+
+#[tokio::test]
+async fn entries_written_before_the_registry_still_verify_after_it() {
+    let (cluster, db) = shared_primary().await.unwrap();
+    let dsn = cluster.primary().dsn(&db);
+    let client = session(&dsn).await;
+    // A database as it was before migration 9: the builtin encoding writes the entries.
+    let (before, registry) = CORE_MIGRATIONS.split_at(CORE_MIGRATIONS.len() - 1);
+    assert_eq!(registry[0].name, "control_registry");
+    for m in before {
+        client.batch_execute(m.sql).await.unwrap();
+    }
+    for reason in ["before the registry", HOSTILE] {
+        let gate: String = client.query_one(REQUEST, &[&reason]).await.unwrap().get(0);
+        assert_eq!(gate, "pending");
+    }
+    // The export reads a database without the registry too.
+    let pool = PgPool::new("control-registry", fast_settings(&dsn).build().unwrap()).unwrap();
+    let mut export = Vec::new();
+    let head = write_log(&pool, &mut export, |_, _| {}).await.unwrap();
+    assert_eq!(head.size, 2);
+    verify_export(export.as_slice(), |_| {}).expect("the log verifies before the registry");
+
+    client.batch_execute(registry[0].sql).await.unwrap();
+    let gate: String = client
+        .query_one(REQUEST, &[&"after the registry"])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gate, "pending");
+
+    // Every stored entry, old or new, is what the registry's encoding derives from its
+    // row now, and the export of the whole log verifies.
+    let differ: i64 = client
+        .query_one(
+            "SELECT count(*) FROM audit_log l JOIN approval_events e \
+               ON l.control = 'approvals' AND l.position = e.position \
+             WHERE convert_from(l.entry, 'UTF8') \
+                   IS DISTINCT FROM tradepulse_audit_entry('approvals', to_jsonb(e))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(differ, 0);
+    let mut export = Vec::new();
+    let head = write_log(&pool, &mut export, |_, _| {}).await.unwrap();
+    assert_eq!(head.size, 3);
+    let verified = verify_export(export.as_slice(), |_| {}).unwrap_or_else(|f| {
+        panic!(
+            "the log verifies: {f}\n{}",
+            String::from_utf8_lossy(&export)
+        )
+    });
+    assert_eq!(verified.head, head);
 }

@@ -323,7 +323,9 @@ pub async fn write_log<W: std::io::Write + Send>(
     progress: impl Fn(u64, u64),
 ) -> Result<TreeHead, ExportError> {
     let head = tree_head(pool).await?;
-    let tables: Vec<&str> = CONTROLS.iter().map(|(_, t, _)| *t).collect();
+    // The registry is the last table asked about (a database migrated before it has none).
+    let mut tables: Vec<&str> = CONTROLS.iter().map(|(_, t, _)| *t).collect();
+    tables.push("tradepulse_controls");
     let exists: Vec<bool> = pool
         .query_one(
             "audit_log.export.tables",
@@ -333,8 +335,8 @@ pub async fn write_log<W: std::io::Write + Send>(
         .await?
         .get(0);
     let builtin: Vec<&str> = CONTROLS.iter().map(|(c, _, _)| *c).collect();
-    let registered: Vec<Registered> = pool
-        .query(
+    let registered: Vec<Registered> = if exists.last() == Some(&true) {
+        pool.query(
             "audit_log.export.controls",
             REGISTERED,
             &[(&builtin, Type::TEXT_ARRAY)],
@@ -342,7 +344,10 @@ pub async fn write_log<W: std::io::Write + Send>(
         .await?
         .iter()
         .map(Registered::of)
-        .collect();
+        .collect()
+    } else {
+        Vec::new()
+    };
     writeln!(out, "{}", super::header_line())?;
     let total = head.size;
     let mut from = 0u64;
