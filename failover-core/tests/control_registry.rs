@@ -454,7 +454,7 @@ async fn a_control_written_only_in_sql_joins_the_log_and_the_approvals_by_regist
 
 #[tokio::test]
 async fn a_registration_states_its_whole_encoding_or_none() {
-    let (_cluster, dsn, _pool) = migrated().await;
+    let (_cluster, dsn, pool) = migrated().await;
     let client = session(&dsn).await;
     for (sql, says) in [
         (
@@ -476,6 +476,41 @@ async fn a_registration_states_its_whole_encoding_or_none() {
         assert_eq!(db.code().code(), "22023", "{sql}: {db}");
         assert!(db.message().contains(says), "{sql}: {db}");
     }
+    // A control whose rows are identified by `id`, with no reason, request id or
+    // ticket and no details: the log records its entries under the id.
+    client
+        .batch_execute(
+            "CREATE TABLE gizmo_events (id BIGINT PRIMARY KEY, event TEXT NOT NULL, \
+             holder TEXT NOT NULL, reason TEXT, at TIMESTAMPTZ NOT NULL); \
+             SELECT tradepulse_make_append_only('gizmo_events'); \
+             SELECT tradepulse_register_control('gizmo', 'gizmo_events', 'id', 'event', 'holder', \
+                 FALSE, FALSE, FALSE, ARRAY[]::TEXT[]); \
+             SELECT tradepulse_audit_attach('gizmo_events', 'gizmo', 'id'); \
+             INSERT INTO gizmo_events VALUES (70, 'spin', 'node-a', 'ignored', \
+                 '2026-01-02 03:04:05+00')",
+        )
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT position, convert_from(entry, 'UTF8') FROM audit_log WHERE control = 'gizmo'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 70);
+    assert_eq!(
+        row.get::<_, String>(1),
+        "tp-audit-v1 {\"action\":\"spin\",\"actor\":\"node-a\",\"at\":\"2026-01-02T03:04:05.000000Z\",\
+         \"control\":\"gizmo\",\"details\":{},\"position\":70,\"reason\":null,\"request_id\":null,\
+         \"ticket\":null}"
+    );
+    let mut export = Vec::new();
+    write_log(&pool, &mut export, |_, _| {}).await.unwrap();
+    let text = String::from_utf8_lossy(&export).into_owned();
+    assert!(text.contains("\"control\":\"gizmo\""), "{text}");
+    verify_export(export.as_slice(), |_| {}).unwrap_or_else(|f| panic!("{f}\n{text}"));
+
     // The registry is append-only: a registration cannot be edited behind the log.
     let err = client
         .batch_execute("UPDATE tradepulse_controls SET action_key = 'verb' WHERE control = 'scope'")
