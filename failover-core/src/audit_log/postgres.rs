@@ -214,6 +214,75 @@ fn record(control: &str, r: &Row) -> AuditRecord {
     }
 }
 
+/// The registered controls besides [`CONTROLS`] whose events table exists: each with the
+/// statement reading its rows (as JSON, and their `at`) and its encoding.
+const REGISTERED: &str = "SELECT control, \
+    format('SELECT to_jsonb(t)::TEXT, (to_jsonb(t)->>''at'')::TIMESTAMPTZ FROM %s t \
+            WHERE t.%I = ANY($1)', to_regclass(events_table), position_key), \
+    position_key, action_key, actor_key, has_reason, has_request_id, has_ticket, \
+    detail_keys, detail_defaults::TEXT \
+    FROM tradepulse_controls \
+    WHERE to_regclass(events_table) IS NOT NULL AND NOT control = ANY($1)";
+
+/// A control encoded from its registration (`tradepulse_register_control`).
+struct Registered {
+    control: String,
+    sql: String,
+    position: String,
+    action: String,
+    actor: String,
+    reason: bool,
+    request_id: bool,
+    ticket: bool,
+    details: Vec<String>,
+    defaults: serde_json::Map<String, Value>,
+}
+
+impl Registered {
+    fn of(r: &Row) -> Self {
+        let defaults: Option<String> = r.get(9);
+        Self {
+            control: r.get(0),
+            sql: r.get(1),
+            position: r.get(2),
+            action: r.get(3),
+            actor: r.get(4),
+            reason: r.get(5),
+            request_id: r.get(6),
+            ticket: r.get(7),
+            details: r.get(8),
+            defaults: defaults
+                .and_then(|d| serde_json::from_str(&d).ok())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// An event row (its JSON and its `at`) as the fields of its canonical entry: the
+    /// Rust side of the generic branch of `tradepulse_audit_entry`.
+    fn record(&self, row: &Value, at: Option<SystemTime>) -> Option<AuditRecord> {
+        let text = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
+        let when = |has: bool, k: &str| if has { text(k) } else { None };
+        Some(AuditRecord {
+            control: self.control.clone(),
+            position: row.get(&self.position)?.as_u64()?,
+            request_id: when(self.request_id, "request_id"),
+            action: text(&self.action).unwrap_or_default(),
+            actor: text(&self.actor).unwrap_or_default(),
+            reason: when(self.reason, "reason"),
+            ticket: when(self.ticket, "ticket"),
+            at: at.map(format_time).unwrap_or_default(),
+            details: self
+                .details
+                .iter()
+                .map(|k| {
+                    let v = row.get(k).or_else(|| self.defaults.get(k));
+                    (k.clone(), v.cloned().unwrap_or(Value::Null))
+                })
+                .collect(),
+        })
+    }
+}
+
 /// Entries [`write_log`] reads per round trip.
 pub const EXPORT_BATCH: u64 = 5_000;
 
@@ -254,7 +323,9 @@ pub async fn write_log<W: std::io::Write + Send>(
     progress: impl Fn(u64, u64),
 ) -> Result<TreeHead, ExportError> {
     let head = tree_head(pool).await?;
-    let tables: Vec<&str> = CONTROLS.iter().map(|(_, t, _)| *t).collect();
+    // The registry is the last table asked about (a database migrated before it has none).
+    let mut tables: Vec<&str> = CONTROLS.iter().map(|(_, t, _)| *t).collect();
+    tables.push("tradepulse_controls");
     let exists: Vec<bool> = pool
         .query_one(
             "audit_log.export.tables",
@@ -263,6 +334,20 @@ pub async fn write_log<W: std::io::Write + Send>(
         )
         .await?
         .get(0);
+    let builtin: Vec<&str> = CONTROLS.iter().map(|(c, _, _)| *c).collect();
+    let registered: Vec<Registered> = if exists.last() == Some(&true) {
+        pool.query(
+            "audit_log.export.controls",
+            REGISTERED,
+            &[(&builtin, Type::TEXT_ARRAY)],
+        )
+        .await?
+        .iter()
+        .map(Registered::of)
+        .collect()
+    } else {
+        Vec::new()
+    };
     writeln!(out, "{}", super::header_line())?;
     let total = head.size;
     let mut from = 0u64;
@@ -276,11 +361,11 @@ pub async fn write_log<W: std::io::Write + Send>(
                 &[(&lo, Type::INT8), (&hi, Type::INT8)],
             )
             .await?;
-        let mut events: HashMap<(&'static str, i64), AuditRecord> = HashMap::new();
+        let mut events: HashMap<(String, i64), AuditRecord> = HashMap::new();
         for (i, (control, _, sql)) in CONTROLS.iter().enumerate() {
             let positions: Vec<i64> = log
                 .iter()
-                .filter(|l| control_key(&l.get::<_, String>(1)) == *control)
+                .filter(|l| l.get::<_, &str>(1) == *control)
                 .map(|l| l.get(2))
                 .collect();
             if positions.is_empty() || !exists.get(i).copied().unwrap_or(false) {
@@ -294,7 +379,30 @@ pub async fn write_log<W: std::io::Write + Send>(
                 )
                 .await?
             {
-                events.insert((control, r.get(0)), record(control, &r));
+                events.insert((control.to_string(), r.get(0)), record(control, &r));
+            }
+        }
+        for reg in &registered {
+            let positions: Vec<i64> = log
+                .iter()
+                .filter(|l| l.get::<_, &str>(1) == reg.control)
+                .map(|l| l.get(2))
+                .collect();
+            if positions.is_empty() {
+                continue;
+            }
+            for r in pool
+                .query(
+                    "audit_log.export.events",
+                    &reg.sql,
+                    &[(&positions, Type::INT8_ARRAY)],
+                )
+                .await?
+            {
+                let row: Value = serde_json::from_str(r.get(0)).unwrap_or(Value::Null);
+                if let Some(record) = reg.record(&row, r.get(1)) {
+                    events.insert((reg.control.clone(), record.position as i64), record);
+                }
             }
         }
         for l in &log {
@@ -303,7 +411,7 @@ pub async fn write_log<W: std::io::Write + Send>(
             let leaf: Vec<u8> = l.get(3);
             let line = ExportLine {
                 index: l.get::<_, i64>(0) as u64,
-                record: events.remove(&(control_key(&control), position)),
+                record: events.remove(&(control.clone(), position)),
                 control,
                 position: position as u64,
                 leaf: hex(&leaf),
@@ -318,15 +426,4 @@ pub async fn write_log<W: std::io::Write + Send>(
     out.flush()?;
     progress(total, total);
     Ok(head)
-}
-
-/// The control an entry names, as the key of [`CONTROLS`] (leases otherwise).
-fn control_key(control: &str) -> &'static str {
-    match control {
-        "kill_switch" => "kill_switch",
-        "symbol_mode" => "symbol_mode",
-        "scope" => "scope",
-        "approvals" => "approvals",
-        _ => "lease",
-    }
 }

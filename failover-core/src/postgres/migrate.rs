@@ -100,6 +100,11 @@ pub const CORE_MIGRATIONS: &[Migration] = &[
         "approval_expiry",
         include_str!("../../migrations/postgres/0008_approval_expiry.sql"),
     ),
+    Migration::new(
+        9,
+        "control_registry",
+        include_str!("../../migrations/postgres/0009_control_registry.sql"),
+    ),
 ];
 
 /// The roles of the operators' authority model (`tradepulse_viewer`,
