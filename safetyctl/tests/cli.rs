@@ -578,3 +578,44 @@ async fn a_failed_csv_export_leaves_no_partial_file() {
         .collect();
     assert_eq!(left, ["audit.csv"], "no partial file is left");
 }
+
+/// Controls in different databases: each database is exported once, with only the
+/// controls configured for it (a kill switch event in the symbol modes' database is
+/// not the configured kill switch's), the kill switch's database first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_reads_each_database_once_with_its_own_controls() {
+    let (ks, modes) = (db().await, db().await);
+    for (dsn, args) in [
+        (
+            &modes.dsn,
+            &["symbols", "add", "ETH-USD", "--reason", "listing"][..],
+        ),
+        (
+            &modes.dsn,
+            &["kill-switch", "engage", "--reason", "not this one"],
+        ),
+        (
+            &ks.dsn,
+            &["kill-switch", "engage", "--reason", "the switch"],
+        ),
+    ] {
+        let o = safetyctl(dsn, args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let o = command(&ks.dsn, &["audit", "export", "--format", "csv", "--json"])
+        .env("TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN", &modes.dsn)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let csv = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows[0].starts_with("kill_switch,") && rows[0].contains("the switch"),
+        "{csv}"
+    );
+    assert!(
+        rows[1].starts_with("symbol_mode,") && rows[1].contains("ETH-USD"),
+        "{csv}"
+    );
+}
