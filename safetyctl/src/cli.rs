@@ -16,16 +16,14 @@
 //! the one it printed.
 
 use crate::controls;
-use crate::export::{self, ExportEvent, Format};
+use crate::export::{self, Format};
 use clap::{Args, Parser, Subcommand};
 use failover_core::postgres::PgStore;
 use failover_core::{Audit, Position};
-use killswitch::scope::ScopeStore;
-use killswitch::KillSwitchStore;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
-use symbol_mode::{SymbolMode, SymbolModeStore};
+use symbol_mode::SymbolMode;
 
 /// The operators' CLI: talks to PostgreSQL directly with the services' settings
 /// (`TRADEPULSE_POSTGRES__DSN` for every control, or a control's own
@@ -269,7 +267,11 @@ pub enum AuditCmd {
     /// SHA-256 of the export printed. JSONL (the default) is the tamper-evident log:
     /// one line per log entry in index order with the event's fields, its canonical
     /// entry and the leaf hash recorded when it was appended, then the tree head; only
-    /// JSONL verifies (`audit verify`). CSV is the events for a spreadsheet.
+    /// JSONL verifies (`audit verify`). CSV is the events for a spreadsheet, approvals
+    /// (four eyes) included, one row per log entry. CSV and `--since` read every
+    /// database the controls use once (equal DSNs are one database), in the order kill
+    /// switch, symbol modes, fencing, and within a database in log index order (the
+    /// order the events were committed), not sorted by time.
     Export {
         /// Only events at or after this time (RFC 3339, e.g. 2025-01-31T00:00:00Z). A
         /// JSONL export with `--since` holds the events alone (no leaf hashes, no tree
@@ -531,12 +533,15 @@ async fn audit(g: &Global, action: AuditCmd) -> Result<(), Failure> {
             crate::verify::export_log(&pool, &controls, g.json, quiet, out).await?;
         }
         AuditCmd::Export {
-            since, format, out, ..
+            since,
+            format,
+            out,
+            quiet,
         } => {
             if since.is_some() && format == Format::Jsonl {
                 eprintln!("note: with --since the export holds the events alone, without the log's leaf hashes and tree head: `audit verify` checks only a whole-log export (omit --since)");
             }
-            audit_export(g.json, g.allow_standby, since, format, out).await?
+            audit_export(g, since, format, out, quiet).await?
         }
         AuditCmd::Verify {
             file,
@@ -619,8 +624,6 @@ async fn drill(g: &Global, sync: bool, report_dir: PathBuf) -> Result<(), Failur
     Ok(())
 }
 
-const ALL: usize = i64::MAX as usize;
-
 /// The pool of the database whose audit log the audit commands read: the first
 /// control with a DSN (kill switch, symbol modes, fencing). The log covers every
 /// control whose events live in that database.
@@ -637,130 +640,134 @@ async fn audit_pool(allow_standby: bool) -> Result<failover_core::postgres::PgPo
     Err(Failure::refused("no database: set TRADEPULSE_POSTGRES__DSN (every control), or TRADEPULSE_KILL_SWITCH_POSTGRES__DSN, TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN or TRADEPULSE_FENCING_POSTGRES__DSN"))
 }
 
-async fn audit_export(
-    json: bool,
+/// The databases whose audit logs the events export reads, each distinct DSN once (by
+/// the stores' own rule: a control's own `…_POSTGRES__DSN`, else
+/// `TRADEPULSE_POSTGRES__DSN`), in the order kill switch, symbol modes, fencing: the
+/// env prefix of the first control configured for it, and the controls whose events
+/// are exported from it (those configured for it, scopes with the kill switch, and the
+/// approvals kept in every database).
+fn export_databases() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut databases: Vec<(String, &'static str, Vec<&'static str>)> = Vec::new();
+    for (prefix, controls) in [
+        (
+            killswitch::postgres::ENV_PREFIX,
+            &["kill_switch", "scope"][..],
+        ),
+        (symbol_mode::postgres::ENV_PREFIX, &["symbol_mode"]),
+        (fencing::postgres::ENV_PREFIX, &["lease"]),
+    ] {
+        let Some(dsn) =
+            failover_core::postgres::PgSettings::dsn_variable(prefix, |k| std::env::var(k).ok())
+                .and_then(|var| std::env::var(var).ok())
+        else {
+            continue;
+        };
+        match databases.iter_mut().find(|(d, _, _)| *d == dsn) {
+            Some((_, _, of)) => of.extend_from_slice(controls),
+            None => databases.push((dsn, prefix, controls.to_vec())),
+        }
+    }
+    databases
+        .into_iter()
+        .map(|(_, prefix, mut controls)| {
+            controls.push("approvals");
+            (prefix, controls)
+        })
+        .collect()
+}
+
+/// The pool of the store with env prefix `prefix`, as a reading command uses it.
+async fn export_pool(
+    prefix: &str,
     allow_standby: bool,
+) -> Result<failover_core::postgres::PgPool, Failure> {
+    if prefix == killswitch::postgres::ENV_PREFIX {
+        Ok(reading(kill_store()?, allow_standby).await?.pool().clone())
+    } else if prefix == symbol_mode::postgres::ENV_PREFIX {
+        Ok(reading(mode_store()?, allow_standby).await?.pool().clone())
+    } else {
+        Ok(reading(lease_store()?, allow_standby).await?.pool().clone())
+    }
+}
+
+/// `audit export --format csv` and `--since`: the events of every database's audit
+/// log, read in index ranges and written range by range (memory stays at one range),
+/// through the same target as the log export.
+async fn audit_export(
+    g: &Global,
     since: Option<SystemTime>,
     format: Format,
     out: Option<PathBuf>,
+    quiet: bool,
 ) -> Result<(), Failure> {
-    let mut events = Vec::new();
-    let mut sources = Vec::new();
-    if env_set(killswitch::postgres::ENV_PREFIX) {
-        sources.push("kill_switch");
-        for e in reading(kill_store()?, allow_standby)
-            .await?
-            .history(ALL)
-            .await?
-        {
-            events.push(ExportEvent::new(
-                "kill_switch",
-                e.position.0,
-                e.request_id.to_string(),
-                e.action.as_str().into(),
-                e.actor,
-                e.reason,
-                e.ticket,
-                e.at,
-                serde_json::json!({"engaged": e.engaged}),
-            ));
-        }
-    }
-    // Scopes live beside the kill switch, their root, in its database.
-    if env_set(killswitch::postgres::ENV_PREFIX) {
-        sources.push("scope");
-        for e in reading(crate::scope::scope_store()?, allow_standby)
-            .await?
-            .scope_history(None, ALL)
-            .await?
-        {
-            events.push(ExportEvent::new(
-                "scope",
-                e.position.0,
-                e.request_id.to_string(),
-                e.action.as_str().into(),
-                e.actor,
-                e.reason,
-                e.ticket,
-                e.at,
-                serde_json::json!({"path": e.path.as_str(), "from_mode": e.from_mode.map(|m| m.as_str()), "to_mode": e.to_mode.as_str()}),
-            ));
-        }
-    }
-    if env_set(symbol_mode::postgres::ENV_PREFIX) {
-        sources.push("symbol_mode");
-        for e in reading(mode_store()?, allow_standby)
-            .await?
-            .history(ALL)
-            .await?
-        {
-            events.push(ExportEvent::new(
-                "symbol_mode",
-                e.position.0,
-                e.request_id.to_string(),
-                e.command.kind().as_str().into(),
-                e.actor,
-                e.reason,
-                e.ticket,
-                e.at,
-                to_json(&e.command),
-            ));
-        }
-    }
-    if env_set(fencing::postgres::ENV_PREFIX) {
-        sources.push("lease");
-        for e in reading(lease_store()?, allow_standby)
-            .await?
-            .lease_history(None, ALL)
-            .await?
-        {
-            events.push(ExportEvent::new(
-                "lease",
-                e.id,
-                String::new(),
-                e.event.clone(),
-                e.holder.clone(),
-                String::new(),
-                None,
-                e.at,
-                serde_json::json!({"resource": e.resource, "token": e.token, "ttl_ms": e.ttl.as_millis() as u64}),
-            ));
-        }
-    }
-    if sources.is_empty() {
+    let databases = export_databases();
+    if databases.is_empty() {
         return Err(Failure::refused("nothing to export: set TRADEPULSE_POSTGRES__DSN (every control), or TRADEPULSE_KILL_SWITCH_POSTGRES__DSN, TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN and/or TRADEPULSE_FENCING_POSTGRES__DSN"));
     }
-    let events = export::prepare(events, since);
-    let bytes = export::render(&events, format);
-    let sha256 = crate::evidence::sha256_hex(&bytes);
-    match &out {
-        Some(path) => std::fs::write(path, &bytes).map_err(|e| Failure {
-            code: EXIT_FAILED,
+    let bar = crate::verify::progress_bar(0, "entries", quiet || g.json);
+    let mut target = crate::verify::ExportTarget::open(
+        out.as_deref(),
+        match format {
+            Format::Csv => "audit.csv",
+            Format::Jsonl => "audit.jsonl",
+        },
+    )?;
+    let mut export = export::EventExport::new(format, since);
+    export.begin(target.writer()).map_err(|e| Failure {
+        code: EXIT_FAILED,
+        message: format!("writing {}: {e}; give a writable --out path", target.name),
+    })?;
+    for (prefix, controls) in &databases {
+        let pool = export_pool(prefix, g.allow_standby).await?;
+        let w = target.writer();
+        failover_core::audit_log::for_each_entry(
+            &pool,
+            Some(controls),
+            |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            },
+            |line| export.entry(w, line),
+        )
+        .await
+        .map_err(|e| Failure {
+            // Unavailable within the retry budget: nothing written, safe to run again.
+            code: match &e {
+                failover_core::audit_log::ExportError::Db(d)
+                    if matches!(d.kind(), failover_core::errors::DbErrorKind::Unavailable) =>
+                {
+                    EXIT_UNAVAILABLE
+                }
+                _ => EXIT_FAILED,
+            },
             message: format!(
-                "writing {}: {e}; give a writable --out path",
-                path.display()
+                "exporting the audit log of {} ({}): {e}",
+                pool.settings(),
+                controls.join(", ")
             ),
-        })?,
-        None => {
-            use std::io::Write;
-            let _ = std::io::stdout().write_all(&bytes);
-        }
+        })?;
     }
-    let target = out
-        .as_ref()
-        .map_or("-".to_owned(), |p| p.display().to_string());
-    let summary = serde_json::json!({"sha256": sha256, "events": events.len(), "controls": sources, "out": target});
+    let target_name = target.name.clone();
+    let sha256 = target.finish()?;
+    bar.finish_and_clear();
+    if export.gone > 0 {
+        eprintln!("note: {} log entr{} whose event row is gone from the database are not in the export; the whole-log export (`safetyctl audit export` without --format csv or --since) names them and `audit verify` reports them", export.gone, if export.gone == 1 { "y" } else { "ies" });
+    }
+    let events = export.events;
+    let found = &export.controls;
+    let summary = serde_json::json!({"sha256": sha256, "events": events, "controls": found, "out": target_name});
+    let from = if found.is_empty() {
+        String::new()
+    } else {
+        format!(" from {}", found.join(", "))
+    };
     // With the export on stdout the checksum goes to stderr, keeping stdout the export.
     if out.is_none() {
-        eprintln!("sha256 {sha256}  {target}  ({} events)", events.len());
-    } else if json {
+        eprintln!("sha256 {sha256}  {target_name}  ({events} events{from})");
+    } else if g.json {
         println!("{summary}");
     } else {
-        println!(
-            "sha256 {sha256}  {target}  ({} events from {})",
-            events.len(),
-            sources.join(", ")
-        );
+        println!("sha256 {sha256}  {target_name}  ({events} events{from})");
     }
     Ok(())
 }

@@ -78,12 +78,99 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// Where an export is written, with the SHA-256 of the bytes written. A regular file
+/// (or a name not yet taken) is written beside its name as a hidden `.NAME.partial` and
+/// renamed over it by [`finish`](Self::finish) once complete, so a failed export
+/// leaves no partial file under the name, and dropping an unfinished target removes
+/// the partial file; a device or pipe (`/dev/null`, a FIFO) is written to directly,
+/// never replaced by a rename; without a path, stdout.
+pub(crate) struct ExportTarget {
+    writer: Hashing<std::io::BufWriter<Box<dyn Write + Send>>>,
+    /// The partial file and the name it is renamed to, while unfinished.
+    partial: Option<(PathBuf, PathBuf)>,
+    /// The output's name as printed: the path, or `-` for stdout.
+    pub(crate) name: String,
+}
+
+impl ExportTarget {
+    /// Opens `out` (stdout when `None`); `default_name` names the partial file of a
+    /// path without a file name.
+    pub(crate) fn open(out: Option<&Path>, default_name: &str) -> Result<Self, Failure> {
+        let unwritable = |path: &Path, e: std::io::Error| {
+            failed(format!(
+                "writing {}: {e}; give a writable --out path",
+                path.display()
+            ))
+        };
+        let (inner, partial): (Box<dyn Write + Send>, _) = match out {
+            None => (Box::new(std::io::stdout()), None),
+            Some(path) if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| unwritable(path, e))?;
+                (Box::new(file), None)
+            }
+            Some(path) => {
+                let partial = path.with_file_name(format!(
+                    ".{}.partial",
+                    path.file_name()
+                        .map_or(default_name.into(), |n| n.to_string_lossy())
+                ));
+                let file = std::fs::File::create(&partial).map_err(|e| unwritable(&partial, e))?;
+                (Box::new(file), Some((partial, path.to_path_buf())))
+            }
+        };
+        Ok(Self {
+            writer: Hashing {
+                inner: std::io::BufWriter::with_capacity(1 << 20, inner),
+                sha: Sha256::new(),
+            },
+            partial,
+            name: out.map_or("-".to_owned(), |p| p.display().to_string()),
+        })
+    }
+
+    /// The writer: what passes through it is hashed.
+    pub(crate) fn writer(&mut self) -> &mut impl Write {
+        &mut self.writer
+    }
+
+    /// Flushes, renames a partial file over its name, and returns the SHA-256 (hex) of
+    /// the bytes written.
+    pub(crate) fn finish(mut self) -> Result<String, Failure> {
+        self.writer.flush().map_err(|e| {
+            failed(format!(
+                "writing {}: {e}; give a writable --out path",
+                self.name
+            ))
+        })?;
+        if let Some((partial, path)) = self.partial.take() {
+            if let Err(e) = std::fs::rename(&partial, &path) {
+                let _ = std::fs::remove_file(&partial);
+                return Err(failed(format!(
+                    "renaming {} to {}: {e}; give a writable --out path",
+                    partial.display(),
+                    path.display()
+                )));
+            }
+        }
+        Ok(hex(&std::mem::take(&mut self.writer.sha).finalize()))
+    }
+}
+
+impl Drop for ExportTarget {
+    fn drop(&mut self) {
+        if let Some((partial, _)) = self.partial.take() {
+            let _ = std::fs::remove_file(partial);
+        }
+    }
+}
+
 /// Writes the log export (the header, one line per entry, then the tree head) to
-/// `out` or stdout as it is read, batch by batch, and prints its SHA-256 like the CSV
-/// export. A regular file is written beside `out` and renamed over it once
-/// complete, so a failed export leaves no partial file under the name; a device or
-/// pipe is written to directly. `controls` are those
-/// configured (the log holds every control whose events live in the database).
+/// `out` or stdout as it is read, batch by batch, through an [`ExportTarget`], and
+/// prints its SHA-256 like the CSV export. `controls` are those configured (the log
+/// holds every control whose events live in the database).
 pub async fn export_log(
     pool: &PgPool,
     controls: &[&str],
@@ -96,79 +183,14 @@ pub async fn export_log(
         bar.set_length(total);
         bar.set_position(done);
     };
-    // A device or pipe given as --out (/dev/null, a FIFO) is written to directly,
-    // never replaced by a rename.
-    let regular = out
-        .as_ref()
-        .filter(|p| std::fs::metadata(p).map_or(true, |m| m.is_file()));
-    let (head, sha256) = match (&out, regular) {
-        (Some(path), None) => {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| {
-                    failed(format!(
-                        "writing {}: {e}; give a writable --out path",
-                        path.display()
-                    ))
-                })?;
-            let mut w = Hashing {
-                inner: std::io::BufWriter::with_capacity(1 << 20, file),
-                sha: Sha256::new(),
-            };
-            let head = audit_log::write_log(pool, &mut w, progress)
-                .await
-                .map_err(|e| failed(format!("exporting the audit log: {e}")))?;
-            (head, w.sha.finalize())
-        }
-        (Some(path), Some(_)) => {
-            let partial = path.with_file_name(format!(
-                ".{}.partial",
-                path.file_name()
-                    .map_or("audit.jsonl".into(), |n| n.to_string_lossy())
-            ));
-            let file = std::fs::File::create(&partial).map_err(|e| {
-                failed(format!(
-                    "writing {}: {e}; give a writable --out path",
-                    partial.display()
-                ))
-            })?;
-            let mut w = Hashing {
-                inner: std::io::BufWriter::with_capacity(1 << 20, file),
-                sha: Sha256::new(),
-            };
-            let head = match audit_log::write_log(pool, &mut w, progress).await {
-                Ok(head) => head,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(failed(format!("exporting the audit log: {e}")));
-                }
-            };
-            std::fs::rename(&partial, path).map_err(|e| {
-                failed(format!(
-                    "renaming {} to {}: {e}; give a writable --out path",
-                    partial.display(),
-                    path.display()
-                ))
-            })?;
-            (head, w.sha.finalize())
-        }
-        (None, _) => {
-            let mut w = Hashing {
-                inner: std::io::BufWriter::with_capacity(1 << 20, std::io::stdout()),
-                sha: Sha256::new(),
-            };
-            let head = audit_log::write_log(pool, &mut w, progress)
-                .await
-                .map_err(|e| failed(format!("exporting the audit log: {e}")))?;
-            (head, w.sha.finalize())
-        }
-    };
+    let mut target = ExportTarget::open(out.as_deref(), "audit.jsonl")?;
+    let head = audit_log::write_log(pool, target.writer(), progress)
+        .await
+        .map_err(|e| failed(format!("exporting the audit log: {e}")))?;
+    let target_name = target.name.clone();
+    let sha256 = target.finish()?;
     bar.finish_and_clear();
-    let sha256 = hex(&sha256);
-    let target = out
-        .as_ref()
-        .map_or("-".to_owned(), |p| p.display().to_string());
+    let target = target_name;
     let n = head.size;
     let root = hex(&head.root);
     if out.is_none() {

@@ -680,3 +680,102 @@ async fn an_export_of_several_batches_verifies_and_names_an_edit_in_a_later_batc
         "{out}"
     );
 }
+
+/// Runs a CSV export to stdout and reads it as it comes, sampling the process's peak
+/// resident memory (`VmHWM`) after every read: while output is still unread the
+/// process is alive, so the last sample covers all but the final write. Returns the
+/// output and the last sample (kB).
+fn csv_export_and_its_peak_memory(d: &Db) -> (Vec<u8>, u64) {
+    use std::io::Read;
+    let mut child = support::command(&d.dsn, &["audit", "export", "--format", "csv", "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut stdout = child.stdout.take().unwrap();
+    let (mut csv, mut buf, mut peak) = (Vec::new(), vec![0u8; 1 << 16], None);
+    loop {
+        let n = stdout.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        csv.extend_from_slice(&buf[..n]);
+        let sample = std::fs::read_to_string(&status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+        peak = sample.or(peak);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let peak = peak.expect("the export's memory was sampled while it ran");
+    (csv, peak)
+}
+
+/// Inserts lease events (log entries) `from..to`, each with a 1000-byte resource
+/// name, a range of the export a statement.
+async fn leases(d: &Db, from: u64, to: u64) {
+    let batch = failover_core::audit_log::EXPORT_BATCH;
+    for start in (from..to).step_by(batch as usize) {
+        d.cluster
+            .primary()
+            .execute(
+                &d.db,
+                &format!(
+                    "SELECT count(*) FROM generate_series({start}, {}) g, \
+                     LATERAL fencing_acquire('r' || g || repeat('x', 1000), 'engine-a', 5000000)",
+                    (start + batch).min(to) - 1
+                ),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// A CSV export is read and written range by range: one row per log entry, each
+/// entry once, and its peak memory does not grow with the log. Doubling the log
+/// (from two ranges and a bit to four) must grow the peak by less than half the bytes
+/// the export grew by; an export that held the events or their rendering whole would
+/// grow by more than the export itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_csv_export_of_many_ranges_has_a_row_per_entry_in_bounded_memory() {
+    let d = db().await;
+    let batch = failover_core::audit_log::EXPORT_BATCH;
+    let small = 2 * batch + 17;
+    let large = 4 * batch + 17;
+    leases(&d, 0, small).await;
+    let (csv, peak_small) = csv_export_and_its_peak_memory(&d);
+    leases(&d, small, large).await;
+    let (big, peak_large) = csv_export_and_its_peak_memory(&d);
+
+    for (csv, n) in [(&csv, small), (&big, large)] {
+        let text = std::str::from_utf8(csv).unwrap();
+        let rows: Vec<&str> = text.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            rows[0],
+            "control,position,request_id,action,actor,reason,ticket,at,details"
+        );
+        assert_eq!(rows.len() as u64, n + 1, "a header and a row per entry");
+        let positions: std::collections::HashSet<&str> = rows[1..]
+            .iter()
+            .map(|r| {
+                assert!(r.starts_with("lease,"), "{r}");
+                r.split(',').nth(1).unwrap()
+            })
+            .collect();
+        assert_eq!(positions.len() as u64, n, "each entry once");
+    }
+    let grown_kb = (big.len() - csv.len()) as u64 / 1024;
+    assert!(
+        peak_large < peak_small + grown_kb / 2,
+        "peak memory {peak_small} kB for {small} entries, {peak_large} kB for {large}: \
+         it grew by more than half the {grown_kb} kB the export grew by"
+    );
+    eprintln!(
+        "peak memory {peak_small} kB for {small} entries ({} kB), {peak_large} kB for {large} ({} kB)",
+        csv.len() / 1024,
+        big.len() / 1024
+    );
+}

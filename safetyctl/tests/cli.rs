@@ -341,3 +341,281 @@ async fn heartbeat_refreshes_updated_at_without_a_version_bump_or_an_audit_row()
         "the runbook's freshness check passes"
     );
 }
+
+/// The rows of a CSV export whose first field is `control`.
+fn rows_of<'a>(csv: &'a str, control: &str) -> Vec<&'a str> {
+    csv.lines()
+        .filter(|l| l.starts_with(&format!("{control},")))
+        .collect()
+}
+
+/// The events export reads the audit log, so the four-eyes trail is in it: the
+/// requirement, and the request a supervisor's disengage became, naming its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_carries_an_approval_requests_events() {
+    let db = db().await;
+    let people = alice_and_bob(&db).await;
+    for args in [
+        &[
+            "approvals",
+            "require",
+            "kill-switch.disengage",
+            "--reason",
+            "four eyes",
+        ][..],
+        &["kill-switch", "engage", "--reason", "runaway algo"],
+    ] {
+        let o = safetyctl(&people.alice_dsn, args);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {}", text(&o));
+    }
+    let o = safetyctl(
+        &people.bob_dsn,
+        &[
+            "kill-switch",
+            "disengage",
+            "--reason",
+            "feed fixed",
+            "--ticket",
+            "INC-7",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(4), "pending: {}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let id = stderr
+        .split("safetyctl approvals approve ")
+        .nth(1)
+        .and_then(|rest| rest.get(..36))
+        .unwrap_or_else(|| panic!("no request id in {stderr}"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("audit.csv");
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        summary["controls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "approvals"),
+        "{summary}"
+    );
+    let approvals = rows_of(&csv, "approvals");
+    let requested = approvals
+        .iter()
+        .find(|r| r.contains(",requested,"))
+        .unwrap_or_else(|| panic!("no request in the CSV:\n{csv}"));
+    assert!(
+        requested.contains(id) && requested.contains(&people.bob),
+        "the request names its id and its requester: {requested}"
+    );
+    assert!(
+        requested.contains("feed fixed") && requested.contains("INC-7"),
+        "{requested}"
+    );
+    assert!(
+        approvals.len() >= 2,
+        "the requirement and the request: {approvals:?}"
+    );
+    // One row per log entry: the approvals beside the kill switch's engage.
+    let entries = db
+        .cluster
+        .primary()
+        .query(&db.db, "SELECT count(*) FROM audit_log")
+        .await
+        .unwrap();
+    assert_eq!(
+        Some((csv.lines().count() - 1).to_string().as_str()),
+        entries[0][0].as_deref(),
+        "{csv}"
+    );
+    assert_eq!(rows_of(&csv, "kill_switch").len(), 1, "{csv}");
+}
+
+/// `--since` keeps the events at or after the time given, in both formats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_keeps_only_the_later_events() {
+    let db = db().await;
+    let o = safetyctl(&db.dsn, &["kill-switch", "engage", "--reason", "before"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let now = db
+        .cluster
+        .primary()
+        .query(
+            &db.db,
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+        )
+        .await
+        .unwrap();
+    let since = now[0][0].clone().unwrap();
+    for args in [
+        &[
+            "kill-switch",
+            "disengage",
+            "--reason",
+            "after",
+            "--ticket",
+            "INC-2",
+        ][..],
+        &["symbols", "add", "ETH-USD", "--reason", "after"],
+    ] {
+        let o = safetyctl(&db.dsn, args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["csv", "jsonl"] {
+        let out = dir.path().join(format!("later.{format}"));
+        let o = safetyctl(
+            &db.dsn,
+            &[
+                "audit",
+                "export",
+                "--format",
+                format,
+                "--since",
+                &since,
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(summary["events"], 2, "{summary}");
+        assert_eq!(
+            summary["controls"],
+            serde_json::json!(["kill_switch", "symbol_mode"]),
+            "{summary}"
+        );
+        let content = std::fs::read_to_string(&out).unwrap();
+        assert!(!content.contains("before"), "{content}");
+        assert_eq!(content.matches("after").count(), 2, "{content}");
+        if format == "jsonl" {
+            for line in content.lines() {
+                let e: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert!(e["at"].as_str().unwrap() >= since.as_str(), "{e}");
+            }
+        }
+    }
+}
+
+/// A failed export exits non-zero and leaves nothing under the name, and no partial
+/// file: when the --out directory is missing, and when the database refuses a read
+/// halfway (a login that may read the log and the kill switch's events but not the
+/// symbol modes'); a previous export under the name is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_csv_export_leaves_no_partial_file() {
+    let db = db().await;
+    for args in [
+        &["kill-switch", "engage", "--reason", "a"][..],
+        &["symbols", "add", "ETH-USD", "--reason", "listing"],
+    ] {
+        let o = safetyctl(&db.dsn, args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing").join("audit.csv");
+    let o = safetyctl(
+        &db.dsn,
+        &[
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("give a writable --out path"), "{stderr}");
+    assert!(!dir.path().join("missing").exists());
+
+    let login = format!("reader_{}", db.db);
+    session(&db.dsn)
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {login} LOGIN; \
+             GRANT SELECT ON audit_log, audit_log_head, tradepulse_controls, kill_switch_events TO {login};"
+        ))
+        .await
+        .unwrap();
+    let out = dir.path().join("audit.csv");
+    std::fs::write(&out, "the previous export\n").unwrap();
+    let o = safetyctl(
+        &as_login(&db.dsn, &login),
+        &[
+            "audit",
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("symbol_mode_events"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "the previous export\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["audit.csv"], "no partial file is left");
+}
+
+/// Controls in different databases: each database is exported once, with only the
+/// controls configured for it (a kill switch event in the symbol modes' database is
+/// not the configured kill switch's), the kill switch's database first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_csv_export_reads_each_database_once_with_its_own_controls() {
+    let (ks, modes) = (db().await, db().await);
+    for (dsn, args) in [
+        (
+            &modes.dsn,
+            &["symbols", "add", "ETH-USD", "--reason", "listing"][..],
+        ),
+        (
+            &modes.dsn,
+            &["kill-switch", "engage", "--reason", "not this one"],
+        ),
+        (
+            &ks.dsn,
+            &["kill-switch", "engage", "--reason", "the switch"],
+        ),
+    ] {
+        let o = safetyctl(dsn, args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let o = command(&ks.dsn, &["audit", "export", "--format", "csv", "--json"])
+        .env("TRADEPULSE_SYMBOL_MODE_POSTGRES__DSN", &modes.dsn)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let csv = String::from_utf8_lossy(&o.stdout);
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    assert!(
+        rows[0].starts_with("kill_switch,") && rows[0].contains("the switch"),
+        "{csv}"
+    );
+    assert!(
+        rows[1].starts_with("symbol_mode,") && rows[1].contains("ETH-USD"),
+        "{csv}"
+    );
+}

@@ -34,7 +34,8 @@ pub use note::{
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{
-    publish_checkpoint, tree_head, write_log, CheckpointError, ExportError, EXPORT_BATCH,
+    for_each_entry, publish_checkpoint, tree_head, write_log, CheckpointError, ExportError,
+    EXPORT_BATCH,
 };
 
 /// How an export stands against a checkpoint it should extend.

@@ -309,20 +309,46 @@ const CONTROLS: [(&str, &str, &str); 5] = [
 /// Writes the export of the log (format [`EXPORT_FORMAT`](super::EXPORT_FORMAT): the
 /// header, one line per entry joined with its event row as it is now, the head) to
 /// `out` as it reads, [`EXPORT_BATCH`] entries a round trip, and returns the head.
-///
-/// The head is read first; the entries below it are then read by index range (keyset
-/// pagination), each batch one bounded statement per control under the pool's retry
-/// policy, so memory stays at one batch whatever the log's size. Entries are never
-/// changed once appended and commit in index order, so the pages add up to the log
-/// the head describes; the event rows are read as they are when their page is read (an
-/// entry whose row was changed since its append does not verify, which is the point).
-/// `progress(done, total)` is called after each batch.
+/// The entries are read by [`for_each_entry`]; `progress(done, total)` is called after
+/// each batch.
 pub async fn write_log<W: std::io::Write + Send>(
     pool: &PgPool,
     out: &mut W,
     progress: impl Fn(u64, u64),
 ) -> Result<TreeHead, ExportError> {
+    writeln!(out, "{}", super::header_line())?;
+    let head = for_each_entry(pool, None, progress, |line| {
+        out.write_all(line.line().as_bytes())?;
+        out.write_all(b"\n")
+    })
+    .await?;
+    writeln!(out, "{}", head.line())?;
+    out.flush()?;
+    Ok(head)
+}
+
+/// Reads the log's entries in index order and hands each to `each`, joined with its
+/// event row as it is now (`record` is `None` when the row is gone), then returns the
+/// head the entries add up to. With `controls`, only the entries of those controls are
+/// handed over, and only their event tables are read.
+///
+/// The head is read first; the entries below it are then read by index range (keyset
+/// pagination), [`EXPORT_BATCH`] entries a round trip, each batch one bounded
+/// statement per control under the pool's retry policy, and handed over before the
+/// next range is read, so memory stays at one batch whatever the log's size. Entries
+/// are never changed once appended and commit in index order, so the pages add up to
+/// the log the head describes; the event rows are read as they are when their page is
+/// read (an entry whose row was changed since its append does not verify, which is the
+/// point). `progress(done, total)` is called after each batch. An error from `each`
+/// (writing the output) stops the read and is returned as [`ExportError::Write`].
+pub async fn for_each_entry(
+    pool: &PgPool,
+    controls: Option<&[&str]>,
+    progress: impl Fn(u64, u64),
+    mut each: impl FnMut(ExportLine) -> std::io::Result<()>,
+) -> Result<TreeHead, ExportError> {
     let head = tree_head(pool).await?;
+    let wanted = |control: &str| controls.is_none_or(|c| c.contains(&control));
     // The registry is the last table asked about (a database migrated before it has none).
     let mut tables: Vec<&str> = CONTROLS.iter().map(|(_, t, _)| *t).collect();
     tables.push("tradepulse_controls");
@@ -348,19 +374,21 @@ pub async fn write_log<W: std::io::Write + Send>(
     } else {
         Vec::new()
     };
-    writeln!(out, "{}", super::header_line())?;
     let total = head.size;
     let mut from = 0u64;
     while from < total {
         let to = (from + EXPORT_BATCH).min(total);
         let (lo, hi) = (from as i64, to as i64);
-        let log = pool
+        let log: Vec<Row> = pool
             .query(
                 "audit_log.export.entries",
                 LOG,
                 &[(&lo, Type::INT8), (&hi, Type::INT8)],
             )
-            .await?;
+            .await?
+            .into_iter()
+            .filter(|l| wanted(l.get::<_, &str>(1)))
+            .collect();
         let mut events: HashMap<(String, i64), AuditRecord> = HashMap::new();
         for (i, (control, _, sql)) in CONTROLS.iter().enumerate() {
             let positions: Vec<i64> = log
@@ -409,21 +437,17 @@ pub async fn write_log<W: std::io::Write + Send>(
             let control: String = l.get(1);
             let position: i64 = l.get(2);
             let leaf: Vec<u8> = l.get(3);
-            let line = ExportLine {
+            each(ExportLine {
                 index: l.get::<_, i64>(0) as u64,
                 record: events.remove(&(control.clone(), position)),
                 control,
                 position: position as u64,
                 leaf: hex(&leaf),
-            };
-            out.write_all(line.line().as_bytes())?;
-            out.write_all(b"\n")?;
+            })?;
         }
         from = to;
         progress(from, total);
     }
-    writeln!(out, "{}", head.line())?;
-    out.flush()?;
     progress(total, total);
     Ok(head)
 }
