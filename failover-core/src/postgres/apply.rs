@@ -175,7 +175,7 @@ pub struct ApplyCall<'a, E> {
     /// The target's position as the row answers it.
     pub current: Position,
     /// Names the change for each use, built only when needed.
-    pub what: &'a dyn Fn(WhatFor) -> Result<String, E>,
+    pub what: &'a (dyn Fn(WhatFor) -> Result<String, E> + Sync),
 }
 
 impl<E> std::fmt::Debug for ApplyCall<'_, E> {
