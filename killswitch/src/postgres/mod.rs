@@ -82,7 +82,7 @@ const APPLY: &str = "SELECT o_status AS status, o_engaged AS engaged, o_reason A
                      o_approval_id AS approval_id, o_expires_at AS expires_at, o_break_glass AS break_glass \
                      FROM kill_switch_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 /// Where `kill_switch_apply` answers a pending approval and a broken glass.
-const COLUMNS: ApplyColumns = ApplyColumns {
+const APPLY_COLUMNS: ApplyColumns = ApplyColumns {
     pending_id: "approval_id",
     expires_at: "expires_at",
     break_glass: Some("break_glass"),
@@ -251,7 +251,7 @@ impl PostgresKillSwitchStore {
             current: state.position,
             what: &what,
         };
-        match call.decode(&row, &COLUMNS)? {
+        match call.decode(&row, &APPLY_COLUMNS)? {
             Verdict::Applied { replayed: true } => return Ok(Applied::replayed(state)),
             Verdict::Applied { replayed: false } => {}
             Verdict::Control(status) => return Err(unexpected_status(op, &status).into()),
