@@ -19,7 +19,9 @@
 //! [`unexpected_status`].
 
 use crate::authority::{counted, other_change, refusal_from_status};
-use crate::{ChangeRef, DbError, DbErrorKind, PendingApproval, Position, Precondition, Refusal};
+use crate::{
+    Audit, ChangeRef, DbError, DbErrorKind, PendingApproval, Position, Precondition, Refusal,
+};
 use std::time::SystemTime;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -176,6 +178,26 @@ pub struct ApplyCall<'a, E> {
     pub current: Position,
     /// Names the change for each use, built only when needed.
     pub what: &'a (dyn Fn(WhatFor) -> Result<String, E> + Sync),
+}
+
+impl<'a, E> ApplyCall<'a, E> {
+    /// The call `audit` made (its actor, request id and precondition) for approval
+    /// `action`, answered at position `current`.
+    pub fn new(
+        action: &'static str,
+        audit: &'a Audit,
+        current: Position,
+        what: &'a (dyn Fn(WhatFor) -> Result<String, E> + Sync),
+    ) -> Self {
+        Self {
+            action,
+            actor: audit.actor(),
+            request_id: audit.request_id(),
+            precondition: audit.precondition(),
+            current,
+            what,
+        }
+    }
 }
 
 impl<E> std::fmt::Debug for ApplyCall<'_, E> {
@@ -350,47 +372,44 @@ mod tests {
 
     #[test]
     fn authority_statuses_are_refusals_naming_the_change_in_force() {
-        let failed = Answer {
-            other: Some(bob()),
-            ..answer("precondition_failed")
-        };
-        assert_eq!(
-            decide(failed),
-            Err(Gated::Refused(Refusal::PreconditionFailed {
-                what: "Refusal".into(),
-                expected: Position(7),
-                current: bob(),
-            }))
-        );
-        assert_eq!(
-            decide(answer("precondition_required")),
-            Err(Gated::Refused(Refusal::PreconditionRequired {
-                what: "Refusal".into(),
-                current: Position(9),
-            }))
-        );
-        let superseded = Answer {
-            other: Some(bob()),
-            ..answer("superseded")
-        };
-        assert_eq!(
-            decide(superseded),
-            Err(Gated::Refused(Refusal::Superseded {
-                request_id: Uuid::nil(),
-                by: bob(),
-            }))
-        );
-        let reused = Answer {
-            other: Some(bob()),
-            ..answer("request_reused")
-        };
-        assert_eq!(
-            decide(reused),
-            Err(Gated::Refused(Refusal::RequestReused {
-                request_id: Uuid::nil(),
-                previous: "engage by ops:bob".into(),
-            }))
-        );
+        let table = [
+            (
+                "precondition_failed",
+                Refusal::PreconditionFailed {
+                    what: "Refusal".into(),
+                    expected: Position(7),
+                    current: bob(),
+                },
+            ),
+            (
+                "precondition_required",
+                Refusal::PreconditionRequired {
+                    what: "Refusal".into(),
+                    current: Position(9),
+                },
+            ),
+            (
+                "superseded",
+                Refusal::Superseded {
+                    request_id: Uuid::nil(),
+                    by: bob(),
+                },
+            ),
+            (
+                "request_reused",
+                Refusal::RequestReused {
+                    request_id: Uuid::nil(),
+                    previous: "engage by ops:bob".into(),
+                },
+            ),
+        ];
+        for (status, refusal) in table {
+            let named = Answer {
+                other: Some(bob()),
+                ..answer(status)
+            };
+            assert_eq!(decide(named), Err(Gated::Refused(refusal)), "{status}");
+        }
     }
 
     #[test]

@@ -243,14 +243,7 @@ impl PostgresKillSwitchStore {
                 WhatFor::Refusal => describe(action).into(),
             })
         };
-        let call = ApplyCall {
-            action: "kill-switch.disengage",
-            actor: audit.actor(),
-            request_id,
-            precondition,
-            current: state.position,
-            what: &what,
-        };
+        let call = ApplyCall::new("kill-switch.disengage", audit, state.position, &what);
         match call.decode(&row, &APPLY_COLUMNS)? {
             Verdict::Applied { replayed: true } => return Ok(Applied::replayed(state)),
             Verdict::Applied { replayed: false } => {}

@@ -349,14 +349,7 @@ impl PostgresScopeStore {
         let state = state_from(OP, &row)?;
         let what = relax_what(target, state.mode, to);
         let name = |_| -> Result<String, Error> { Ok(what.clone()) };
-        let call = ApplyCall {
-            action: APPROVAL_ACTION,
-            actor: audit.actor(),
-            request_id,
-            precondition,
-            current: state.position,
-            what: &name,
-        };
+        let call = ApplyCall::new(APPROVAL_ACTION, audit, state.position, &name);
         match call.decode(&row, &APPLY_COLUMNS)? {
             Verdict::Applied { replayed: true } => return Ok(Applied::replayed(state)),
             Verdict::Applied { replayed: false } => {}

@@ -569,14 +569,8 @@ impl PostgresSymbolModeStore {
             }
             .describe())
         };
-        let call = ApplyCall {
-            action: approval_action,
-            actor: audit.actor(),
-            request_id,
-            precondition,
-            current: Position::from_i64(row.get::<_, Option<i64>>("target").unwrap_or(0)),
-            what: &what,
-        };
+        let target = Position::from_i64(row.get::<_, Option<i64>>("target").unwrap_or(0));
+        let call = ApplyCall::new(approval_action, audit, target, &what);
         match call.decode(&row, &APPLY_COLUMNS)? {
             Verdict::Applied { replayed: true } => {
                 Ok(Some(Applied::replayed(event_from(op, &row)?)))
