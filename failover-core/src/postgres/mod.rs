@@ -1,7 +1,9 @@
 //! PostgreSQL machinery shared by every store (feature `postgres`): settings from
 //! env, a deserialized [`PgConfig`] or a builder, TLS, a failover-aware pool, error classification, embedded
-//! migrations and a reconnecting LISTEN/NOTIFY listener.
+//! migrations, a reconnecting LISTEN/NOTIFY listener, and the decoder of the answer
+//! every control's apply function gives ([`ApplyCall`]).
 
+mod apply;
 mod connect;
 mod diagnose;
 mod error;
@@ -16,6 +18,7 @@ mod switchover;
 mod tls;
 
 pub use crate::errors::{Blocker, ConfigError, DbError, DbErrorKind, Reach};
+pub use apply::{unexpected_status, Answer, ApplyCall, ApplyColumns, Gated, Verdict, WhatFor};
 pub use connect::DedicatedConnection;
 pub use diagnose::{AnsweredBy, Headroom};
 pub use error::{classify, classify_sqlstate, db_error, describe as describe_error};

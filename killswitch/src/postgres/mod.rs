@@ -15,12 +15,11 @@
 
 use crate::{
     describe, validate, Action, Applied, Audit, Authority, Error, KillSwitchEvent, KillSwitchState,
-    KillSwitchStore, Position, Refusal,
+    KillSwitchStore, Position,
 };
-use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
-    reload_when_newer, ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool,
-    Reload,
+    reload_when_newer, unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration,
+    Notified, PgChangeFeed, PgFeedStore, PgPool, Reload, Verdict, WhatFor,
 };
 use std::sync::Arc;
 use tokio_postgres::types::Type;
@@ -82,6 +81,12 @@ const APPLY: &str = "SELECT o_status AS status, o_engaged AS engaged, o_reason A
                      o_other_actor AS other_actor, o_other_action AS other_what, o_other_at AS other_at, \
                      o_approval_id AS approval_id, o_expires_at AS expires_at, o_break_glass AS break_glass \
                      FROM kill_switch_apply($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// Where `kill_switch_apply` answers a pending approval and a broken glass.
+const APPLY_COLUMNS: ApplyColumns = ApplyColumns {
+    pending_id: "approval_id",
+    expires_at: "expires_at",
+    break_glass: Some("break_glass"),
+};
 const HISTORY: &str =
     "SELECT version, position, request_id, action, engaged, reason, actor, ticket, at, login, authority, \
                        approval_id, break_glass \
@@ -178,6 +183,7 @@ impl PgStore for PostgresKillSwitchStore {
 }
 
 failover_core::pg_store_inherent!(PostgresKillSwitchStore);
+failover_core::impl_from_gated!(Error);
 
 impl PgFeedStore for PostgresKillSwitchStore {
     type Item = KillSwitchState;
@@ -227,51 +233,21 @@ impl PostgresKillSwitchStore {
             )
             .await
             .map_err(|e| Error::from(e.during_write()))?;
-        let status: String = row.get("status");
         let state = state_from(&row);
-        match status.as_str() {
-            "pending" => {
-                return Err(Error::PendingApproval(failover_core::PendingApproval {
-                    id: row.get("approval_id"),
-                    action: "kill-switch.disengage".into(),
-                    what: format!("disengage the kill switch (engaged: {})", state.reason),
-                    expires_at: row.get("expires_at"),
-                }))
-            }
-            "request_closed" => {
-                return Err(failover_core::authority::counted(Refusal::RequestReused {
-                    request_id,
-                    previous: format!(
-                        "an approval request that is now {}",
-                        row.get::<_, Option<String>>("other_what")
-                            .unwrap_or_default()
-                    ),
-                })
-                .into())
-            }
-            "applied" if row.get::<_, Option<bool>>("break_glass") == Some(true) => {
-                failover_core::approvals::break_glass_applied(
-                    "kill-switch.disengage",
-                    "disengage the kill switch",
-                    audit.actor(),
-                    request_id,
-                );
-            }
-            _ => {}
-        }
-        let other = other_change(&row);
-        if let Some(refusal) = refusal_from_status(
-            &status,
-            describe(action),
-            request_id,
-            precondition,
-            state.position,
-            other,
-        ) {
-            return Err(refusal.into());
-        }
-        if status == "replayed" {
-            return Ok(Applied::replayed(state));
+        let what = |what_for| -> Result<String, Error> {
+            Ok(match what_for {
+                WhatFor::Approval => {
+                    format!("disengage the kill switch (engaged: {})", state.reason)
+                }
+                WhatFor::BreakGlass => "disengage the kill switch".into(),
+                WhatFor::Refusal => describe(action).into(),
+            })
+        };
+        let call = ApplyCall::new("kill-switch.disengage", audit, state.position, &what);
+        match call.decode(&row, &APPLY_COLUMNS)? {
+            Verdict::Applied { replayed: true } => return Ok(Applied::replayed(state)),
+            Verdict::Applied { replayed: false } => {}
+            Verdict::Control(status) => return Err(unexpected_status(op, &status).into()),
         }
         self.changes.feed().publish(state.clone());
         Ok(Applied::new(state))

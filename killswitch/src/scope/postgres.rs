@@ -17,11 +17,11 @@ use super::{
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
-    ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool, PgStore, Reload,
+    unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration, Notified, PgChangeFeed,
+    PgFeedStore, PgPool, PgStore, Reload, Verdict,
 };
 use failover_core::{
     Applied, Audit, AuditError, Authority, ChangeRef, DbError, DbErrorKind, Position, Precondition,
-    Refusal,
 };
 use std::sync::Arc;
 use tokio_postgres::types::Type;
@@ -42,6 +42,12 @@ const APPLY: &str =
     o_approval_id AS approval_id, o_expires_at AS expires_at, o_break_glass AS break_glass, \
     o_version AS version, o_since_event AS since_event \
     FROM scope_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+/// Where `scope_apply` answers a pending approval and a broken glass.
+const APPLY_COLUMNS: ApplyColumns = ApplyColumns {
+    pending_id: "approval_id",
+    expires_at: "expires_at",
+    break_glass: Some("break_glass"),
+};
 const COLUMNS: &str = "path, mode, reason, updated_by, ticket, updated_at, created_by, position";
 const EFFECTIVE: &str = "SELECT o_path AS path, o_own AS own, o_effective AS effective, \
     o_root AS root, o_decided_by AS decided_by, o_actor AS actor, o_reason AS reason, \
@@ -212,6 +218,7 @@ impl PgStore for PostgresScopeStore {
 }
 
 failover_core::pg_store_inherent!(PostgresScopeStore);
+failover_core::impl_from_gated!(Error);
 
 impl PgFeedStore for PostgresScopeStore {
     type Item = ScopeChange;
@@ -341,73 +348,36 @@ impl PostgresScopeStore {
         }
         let state = state_from(OP, &row)?;
         let what = relax_what(target, state.mode, to);
-        match status.as_str() {
-            // `scope_apply` checks the step before the precondition; a state that
-            // moved since the caller read it is named first, as in memory.
-            "step_too_large" if matches!(precondition, Precondition::At(seen) if seen != state.position) =>
-            {
-                let other = self.event_at(state.position).await?;
-                let moved = refusal_from_status(
-                    "precondition_failed",
-                    &what,
-                    request_id,
-                    precondition,
-                    state.position,
-                    other,
-                );
-                return Err(moved.map_or_else(|| db_error(OP, status.clone()), Error::from));
+        let name = |_| -> Result<String, Error> { Ok(what.clone()) };
+        let call = ApplyCall::new(APPROVAL_ACTION, audit, state.position, &name);
+        match call.decode(&row, &APPLY_COLUMNS)? {
+            Verdict::Applied { replayed: true } => return Ok(Applied::replayed(state)),
+            Verdict::Applied { replayed: false } => {}
+            Verdict::Control(status) => {
+                return Err(match status.as_str() {
+                    // `scope_apply` checks the step before the precondition; a state that
+                    // moved since the caller read it is named first, as in memory.
+                    "step_too_large" if matches!(precondition, Precondition::At(seen) if seen != state.position) =>
+                    {
+                        let other = self.event_at(state.position).await?;
+                        let moved = refusal_from_status(
+                            "precondition_failed",
+                            &what,
+                            request_id,
+                            precondition,
+                            state.position,
+                            other,
+                        );
+                        moved.map_or_else(|| db_error(OP, status.clone()), Error::from)
+                    }
+                    "step_too_large" => Error::StepTooLarge {
+                        path: target.clone(),
+                        from: state.mode,
+                        to,
+                    },
+                    s => unexpected_status(OP, s).into(),
+                });
             }
-            "step_too_large" => {
-                return Err(Error::StepTooLarge {
-                    path: target.clone(),
-                    from: state.mode,
-                    to,
-                })
-            }
-            "pending" => {
-                return Err(Error::PendingApproval(failover_core::PendingApproval {
-                    id: row.get("approval_id"),
-                    action: APPROVAL_ACTION.into(),
-                    what,
-                    expires_at: row.get("expires_at"),
-                }))
-            }
-            "request_closed" => {
-                return Err(failover_core::authority::counted(Refusal::RequestReused {
-                    request_id,
-                    previous: format!("an approval request that is now {}", other_what()),
-                })
-                .into())
-            }
-            _ => {}
-        }
-        if let Some(refusal) = refusal_from_status(
-            &status,
-            &what,
-            request_id,
-            precondition,
-            state.position,
-            other_change(&row),
-        ) {
-            return Err(refusal.into());
-        }
-        match status.as_str() {
-            "replayed" => return Ok(Applied::replayed(state)),
-            "applied" => {}
-            s => {
-                return Err(db_error(
-                    OP,
-                    format!("unexpected status {s:?}: the scope functions and this library disagree; run the migrations of this version"),
-                ))
-            }
-        }
-        if row.get::<_, Option<bool>>("break_glass") == Some(true) {
-            failover_core::approvals::break_glass_applied(
-                APPROVAL_ACTION,
-                &what,
-                audit.actor(),
-                request_id,
-            );
         }
         let version = row.get::<_, Option<i64>>("version").unwrap_or(0).max(0) as u64;
         self.changes.feed().publish(ScopeChange {

@@ -27,10 +27,10 @@ use crate::{
     RegisteredSymbol, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, Throttle,
     ThrottleState, VenueState,
 };
-use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
-    hub, hub::HubSubscription, ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed,
-    PgFeedStore, PgPool, Reload,
+    hub, hub::HubSubscription, unexpected_status, ApplyCall, ApplyColumns, ListenEvent,
+    ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool, Reload, Verdict,
+    WhatFor,
 };
 use failover_core::{DbError, DbErrorKind, Position};
 use std::sync::Arc;
@@ -150,6 +150,13 @@ const APPLY: &str = "SELECT o_status AS status, o_version AS version, o_position
        o_from_rate AS from_rate, o_from_burst AS from_burst, o_to_rate AS to_rate, \
        o_to_burst AS to_burst \
      FROM symbol_mode_apply($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) a";
+/// Where `symbol_mode_apply` answers a pending approval (its request id and expiry);
+/// a broken glass is its own status, `applied_break_glass`.
+const APPLY_COLUMNS: ApplyColumns = ApplyColumns {
+    pending_id: "request_id",
+    expires_at: "at",
+    break_glass: None,
+};
 const HISTORY: &str = "SELECT version, position, request_id, command, symbol, from_mode, to_mode, \
        withdrawals_halted, new_strategies_disabled, reason, actor, ticket, at, login, authority, \
        from_rate, from_burst, to_rate, to_burst, approval_id, break_glass \
@@ -354,6 +361,7 @@ impl PgStore for PostgresSymbolModeStore {
 }
 
 failover_core::pg_store_inherent!(PostgresSymbolModeStore);
+failover_core::impl_from_gated!(Error);
 
 /// The delta a `symbol_mode_changed` notification carries.
 #[derive(Debug, serde::Deserialize)]
@@ -522,7 +530,6 @@ impl PostgresSymbolModeStore {
             )
             .await
             .map_err(|e| Error::from(e.during_write()))?;
-        let status: String = row.get("status");
         let from = || -> Result<SymbolMode, Error> {
             mode(
                 op,
@@ -536,100 +543,76 @@ impl PostgresSymbolModeStore {
             CommandKind::NewStrategiesHalt => "strategies.enable-new",
             _ => "throttle.relax",
         };
-        match status.as_str() {
-            "pending" => Err(Error::PendingApproval(failover_core::PendingApproval {
-                id: row.get("request_id"),
-                action: approval_action.into(),
-                what: approval_what(kind, symbol, to, withdrawals, limit, &row),
-                expires_at: row.get("at"),
-            })),
-            "request_closed" => Err(failover_core::authority::counted(
-                failover_core::Refusal::RequestReused {
-                    request_id,
-                    previous: format!(
-                        "an approval request that is now {}",
-                        row.get::<_, Option<String>>("other_what")
-                            .unwrap_or_default()
-                    ),
+        let what = |what_for| -> Result<String, Error> {
+            if what_for == WhatFor::Approval {
+                return Ok(approval_what(kind, symbol, to, withdrawals, limit, &row));
+            }
+            Ok(match (symbol, to, withdrawals) {
+                (_, _, Some(on)) if kind == CommandKind::NewStrategiesHalt => {
+                    Command::NewStrategiesHalt { on }
+                }
+                _ if kind == CommandKind::SetThrottle => Command::SetThrottle {
+                    symbol: symbol.unwrap_or_default().to_owned(),
+                    from: throttle(op, row.get("from_rate"), row.get("from_burst"))?,
+                    to: limit,
                 },
-            )
-            .into()),
-            "applied_break_glass" => {
+                (Some(s), Some(to), _) => Command::SetSymbolMode {
+                    symbol: s.to_owned(),
+                    from: from()?,
+                    to,
+                },
+                (None, Some(to), _) => Command::SetGlobalMode { from: from()?, to },
+                (_, _, Some(on)) => Command::WithdrawalsHalt { on },
+                _ => Command::CancelAll {
+                    symbol: symbol.unwrap_or_default().to_owned(),
+                },
+            }
+            .describe())
+        };
+        let target = Position::from_i64(row.get::<_, Option<i64>>("target").unwrap_or(0));
+        let call = ApplyCall::new(approval_action, audit, target, &what);
+        match call.decode(&row, &APPLY_COLUMNS)? {
+            Verdict::Applied { replayed: true } => {
+                Ok(Some(Applied::replayed(event_from(op, &row)?)))
+            }
+            Verdict::Applied { replayed: false } => {
                 let event = event_from(op, &row)?;
-                failover_core::approvals::break_glass_applied(
-                    approval_action,
-                    &event.command.describe(),
-                    audit.actor(),
-                    request_id,
-                );
                 self.changes.feed().publish(ModeChange::at(event.position));
                 Ok(Some(Applied::new(event)))
             }
-            "applied" => {
-                let event = event_from(op, &row)?;
-                self.changes.feed().publish(ModeChange::at(event.position));
-                Ok(Some(Applied::new(event)))
-            }
-            "replayed" => Ok(Some(Applied::replayed(event_from(op, &row)?))),
-            "unchanged" => Ok(None),
-            "unknown_symbol" => {
-                let asked = symbol.unwrap_or_default();
-                let known = self.symbols().await.unwrap_or_default();
-                Err(Error::UnknownSymbol {
-                    symbol: asked.to_owned(),
-                    did_you_mean: near_match(asked, known.iter().map(|r| r.symbol.as_str())),
-                })
-            }
-            "symbol_conflict" => Err(Error::SymbolConflict {
-                symbol: symbol.unwrap_or_default().to_owned(),
-                registered: row.get("symbol"),
-            }),
-            "ticket_required" if kind == CommandKind::SetThrottle => {
-                let from = throttle(op, row.get("from_rate"), row.get("from_burst"))?;
-                Err(Error::InvalidAudit(
-                    failover_core::AuditError::TicketRequired {
-                        action: crate::throttle_relax_action(
-                            symbol.unwrap_or_default(),
-                            from,
-                            limit,
-                        ),
-                    },
-                ))
-            }
-            "transition_forbidden" | "ticket_required" => {
-                let (from, to) = (from()?, to.unwrap_or_default());
-                Err(transition_refusal(symbol, from, to, audit.ticket())
-                    .unwrap_or_else(|| corrupt(op, format!("the database refused {from} -> {to} ({status}) but the rules allow it"))))
-            }
-            _ => {
-                let what = match (symbol, to, withdrawals) {
-                    (_, _, Some(on)) if kind == CommandKind::NewStrategiesHalt => {
-                        Command::NewStrategiesHalt { on }
-                    }
-                    _ if kind == CommandKind::SetThrottle => Command::SetThrottle {
-                        symbol: symbol.unwrap_or_default().to_owned(),
-                        from: throttle(op, row.get("from_rate"), row.get("from_burst"))?,
-                        to: limit,
-                    },
-                    (Some(s), Some(to), _) => Command::SetSymbolMode {
-                        symbol: s.to_owned(),
-                        from: from()?,
-                        to,
-                    },
-                    (None, Some(to), _) => Command::SetGlobalMode { from: from()?, to },
-                    (_, _, Some(on)) => Command::WithdrawalsHalt { on },
-                    _ => Command::CancelAll {
-                        symbol: symbol.unwrap_or_default().to_owned(),
-                    },
+            Verdict::Control(status) => match status.as_str() {
+                "unchanged" => Ok(None),
+                "unknown_symbol" => {
+                    let asked = symbol.unwrap_or_default();
+                    let known = self.symbols().await.unwrap_or_default();
+                    Err(Error::UnknownSymbol {
+                        symbol: asked.to_owned(),
+                        did_you_mean: near_match(asked, known.iter().map(|r| r.symbol.as_str())),
+                    })
                 }
-                .describe();
-                let other = other_change(&row);
-                let target = Position::from_i64(row.get::<_, Option<i64>>("target").unwrap_or(0));
-                match refusal_from_status(&status, &what, request_id, precondition, target, other) {
-                    Some(refusal) => Err(refusal.into()),
-                    None => Err(corrupt(op, format!("unexpected status {status:?}"))),
+                "symbol_conflict" => Err(Error::SymbolConflict {
+                    symbol: symbol.unwrap_or_default().to_owned(),
+                    registered: row.get("symbol"),
+                }),
+                "ticket_required" if kind == CommandKind::SetThrottle => {
+                    let from = throttle(op, row.get("from_rate"), row.get("from_burst"))?;
+                    Err(Error::InvalidAudit(
+                        failover_core::AuditError::TicketRequired {
+                            action: crate::throttle_relax_action(
+                                symbol.unwrap_or_default(),
+                                from,
+                                limit,
+                            ),
+                        },
+                    ))
                 }
-            }
+                "transition_forbidden" | "ticket_required" => {
+                    let (from, to) = (from()?, to.unwrap_or_default());
+                    Err(transition_refusal(symbol, from, to, audit.ticket())
+                        .unwrap_or_else(|| corrupt(op, format!("the database refused {from} -> {to} ({status}) but the rules allow it"))))
+                }
+                _ => Err(unexpected_status(op, &status).into()),
+            },
         }
     }
 
