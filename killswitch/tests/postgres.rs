@@ -41,6 +41,17 @@ async fn runbook_query_returns_the_engaged_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_fails_health_at_once_then_fails_closed_and_recovers_without_restart() {
     let (cluster, db) = support::primary().await;
+    // Migrating is setup: it gets the default retry budget; the store under test
+    // keeps the tight one.
+    PostgresKillSwitchStore::new(
+        support::settings(&cluster.primary().dsn(&db))
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+    .migrate()
+    .await
+    .unwrap();
     let store = PostgresKillSwitchStore::new(
         support::settings(&cluster.primary().dsn(&db))
             .with_retry_budget(Duration::from_millis(400))
@@ -48,7 +59,6 @@ async fn outage_fails_health_at_once_then_fails_closed_and_recovers_without_rest
             .unwrap(),
     )
     .unwrap();
-    store.migrate().await.unwrap();
     let switch = KillSwitch::spawn(
         Arc::new(store),
         KillSwitchConfig::default()

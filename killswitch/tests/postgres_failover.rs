@@ -108,6 +108,13 @@ async fn a_read_only_primary_is_retryable_and_a_dsn_swap_to_the_promoted_replica
     let (cluster, db) = replicated().await;
     let primary = cluster.primary();
     let replica = cluster.replica().unwrap();
+    // Migrating is setup: it gets the default retry budget; the store under test
+    // keeps the tight one.
+    PostgresKillSwitchStore::new(support::settings(&primary.dsn(&db)).build().unwrap())
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
     let store = PostgresKillSwitchStore::new(
         support::settings(&primary.dsn(&db))
             .with_retry_budget(Duration::from_millis(800))
@@ -115,7 +122,6 @@ async fn a_read_only_primary_is_retryable_and_a_dsn_swap_to_the_promoted_replica
             .unwrap(),
     )
     .unwrap();
-    store.migrate().await.unwrap();
     store
         .engage(&Audit::new("ops", "before").with_ticket("CHG-2"))
         .await
