@@ -30,7 +30,8 @@ pub use settings::{
     SHARED_ENV_PREFIX,
 };
 pub use store::{
-    reload_when_newer, Interpret, Notified, PgChangeFeed, PgFeedStore, PgStore, Reload,
+    interpret_payload, reload_when_newer, Interpret, Notified, PgChangeFeed, PgFeedStore, PgStore,
+    Reload,
 };
 pub use switchover::{
     emergency_failover, parse_lsn, planned_switchover, Candidate, FailoverReport, Phase,

@@ -226,6 +226,31 @@ pub fn reload_when_newer<T>(payload: &str, held: Position) -> Notified<T> {
     }
 }
 
+/// How a control reads its notification: `decode` turns a payload carrying the
+/// change (JSON) into the item, published when newer than `held` and skipped
+/// otherwise; a bare position (`'<position>'`) is skipped when not newer, else
+/// `bare(position)` (a marker item "newer: read it"), or a reload when `bare` gives
+/// none; anything else is a reload.
+pub fn interpret_payload<T: Positioned>(
+    payload: &str,
+    held: Position,
+    decode: impl FnOnce(&str) -> Option<T>,
+    bare: impl FnOnce(Position) -> Option<T>,
+) -> Notified<T> {
+    if let Some(item) = decode(payload) {
+        return if item.position() <= held {
+            Notified::Skip
+        } else {
+            Notified::Item(item)
+        };
+    }
+    match payload.parse::<u64>() {
+        Ok(p) if Position(p) <= held => Notified::Skip,
+        Ok(p) => bare(Position(p)).map_or(Notified::Reload, Notified::Item),
+        Err(_) => Notified::Reload,
+    }
+}
+
 impl<T: Positioned + Clone + Send + Sync + 'static> PgChangeFeed<T> {
     /// A feed over `channel` whose changes are the rows of `audit_table` (identified
     /// by its `position` column); nothing starts until the first subscription.
@@ -353,4 +378,51 @@ async fn reload_bounded<T>(reload: &Reload<T>, pool: &PgPool) -> Result<T, DbErr
         wait *= 2;
     }
     Err(last.expect("at least one attempt"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(p: &str) -> Option<Position> {
+        p.strip_prefix("{\"position\":")?
+            .strip_suffix('}')?
+            .parse()
+            .ok()
+            .map(Position)
+    }
+
+    fn kind(n: Notified<Position>) -> String {
+        match n {
+            Notified::Skip => "skip".into(),
+            Notified::Reload => "reload".into(),
+            Notified::Item(p) => format!("item {}", p.0),
+        }
+    }
+
+    /// A carried change newer than the held one is published, an older one skipped;
+    /// a bare position is a marker item only where the control has one, else a
+    /// reload; anything unreadable is a reload, never an item.
+    #[test]
+    fn a_payload_is_published_skipped_or_reloaded() {
+        let held = Position(5);
+        let marker = |p: Position| Some(p);
+        let cases = [
+            ("{\"position\":7}", true, "item 7"),
+            ("{\"position\":5}", true, "skip"),
+            ("7", true, "item 7"),
+            ("7", false, "reload"),
+            ("4", false, "skip"),
+            ("{\"position\":x}", true, "reload"),
+            ("", true, "reload"),
+        ];
+        for (payload, with_marker, want) in cases {
+            let got = if with_marker {
+                interpret_payload(payload, held, decode, marker)
+            } else {
+                interpret_payload(payload, held, decode, |_| None)
+            };
+            assert_eq!(kind(got), want, "{payload:?} (marker {with_marker})");
+        }
+    }
 }

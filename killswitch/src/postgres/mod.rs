@@ -18,7 +18,7 @@ use crate::{
     KillSwitchStore, Position,
 };
 use failover_core::postgres::{
-    reload_when_newer, unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration,
+    interpret_payload, unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration,
     Notified, PgChangeFeed, PgFeedStore, PgPool, Reload, Verdict, WhatFor,
 };
 use std::sync::Arc;
@@ -154,11 +154,12 @@ impl From<NotifiedState> for KillSwitchState {
 /// A payload with the whole state is published as is; a bare position (or anything
 /// unexpected) means "read the store" when it is newer.
 fn interpret(payload: &str, held: Position) -> Notified<KillSwitchState> {
-    match serde_json::from_str::<NotifiedState>(payload) {
-        Ok(n) if Position(n.position) <= held => Notified::Skip,
-        Ok(n) => Notified::Item(n.into()),
-        Err(_) => reload_when_newer(payload, held),
-    }
+    let decode = |p: &str| {
+        serde_json::from_str::<NotifiedState>(p)
+            .ok()
+            .map(Into::into)
+    };
+    interpret_payload(payload, held, decode, |_| None)
 }
 
 impl PgStore for PostgresKillSwitchStore {

@@ -17,8 +17,8 @@ use super::{
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
-    unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration, Notified, PgChangeFeed,
-    PgFeedStore, PgPool, PgStore, Reload, Verdict,
+    interpret_payload, unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration,
+    Notified, PgChangeFeed, PgFeedStore, PgPool, PgStore, Reload, Verdict,
 };
 use failover_core::{
     Applied, Audit, AuditError, Authority, ChangeRef, DbError, DbErrorKind, Position, Precondition,
@@ -179,21 +179,8 @@ impl NotifiedDelta {
 
 /// A payload with the delta is published as is; a bare position means "newer".
 fn interpret(payload: &str, held: Position) -> Notified<ScopeChange> {
-    if let Some(change) = serde_json::from_str::<NotifiedDelta>(payload)
-        .ok()
-        .and_then(NotifiedDelta::change)
-    {
-        return if change.position <= held {
-            Notified::Skip
-        } else {
-            Notified::Item(change)
-        };
-    }
-    match payload.parse::<u64>() {
-        Ok(p) if Position(p) <= held => Notified::Skip,
-        Ok(p) => Notified::Item(ScopeChange::at(Position(p))),
-        Err(_) => Notified::Reload,
-    }
+    let decode = |p: &str| serde_json::from_str::<NotifiedDelta>(p).ok()?.change();
+    interpret_payload(payload, held, decode, |p| Some(ScopeChange::at(p)))
 }
 
 impl PgStore for PostgresScopeStore {

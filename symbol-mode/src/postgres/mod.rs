@@ -28,9 +28,9 @@ use crate::{
     ThrottleState, VenueState,
 };
 use failover_core::postgres::{
-    hub, hub::HubSubscription, unexpected_status, ApplyCall, ApplyColumns, ListenEvent,
-    ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool, Reload, Verdict,
-    WhatFor,
+    hub, hub::HubSubscription, interpret_payload, unexpected_status, ApplyCall, ApplyColumns,
+    ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool, Reload,
+    Verdict, WhatFor,
 };
 use failover_core::{DbError, DbErrorKind, Position};
 use std::sync::Arc;
@@ -420,21 +420,8 @@ impl NotifiedDelta {
 
 /// A payload with the delta is published as is; a bare position means "newer".
 fn interpret(payload: &str, held: Position) -> Notified<ModeChange> {
-    if let Some(change) = serde_json::from_str::<NotifiedDelta>(payload)
-        .ok()
-        .and_then(NotifiedDelta::change)
-    {
-        return if change.position <= held {
-            Notified::Skip
-        } else {
-            Notified::Item(change)
-        };
-    }
-    match payload.parse::<u64>() {
-        Ok(p) if Position(p) <= held => Notified::Skip,
-        Ok(p) => Notified::Item(ModeChange::at(Position(p))),
-        Err(_) => Notified::Reload,
-    }
+    let decode = |p: &str| serde_json::from_str::<NotifiedDelta>(p).ok()?.change();
+    interpret_payload(payload, held, decode, |p| Some(ModeChange::at(p)))
 }
 
 impl PgFeedStore for PostgresSymbolModeStore {
