@@ -9,10 +9,10 @@
 //!   [receipt](crate::receipt) reported to `safetyctl … --wait`;
 //! * [`handle_health!`](crate::handle_health): the handle's `health`,
 //!   `health_source` and [`HealthSource`](crate::HealthSource) implementation, from
-//!   its [watcher](crate::watcher);
+//!   its [watcher];
 //! * [`HandleState`] and [`start`]: how the handle's state follows its store. The
 //!   handle says how a read applies to its state; [`start`] validates the settings
-//!   and runs the [watcher](crate::watcher) over the store and that state;
+//!   and runs the [watcher] over the store and that state;
 //!   [`must_start`] is the `spawn` that refuses contradicting settings by panicking;
 //! * [`lock`]: a mutex lock that survives a panicked holder.
 //!
