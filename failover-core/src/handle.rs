@@ -113,8 +113,8 @@ pub type StoreItem<S> = <<S as HandleState>::Store as FeedSource>::Item;
 /// A handle's state as its watcher keeps it: what the hot path reads (an atomic
 /// word, a snapshot, a tree of gates) and how a read of the store applies to it.
 /// Implemented by the state every clone of a handle shares; [`start`] runs the
-/// watcher over it. Every method but `read` and `resolve` is called by the watcher
-/// task only, never by the order path.
+/// watcher over it. None of these methods is for the order path: the watcher task
+/// calls them, and the handle's cold-path methods (`ready`, `with_receipts`).
 #[async_trait::async_trait]
 pub trait HandleState: Send + Sync + 'static {
     /// The store the state follows (its reads, change feed, history and reachability).
