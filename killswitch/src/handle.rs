@@ -21,9 +21,9 @@
 //! `operational` when reads and push both work.
 
 use crate::{Error, KillSwitchState, KillSwitchStore, HEALTH_COMPONENT};
-use failover_core::handle::{lock, Published};
+use failover_core::handle::{self, lock, HandleState, Published};
 use failover_core::receipt::Receipts;
-use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
+use failover_core::watcher::{WatchConfig, Watcher};
 use failover_core::Position;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,10 +125,7 @@ impl KillSwitch {
     /// When the settings contradict each other (see [`try_spawn`](Self::try_spawn)):
     /// a configuration defect, refused at start-up rather than run unsafely.
     pub fn spawn(store: Arc<dyn KillSwitchStore>, config: KillSwitchConfig) -> Self {
-        match Self::try_spawn(store, config) {
-            Ok(handle) => handle,
-            Err(e) => panic!("{e}"),
-        }
+        handle::must_start(Self::try_spawn(store, config))
     }
 
     /// Like [`spawn`](Self::spawn), refusing settings that contradict each other: a
@@ -138,7 +135,6 @@ impl KillSwitch {
         store: Arc<dyn KillSwitchStore>,
         config: KillSwitchConfig,
     ) -> Result<Self, failover_core::WatchConfigError> {
-        config.validate(store.retry_budget())?;
         let (trading, _) = watch::channel(Trading::Halted(Halt::NotLoaded));
         let shared = Arc::new(Shared {
             word: AtomicU8::new(NOT_LOADED),
@@ -146,11 +142,7 @@ impl KillSwitch {
             trading,
             published: Published::new(),
         });
-        let watched = Arc::new(Source {
-            store,
-            shared: shared.clone(),
-        });
-        let watcher = watcher::spawn(HEALTH_COMPONENT, config, watched);
+        let watcher = handle::start(HEALTH_COMPONENT, store, shared.clone(), config)?;
         Ok(Self {
             shared,
             watcher: Arc::new(watcher),
@@ -190,8 +182,7 @@ impl KillSwitch {
     /// (then [`trading`](Self::trading) says what the hot path answers); the same
     /// rule as every handle of the family (`SymbolModes::ready`).
     pub async fn ready(&self, timeout: Duration) -> bool {
-        let loaded = || self.shared.word.load(Ordering::Acquire) != NOT_LOADED;
-        self.shared.published.ready(timeout, loaded).await
+        self.shared.ready(timeout).await
     }
 
     /// A snapshot for admin pages (takes a lock; not for the order path).
@@ -210,10 +201,7 @@ impl KillSwitch {
     /// `safetyctl kill-switch engage --wait` counts. Call once per handle.
     #[must_use]
     pub fn with_receipts(self, receipts: &Receipts) -> Self {
-        let held = || lock(&self.shared.state).as_ref().map(|s| s.position);
-        self.shared
-            .published
-            .install_receipts(receipts, HEALTH_COMPONENT, held);
+        self.shared.install_receipts(receipts, HEALTH_COMPONENT);
         self
     }
 }
@@ -232,50 +220,47 @@ impl Shared {
             self.trading.send_replace(trading);
         }
     }
+}
 
-    /// Adopts a read the watcher ordered (it may be older than the held one when the
-    /// held change was lost), and leaves any stale state.
-    fn adopt(&self, state: KillSwitchState) {
+/// The kill switch's state as the watcher keeps it: a pushed item is a whole state.
+#[async_trait::async_trait]
+impl HandleState for Shared {
+    type Store = dyn KillSwitchStore;
+    type State = KillSwitchState;
+
+    async fn read(&self, store: &dyn KillSwitchStore) -> Result<KillSwitchState, Error> {
+        store.load().await
+    }
+
+    async fn resolve(
+        &self,
+        _store: &dyn KillSwitchStore,
+        pushed: KillSwitchState,
+    ) -> Result<Option<KillSwitchState>, Error> {
+        Ok(Some(pushed))
+    }
+
+    fn held(&self) -> Option<Position> {
+        lock(&self.state).as_ref().map(|s| s.position)
+    }
+
+    fn adopt(self: &Arc<Self>, state: KillSwitchState) {
         let (engaged, position) = (state.engaged, state.position);
         *lock(&self.state) = Some(state);
         self.set_word(if engaged { ENGAGED } else { RUNNING });
         // The kill switch has no version of its own: its position orders its states.
         self.published.announce(position.0, position);
     }
-}
-
-/// The store as the watcher sees it.
-struct Source {
-    store: Arc<dyn KillSwitchStore>,
-    shared: Arc<Shared>,
-}
-
-#[async_trait::async_trait]
-impl Watched for Source {
-    type Store = dyn KillSwitchStore;
-    type State = KillSwitchState;
-
-    fn store(&self) -> &dyn KillSwitchStore {
-        &*self.store
-    }
-
-    async fn read(&self) -> Result<KillSwitchState, Error> {
-        self.store.load().await
-    }
-
-    async fn resolve(&self, pushed: KillSwitchState) -> Result<Option<KillSwitchState>, Error> {
-        Ok(Some(pushed))
-    }
-
-    fn held(&self) -> Option<Position> {
-        lock(&self.shared.state).as_ref().map(|s| s.position)
-    }
-
-    fn adopt(&self, state: KillSwitchState) {
-        self.shared.adopt(state);
-    }
 
     fn fail_closed(&self) {
-        self.shared.set_word(STALE);
+        self.set_word(STALE);
+    }
+
+    fn published(&self) -> &Published {
+        &self.published
+    }
+
+    fn loaded(&self) -> bool {
+        self.word.load(Ordering::Acquire) != NOT_LOADED
     }
 }

@@ -43,9 +43,9 @@ use crate::{
 };
 use arc_swap::ArcSwap;
 use failover_core::clock::CoarseClock;
-use failover_core::handle::{lock, Published};
+use failover_core::handle::{self, lock, HandleState, Published};
 use failover_core::receipt::Receipts;
-use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
+use failover_core::watcher::{WatchConfig, Watcher};
 use failover_core::Position;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -302,10 +302,7 @@ impl SymbolModes {
     /// When the settings contradict each other (see [`try_spawn`](Self::try_spawn)):
     /// a configuration defect, refused at start-up rather than run unsafely.
     pub fn spawn(store: Arc<dyn SymbolModeStore>, config: SymbolModesConfig) -> Self {
-        match Self::try_spawn(store, config) {
-            Ok(handle) => handle,
-            Err(e) => panic!("{e}"),
-        }
+        handle::must_start(Self::try_spawn(store, config))
     }
 
     /// Like [`spawn`](Self::spawn), refusing settings that contradict each other: a
@@ -315,7 +312,6 @@ impl SymbolModes {
         store: Arc<dyn SymbolModeStore>,
         config: SymbolModesConfig,
     ) -> Result<Self, failover_core::WatchConfigError> {
-        config.validate(store.retry_budget())?;
         let shared = Arc::new(Shared {
             word: AtomicU8::new(NOT_LOADED),
             snapshot: Arc::new(ArcSwap::from_pointee(ModeSnapshot::default())),
@@ -325,11 +321,7 @@ impl SymbolModes {
             clock: OnceLock::new(),
             limited: AtomicUsize::new(0),
         });
-        let watched = Arc::new(Source {
-            store,
-            shared: shared.clone(),
-        });
-        let watcher = watcher::spawn(HEALTH_COMPONENT, config, watched);
+        let watcher = handle::start(HEALTH_COMPONENT, store, shared.clone(), config)?;
         Ok(Self {
             shared,
             watcher: Arc::new(watcher),
@@ -486,8 +478,7 @@ impl SymbolModes {
 
     /// Waits until the first load succeeded, bounded by `timeout`. True when loaded.
     pub async fn ready(&self, timeout: Duration) -> bool {
-        let loaded = || self.shared.word.load(Ordering::Acquire) != NOT_LOADED;
-        self.shared.published.ready(timeout, loaded).await
+        self.shared.ready(timeout).await
     }
 
     /// Waits until the snapshot reaches `version` (e.g. the version an admin command
@@ -525,13 +516,7 @@ impl SymbolModes {
     /// path: what `safetyctl mode set … --wait` counts. Call once per handle.
     #[must_use]
     pub fn with_receipts(self, receipts: &Receipts) -> Self {
-        let held = || {
-            (self.shared.word.load(Ordering::Acquire) != NOT_LOADED)
-                .then(|| self.shared.snapshot.load().position())
-        };
-        self.shared
-            .published
-            .install_receipts(receipts, HEALTH_COMPONENT, held);
+        self.shared.install_receipts(receipts, HEALTH_COMPONENT);
         self
     }
 }
@@ -586,14 +571,50 @@ impl Shared {
             }
         }
     }
+}
+
+/// The snapshot as the watcher keeps it: a pushed change carries its delta, applied
+/// without a read when it continues the snapshot.
+#[async_trait::async_trait]
+impl HandleState for Shared {
+    type Store = dyn SymbolModeStore;
+    type State = ModeDelta;
+
+    async fn read(&self, store: &dyn SymbolModeStore) -> Result<ModeDelta, Error> {
+        fetch(store, self).await
+    }
+
+    async fn resolve(
+        &self,
+        store: &dyn SymbolModeStore,
+        pushed: ModeChange,
+    ) -> Result<Option<ModeDelta>, Error> {
+        if self.held() == Some(pushed.position) {
+            return Ok(None);
+        }
+        // The notification's delta continues the snapshot: apply it without a read.
+        if let Some(delta) = pushed.delta {
+            let snapshot = self.snapshot.load();
+            if self.held().is_some() && snapshot.continues(delta.since, delta.since_event) {
+                return Ok(Some(delta));
+            }
+        }
+        // Newer, or a resync after a reconnect: read what changed after the snapshot
+        // (everything, when the store's history no longer continues it).
+        fetch(store, self).await.map(Some)
+    }
+
+    fn held(&self) -> Option<Position> {
+        self.loaded().then(|| self.snapshot.load().position())
+    }
 
     /// A successful read: apply it when it fits (a late answer must not roll back a
     /// newer snapshot), then leave any fail-closed state.
-    fn observe(&self, delta: &ModeDelta) {
+    fn adopt(self: &Arc<Self>, delta: ModeDelta) {
         let next = if self.word.load(Ordering::Acquire) == NOT_LOADED {
-            Some(ModeSnapshot::from_delta(delta))
+            Some(ModeSnapshot::from_delta(&delta))
         } else {
-            self.snapshot.load().apply(delta)
+            self.snapshot.load().apply(&delta)
         };
         match next {
             Some(next) => {
@@ -606,53 +627,16 @@ impl Shared {
             None => self.set_word(FRESH),
         }
     }
-}
-
-/// The store as the watcher sees it.
-struct Source {
-    store: Arc<dyn SymbolModeStore>,
-    shared: Arc<Shared>,
-}
-
-#[async_trait::async_trait]
-impl Watched for Source {
-    type Store = dyn SymbolModeStore;
-    type State = ModeDelta;
-
-    fn store(&self) -> &dyn SymbolModeStore {
-        &*self.store
-    }
-
-    async fn read(&self) -> Result<ModeDelta, Error> {
-        fetch(&*self.store, &self.shared).await
-    }
-
-    async fn resolve(&self, pushed: ModeChange) -> Result<Option<ModeDelta>, Error> {
-        if self.held() == Some(pushed.position) {
-            return Ok(None);
-        }
-        // The notification's delta continues the snapshot: apply it without a read.
-        if let Some(delta) = pushed.delta {
-            let snapshot = self.shared.snapshot.load();
-            if self.held().is_some() && snapshot.continues(delta.since, delta.since_event) {
-                return Ok(Some(delta));
-            }
-        }
-        // Newer, or a resync after a reconnect: read what changed after the snapshot
-        // (everything, when the store's history no longer continues it).
-        fetch(&*self.store, &self.shared).await.map(Some)
-    }
-
-    fn held(&self) -> Option<Position> {
-        (self.shared.word.load(Ordering::Acquire) != NOT_LOADED)
-            .then(|| self.shared.snapshot.load().position())
-    }
-
-    fn adopt(&self, delta: ModeDelta) {
-        self.shared.observe(&delta);
-    }
 
     fn fail_closed(&self) {
-        self.shared.set_word(STALE);
+        self.set_word(STALE);
+    }
+
+    fn published(&self) -> &Published {
+        &self.published
+    }
+
+    fn loaded(&self) -> bool {
+        self.word.load(Ordering::Acquire) != NOT_LOADED
     }
 }

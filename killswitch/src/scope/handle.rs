@@ -42,9 +42,9 @@ use super::{
     ScopeStore,
 };
 use crate::{KillSwitch, Trading};
-use failover_core::handle::{lock, Published};
+use failover_core::handle::{self, lock, HandleState, Published};
 use failover_core::receipt::Receipts;
-use failover_core::watcher::{self, WatchConfig, Watched, Watcher};
+use failover_core::watcher::{WatchConfig, Watcher};
 use failover_core::{ChangeRef, DbError, DbErrorKind, Position};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -469,36 +469,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn observe(self: &Arc<Self>, delta: &ScopeDelta) {
-        let mut tree = lock(&self.tree);
-        let was = tree.freshness;
-        let newer = tree.apply(delta);
-        tree.freshness = FRESH;
-        if was != FRESH {
-            if was == STALE {
-                tracing::info!("scopes: fresh again");
-            }
-            tree.publish_all();
-        } else if delta.since == 0 && newer {
-            tree.publish_all();
-        }
-        let (version, position) = (tree.version, tree.position);
-        drop(tree);
-        if newer {
-            self.published.announce(version, position);
-            self.fetch_details(delta);
-        }
-    }
-
-    fn fail_closed(&self) {
-        let mut tree = lock(&self.tree);
-        if tree.freshness == FRESH {
-            tracing::error!("scopes: stale, failing closed (every gate HALTED)");
-            tree.freshness = STALE;
-            tree.publish_all();
-        }
-    }
-
     fn set_root(&self, trading: Trading) {
         let mut tree = lock(&self.tree);
         tree.root_trading = Some(trading);
@@ -662,10 +632,7 @@ impl ScopeModes {
     /// [`try_spawn`](Self::try_spawn)): a configuration defect, refused at start-up
     /// rather than run unsafely.
     pub fn spawn(store: Arc<dyn ScopeStore>, root: KillSwitch, config: ScopeModesConfig) -> Self {
-        match Self::try_spawn(store, root, config) {
-            Ok(handle) => handle,
-            Err(e) => panic!("{e}"),
-        }
+        handle::must_start(Self::try_spawn(store, root, config))
     }
 
     /// Like [`spawn`](Self::spawn), refusing settings that contradict each other: a
@@ -676,7 +643,6 @@ impl ScopeModes {
         root: KillSwitch,
         config: ScopeModesConfig,
     ) -> Result<Self, failover_core::WatchConfigError> {
-        config.validate(store.retry_budget())?;
         let mut trading = root.subscribe();
         let shared = Arc::new(Shared {
             tree: Mutex::new(Tree {
@@ -687,6 +653,8 @@ impl ScopeModes {
             store: store.clone(),
             root,
         });
+        // The watcher first: when the settings are refused, nothing is left running.
+        let watcher = handle::start(SCOPE_HEALTH_COMPONENT, store, shared.clone(), config)?;
         let follower = Arc::downgrade(&shared);
         let root_task = tokio::spawn(async move {
             loop {
@@ -704,11 +672,6 @@ impl ScopeModes {
                 }
             }
         });
-        let watched = Arc::new(Source {
-            store,
-            shared: shared.clone(),
-        });
-        let watcher = watcher::spawn(SCOPE_HEALTH_COMPONENT, config, watched);
         Ok(Self {
             shared,
             running: Arc::new(Running {
@@ -791,11 +754,10 @@ impl ScopeModes {
     /// True when both are (then every gate answers what the store says).
     pub async fn ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        let loaded = || lock(&self.shared.tree).freshness != NOT_LOADED;
-        self.shared.published.ready(timeout, loaded).await;
+        self.shared.ready(timeout).await;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let root = self.shared.root.ready(remaining).await;
-        root && lock(&self.shared.tree).freshness != NOT_LOADED
+        root && self.shared.loaded()
     }
 
     /// Waits until the handle holds store version `version` (e.g. the version after
@@ -837,13 +799,8 @@ impl ScopeModes {
     /// set --wait` counts. Call once per handle.
     #[must_use]
     pub fn with_receipts(self, receipts: &Receipts) -> Self {
-        let held = || {
-            let tree = lock(&self.shared.tree);
-            (tree.freshness != NOT_LOADED).then_some(tree.position)
-        };
         self.shared
-            .published
-            .install_receipts(receipts, SCOPE_HEALTH_COMPONENT, held);
+            .install_receipts(receipts, SCOPE_HEALTH_COMPONENT);
         self
     }
 }
@@ -960,33 +917,29 @@ async fn fetch(store: &dyn ScopeStore, shared: &Shared) -> Result<ScopeDelta, Er
     }
 }
 
-/// The store as the watcher sees it.
-struct Source {
-    store: Arc<dyn ScopeStore>,
-    shared: Arc<Shared>,
-}
-
+/// The scopes as the watcher keeps them: a pushed change carries its delta, applied
+/// without a read when it continues the handle's version.
 #[async_trait::async_trait]
-impl Watched for Source {
+impl HandleState for Shared {
     type Store = dyn ScopeStore;
     type State = ScopeDelta;
 
-    fn store(&self) -> &dyn ScopeStore {
-        &*self.store
+    async fn read(&self, store: &dyn ScopeStore) -> Result<ScopeDelta, Error> {
+        fetch(store, self).await
     }
 
-    async fn read(&self) -> Result<ScopeDelta, Error> {
-        fetch(&*self.store, &self.shared).await
-    }
-
-    async fn resolve(&self, pushed: ScopeChange) -> Result<Option<ScopeDelta>, Error> {
+    async fn resolve(
+        &self,
+        store: &dyn ScopeStore,
+        pushed: ScopeChange,
+    ) -> Result<Option<ScopeDelta>, Error> {
         if self.held() == Some(pushed.position) {
             return Ok(None);
         }
         // The notification's delta continues the handle's version: apply it without
         // a read.
         if let Some(delta) = pushed.delta {
-            let tree = lock(&self.shared.tree);
+            let tree = lock(&self.tree);
             if tree.freshness != NOT_LOADED
                 && delta.since == tree.version
                 && delta.since_event == tree.head_event
@@ -994,20 +947,50 @@ impl Watched for Source {
                 return Ok(Some(delta));
             }
         }
-        fetch(&*self.store, &self.shared).await.map(Some)
+        fetch(store, self).await.map(Some)
     }
 
     fn held(&self) -> Option<Position> {
-        let tree = lock(&self.shared.tree);
+        let tree = lock(&self.tree);
         (tree.freshness != NOT_LOADED).then_some(tree.position)
     }
 
-    fn adopt(&self, delta: ScopeDelta) {
-        self.shared.observe(&delta);
+    fn adopt(self: &Arc<Self>, delta: ScopeDelta) {
+        let mut tree = lock(&self.tree);
+        let was = tree.freshness;
+        let newer = tree.apply(&delta);
+        tree.freshness = FRESH;
+        if was != FRESH {
+            if was == STALE {
+                tracing::info!("scopes: fresh again");
+            }
+            tree.publish_all();
+        } else if delta.since == 0 && newer {
+            tree.publish_all();
+        }
+        let (version, position) = (tree.version, tree.position);
+        drop(tree);
+        if newer {
+            self.published.announce(version, position);
+            self.fetch_details(&delta);
+        }
     }
 
     fn fail_closed(&self) {
-        self.shared.fail_closed();
+        let mut tree = lock(&self.tree);
+        if tree.freshness == FRESH {
+            tracing::error!("scopes: stale, failing closed (every gate HALTED)");
+            tree.freshness = STALE;
+            tree.publish_all();
+        }
+    }
+
+    fn published(&self) -> &Published {
+        &self.published
+    }
+
+    fn loaded(&self) -> bool {
+        lock(&self.tree).freshness != NOT_LOADED
     }
 }
 
