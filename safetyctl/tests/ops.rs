@@ -137,7 +137,7 @@ async fn one_shared_dsn_migrates_passes_doctor_engages_and_exports() {
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         summary["controls"],
-        serde_json::json!(["kill_switch", "symbol_mode", "lease"]),
+        serde_json::json!(["kill_switch", "scope", "symbol_mode", "lease"]),
         "{summary}"
     );
 }
