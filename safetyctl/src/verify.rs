@@ -168,7 +168,7 @@ impl Drop for ExportTarget {
 }
 
 /// Writes the log export (the header, one line per entry, then the tree head) to
-/// `out` or stdout as it is read, batch by batch, through an [`ExportTarget`], and
+/// `out` or stdout as it is read, batch by batch, through an `ExportTarget`, and
 /// prints its SHA-256 like the CSV export. `controls` are those configured (the log
 /// holds every control whose events live in the database).
 pub async fn export_log(
