@@ -163,8 +163,8 @@ impl<R: ControlRefusal> From<crate::postgres::Gated> for StoreError<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorClass;
     use crate::retry::Classify;
+    use crate::ErrorClass;
 
     /// A control with one refusal of its own.
     #[derive(Debug, Clone, thiserror::Error)]
@@ -215,7 +215,8 @@ mod tests {
 
         let config: Error = ConfigError::Missing {
             var: "TOY_DSN".into(),
-        }.into();
+        }
+        .into();
         assert!(matches!(
             config.outcome(),
             Outcome::Invalid {
@@ -243,6 +244,20 @@ mod tests {
         assert!(matches!(other.outcome(), Outcome::Failed));
         assert!(matches!(Error::Closed.outcome(), Outcome::Failed));
         assert_eq!(Error::Closed.class(), ErrorClass::Permanent);
+    }
+
+    /// An apply function's pending answer is the pending approval, its refusal the
+    /// refusal: neither reads as a failure.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn gated_answers_keep_their_meaning() {
+        use crate::postgres::Gated;
+        let refusal = Refusal::Forbidden {
+            message: "releasing a toy needs supervisor authority".into(),
+        };
+        let refused: Error = Gated::Refused(refusal.clone()).into();
+        assert!(matches!(&refused, StoreError::Refused(r) if *r == refusal));
+        assert_eq!(refused.to_string(), refusal.to_string());
     }
 
     #[test]
