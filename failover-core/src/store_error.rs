@@ -132,6 +132,13 @@ impl<R: ControlRefusal> ControlError for StoreError<R> {
     }
 }
 
+/// The control's own refusal.
+impl<R: ControlRefusal> From<R> for StoreError<R> {
+    fn from(refusal: R) -> Self {
+        Self::Control(refusal)
+    }
+}
+
 /// A refusal raised inside the write ([`Refusal::from_db`]) is [`StoreError::Refused`];
 /// otherwise the kind of the database error decides the variant.
 impl<R: ControlRefusal> From<DbError> for StoreError<R> {
@@ -203,7 +210,8 @@ mod tests {
         .into();
         assert!(matches!(refused.outcome(), Outcome::Refused(_)));
 
-        let control = Error::Control(ToyRefusal::UnknownToy("bear".into()));
+        let control: Error = ToyRefusal::UnknownToy("bear".into()).into();
+        assert!(matches!(&control, StoreError::Control(_)));
         assert!(matches!(
             control.outcome(),
             Outcome::Invalid {

@@ -575,12 +575,6 @@ impl failover_core::ControlRefusal for SymbolRefusal {
     }
 }
 
-impl From<SymbolRefusal> for Error {
-    fn from(refusal: SymbolRefusal) -> Self {
-        Self::Control(refusal)
-    }
-}
-
 impl From<SymbolError> for Error {
     fn from(e: SymbolError) -> Self {
         Self::Control(SymbolRefusal::InvalidSymbol(e))

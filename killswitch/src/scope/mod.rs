@@ -468,12 +468,6 @@ impl failover_core::ControlRefusal for ScopeRefusal {
     }
 }
 
-impl From<ScopeRefusal> for Error {
-    fn from(refusal: ScopeRefusal) -> Self {
-        Self::Control(refusal)
-    }
-}
-
 impl From<PathError> for Error {
     fn from(e: PathError) -> Self {
         Self::Control(ScopeRefusal::InvalidPath(e))
