@@ -270,32 +270,23 @@ mod tests {
 
     #[test]
     fn messages_name_the_store() {
-        let unavailable: Error = db(DbErrorKind::Unavailable).into();
-        assert!(
-            unavailable
-                .to_string()
-                .starts_with("toy box store unavailable: "),
-            "{unavailable}"
-        );
-        let locked: Error = db(DbErrorKind::Locked).into();
-        assert!(
-            locked
-                .to_string()
-                .starts_with("toy box store locked, nothing was written: "),
-            "{locked}"
-        );
-        let other: Error = db(DbErrorKind::Permanent).into();
-        assert!(
-            other.to_string().starts_with("toy box store error: "),
-            "{other}"
-        );
-        let missing: Error = db(DbErrorKind::SchemaMissing).into();
-        assert!(
-            missing.to_string().starts_with(
-                "toy_box table missing: run toy migrations (PostgresToyStore::migrate) ("
+        let starts = [
+            (DbErrorKind::Unavailable, "toy box store unavailable: "),
+            (
+                DbErrorKind::Locked,
+                "toy box store locked, nothing was written: ",
             ),
-            "{missing}"
-        );
+            (DbErrorKind::Permanent, "toy box store error: "),
+            (
+                DbErrorKind::SchemaMissing,
+                "toy_box table missing: run toy migrations (PostgresToyStore::migrate) (",
+            ),
+        ];
+        for (kind, start) in starts {
+            let text = Error::from(db(kind)).to_string();
+            assert!(text.starts_with(start), "{kind:?}: {text}");
+            assert!(text.contains("connection refused"), "{kind:?}: {text}");
+        }
         assert_eq!(Error::Closed.to_string(), "toy box store closed");
         let control = Error::Control(ToyRefusal::UnknownToy("bear".into()));
         assert_eq!(
