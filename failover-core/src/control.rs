@@ -7,8 +7,9 @@
 //! A control's error implements [`ControlError`] by naming, for each of its
 //! variants, which outcome it is; the control's own refusals (an unknown symbol, a
 //! forbidden transition, a stale fencing token) are [`Outcome::Invalid`] with their
-//! HTTP status and machine-readable code. [`impl_from_db!`](crate::impl_from_db)
-//! writes the error's `From<DbError>` for the variants every store error has.
+//! HTTP status and machine-readable code. [`StoreError`](crate::StoreError) is that
+//! error, written once: the variants every store shares and the control's own
+//! refusals.
 
 use crate::{AuditError, PendingApproval, Refusal};
 
@@ -81,44 +82,6 @@ impl Outcome<'_> {
 pub trait ControlError: std::error::Error + Send + Sync + 'static {
     /// What this error means to the caller.
     fn outcome(&self) -> Outcome<'_>;
-}
-
-/// Writes `From<DbError>` for a control's error whose enum has the variants every
-/// store error has: `Refused(Refusal)` (a refusal raised inside the write),
-/// `Unavailable { source }`, `SchemaMissing { source }`, `Locked { source }` and
-/// `Database { source }`.
-///
-/// ```
-/// use tradepulse_failover_core::{DbError, Refusal};
-///
-/// #[derive(Debug)]
-/// enum Error {
-///     Refused(Refusal),
-///     Unavailable { source: DbError },
-///     SchemaMissing { source: DbError },
-///     Locked { source: DbError },
-///     Database { source: DbError },
-/// }
-///
-/// tradepulse_failover_core::impl_from_db!(Error);
-/// ```
-#[macro_export]
-macro_rules! impl_from_db {
-    ($error:ty) => {
-        impl ::core::convert::From<$crate::DbError> for $error {
-            fn from(source: $crate::DbError) -> Self {
-                if let Some(refusal) = $crate::Refusal::from_db(&source) {
-                    return Self::Refused(refusal);
-                }
-                match source.kind() {
-                    $crate::DbErrorKind::Unavailable => Self::Unavailable { source },
-                    $crate::DbErrorKind::SchemaMissing => Self::SchemaMissing { source },
-                    $crate::DbErrorKind::Locked => Self::Locked { source },
-                    _ => Self::Database { source },
-                }
-            }
-        }
-    };
 }
 
 /// Only an unreachable store is worth retrying; everything else is a refusal, a

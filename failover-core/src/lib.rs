@@ -21,6 +21,7 @@ pub mod position;
 pub mod receipt;
 pub mod retry;
 pub mod staleness;
+pub mod store_error;
 pub mod time;
 pub mod watcher;
 
@@ -42,4 +43,5 @@ pub use position::{Position, Positioned};
 pub use receipt::{Receipt, Receipts, Reporter};
 pub use retry::{ErrorClass, RetryError, RetryPolicy};
 pub use staleness::Observed;
+pub use store_error::{ControlRefusal, StoreError};
 pub use watcher::{Freshness, WatchConfig, WatchConfigError, Watched, Watcher};

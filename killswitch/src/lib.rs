@@ -33,7 +33,6 @@ pub use scope::{
 
 pub use failover_core::{FeedSource, Position, Positioned};
 
-use failover_core::{ConfigError, DbError};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 use uuid::Uuid;
@@ -177,82 +176,36 @@ impl KillSwitchEvent {
     }
 }
 
-/// Errors of every kill switch store. Each says what happened and what to do; a
-/// refused call changed nothing.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The audit context is invalid (empty reason, control characters, too long) or
-    /// a ticket is missing for disengage.
-    #[error("refused, nothing changed: {0}")]
-    InvalidAudit(#[from] AuditError),
-    /// Refused by the authority rules: an operator relaxing, a relaxation whose
-    /// state moved or that names none, a replay superseded by a later change, a
-    /// request id reused by another actor or action.
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// The disengage needs a second supervisor's approval
-    /// ([`failover_core::approvals`]): a pending request now holds it and nothing
-    /// changed. Not an outcome to retry: approve it (another login and actor), or
-    /// break the glass.
-    #[error("{0}")]
-    PendingApproval(failover_core::PendingApproval),
-    /// The tables are missing.
-    #[error("kill_switch_state table missing: run killswitch migrations (PostgresKillSwitchStore::migrate) ({source})")]
-    SchemaMissing {
-        /// The database error.
-        source: DbError,
-    },
-    /// The database could not be reached within the retry budget. For a write the
-    /// outcome is unknown; retrying with the same `Audit` is safe (idempotent).
-    #[error("kill switch store unavailable: {source}{}", .source.outcome_note())]
-    Unavailable {
-        /// The database error.
-        source: DbError,
-    },
-    /// Another session holds the row this command must change (a transaction left
-    /// open in psql, an application idle in transaction): the wait was bounded by
-    /// `lock_timeout`, nothing was written, and the message names the session and
-    /// the statement that ends it ([`DbError::blockers`] has their pids).
-    #[error("kill switch store locked, nothing was written: {source}")]
-    Locked {
-        /// The database error, with the blocking sessions.
-        source: DbError,
-    },
-    /// Any other database error.
-    #[error("kill switch store error: {source}")]
-    Database {
-        /// The database error.
-        source: DbError,
-    },
-    /// Settings that cannot be used.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The store was shut down.
-    #[error("kill switch store closed")]
-    Closed,
-}
+/// Errors of every kill switch store ([`failover_core::StoreError`]). Each says what
+/// happened and what to do; a refused call changed nothing.
+pub type Error = failover_core::StoreError<KillSwitchRefusal>;
 
-impl failover_core::ControlError for Error {
-    fn outcome(&self) -> failover_core::Outcome<'_> {
-        use failover_core::Outcome;
-        match self {
-            Self::InvalidAudit(a) => Outcome::InvalidAudit(a),
-            Self::Refused(r) => Outcome::Refused(r),
-            Self::PendingApproval(p) => Outcome::Pending(p),
-            Self::Config(_) => Outcome::Invalid {
-                status: 400,
-                code: "invalid_config",
-            },
-            Self::Unavailable { .. } => Outcome::Unavailable,
-            Self::Locked { .. } => Outcome::Locked,
-            Self::SchemaMissing { .. } => Outcome::SchemaMissing,
-            Self::Database { .. } | Self::Closed => Outcome::Failed,
-        }
+/// The kill switch's own refusals: none. Engaging and disengaging take no input the
+/// switch could refuse beyond the audit and the authority rules, which every control
+/// shares, so [`Error::Control`] never occurs for the kill switch. The enum has no
+/// variant (no value of it can exist, so nothing can misread one), and is
+/// `#[non_exhaustive]` so that a refusal added later is not a breaking change.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum KillSwitchRefusal {}
+
+impl std::fmt::Display for KillSwitchRefusal {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
     }
 }
 
-failover_core::impl_from_db!(Error);
+impl std::error::Error for KillSwitchRefusal {}
+
+impl failover_core::ControlRefusal for KillSwitchRefusal {
+    const STORE: &'static str = "kill switch";
+    const SCHEMA_MISSING: &'static str =
+        "kill_switch_state table missing: run killswitch migrations (PostgresKillSwitchStore::migrate)";
+
+    fn outcome(&self) -> failover_core::Outcome<'_> {
+        match *self {}
+    }
+}
 
 /// A stream of state changes: every newer state in order of position (a slow reader
 /// skips to the newest, which is what a safety control needs), and after a reconnect

@@ -155,10 +155,10 @@ async fn a_leaf_follows_its_ancestors_strictest_mode_and_a_sibling_tree_stays_no
 async fn unknown_and_non_canonical_leaves_are_refused_with_what_to_write() {
     let f = fixture().await;
     match f.modes.gate(&["acme/eqq"]).unwrap_err() {
-        scope::Error::UnknownScope {
+        scope::Error::Control(scope::ScopeRefusal::UnknownScope {
             path: p,
             did_you_mean,
-        } => {
+        }) => {
             assert_eq!(p, "acme/eqq");
             assert_eq!(did_you_mean, Some(path("acme/eq")));
         }
@@ -167,7 +167,13 @@ async fn unknown_and_non_canonical_leaves_are_refused_with_what_to_write() {
     let err = f.modes.gate(&["nope/x"]).unwrap_err();
     assert!(err.to_string().contains("create it first"), "{err}");
     let err = f.modes.gate(&["Acme/eq"]).unwrap_err();
-    assert!(matches!(err, scope::Error::InvalidPath(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            scope::Error::Control(scope::ScopeRefusal::InvalidPath(_))
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("acme/eq"), "{err}");
 }
 
@@ -303,7 +309,9 @@ async fn a_scope_whose_creation_was_lost_halts_its_gates_until_created_again() {
     wait_mode(&gate, ScopeMode::Halted).await;
     assert!(matches!(
         f.modes.gate(&["acme/eq/mm-2"]),
-        Err(scope::Error::UnknownScope { .. })
+        Err(scope::Error::Control(
+            scope::ScopeRefusal::UnknownScope { .. }
+        ))
     ));
     create(&*f.store, &["acme/eq/mm-2"]).await;
     wait_mode(&gate, ScopeMode::Normal).await;

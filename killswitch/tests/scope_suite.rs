@@ -14,7 +14,9 @@
 
 use failover_core::{ComponentHealth, Position, WatchConfig};
 use std::sync::{Arc, Mutex};
-use tradepulse_killswitch::scope::{Error, ScopeGate, ScopeModes, ScopeSnapshotState};
+use tradepulse_killswitch::scope::{
+    Error, ScopeGate, ScopeModes, ScopeRefusal, ScopeSnapshotState,
+};
 use tradepulse_killswitch::{
     Audit, Authority, KillSwitch, PostgresKillSwitchStore, PostgresScopeStore, ScopeMode,
     ScopePath, ScopeStore,
@@ -27,7 +29,7 @@ const DESK: &str = "acme/eq";
 const LEAF: &str = "acme/eq/mm-1";
 
 /// Creates `acme`, `acme/eq` and `acme/eq/mm-1` where missing. A creation raced by
-/// another call of the suite is [`Error::AlreadyExists`]: the scope is there, which is
+/// another call of the suite is [`ScopeRefusal::AlreadyExists`]: the scope is there, which is
 /// all this asks.
 async fn ensure_desk(store: &PostgresScopeStore) -> Result<(), Error> {
     if store.scope(LEAF).await?.is_some() {
@@ -40,7 +42,7 @@ async fn ensure_desk(store: &PostgresScopeStore) -> Result<(), Error> {
             .create_scope(&ScopePath::parse(path).expect("canonical"), &audit)
             .await
         {
-            Ok(_) | Err(Error::AlreadyExists { .. }) => {}
+            Ok(_) | Err(Error::Control(ScopeRefusal::AlreadyExists { .. })) => {}
             Err(e) => return Err(e),
         }
     }

@@ -40,7 +40,9 @@
 //! approval, a supervisor's relaxation answers 202 with the pending request and
 //! changes nothing, unless the body says `"break_glass": true`.
 
-use crate::{AuditEvent, Error, Position, SymbolMode, SymbolModeStore, SymbolModes, Throttle};
+use crate::{
+    AuditEvent, Error, Position, SymbolMode, SymbolModeStore, SymbolModes, SymbolRefusal, Throttle,
+};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -454,10 +456,10 @@ async fn throttle_get(
     crate::validate_symbol(&symbol).map_err(Error::from)?;
     let known = s.store.symbols().await?;
     if !known.iter().any(|r| r.symbol == symbol) {
-        return Err(Error::UnknownSymbol {
+        return Err(Error::Control(SymbolRefusal::UnknownSymbol {
             did_you_mean: crate::near_match(&symbol, known.iter().map(|r| r.symbol.as_str())),
             symbol,
-        }
+        })
         .into());
     }
     let state = s

@@ -40,7 +40,7 @@ pub use throttle::{Throttle, ThrottleError, ThrottleGate, ThrottleState, Throttl
 
 pub use failover_core::{FeedSource, Position, Positioned};
 
-use failover_core::{ConfigError, DbError, Safety};
+use failover_core::Safety;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 use uuid::Uuid;
@@ -515,21 +515,21 @@ fn relax_hint(from: SymbolMode) -> String {
     }
 }
 
-/// Errors of every symbol-mode store. Each says what happened and what to do; a
-/// refused call changed nothing and wrote no audit row.
+/// Errors of every symbol-mode store ([`failover_core::StoreError`]). Each says what
+/// happened and what to do; a refused call changed nothing and wrote no audit row.
+pub type Error = failover_core::StoreError<SymbolRefusal>;
+
+/// What only the symbol-mode store refuses ([`Error::Control`]); nothing changed and
+/// no audit row was written.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum SymbolRefusal {
     /// The symbol is empty, too long, or contains white space or control characters.
     #[error("refused, nothing changed: {0}")]
     InvalidSymbol(#[from] SymbolError),
     /// The throttle's rate or burst cannot be used.
     #[error("refused, nothing changed: {0}")]
     InvalidThrottle(#[from] ThrottleError),
-    /// The audit context is invalid (blank, control characters, too long) or a ticket
-    /// is missing for a command that relaxes safety.
-    #[error("refused, nothing changed: {0}")]
-    InvalidAudit(#[from] AuditError),
     /// The transition rules forbid this change (e.g. `HARD_HALT → NORMAL`).
     #[error("refused, nothing changed: {target} is {from} and may not relax to {to}; {}", relax_hint(*.from))]
     TransitionForbidden {
@@ -540,17 +540,6 @@ pub enum Error {
         /// The requested mode.
         to: SymbolMode,
     },
-    /// Refused by the authority rules: an operator relaxing, a relaxation whose
-    /// state moved or that names none, a replay superseded by a later change, a
-    /// request id reused by another actor or command.
-    #[error(transparent)]
-    Refused(#[from] failover_core::Refusal),
-    /// The relaxation needs a second supervisor's approval
-    /// ([`failover_core::approvals`]): a pending request now holds it and nothing
-    /// changed. Not an outcome to retry: approve it (another login and actor), or
-    /// break the glass.
-    #[error("{0}")]
-    PendingApproval(failover_core::PendingApproval),
     /// The symbol is not registered (see [`SymbolModeStore::register_symbol`]).
     #[error("refused, nothing changed: symbol {symbol:?} is not registered{}", match .did_you_mean { Some(s) => format!("; did you mean {s}?"), None => "; register it first (safetyctl symbols add SYMBOL)".into() })]
     UnknownSymbol {
@@ -567,65 +556,36 @@ pub enum Error {
         /// The registered spelling.
         registered: String,
     },
-    /// The tables are missing.
-    #[error("symbol_mode_state table missing: run symbol-mode migrations (PostgresSymbolModeStore::migrate) ({source})")]
-    SchemaMissing {
-        /// The database error.
-        source: DbError,
-    },
-    /// The database could not be reached within the retry budget. For a write the
-    /// outcome is unknown; retrying with the same `Audit` is safe (idempotent).
-    #[error("symbol mode store unavailable: {source}{}", .source.outcome_note())]
-    Unavailable {
-        /// The database error.
-        source: DbError,
-    },
-    /// Another session holds the row this command must change (a transaction left
-    /// open in psql, an application idle in transaction): the wait was bounded by
-    /// `lock_timeout`, nothing was written, and the message names the session and
-    /// the statement that ends it ([`DbError::blockers`] has their pids).
-    #[error("symbol mode store locked, nothing was written: {source}")]
-    Locked {
-        /// The database error, with the blocking sessions.
-        source: DbError,
-    },
-    /// Any other database error.
-    #[error("symbol mode store error: {source}")]
-    Database {
-        /// The database error.
-        source: DbError,
-    },
-    /// Settings that cannot be used.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The store was shut down.
-    #[error("symbol mode store closed")]
-    Closed,
 }
 
-impl failover_core::ControlError for Error {
+impl failover_core::ControlRefusal for SymbolRefusal {
+    const STORE: &'static str = "symbol mode";
+    const SCHEMA_MISSING: &'static str =
+        "symbol_mode_state table missing: run symbol-mode migrations (PostgresSymbolModeStore::migrate)";
+
     fn outcome(&self) -> failover_core::Outcome<'_> {
-        use failover_core::Outcome;
         let (status, code) = match self {
-            Self::InvalidAudit(a) => return Outcome::InvalidAudit(a),
-            Self::Refused(r) => return Outcome::Refused(r),
-            Self::PendingApproval(p) => return Outcome::Pending(p),
-            Self::Unavailable { .. } => return Outcome::Unavailable,
-            Self::Locked { .. } => return Outcome::Locked,
-            Self::SchemaMissing { .. } => return Outcome::SchemaMissing,
-            Self::Database { .. } | Self::Closed => return Outcome::Failed,
             Self::InvalidSymbol(_) => (400, "invalid_symbol"),
             Self::InvalidThrottle(_) => (422, "invalid_throttle"),
             Self::TransitionForbidden { .. } => (409, "transition_forbidden"),
             Self::UnknownSymbol { .. } => (404, "unknown_symbol"),
             Self::SymbolConflict { .. } => (409, "symbol_conflict"),
-            Self::Config(_) => (400, "invalid_config"),
         };
-        Outcome::Invalid { status, code }
+        failover_core::Outcome::Invalid { status, code }
     }
 }
 
-failover_core::impl_from_db!(Error);
+impl From<SymbolError> for Error {
+    fn from(e: SymbolError) -> Self {
+        Self::Control(SymbolRefusal::InvalidSymbol(e))
+    }
+}
+
+impl From<ThrottleError> for Error {
+    fn from(e: ThrottleError) -> Self {
+        Self::Control(SymbolRefusal::InvalidThrottle(e))
+    }
+}
 
 /// Where symbol modes, the global mode, withdrawals and the audit trail live.
 ///
@@ -640,7 +600,7 @@ failover_core::impl_from_db!(Error);
 ///   against the current mode, checked atomically with the write: tightening (and
 ///   re-asserting) is always allowed without a ticket; relaxing follows the
 ///   "may relax to" column and needs a ticket; anything else is
-///   [`Error::TransitionForbidden`]. `HARD_HALT` resumes only through `CANCEL_ONLY`.
+///   [`SymbolRefusal::TransitionForbidden`]. `HARD_HALT` resumes only through `CANCEL_ONLY`.
 /// * [`tighten_symbol_mode`](Self::tighten_symbol_mode) raises a symbol to at least a
 ///   mode and is a no-op (no audit row, `None`) when it is already as severe: for
 ///   automated policies, which never relax.
@@ -665,9 +625,9 @@ failover_core::impl_from_db!(Error);
 ///   [`Refusal::PreconditionRequired`](failover_core::Refusal::PreconditionRequired) when the audit requires one and names none).
 ///   Tightenings never wait.
 /// * Mode changes and `CancelAll` address registered symbols only, spelled exactly
-///   ([`Error::UnknownSymbol`], naming the near match); registration
+///   ([`SymbolRefusal::UnknownSymbol`], naming the near match); registration
 ///   ([`register_symbol`](Self::register_symbol)) is unique on the folded key
-///   ([`fold_symbol`]; [`Error::SymbolConflict`]), audited, and an operator may do it.
+///   ([`fold_symbol`]; [`SymbolRefusal::SymbolConflict`]), audited, and an operator may do it.
 /// * Submitting the same `Audit` (same request id, actor and command) again returns
 ///   the event that request produced, marked [`Applied::replayed`], and changes
 ///   nothing — while it is still the latest change of its target; after a later
@@ -731,7 +691,7 @@ pub trait SymbolModeStore:
     /// Whether new strategy activations are halted, and who set it last.
     async fn new_strategies(&self) -> Result<NewStrategiesState, Error>;
     /// Registers `symbol` (audited; an operator may). `None` when it is registered
-    /// already, spelled exactly so; [`Error::SymbolConflict`] when another spelling is.
+    /// already, spelled exactly so; [`SymbolRefusal::SymbolConflict`] when another spelling is.
     async fn register_symbol(
         &self,
         symbol: &str,
@@ -940,10 +900,10 @@ pub(crate) fn transition_refusal(
         Transition::Relax => Some(Error::InvalidAudit(AuditError::TicketRequired {
             action: format!("relax {} from {from} to {to}", target()),
         })),
-        Transition::Forbidden => Some(Error::TransitionForbidden {
+        Transition::Forbidden => Some(Error::Control(SymbolRefusal::TransitionForbidden {
             target: target(),
             from,
             to,
-        }),
+        })),
     }
 }

@@ -8,8 +8,8 @@ use crate::subscription::CancelAllFeed;
 use crate::{
     fold_symbol, near_match, transition_refusal, Applied, Audit, AuditEvent, CancelAllCommand,
     CancelAllSubscription, ChangeRef, Command, Error, ModeChange, ModeDelta, NewStrategiesState,
-    RegisteredSymbol, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolState,
-    Throttle, ThrottleState, Transition, VenueState,
+    RegisteredSymbol, Request, StartAt, Subscription, SymbolMode, SymbolModeStore, SymbolRefusal,
+    SymbolState, Throttle, ThrottleState, Transition, VenueState,
 };
 use failover_core::approvals::serde_json;
 use failover_core::approvals::{
@@ -320,23 +320,23 @@ impl Shared {
             | Request::Throttle { symbol, .. }
                 if !inner.registered(symbol) =>
             {
-                return Err(Error::UnknownSymbol {
+                return Err(Error::Control(SymbolRefusal::UnknownSymbol {
                     symbol: symbol.to_owned(),
                     did_you_mean: near_match(
                         symbol,
                         inner.registry.values().map(|r| r.symbol.as_str()),
                     ),
-                });
+                }));
             }
             Request::Register { symbol } => {
                 if let Some(known) = inner.registry.get(&fold_symbol(symbol)) {
                     return if known.symbol == symbol {
                         Ok(None)
                     } else {
-                        Err(Error::SymbolConflict {
+                        Err(Error::Control(SymbolRefusal::SymbolConflict {
                             symbol: symbol.to_owned(),
                             registered: known.symbol.clone(),
-                        })
+                        }))
                     };
                 }
             }

@@ -4,6 +4,7 @@
 
 use tradepulse_symbol_mode::{
     validate_symbol, Audit, Error, MemorySymbolModeStore, SymbolMode, SymbolModeStore,
+    SymbolRefusal,
 };
 
 const LOOK_ALIKES: [(&str, &str, usize); 6] = [
@@ -49,7 +50,7 @@ async fn the_store_refuses_a_look_alike_of_an_existing_symbol() {
             .await
             .expect_err(symbol);
         assert!(
-            matches!(err, Error::InvalidSymbol(_)),
+            matches!(err, Error::Control(SymbolRefusal::InvalidSymbol(_))),
             "{symbol:?}: {err:?}"
         );
         assert!(err.to_string().contains(code), "{symbol:?}: {err}");

@@ -74,23 +74,6 @@ pub enum Gated {
     Refused(Refusal),
 }
 
-/// Writes `From<Gated>` for a control's error with the variants
-/// `PendingApproval(PendingApproval)` and `Refused(Refusal)`, so that
-/// [`ApplyCall::decode`] answers in it.
-#[macro_export]
-macro_rules! impl_from_gated {
-    ($error:ty) => {
-        impl ::core::convert::From<$crate::postgres::Gated> for $error {
-            fn from(gated: $crate::postgres::Gated) -> Self {
-                match gated {
-                    $crate::postgres::Gated::Pending(pending) => Self::PendingApproval(pending),
-                    $crate::postgres::Gated::Refused(refusal) => Self::Refused(refusal),
-                }
-            }
-        }
-    };
-}
-
 /// The error for a status neither the kit nor the control knows: the database's
 /// functions are of another version than this library.
 pub fn unexpected_status(op: &'static str, status: &str) -> DbError {

@@ -184,7 +184,6 @@ impl PgStore for PostgresKillSwitchStore {
 }
 
 failover_core::pg_store_inherent!(PostgresKillSwitchStore);
-failover_core::impl_from_gated!(Error);
 
 impl PgFeedStore for PostgresKillSwitchStore {
     type Item = KillSwitchState;

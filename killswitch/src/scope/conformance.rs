@@ -8,7 +8,9 @@
 //! Each function expects a fresh [`ScopeFixture`]: no scopes, the kill switch
 //! disengaged, no approval required.
 
-use super::{DecidedBy, Error, PathError, ScopeAction, ScopeMode, ScopePath, ScopeStore};
+use super::{
+    DecidedBy, Error, PathError, ScopeAction, ScopeMode, ScopePath, ScopeRefusal, ScopeStore,
+};
 use crate::{Audit, Authority, KillSwitchStore};
 use failover_core::conformance::{AuditedControl, Change, Recorded};
 use failover_core::{ApprovalStore, Position, Refusal};
@@ -182,7 +184,7 @@ pub async fn create_needs_the_parent_and_refuses_near_misses(f: &ScopeFixture) {
         .await
         .expect_err("the parent is missing");
     match &err {
-        Error::ParentMissing { path, parent } => {
+        Error::Control(ScopeRefusal::ParentMissing { path, parent }) => {
             assert_eq!(
                 (path.as_str(), parent.as_str()),
                 ("acme/eq/mm-1", "acme/eq")
@@ -197,7 +199,9 @@ pub async fn create_needs_the_parent_and_refuses_near_misses(f: &ScopeFixture) {
         .expect("a child");
     for near in ["acme/eq_desk", "acme/eq.desk"] {
         match store.create_scope(&p(near), &operator("typo")).await {
-            Err(Error::NearMiss { existing, .. }) => assert_eq!(existing.as_str(), "acme/eq-desk"),
+            Err(Error::Control(ScopeRefusal::NearMiss { existing, .. })) => {
+                assert_eq!(existing.as_str(), "acme/eq-desk")
+            }
             other => panic!("{near}: expected NearMiss, got {other:?}"),
         }
     }
@@ -205,7 +209,9 @@ pub async fn create_needs_the_parent_and_refuses_near_misses(f: &ScopeFixture) {
         .create_scope(&p("acme/eq-desk"), &operator("again"))
         .await
     {
-        Err(Error::AlreadyExists { path }) => assert_eq!(path.as_str(), "acme/eq-desk"),
+        Err(Error::Control(ScopeRefusal::AlreadyExists { path })) => {
+            assert_eq!(path.as_str(), "acme/eq-desk")
+        }
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
     let history = store.scope_history(None, 10).await.expect("history");
@@ -243,11 +249,14 @@ pub async fn invalid_paths_are_refused(f: &ScopeFixture) {
             .set_scope_mode(text, ScopeMode::Halted, &operator("halt"))
             .await
         {
-            Err(Error::InvalidPath(_)) => {}
+            Err(Error::Control(ScopeRefusal::InvalidPath(_))) => {}
             other => panic!("{text:?}: expected InvalidPath, got {other:?}"),
         }
         assert!(
-            matches!(store.scope(text).await, Err(Error::InvalidPath(_))),
+            matches!(
+                store.scope(text).await,
+                Err(Error::Control(ScopeRefusal::InvalidPath(_)))
+            ),
             "{text:?}"
         );
     }
@@ -256,7 +265,7 @@ pub async fn invalid_paths_are_refused(f: &ScopeFixture) {
         .await
         .expect_err("upper case");
     assert!(
-        matches!(&upper, Error::InvalidPath(PathError::NotCanonical { canonical }) if canonical == "acme/eq"),
+        matches!(&upper, Error::Control(ScopeRefusal::InvalidPath(PathError::NotCanonical { canonical })) if canonical == "acme/eq"),
         "{upper:?}"
     );
     assert!(upper.to_string().contains("write acme/eq"), "{upper}");
@@ -312,7 +321,7 @@ pub async fn halted_relaxes_one_step_at_a_time(f: &ScopeFixture) {
             .await
             .expect_err("too large a step");
         assert!(
-            matches!(&err, Error::StepTooLarge { from: ScopeMode::Halted, to: t, .. } if *t == to),
+            matches!(&err, Error::Control(ScopeRefusal::StepTooLarge { from: ScopeMode::Halted, to: t, .. }) if *t == to),
             "{err:?}"
         );
         assert!(err.to_string().contains("set CANCEL_ONLY first"), "{err}");
@@ -375,7 +384,10 @@ pub async fn a_moved_state_is_named_before_the_step_rule(f: &ScopeFixture) {
         )
         .await
         .expect_err("too large a step");
-    assert!(matches!(err, Error::StepTooLarge { .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::Control(ScopeRefusal::StepTooLarge { .. })),
+        "{err:?}"
+    );
 }
 
 /// A child's own mode may be set below an ancestor's: the write is kept, the
@@ -494,7 +506,7 @@ pub async fn unknown_scope_names_a_near_miss(f: &ScopeFixture) {
         .set_scope_mode("acme/eq_desk", ScopeMode::Halted, &operator("halt"))
         .await
     {
-        Err(Error::UnknownScope { path, did_you_mean }) => {
+        Err(Error::Control(ScopeRefusal::UnknownScope { path, did_you_mean })) => {
             assert_eq!(path, "acme/eq_desk");
             assert_eq!(did_you_mean, Some(p("acme/eq-desk")));
         }
@@ -507,10 +519,10 @@ pub async fn unknown_scope_names_a_near_miss(f: &ScopeFixture) {
     assert!(
         matches!(
             &err,
-            Error::UnknownScope {
+            Error::Control(ScopeRefusal::UnknownScope {
                 did_you_mean: None,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -520,7 +532,7 @@ pub async fn unknown_scope_names_a_near_miss(f: &ScopeFixture) {
     );
     assert!(matches!(
         store.effective("nope/x").await,
-        Err(Error::UnknownScope { .. })
+        Err(Error::Control(ScopeRefusal::UnknownScope { .. }))
     ));
     assert_eq!(store.scope("nope/x").await.expect("scope"), None);
     assert_eq!(events(store).await, before, "nothing written");

@@ -38,8 +38,8 @@
 //! diverged; `operational` when both work.
 
 use super::{
-    DecidedBy, Error, OrderIntent, ScopeChange, ScopeDelta, ScopeMode, ScopePath, ScopeState,
-    ScopeStore,
+    DecidedBy, Error, OrderIntent, ScopeChange, ScopeDelta, ScopeMode, ScopePath, ScopeRefusal,
+    ScopeState, ScopeStore,
 };
 use crate::{KillSwitch, Trading};
 use failover_core::handle::{self, lock, HandleState, Published};
@@ -686,8 +686,8 @@ impl ScopeModes {
     /// [`ready`](Self::ready): the leaves are checked against the scopes the handle
     /// holds.
     ///
-    /// Refused: a path that is not canonical ([`Error::InvalidPath`]), a scope the
-    /// store does not have ([`Error::UnknownScope`], naming a near miss), and any
+    /// Refused: a path that is not canonical ([`ScopeRefusal::InvalidPath`]), a scope the
+    /// store does not have ([`ScopeRefusal::UnknownScope`], naming a near miss), and any
     /// call before the first load ([`Error::Unavailable`]: retry after `ready`).
     pub fn gate(&self, leaves: &[&str]) -> Result<ScopeGate, Error> {
         let paths = leaves
@@ -711,10 +711,10 @@ impl ScopeModes {
             match tree.index.get(path) {
                 Some(&id) if !tree.node(id).missing => ids.push(id),
                 _ => {
-                    return Err(Error::UnknownScope {
+                    return Err(Error::Control(ScopeRefusal::UnknownScope {
                         path: path.to_string(),
                         did_you_mean: tree.did_you_mean(path.as_str()),
-                    })
+                    }))
                 }
             }
         }

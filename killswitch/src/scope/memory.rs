@@ -6,8 +6,8 @@
 
 use super::{
     decide, describe_change, relax_what, EffectiveScope, Error, ScopeAction, ScopeChange,
-    ScopeDelta, ScopeEvent, ScopeMode, ScopePath, ScopeState, ScopeStore, Subscription,
-    APPROVAL_ACTION, CONTROL,
+    ScopeDelta, ScopeEvent, ScopeMode, ScopePath, ScopeRefusal, ScopeState, ScopeStore,
+    Subscription, APPROVAL_ACTION, CONTROL,
 };
 use crate::{KillSwitchStore, MemoryKillSwitchStore};
 use failover_core::approvals::{
@@ -67,10 +67,10 @@ impl Inner {
     }
 
     fn unknown(&self, path: &str) -> Error {
-        Error::UnknownScope {
+        Error::Control(ScopeRefusal::UnknownScope {
             path: path.to_owned(),
             did_you_mean: ScopePath::near_miss(path, self.nodes.keys()),
-        }
+        })
     }
 
     /// The nodes, rebuilt from the events (after a simulated failover).
@@ -212,7 +212,9 @@ impl MemoryScopeStore {
         let (action, from, to) = match command {
             Command::Create => {
                 if inner.nodes.contains_key(path) {
-                    return Err(Error::AlreadyExists { path: path.clone() });
+                    return Err(Error::Control(ScopeRefusal::AlreadyExists {
+                        path: path.clone(),
+                    }));
                 }
                 let key = ScopePath::fold(path.as_str());
                 if let Some(existing) = inner
@@ -220,17 +222,17 @@ impl MemoryScopeStore {
                     .keys()
                     .find(|k| ScopePath::fold(k.as_str()) == key)
                 {
-                    return Err(Error::NearMiss {
+                    return Err(Error::Control(ScopeRefusal::NearMiss {
                         path: path.clone(),
                         existing: existing.clone(),
-                    });
+                    }));
                 }
                 if let Some(parent) = path.parent() {
                     if !inner.nodes.contains_key(&parent) {
-                        return Err(Error::ParentMissing {
+                        return Err(Error::Control(ScopeRefusal::ParentMissing {
                             path: path.clone(),
                             parent,
-                        });
+                        }));
                     }
                 }
                 (ScopeAction::Create, None, ScopeMode::Normal)
@@ -264,11 +266,11 @@ impl MemoryScopeStore {
                 check_relaxation(audit.precondition(), &what, current, latest)?;
             }
             if from == ScopeMode::Halted && to != ScopeMode::CancelOnly {
-                return Err(Error::StepTooLarge {
+                return Err(Error::Control(ScopeRefusal::StepTooLarge {
                     path: path.clone(),
                     from,
                     to,
-                });
+                }));
             }
             check_relaxation(audit.precondition(), &what, current, latest)?;
             if let (None, Some(approvals)) = (approving, &self.approvals) {

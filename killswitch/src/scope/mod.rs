@@ -38,10 +38,7 @@ pub use postgres::PostgresScopeStore;
 pub use tree::effective_tree;
 
 use crate::KillSwitchState;
-use failover_core::{
-    Applied, Audit, AuditError, Authority, ChangeRef, ConfigError, DbError, FeedSource, Position,
-    Positioned, Refusal,
-};
+use failover_core::{Applied, Audit, Authority, ChangeRef, FeedSource, Position, Positioned};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 use uuid::Uuid;
@@ -399,25 +396,14 @@ fn unknown_message(path: &str, did_you_mean: &Option<ScopePath>) -> String {
     }
 }
 
-/// Errors of every scope store. Each says what happened and what to do; a refused
-/// call changed nothing.
+/// Errors of every scope store ([`failover_core::StoreError`]). Each says what
+/// happened and what to do; a refused call changed nothing.
+pub type Error = failover_core::StoreError<ScopeRefusal>;
+
+/// What only the scope store refuses ([`Error::Control`]); nothing changed.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
-    /// The audit context is invalid (empty reason, control characters, too long) or
-    /// a ticket is missing for a relaxation.
-    #[error("refused, nothing changed: {0}")]
-    InvalidAudit(#[from] AuditError),
-    /// Refused by the authority rules: an operator relaxing, a relaxation whose
-    /// scope moved or that names none, a replay superseded by a later change, a
-    /// request id reused by another actor, action or scope.
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// The relaxation needs a second supervisor's approval
-    /// ([`failover_core::approvals`]): a pending request now holds it and nothing
-    /// changed. Approve it (another login and actor), or break the glass.
-    #[error("{0}")]
-    PendingApproval(failover_core::PendingApproval),
+pub enum ScopeRefusal {
     /// The path is not canonical.
     #[error("refused, nothing changed: {0}")]
     InvalidPath(#[from] PathError),
@@ -462,66 +448,31 @@ pub enum Error {
         /// The mode asked for.
         to: ScopeMode,
     },
-    /// The tables are missing.
-    #[error(
-        "scope tables missing: run killswitch migrations (PostgresScopeStore::migrate) ({source})"
-    )]
-    SchemaMissing {
-        /// The database error.
-        source: DbError,
-    },
-    /// The database could not be reached within the retry budget. For a write the
-    /// outcome is unknown; retrying with the same `Audit` is safe (idempotent).
-    #[error("scope store unavailable: {source}{}", .source.outcome_note())]
-    Unavailable {
-        /// The database error.
-        source: DbError,
-    },
-    /// Another session holds the row this command must change: the wait was bounded
-    /// by `lock_timeout`, nothing was written, and the message names the session.
-    #[error("scope store locked, nothing was written: {source}")]
-    Locked {
-        /// The database error, with the blocking sessions.
-        source: DbError,
-    },
-    /// Any other database error.
-    #[error("scope store error: {source}")]
-    Database {
-        /// The database error.
-        source: DbError,
-    },
-    /// Settings that cannot be used.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The store was shut down.
-    #[error("scope store closed")]
-    Closed,
 }
 
-impl failover_core::ControlError for Error {
+impl failover_core::ControlRefusal for ScopeRefusal {
+    const STORE: &'static str = "scope";
+    const SCHEMA_MISSING: &'static str =
+        "scope tables missing: run killswitch migrations (PostgresScopeStore::migrate)";
+
     fn outcome(&self) -> failover_core::Outcome<'_> {
-        use failover_core::Outcome;
         let (status, code) = match self {
-            Self::InvalidAudit(a) => return Outcome::InvalidAudit(a),
-            Self::Refused(r) => return Outcome::Refused(r),
-            Self::PendingApproval(p) => return Outcome::Pending(p),
-            Self::Unavailable { .. } => return Outcome::Unavailable,
-            Self::Locked { .. } => return Outcome::Locked,
-            Self::SchemaMissing { .. } => return Outcome::SchemaMissing,
-            Self::Database { .. } | Self::Closed => return Outcome::Failed,
             Self::InvalidPath(_) => (400, "invalid_scope"),
             Self::UnknownScope { .. } => (404, "unknown_scope"),
             Self::ParentMissing { .. } => (404, "parent_missing"),
             Self::AlreadyExists { .. } => (409, "already_exists"),
             Self::NearMiss { .. } => (409, "near_miss"),
             Self::StepTooLarge { .. } => (409, "step_too_large"),
-            Self::Config(_) => (400, "invalid_config"),
         };
-        Outcome::Invalid { status, code }
+        failover_core::Outcome::Invalid { status, code }
     }
 }
 
-failover_core::impl_from_db!(Error);
+impl From<PathError> for Error {
+    fn from(e: PathError) -> Self {
+        Self::Control(ScopeRefusal::InvalidPath(e))
+    }
+}
 
 /// Where scopes, their modes and their trail live.
 ///
@@ -529,14 +480,14 @@ failover_core::impl_from_db!(Error);
 /// * [`create_scope`](Self::create_scope): the parent must exist (a one-segment
 ///   path starts a tree); any operator may create (audited, action `create`, mode
 ///   NORMAL); a path that reads like a known one ([`ScopePath::fold`]) is
-///   [`Error::NearMiss`]; one created by another request is
-///   [`Error::AlreadyExists`].
+///   [`ScopeRefusal::NearMiss`]; one created by another request is
+///   [`ScopeRefusal::AlreadyExists`].
 /// * [`set_scope_mode`](Self::set_scope_mode) on an unknown path is
-///   [`Error::UnknownScope`] (naming a near miss). Tightening (a mode at least as
+///   [`ScopeRefusal::UnknownScope`] (naming a near miss). Tightening (a mode at least as
 ///   strict as the scope's own) applies at once. Relaxing needs a ticket, supervisor
-///   authority ([`Refusal::Forbidden`]), the scope still at the position the audit
+///   authority ([`Refusal::Forbidden`](crate::Refusal::Forbidden)), the scope still at the position the audit
 ///   expects ([`Audit::expecting`]), and goes from HALTED to CANCEL_ONLY only
-///   ([`Error::StepTooLarge`]). A scope's own mode may be set below an ancestor's:
+///   ([`ScopeRefusal::StepTooLarge`]). A scope's own mode may be set below an ancestor's:
 ///   it is kept, and the effective mode stays the ancestor's.
 /// * Four eyes: relaxing is the approvals action `scope.relax`; while it is
 ///   required a supervisor's relaxation answers [`Error::PendingApproval`], and
@@ -544,8 +495,8 @@ failover_core::impl_from_db!(Error);
 ///   requests pending against its scope as superseded.
 /// * The same `Audit` again returns the state that request produced, marked
 ///   [`Applied::replayed`], while it is still the scope's latest change; after a
-///   later change it is [`Refusal::Superseded`]; the id reused for another action,
-///   path, mode or actor is [`Refusal::RequestReused`].
+///   later change it is [`Refusal::Superseded`](crate::Refusal::Superseded); the id reused for another action,
+///   path, mode or actor is [`Refusal::RequestReused`](crate::Refusal::RequestReused).
 /// * Every applied call takes a new position, appends exactly one [`ScopeEvent`]
 ///   and is one feed item carrying its delta. A refused call changes nothing.
 /// * Text (reason, actor, ticket) is stored and returned verbatim.

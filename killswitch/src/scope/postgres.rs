@@ -13,7 +13,7 @@
 
 use super::{
     relax_what, DecidedBy, EffectiveScope, Error, ScopeAction, ScopeChange, ScopeDelta, ScopeEvent,
-    ScopeMode, ScopePath, ScopeState, ScopeStore, APPROVAL_ACTION,
+    ScopeMode, ScopePath, ScopeRefusal, ScopeState, ScopeStore, APPROVAL_ACTION,
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
@@ -205,7 +205,6 @@ impl PgStore for PostgresScopeStore {
 }
 
 failover_core::pg_store_inherent!(PostgresScopeStore);
-failover_core::impl_from_gated!(Error);
 
 impl PgFeedStore for PostgresScopeStore {
     type Item = ScopeChange;
@@ -258,10 +257,10 @@ impl PostgresScopeStore {
 
     async fn unknown(&self, text: &str) -> Error {
         match self.near_miss(text).await {
-            Ok(did_you_mean) => Error::UnknownScope {
+            Ok(did_you_mean) => Error::Control(ScopeRefusal::UnknownScope {
                 path: text.to_owned(),
                 did_you_mean,
-            },
+            }),
             Err(e) => e,
         }
     }
@@ -309,21 +308,21 @@ impl PostgresScopeStore {
         };
         match status.as_str() {
             "already_exists" => {
-                return Err(Error::AlreadyExists {
+                return Err(Error::Control(ScopeRefusal::AlreadyExists {
                     path: target.clone(),
-                })
+                }))
             }
             "near_miss" => {
-                return Err(Error::NearMiss {
+                return Err(Error::Control(ScopeRefusal::NearMiss {
                     path: target.clone(),
                     existing: path(OP, &other_what())?,
-                })
+                }))
             }
             "parent_missing" => {
-                return Err(Error::ParentMissing {
+                return Err(Error::Control(ScopeRefusal::ParentMissing {
                     path: target.clone(),
                     parent: path(OP, &other_what())?,
-                })
+                }))
             }
             "unknown_scope" => return Err(self.unknown(target.as_str()).await),
             "ticket_required" => {
@@ -357,11 +356,11 @@ impl PostgresScopeStore {
                         );
                         moved.map_or_else(|| db_error(OP, status.clone()), Error::from)
                     }
-                    "step_too_large" => Error::StepTooLarge {
+                    "step_too_large" => Error::Control(ScopeRefusal::StepTooLarge {
                         path: target.clone(),
                         from: state.mode,
                         to,
-                    },
+                    }),
                     s => unexpected_status(OP, s).into(),
                 });
             }

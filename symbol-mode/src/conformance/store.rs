@@ -7,8 +7,8 @@
 use super::{force, global_mode, known, observe, ops, own_mode, ticketed, trail, WAIT};
 use crate::{
     Audit, AuditError, Authority, CancelAllCommand, Command, CommandKind, Error, ModeSnapshot,
-    ModeTarget, SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore, Throttle,
-    Transition, MAX_SYMBOL_CHARS, POLICY_ACTOR,
+    ModeTarget, SettlementLagPolicy, StartAt, SymbolError, SymbolMode, SymbolModeStore,
+    SymbolRefusal, Throttle, Transition, MAX_SYMBOL_CHARS, POLICY_ACTOR,
 };
 use failover_core::conformance::invalid_audits;
 use failover_core::Refusal;
@@ -105,11 +105,11 @@ pub async fn every_transition_follows_the_table(store: &dyn SymbolModeStore) {
                     ) => {}
                     (
                         Transition::Forbidden,
-                        Err(Error::TransitionForbidden {
+                        Err(Error::Control(SymbolRefusal::TransitionForbidden {
                             from: f,
                             to: t,
                             target,
-                        }),
+                        })),
                     ) => {
                         assert_eq!((f, t), (from, to));
                         assert_eq!(
@@ -127,7 +127,10 @@ pub async fn every_transition_follows_the_table(store: &dyn SymbolModeStore) {
                         assert!(event.command.relaxes_safety());
                         assert_eq!(event.ticket.as_deref(), Some("INC-1"));
                     }
-                    (Transition::Forbidden, Err(Error::TransitionForbidden { .. })) => {
+                    (
+                        Transition::Forbidden,
+                        Err(Error::Control(SymbolRefusal::TransitionForbidden { .. })),
+                    ) => {
                         assert_eq!(observe(store).await, before);
                     }
                     (rule, other) => {
@@ -164,11 +167,11 @@ pub async fn resume_drill_goes_through_cancel_only(store: &dyn SymbolModeStore) 
     assert!(
         matches!(
             err,
-            Error::TransitionForbidden {
+            Error::Control(SymbolRefusal::TransitionForbidden {
                 from: HardHalt,
                 to: Normal,
                 ..
-            }
+            })
         ),
         "{err:?}"
     );
@@ -356,9 +359,9 @@ pub async fn invalid_symbols_are_refused_with_clear_errors(store: &dyn SymbolMod
         ];
         for result in results {
             match result {
-                Err(Error::InvalidSymbol(e)) => {
+                Err(Error::Control(SymbolRefusal::InvalidSymbol(e))) => {
                     assert!(expected(&e), "{symbol:?}: {e:?}");
-                    let text = Error::InvalidSymbol(e).to_string();
+                    let text = Error::Control(SymbolRefusal::InvalidSymbol(e)).to_string();
                     assert!(text.contains("refused, nothing changed"), "{text}");
                 }
                 other => panic!("{symbol:?}: expected InvalidSymbol, got {other:?}"),
@@ -952,7 +955,7 @@ pub async fn throttles_tighten_freely_and_relax_with_authority(store: &dyn Symbo
         .await
         .expect_err("not registered");
     assert!(
-        matches!(&err, Error::UnknownSymbol { did_you_mean: Some(s), .. } if s == "BTC-USD"),
+        matches!(&err, Error::Control(SymbolRefusal::UnknownSymbol { did_you_mean: Some(s), .. }) if s == "BTC-USD"),
         "{err:?}"
     );
     let delta = store.changes_since(base).await.expect("changes");
@@ -981,7 +984,7 @@ pub async fn concurrent_commands_serialise(store: Arc<dyn SymbolModeStore>) {
     for t in tasks {
         match t.await.expect("task") {
             Ok(_) => accepted += 1,
-            Err(Error::TransitionForbidden { .. }) => {}
+            Err(Error::Control(SymbolRefusal::TransitionForbidden { .. })) => {}
             Err(other) => panic!("unexpected {other:?}"),
         }
     }
@@ -1171,7 +1174,7 @@ pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn Symbo
             .await
             .expect_err("another spelling");
         assert!(
-            matches!(&err, Error::SymbolConflict { registered, .. } if registered == "BTC-USD"),
+            matches!(&err, Error::Control(SymbolRefusal::SymbolConflict { registered, .. }) if registered == "BTC-USD"),
             "{spelling}: {err:?}"
         );
         let err = store
@@ -1179,7 +1182,7 @@ pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn Symbo
             .await
             .expect_err("unregistered spelling");
         assert!(
-            matches!(&err, Error::UnknownSymbol { did_you_mean: Some(s), .. } if s == "BTC-USD"),
+            matches!(&err, Error::Control(SymbolRefusal::UnknownSymbol { did_you_mean: Some(s), .. }) if s == "BTC-USD"),
             "{spelling}: {err:?}"
         );
         assert!(err.to_string().contains("did you mean BTC-USD?"), "{err}");
@@ -1192,10 +1195,10 @@ pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn Symbo
         assert!(
             matches!(
                 &err,
-                Error::UnknownSymbol {
+                Error::Control(SymbolRefusal::UnknownSymbol {
                     did_you_mean: None,
                     ..
-                }
+                })
             ),
             "{unknown}: {err:?}"
         );
@@ -1203,7 +1206,10 @@ pub async fn unknown_symbols_are_refused_naming_the_near_match(store: &dyn Symbo
             .cancel_all(unknown, &ops("typo"))
             .await
             .expect_err("unknown");
-        assert!(matches!(&err, Error::UnknownSymbol { .. }), "{err:?}");
+        assert!(
+            matches!(&err, Error::Control(SymbolRefusal::UnknownSymbol { .. })),
+            "{err:?}"
+        );
     }
     assert_eq!(observe(store).await, before, "refusals change nothing");
     let engine = store

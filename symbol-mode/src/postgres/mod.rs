@@ -24,8 +24,8 @@ use crate::subscription::CancelAllFeed;
 use crate::{
     near_match, transition_refusal, Applied, Audit, AuditEvent, Authority, CancelAllCommand,
     CancelAllSubscription, Command, CommandKind, Error, ModeChange, ModeDelta, NewStrategiesState,
-    RegisteredSymbol, Request, StartAt, SymbolMode, SymbolModeStore, SymbolState, Throttle,
-    ThrottleState, VenueState,
+    RegisteredSymbol, Request, StartAt, SymbolMode, SymbolModeStore, SymbolRefusal, SymbolState,
+    Throttle, ThrottleState, VenueState,
 };
 use failover_core::postgres::{
     hub, hub::HubSubscription, interpret_payload, unexpected_status, ApplyCall, ApplyColumns,
@@ -361,7 +361,6 @@ impl PgStore for PostgresSymbolModeStore {
 }
 
 failover_core::pg_store_inherent!(PostgresSymbolModeStore);
-failover_core::impl_from_gated!(Error);
 
 /// The delta a `symbol_mode_changed` notification carries.
 #[derive(Debug, serde::Deserialize)]
@@ -572,15 +571,15 @@ impl PostgresSymbolModeStore {
                 "unknown_symbol" => {
                     let asked = symbol.unwrap_or_default();
                     let known = self.symbols().await.unwrap_or_default();
-                    Err(Error::UnknownSymbol {
+                    Err(Error::Control(SymbolRefusal::UnknownSymbol {
                         symbol: asked.to_owned(),
                         did_you_mean: near_match(asked, known.iter().map(|r| r.symbol.as_str())),
-                    })
+                    }))
                 }
-                "symbol_conflict" => Err(Error::SymbolConflict {
+                "symbol_conflict" => Err(Error::Control(SymbolRefusal::SymbolConflict {
                     symbol: symbol.unwrap_or_default().to_owned(),
                     registered: row.get("symbol"),
-                }),
+                })),
                 "ticket_required" if kind == CommandKind::SetThrottle => {
                     let from = throttle(op, row.get("from_rate"), row.get("from_burst"))?;
                     Err(Error::InvalidAudit(
