@@ -75,6 +75,86 @@ pub trait PgStore: Sized + Send + Sync {
     }
 }
 
+/// The PostgreSQL glue of a control's store with a change feed, written once: its
+/// [`PgStore`] (settings prefix, health component, migrations, error), the inherent
+/// constructors of [`pg_store_inherent!`](crate::pg_store_inherent), and its
+/// [`PgFeedStore`]. The store is a struct with the fields `pool: PgPool` and
+/// `changes: PgChangeFeed<Item>` (plus any `extra` fields and their initial values);
+/// `reload` is an `async fn(&PgPool) -> Result<Item, DbError>` giving the newest
+/// change (what a reconnected listener publishes), `interpret` a
+/// `fn(&str, Position) -> Notified<Item>` reading a notification (see
+/// [`interpret_payload`]).
+///
+/// ```ignore
+/// tradepulse_failover_core::pg_feed_store!(PostgresScopeStore {
+///     env_prefix: crate::postgres::ENV_PREFIX,
+///     component: COMPONENT,
+///     migrations: "killswitch" => crate::postgres::MIGRATIONS,
+///     error: Error,
+///     item: ScopeChange,
+///     channel: CHANNEL,
+///     events_table: "scope_events",
+///     reload: current,
+///     interpret: interpret,
+/// });
+/// ```
+#[macro_export]
+macro_rules! pg_feed_store {
+    (
+        $store:ty {
+            env_prefix: $env:expr,
+            component: $component:expr,
+            migrations: $set:literal => $migrations:expr,
+            error: $error:ty,
+            item: $item:ty,
+            channel: $channel:expr,
+            events_table: $events:literal,
+            reload: $reload:path,
+            interpret: $interpret:path
+            $(, extra: { $($field:ident : $value:expr),* $(,)? })?
+            $(,)?
+        }
+    ) => {
+        impl $crate::postgres::PgStore for $store {
+            const ENV_PREFIX: &'static str = $env;
+            const COMPONENT: &'static str = $component;
+            const MIGRATION_SET: &'static str = $set;
+            const MIGRATIONS: &'static [$crate::postgres::Migration] = $migrations;
+            type Error = $error;
+
+            fn from_pool(pool: $crate::postgres::PgPool) -> Self {
+                let reload: $crate::postgres::Reload<$item> = ::std::sync::Arc::new(|pool| {
+                    ::std::boxed::Box::pin(async move { $reload(&pool).await })
+                });
+                Self {
+                    pool,
+                    changes: $crate::postgres::PgChangeFeed::new(
+                        $channel,
+                        $events,
+                        reload,
+                        ::std::sync::Arc::new($interpret),
+                    ),
+                    $($($field: $value,)*)?
+                }
+            }
+
+            fn pool(&self) -> &$crate::postgres::PgPool {
+                &self.pool
+            }
+        }
+
+        $crate::pg_store_inherent!($store);
+
+        impl $crate::postgres::PgFeedStore for $store {
+            type Item = $item;
+
+            fn changes(&self) -> &$crate::postgres::PgChangeFeed<$item> {
+                &self.changes
+            }
+        }
+    };
+}
+
 /// Gives a [`PgStore`] its constructors, migrations, DSN swap and pool as inherent
 /// methods, so that a user builds the store without importing the trait:
 /// `PostgresKillSwitchStore::from_env()?.migrate().await?`. Every store of the family

@@ -19,9 +19,8 @@ use crate::{
 };
 use failover_core::postgres::{
     interpret_payload, unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration,
-    Notified, PgChangeFeed, PgFeedStore, PgPool, Reload, Verdict, WhatFor,
+    Notified, PgChangeFeed, PgPool, Verdict, WhatFor,
 };
-use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 
@@ -162,36 +161,17 @@ fn interpret(payload: &str, held: Position) -> Notified<KillSwitchState> {
     interpret_payload(payload, held, decode, |_| None)
 }
 
-impl PgStore for PostgresKillSwitchStore {
-    const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const COMPONENT: &'static str = crate::HEALTH_COMPONENT;
-    const MIGRATION_SET: &'static str = "killswitch";
-    const MIGRATIONS: &'static [Migration] = MIGRATIONS;
-    type Error = Error;
-
-    fn from_pool(pool: PgPool) -> Self {
-        let reload: Reload<KillSwitchState> =
-            Arc::new(|pool| Box::pin(async move { load(&pool).await }));
-        Self {
-            pool,
-            changes: PgChangeFeed::new(CHANNEL, "kill_switch_events", reload, Arc::new(interpret)),
-        }
-    }
-
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-}
-
-failover_core::pg_store_inherent!(PostgresKillSwitchStore);
-
-impl PgFeedStore for PostgresKillSwitchStore {
-    type Item = KillSwitchState;
-
-    fn changes(&self) -> &PgChangeFeed<KillSwitchState> {
-        &self.changes
-    }
-}
+failover_core::pg_feed_store!(PostgresKillSwitchStore {
+    env_prefix: ENV_PREFIX,
+    component: crate::HEALTH_COMPONENT,
+    migrations: "killswitch" => MIGRATIONS,
+    error: Error,
+    item: KillSwitchState,
+    channel: CHANNEL,
+    events_table: "kill_switch_events",
+    reload: load,
+    interpret: interpret,
+});
 
 impl PostgresKillSwitchStore {
     /// Sets how the change listener probes and reconnects.

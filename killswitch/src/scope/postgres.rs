@@ -17,13 +17,12 @@ use super::{
 };
 use failover_core::authority::{other_change, refusal_from_status};
 use failover_core::postgres::{
-    interpret_payload, unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Migration,
-    Notified, PgChangeFeed, PgFeedStore, PgPool, PgStore, Reload, Verdict,
+    interpret_payload, unexpected_status, ApplyCall, ApplyColumns, ListenOptions, Notified,
+    PgChangeFeed, PgPool, Verdict,
 };
 use failover_core::{
     Applied, Audit, AuditError, Authority, ChangeRef, DbError, DbErrorKind, Position, Precondition,
 };
-use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -183,36 +182,17 @@ fn interpret(payload: &str, held: Position) -> Notified<ScopeChange> {
     interpret_payload(payload, held, decode, |p| Some(ScopeChange::at(p)))
 }
 
-impl PgStore for PostgresScopeStore {
-    const ENV_PREFIX: &'static str = crate::postgres::ENV_PREFIX;
-    const COMPONENT: &'static str = COMPONENT;
-    const MIGRATION_SET: &'static str = "killswitch";
-    const MIGRATIONS: &'static [Migration] = crate::postgres::MIGRATIONS;
-    type Error = Error;
-
-    fn from_pool(pool: PgPool) -> Self {
-        let reload: Reload<ScopeChange> =
-            Arc::new(|pool| Box::pin(async move { current(&pool).await }));
-        Self {
-            pool,
-            changes: PgChangeFeed::new(CHANNEL, "scope_events", reload, Arc::new(interpret)),
-        }
-    }
-
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-}
-
-failover_core::pg_store_inherent!(PostgresScopeStore);
-
-impl PgFeedStore for PostgresScopeStore {
-    type Item = ScopeChange;
-
-    fn changes(&self) -> &PgChangeFeed<ScopeChange> {
-        &self.changes
-    }
-}
+failover_core::pg_feed_store!(PostgresScopeStore {
+    env_prefix: crate::postgres::ENV_PREFIX,
+    component: COMPONENT,
+    migrations: "killswitch" => crate::postgres::MIGRATIONS,
+    error: Error,
+    item: ScopeChange,
+    channel: CHANNEL,
+    events_table: "scope_events",
+    reload: current,
+    interpret: interpret,
+});
 
 /// A command as `scope_apply` takes it.
 #[derive(Debug, Clone, Copy)]

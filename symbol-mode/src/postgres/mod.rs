@@ -29,11 +29,9 @@ use crate::{
 };
 use failover_core::postgres::{
     hub, hub::HubSubscription, interpret_payload, unexpected_status, ApplyCall, ApplyColumns,
-    ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed, PgFeedStore, PgPool, Reload,
-    Verdict, WhatFor,
+    ListenEvent, ListenOptions, Migration, Notified, PgChangeFeed, PgPool, Verdict, WhatFor,
 };
 use failover_core::{DbError, DbErrorKind, Position};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::types::Type;
 use tokio_postgres::Row;
@@ -337,30 +335,26 @@ async fn position(pool: &PgPool) -> Result<Position, DbError> {
         .ok_or_else(|| schema_missing("symbol_mode.position"))
 }
 
-impl PgStore for PostgresSymbolModeStore {
-    const ENV_PREFIX: &'static str = ENV_PREFIX;
-    const COMPONENT: &'static str = crate::HEALTH_COMPONENT;
-    const MIGRATION_SET: &'static str = "symbol_mode";
-    const MIGRATIONS: &'static [Migration] = MIGRATIONS;
-    type Error = Error;
-
-    fn from_pool(pool: PgPool) -> Self {
-        let reload: Reload<ModeChange> =
-            Arc::new(|pool| Box::pin(async move { position(&pool).await.map(ModeChange::at) }));
-        Self {
-            pool,
-            changes: PgChangeFeed::new(CHANNEL, "symbol_mode_events", reload, Arc::new(interpret)),
-            listen_options: ListenOptions::default(),
-            cancel_all_poll: Duration::from_secs(1),
-        }
-    }
-
-    fn pool(&self) -> &PgPool {
-        &self.pool
-    }
+/// The newest change, as a position: a reconnected reader reads what changed.
+async fn reload(pool: &PgPool) -> Result<ModeChange, DbError> {
+    position(pool).await.map(ModeChange::at)
 }
 
-failover_core::pg_store_inherent!(PostgresSymbolModeStore);
+failover_core::pg_feed_store!(PostgresSymbolModeStore {
+    env_prefix: ENV_PREFIX,
+    component: crate::HEALTH_COMPONENT,
+    migrations: "symbol_mode" => MIGRATIONS,
+    error: Error,
+    item: ModeChange,
+    channel: CHANNEL,
+    events_table: "symbol_mode_events",
+    reload: reload,
+    interpret: interpret,
+    extra: {
+        listen_options: ListenOptions::default(),
+        cancel_all_poll: Duration::from_secs(1),
+    },
+});
 
 /// The delta a `symbol_mode_changed` notification carries.
 #[derive(Debug, serde::Deserialize)]
@@ -421,14 +415,6 @@ impl NotifiedDelta {
 fn interpret(payload: &str, held: Position) -> Notified<ModeChange> {
     let decode = |p: &str| serde_json::from_str::<NotifiedDelta>(p).ok()?.change();
     interpret_payload(payload, held, decode, |p| Some(ModeChange::at(p)))
-}
-
-impl PgFeedStore for PostgresSymbolModeStore {
-    type Item = ModeChange;
-
-    fn changes(&self) -> &PgChangeFeed<ModeChange> {
-        &self.changes
-    }
 }
 
 impl PostgresSymbolModeStore {
