@@ -126,7 +126,6 @@ async fn current(pool: &PgPool) -> Result<ScopeChange, DbError> {
     })?;
     let position = Position::from_i64(r.get("position"));
     let version = r.get::<_, i64>("version").max(0) as u64;
-    let head: Option<Uuid> = r.get("head_event");
     let scope = r
         .get::<_, Option<&str>>("path")
         .and_then(|p| ScopePath::parse(p).ok())
@@ -134,18 +133,35 @@ async fn current(pool: &PgPool) -> Result<ScopeChange, DbError> {
             r.get::<_, Option<&str>>("to_mode")
                 .and_then(|m| m.parse::<ScopeMode>().ok()),
         );
-    let delta = match (version, head, scope) {
-        (1.., Some(head), Some(scope)) => Some(ScopeDelta {
-            since: version - 1,
-            since_event: r.get("since_event"),
+    let head: Option<Uuid> = r.get("head_event");
+    Ok(match (head, scope) {
+        (Some(head), Some(scope)) => {
+            one_change(position, version, r.get("since_event"), head, scope)
+        }
+        _ => ScopeChange::at(position),
+    })
+}
+
+/// The change at `position`, carrying the delta of the one scope it set when it has
+/// a version to follow from (a reader at `version - 1` applies it as is).
+fn one_change(
+    position: Position,
+    version: u64,
+    since_event: Option<Uuid>,
+    head: Uuid,
+    scope: (ScopePath, ScopeMode),
+) -> ScopeChange {
+    ScopeChange {
+        position,
+        delta: version.checked_sub(1).map(|since| ScopeDelta {
+            since,
+            since_event,
             version,
             position,
             head_event: Some(head),
             scopes: vec![scope],
         }),
-        _ => None,
-    };
-    Ok(ScopeChange { position, delta })
+    }
 }
 
 /// The delta a `scope_changed` notification carries.
@@ -161,18 +177,15 @@ struct NotifiedDelta {
 
 impl NotifiedDelta {
     fn change(self) -> Option<ScopeChange> {
-        let position = Position(self.position);
-        Some(ScopeChange {
-            position,
-            delta: Some(ScopeDelta {
-                since: self.version.checked_sub(1)?,
-                since_event: self.since_event,
-                version: self.version,
-                position,
-                head_event: Some(self.head_event),
-                scopes: vec![(ScopePath::parse(&self.path).ok()?, self.mode.parse().ok()?)],
-            }),
-        })
+        let scope = (ScopePath::parse(&self.path).ok()?, self.mode.parse().ok()?);
+        let change = one_change(
+            Position(self.position),
+            self.version,
+            self.since_event,
+            self.head_event,
+            scope,
+        );
+        change.delta.is_some().then_some(change)
     }
 }
 
@@ -346,17 +359,10 @@ impl PostgresScopeStore {
             }
         }
         let version = row.get::<_, Option<i64>>("version").unwrap_or(0).max(0) as u64;
-        self.changes.feed().publish(ScopeChange {
-            position: state.position,
-            delta: (version > 0).then(|| ScopeDelta {
-                since: version - 1,
-                since_event: row.get("since_event"),
-                version,
-                position: state.position,
-                head_event: Some(request_id),
-                scopes: vec![(state.path.clone(), state.mode)],
-            }),
-        });
+        let scope = (state.path.clone(), state.mode);
+        let since_event = row.get("since_event");
+        let change = one_change(state.position, version, since_event, request_id, scope);
+        self.changes.feed().publish(change);
         Ok(Applied::new(state))
     }
 }
