@@ -194,18 +194,7 @@ async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_
     let dir = tempfile::tempdir().unwrap();
     for format in ["jsonl", "csv"] {
         let out = dir.path().join(format!("audit.{format}"));
-        let o = safetyctl(
-            &db.dsn,
-            &[
-                "audit",
-                "export",
-                "--format",
-                format,
-                "--out",
-                out.to_str().unwrap(),
-                "--json",
-            ],
-        );
+        let o = export(&db.dsn, format, &out, &["--json"]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let bytes = std::fs::read(&out).unwrap();
@@ -246,17 +235,7 @@ async fn audit_export_holds_every_event_once_and_its_printed_sha256_matches_the_
     }
     // Text mode prints the checksum beside the file name; --since in the future exports nothing.
     let out = dir.path().join("later.jsonl");
-    let o = safetyctl(
-        &db.dsn,
-        &[
-            "audit",
-            "export",
-            "--since",
-            "2999-01-01T00:00:00Z",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = export(&db.dsn, "jsonl", &out, &["--since", "2999-01-01T00:00:00Z"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let printed = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
@@ -389,18 +368,7 @@ async fn the_csv_export_carries_an_approval_requests_events() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("audit.csv");
-    let o = safetyctl(
-        &db.dsn,
-        &[
-            "audit",
-            "export",
-            "--format",
-            "csv",
-            "--out",
-            out.to_str().unwrap(),
-            "--json",
-        ],
-    );
+    let o = export(&db.dsn, "csv", &out, &["--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let csv = std::fs::read_to_string(&out).unwrap();
@@ -477,20 +445,7 @@ async fn since_keeps_only_the_later_events() {
     let dir = tempfile::tempdir().unwrap();
     for format in ["csv", "jsonl"] {
         let out = dir.path().join(format!("later.{format}"));
-        let o = safetyctl(
-            &db.dsn,
-            &[
-                "audit",
-                "export",
-                "--format",
-                format,
-                "--since",
-                &since,
-                "--out",
-                out.to_str().unwrap(),
-                "--json",
-            ],
-        );
+        let o = export(&db.dsn, format, &out, &["--since", &since, "--json"]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(summary["events"], 2, "{summary}");
@@ -527,17 +482,7 @@ async fn a_failed_csv_export_leaves_no_partial_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing").join("audit.csv");
-    let o = safetyctl(
-        &db.dsn,
-        &[
-            "audit",
-            "export",
-            "--format",
-            "csv",
-            "--out",
-            missing.to_str().unwrap(),
-        ],
-    );
+    let o = export(&db.dsn, "csv", &missing, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("give a writable --out path"), "{stderr}");
@@ -554,17 +499,7 @@ async fn a_failed_csv_export_leaves_no_partial_file() {
         .unwrap();
     let out = dir.path().join("audit.csv");
     std::fs::write(&out, "the previous export\n").unwrap();
-    let o = safetyctl(
-        &as_login(&db.dsn, &login),
-        &[
-            "audit",
-            "export",
-            "--format",
-            "csv",
-            "--out",
-            out.to_str().unwrap(),
-        ],
-    );
+    let o = export(&as_login(&db.dsn, &login), "csv", &out, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("symbol_mode_events"), "{stderr}");

@@ -243,11 +243,7 @@ async fn a_desk_halted_by_the_cli_halts_its_leaves_by_push_and_only_its_leaves()
     let dir = tempfile::tempdir().unwrap();
     for format in ["csv", "jsonl"] {
         let out = dir.path().join(format!("audit.{format}"));
-        let args = ["audit", "export", "--format", format, "--out"];
-        let o = safetyctl(
-            &alice,
-            &[&args[..], &[out.to_str().unwrap(), "--json"]].concat(),
-        );
+        let o = export(&alice, format, &out, &["--json"]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         let summary = json(&o);
         assert!(

@@ -102,6 +102,17 @@ pub async fn login(db: &Db, name: &str, role: &str) -> String {
     login
 }
 
+/// `safetyctl audit export --format FORMAT --out OUT EXTRA…` against `dsn`.
+pub fn export(dsn: &str, format: &str, out: &std::path::Path, extra: &[&str]) -> Output {
+    let out = out.to_str().unwrap();
+    let args = [
+        &["audit", "export", "--format", format, "--out", out][..],
+        extra,
+    ]
+    .concat();
+    safetyctl(dsn, &args)
+}
+
 /// Runs the binary against `dsn` while `held` keeps a competing change open: the
 /// command must still be running once it is seen waiting on the held row (the write
 /// decides, not what it read before); then the change commits and the command's
