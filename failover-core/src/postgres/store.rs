@@ -85,7 +85,7 @@ pub trait PgStore: Sized + Send + Sync {
 /// `fn(&str, Position) -> Notified<Item>` reading a notification (see
 /// [`interpret_payload`]).
 ///
-/// ```ignore
+/// ```text
 /// tradepulse_failover_core::pg_feed_store!(PostgresScopeStore {
 ///     env_prefix: crate::postgres::ENV_PREFIX,
 ///     component: COMPONENT,
