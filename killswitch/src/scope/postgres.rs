@@ -61,11 +61,6 @@ const HISTORY: &str =
     "SELECT position, request_id, path, action, from_mode, to_mode, reason, actor, \
     ticket, at, login, authority, approval_id, break_glass FROM scope_events \
     WHERE ($1::TEXT IS NULL OR path = $1) ORDER BY position DESC LIMIT $2";
-/// The newest change, with its delta: what a (re)connected reader is given.
-const CURRENT: &str = "SELECT st.version, st.position, e.request_id AS head_event, e.path, \
-    e.to_mode, (SELECT request_id FROM scope_events WHERE version = st.version - 1 \
-    ORDER BY position DESC LIMIT 1) AS since_event \
-    FROM scope_store_state st LEFT JOIN scope_events e ON e.position = st.position WHERE st.id = 1";
 /// One event, named as the apply function names the change in force.
 const EVENT_AT: &str = "SELECT position AS other_position, actor AS other_actor, \
     scope_event_what(e) AS other_what, at AS other_at FROM scope_events e WHERE position = $1";
@@ -112,10 +107,11 @@ fn state_from(op: &'static str, r: &Row) -> Result<ScopeState, Error> {
     })
 }
 
-/// The newest change, carrying its delta when the history holds it (a reader at the
-/// version before applies it; any other reader reads what changed).
+/// The newest position: what a (re)connected listener publishes; a reader that
+/// holds less reads what changed since its version.
 async fn current(pool: &PgPool) -> Result<ScopeChange, DbError> {
-    let row = pool.query_opt("scope.current", CURRENT, &[]).await?;
+    let sql = "SELECT position FROM scope_store_state WHERE id = 1";
+    let row = pool.query_opt("scope.current", sql, &[]).await?;
     let r = row.ok_or_else(|| {
         DbError::new(
             DbErrorKind::SchemaMissing,
@@ -124,22 +120,7 @@ async fn current(pool: &PgPool) -> Result<ScopeChange, DbError> {
             "scope_store_state has no row id = 1".into(),
         )
     })?;
-    let position = Position::from_i64(r.get("position"));
-    let version = r.get::<_, i64>("version").max(0) as u64;
-    let scope = r
-        .get::<_, Option<&str>>("path")
-        .and_then(|p| ScopePath::parse(p).ok())
-        .zip(
-            r.get::<_, Option<&str>>("to_mode")
-                .and_then(|m| m.parse::<ScopeMode>().ok()),
-        );
-    let head: Option<Uuid> = r.get("head_event");
-    Ok(match (head, scope) {
-        (Some(head), Some(scope)) => {
-            one_change(position, version, r.get("since_event"), head, scope)
-        }
-        _ => ScopeChange::at(position),
-    })
+    Ok(ScopeChange::at(Position::from_i64(r.get("position"))))
 }
 
 /// The change at `position`, carrying the delta of the one scope it set when it has
