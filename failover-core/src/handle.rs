@@ -264,47 +264,12 @@ macro_rules! handle_health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::{ChangeFeed, FeedSubscription};
     use crate::health::ComponentStatus;
     use crate::receipt::Receipts;
+    use crate::test_store::{config, OneValue};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    /// A store of one positioned value with its history; its feed carries positions.
-    #[derive(Default)]
-    struct Store {
-        up: AtomicBool,
-        value: Mutex<(Position, Vec<Position>)>,
-        feed: ChangeFeed<Position>,
-        retry_budget: Option<Duration>,
-    }
-
-    impl Store {
-        fn write(&self, p: Position) {
-            let mut v = self.value.lock().unwrap();
-            v.0 = p;
-            v.1.push(p);
-            drop(v);
-            self.feed.publish(p);
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl FeedSource for Store {
-        type Item = Position;
-        type Error = String;
-        async fn subscribe(&self) -> Result<FeedSubscription<Position>, String> {
-            Ok(self.feed.subscribe())
-        }
-        async fn contains(&self, p: Position) -> Result<bool, String> {
-            Ok(self.value.lock().unwrap().1.contains(&p))
-        }
-        fn unreachable(&self) -> Option<String> {
-            (!self.up.load(Ordering::SeqCst)).then(|| "connection refused".into())
-        }
-        fn retry_budget(&self) -> Option<Duration> {
-            self.retry_budget
-        }
-    }
+    type Store = OneValue;
 
     /// A handle's state: the position it holds, whether it failed closed, and how many
     /// pushed items needed a read of the store.
@@ -322,11 +287,7 @@ mod tests {
         type State = Position;
 
         async fn read(&self, store: &Store) -> Result<Position, String> {
-            if store.up.load(Ordering::SeqCst) {
-                Ok(store.value.lock().unwrap().0)
-            } else {
-                Err("connection refused".into())
-            }
+            store.read()
         }
 
         async fn resolve(
@@ -364,17 +325,10 @@ mod tests {
         }
     }
 
-    fn config() -> WatchConfig {
-        WatchConfig::default()
-            .with_staleness_window(Duration::from_secs(10))
-            .with_poll_interval(Duration::from_secs(1))
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_started_state_loads_follows_pushes_reports_receipts_and_fails_closed_when_stale() {
         let store = Arc::new(Store::default());
-        store.up.store(true, Ordering::SeqCst);
-        store.write(Position::new(1, 3));
+        store.up_at(Position::new(1, 3));
         let held = Arc::new(Held::default());
         assert!(
             !held.ready(Duration::from_millis(10)).await,

@@ -22,6 +22,8 @@ pub mod receipt;
 pub mod retry;
 pub mod staleness;
 pub mod store_error;
+#[cfg(test)]
+mod test_store;
 pub mod time;
 pub mod watcher;
 

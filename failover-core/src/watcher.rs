@@ -560,52 +560,33 @@ fn crosses(held: Position, newer: Position) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::ChangeFeed;
+    use crate::test_store::{config, OneValue};
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// A store of one positioned value with a history, and a handle's view of it.
     #[derive(Default)]
     struct Fake {
-        up: AtomicBool,
-        store: Mutex<(Position, Vec<Position>)>,
-        feed: ChangeFeed<Position>,
+        inner: OneValue,
         held: Mutex<Option<Position>>,
         stale: AtomicBool,
-        /// The history check fails (the new primary is still starting up, say).
-        history_down: AtomicBool,
     }
 
-    #[async_trait::async_trait]
-    impl FeedSource for Fake {
-        type Item = Position;
-        type Error = String;
-        async fn subscribe(&self) -> Result<FeedSubscription<Position>, String> {
-            Ok(self.feed.subscribe())
-        }
-        async fn contains(&self, p: Position) -> Result<bool, String> {
-            if self.history_down.load(Ordering::SeqCst) {
-                return Err("the database system is starting up".into());
-            }
-            Ok(self.store.lock().unwrap().1.contains(&p))
-        }
-        fn unreachable(&self) -> Option<String> {
-            (!self.up.load(Ordering::SeqCst)).then(|| "connection refused".into())
+    impl std::ops::Deref for Fake {
+        type Target = OneValue;
+        fn deref(&self) -> &OneValue {
+            &self.inner
         }
     }
 
     #[async_trait::async_trait]
     impl Watched for Fake {
-        type Store = Self;
+        type Store = OneValue;
         type State = Position;
-        fn store(&self) -> &Self {
-            self
+        fn store(&self) -> &OneValue {
+            &self.inner
         }
         async fn read(&self) -> Result<Position, String> {
-            if self.up.load(Ordering::SeqCst) {
-                Ok(self.store.lock().unwrap().0)
-            } else {
-                Err("connection refused".into())
-            }
+            self.inner.read()
         }
         async fn resolve(&self, p: Position) -> Result<Option<Position>, String> {
             Ok(Some(p))
@@ -622,27 +603,10 @@ mod tests {
         }
     }
 
-    impl Fake {
-        fn write(&self, p: Position) {
-            let mut s = self.store.lock().unwrap();
-            s.0 = p;
-            s.1.push(p);
-            drop(s);
-            self.feed.publish(p);
-        }
-    }
-
-    fn config() -> WatchConfig {
-        WatchConfig::default()
-            .with_staleness_window(Duration::from_secs(10))
-            .with_poll_interval(Duration::from_secs(1))
-    }
-
     #[tokio::test(start_paused = true)]
     async fn fails_health_at_once_serves_until_the_window_then_fails_closed_and_recovers() {
         let fake = Arc::new(Fake::default());
-        fake.up.store(true, Ordering::SeqCst);
-        fake.write(Position::new(1, 7));
+        fake.up_at(Position::new(1, 7));
         let watcher = spawn("demo", config(), fake.clone());
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(fake.held(), Some(Position::new(1, 7)));
@@ -675,8 +639,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lost_position_is_replaced_by_the_store_state_even_when_older() {
         let fake = Arc::new(Fake::default());
-        fake.up.store(true, Ordering::SeqCst);
-        fake.write(Position::new(1, 1));
+        fake.up_at(Position::new(1, 1));
         fake.write(Position::new(1, 2));
         let cfg = config().with_poll_interval(Duration::from_secs(3600));
         let watcher = spawn(
@@ -687,7 +650,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(fake.held(), Some(Position::new(1, 2)));
         // Failover: the store lost 1/2 and is back at 1/1; the reconnect resyncs.
-        *fake.store.lock().unwrap() = (Position::new(1, 1), vec![Position::new(1, 1)]);
+        *fake.value.lock().unwrap() = (Position::new(1, 1), vec![Position::new(1, 1)]);
         fake.feed.resync(Position::new(1, 1));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
@@ -720,8 +683,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failed_history_check_is_retried_with_backoff_not_after_the_poll_interval() {
         let fake = Arc::new(Fake::default());
-        fake.up.store(true, Ordering::SeqCst);
-        fake.write(Position::new(1, 1));
+        fake.up_at(Position::new(1, 1));
         fake.write(Position::new(1, 2));
         let watcher = spawn(
             "demo",
@@ -732,7 +694,7 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(fake.held(), Some(Position::new(1, 2)));
-        *fake.store.lock().unwrap() = (Position::new(1, 1), vec![Position::new(1, 1)]);
+        *fake.value.lock().unwrap() = (Position::new(1, 1), vec![Position::new(1, 1)]);
         fake.history_down.store(true, Ordering::SeqCst);
         fake.feed.resync(Position::new(1, 1));
         tokio::time::sleep(Duration::from_millis(50)).await;
